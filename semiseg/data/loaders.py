@@ -1,0 +1,193 @@
+"""From cases to training batches: normalisation, in-memory stores, 2D slice and 3D patch sampling, views.
+
+Training samples are drawn with replacement from a seeded ``numpy`` generator whose state is part of the
+checkpoint, so ``--resume`` continues with exactly the batches an uninterrupted run would have seen.
+2D training on 3D volumes samples slices along the last axis; a 2D case is treated as a volume of one
+slice, so both take the same path. Augmentation is deliberately light and geometric changes are applied
+to image and label alike; the "strong" view only perturbs intensities of the already-augmented sample,
+so weak and strong views stay pixel-aligned for consistency losses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from semiseg.config import AugmentConfig
+from semiseg.data.case import Case, CaseRef
+
+_FG_POINTS = 4096  # foreground voxels remembered per case for foreground-centred sampling
+
+
+def normalize_image(image: np.ndarray, mode: str) -> np.ndarray:
+    """Per-channel intensity normalisation of a ``(C, *spatial)`` image (float32 out)."""
+    image = image.astype(np.float32, copy=True)
+    if mode == "none":
+        return image
+    axes = tuple(range(1, image.ndim))
+    if mode == "zscore":
+        mean = image.mean(axis=axes, keepdims=True)
+        std = image.std(axis=axes, keepdims=True)
+        return (image - mean) / np.maximum(std, 1e-6)
+    lo, hi = image.min(axis=axes, keepdims=True), image.max(axis=axes, keepdims=True)
+    return (image - lo) / np.maximum(hi - lo, 1e-6)
+
+
+def as_volume(array: np.ndarray, spatial_ndim: int) -> np.ndarray:
+    """Give 2D arrays a trailing slice axis so 2D and 3D cases share one code path."""
+    return array[..., None] if spatial_ndim == 2 else array
+
+
+@dataclass
+class StoredCase:
+    case_id: str
+    image: np.ndarray  # (C, X, Y, Z) normalised; Z = 1 for 2D cases
+    label: np.ndarray | None  # (X, Y, Z) int or (K, X, Y, Z) uint8
+    fg_points: np.ndarray  # (n, 3) coordinates of labelled foreground voxels, maybe empty
+
+
+def _foreground_points(label: np.ndarray | None, label_mode: str, rng: np.random.Generator) -> np.ndarray:
+    if label is None:
+        return np.zeros((0, 3), dtype=np.int64)
+    mask = label > 0 if label_mode == "multiclass" else label.any(axis=0)
+    points = np.argwhere(mask)
+    if len(points) > _FG_POINTS:
+        points = points[rng.choice(len(points), _FG_POINTS, replace=False)]
+    return points
+
+
+def load_store(
+    refs: Sequence[CaseRef], *, normalize: str, label_mode: str, with_labels: bool, desc: str, progress: bool
+) -> list[StoredCase]:
+    """Read and normalise cases into memory (labels dropped when ``with_labels`` is False)."""
+    rng = np.random.default_rng(0)
+    stored = []
+    for ref in tqdm(refs, desc=desc, disable=not progress or len(refs) < 2, leave=False):
+        case: Case = ref.load()
+        label = case.label if with_labels else None
+        image = as_volume(normalize_image(case.image, normalize), case.ndim)
+        if label is not None:
+            label = as_volume(label, case.ndim)
+        stored.append(StoredCase(case.case_id, image, label, _foreground_points(label, label_mode, rng)))
+    return stored
+
+
+def default_patch_size(stores: Sequence[Sequence[StoredCase]], dim: int, divisor: int) -> list[int]:
+    """2D: the whole largest slice, rounded up to the network divisor (≤ 256); 3D: 64³ or smaller."""
+    shapes = np.array([c.image.shape[1:] for store in stores for c in store])
+    if dim == 2:
+        largest = shapes[:, :2].max(axis=0)
+        return [int(min(256, -(-s // divisor) * divisor)) for s in largest]
+    largest = shapes.max(axis=0)
+    return [int(min(64, -(-s // divisor) * divisor)) for s in largest]
+
+
+def _crop_start(size: int, patch: int, centre: int | None, rng: np.random.Generator) -> int:
+    """Start index of a window of ``patch`` along an axis of ``size`` (negative means padding)."""
+    if centre is None:
+        return int(rng.integers(0, size - patch + 1)) if size >= patch else -int(rng.integers(0, patch - size + 1))
+    jitter = int(rng.integers(-patch // 4, patch // 4 + 1))
+    start = centre - patch // 2 + jitter
+    return int(np.clip(start, min(0, size - patch), max(0, size - patch)))
+
+
+def _window(array: np.ndarray, starts: Sequence[int], patch: Sequence[int]) -> np.ndarray:
+    """Crop the trailing ``len(patch)`` axes at ``starts``, zero-padding outside the array."""
+    lead = array.shape[: array.ndim - len(patch)]
+    out = np.zeros(lead + tuple(patch), dtype=array.dtype)
+    src, dst = [slice(None)] * len(lead), [slice(None)] * len(lead)
+    for size, start, p in zip(array.shape[len(lead) :], starts, patch, strict=True):
+        lo, hi = max(start, 0), min(start + p, size)
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - start, hi - start))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
+class PatchSampler:
+    """Draws batches of 2D slices or 3D patches (and their views) from a store."""
+
+    def __init__(
+        self,
+        store: Sequence[StoredCase],
+        *,
+        dim: int,
+        patch_size: Sequence[int],
+        batch_size: int,
+        augment: AugmentConfig,
+        views: Sequence[str] = ("weak",),
+        foreground_fraction: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        if not store:
+            raise ValueError("PatchSampler needs at least one case")
+        self.store, self.dim, self.patch = list(store), dim, list(patch_size)
+        self.batch_size, self.augment, self.views = batch_size, augment, tuple(views)
+        self.foreground_fraction = foreground_fraction
+        self.rng = np.random.default_rng(seed)
+
+    def _sample_one(self) -> tuple[np.ndarray, np.ndarray | None, str]:
+        case = self.store[int(self.rng.integers(len(self.store)))]
+        spatial = case.image.shape[1:]
+        centre: Sequence[int | None] = [None, None, None]
+        if len(case.fg_points) and self.rng.random() < self.foreground_fraction:
+            centre = case.fg_points[int(self.rng.integers(len(case.fg_points)))].tolist()
+        if self.dim == 2:
+            z = centre[2] if centre[2] is not None else int(self.rng.integers(spatial[2]))
+            starts = [_crop_start(spatial[a], self.patch[a], centre[a], self.rng) for a in range(2)]
+            image = _window(case.image[..., z], starts, self.patch)
+            label = None if case.label is None else _window(case.label[..., z], starts, self.patch)
+        else:
+            starts = [_crop_start(spatial[a], self.patch[a], centre[a], self.rng) for a in range(3)]
+            image = _window(case.image, starts, self.patch)
+            label = None if case.label is None else _window(case.label, starts, self.patch)
+        return image, label, case.case_id
+
+    def _flip(self, image: np.ndarray, label: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        for axis in range(self.dim):
+            if self.rng.random() < 0.5:
+                image = np.flip(image, axis=image.ndim - self.dim + axis)
+                if label is not None:
+                    label = np.flip(label, axis=label.ndim - self.dim + axis)
+        return image, label
+
+    def _intensity(self, image: np.ndarray) -> np.ndarray:
+        scale, shift = self.rng.normal(1.0, 0.1), self.rng.normal(0.0, 0.1)
+        return image * scale + shift
+
+    def _strong(self, image: np.ndarray) -> np.ndarray:
+        """Intensity-only perturbation: gamma on the min-max range plus Gaussian noise."""
+        lo, hi = image.min(), image.max()
+        unit = (image - lo) / max(hi - lo, 1e-6)
+        gamma = np.exp(self.rng.uniform(-self.augment.strong_gamma, self.augment.strong_gamma))
+        out = unit**gamma * (hi - lo) + lo
+        return out + self.rng.normal(0.0, self.augment.strong_noise, size=image.shape).astype(np.float32)
+
+    def next_batch(self) -> dict[str, Any]:
+        images, labels, ids, strong = [], [], [], []
+        for _ in range(self.batch_size):
+            image, label, case_id = self._sample_one()
+            if self.augment.flip:
+                image, label = self._flip(image, label)
+            if self.augment.intensity:
+                image = self._intensity(image)
+            images.append(np.ascontiguousarray(image, dtype=np.float32))
+            labels.append(None if label is None else np.ascontiguousarray(label))
+            ids.append(case_id)
+            if "strong" in self.views:
+                strong.append(self._strong(images[-1]).astype(np.float32))
+        batch: dict[str, Any] = {"image": np.stack(images), "case_ids": ids, "views": {}}
+        batch["label"] = None if labels[0] is None else np.stack(labels)
+        if strong:
+            batch["views"]["strong"] = np.stack(strong)
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]

@@ -1,0 +1,306 @@
+"""The one training loop every method runs in.
+
+It builds the networks a method declares, optimises the sum of the loss terms the method returns,
+updates EMA networks, validates every ``val_every`` steps on whole validation volumes (mean foreground
+Dice), keeps the best and the last checkpoint, logs to CSV and shows a progress bar with ETA. It knows
+methods only through the ``Method`` contract.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from semiseg.config import Config
+from semiseg.data.loaders import PatchSampler, StoredCase
+from semiseg.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
+from semiseg.engine.device import amp_enabled, autocast
+from semiseg.errors import SemisegError
+from semiseg.eval.inference import predict_case_probs, probs_to_label
+from semiseg.methods.base import Batch, Method, MethodContext, Nets, Progress
+from semiseg.nets import build_network
+from semiseg.ssl.ema import ema_update
+
+
+@dataclass
+class TrainingData:
+    labelled: PatchSampler
+    unlabelled: PatchSampler | None
+    val: list[StoredCase]
+
+
+def network_options(cfg: Config) -> dict[str, Any]:
+    return {"widths": cfg.model.widths, "norm": cfg.model.norm, "dropout": cfg.model.dropout}
+
+
+def build_nets(method: Method, cfg: Config, ctx: MethodContext, device: torch.device) -> Nets:
+    """Instantiate every ``NetSpec``; each net's init is seeded on its own so order does not matter."""
+    nets: Nets = {}
+    specs = method.networks()
+    for name, spec in specs.items():
+        torch.manual_seed(cfg.seed + 1000 * spec.init_seed_offset)
+        if spec.builder is not None:
+            net = spec.builder(ctx)
+        else:
+            net = build_network(
+                cfg.model.arch, spatial_dims=cfg.model.dim, in_channels=ctx.in_channels,
+                out_channels=ctx.num_classes, **{**network_options(cfg), **spec.overrides},
+            )
+        nets[name] = net.to(device)
+    for name, spec in specs.items():
+        if spec.ema_of:
+            ema_update(nets[name], [nets[s] for s in spec.ema_of], decay=0.0)
+        if spec.ema_of or not spec.trainable:
+            nets[name].requires_grad_(False)
+    return nets
+
+
+def make_scheduler(cfg: Config, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    train = cfg.train
+
+    def factor(step: int) -> float:
+        if step < train.warmup_steps:
+            return (step + 1) / train.warmup_steps
+        t = (step - train.warmup_steps) / max(1, train.steps - train.warmup_steps)
+        if train.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+        if train.schedule == "poly":
+            return (1 - min(t, 1.0)) ** 0.9
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_optimizer(cfg: Config, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    train = cfg.train
+    if not params:
+        raise SemisegError(f"method {train.method!r} declares no trainable parameters")
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    cls = torch.optim.Adam if train.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=train.lr, weight_decay=train.weight_decay)
+
+
+def to_batch(raw: dict[str, Any], device: torch.device, label_mode: str) -> Batch:
+    image = torch.from_numpy(raw["image"]).to(device)
+    label = None
+    if raw["label"] is not None:
+        label = torch.from_numpy(raw["label"]).to(device)
+        label = label.long() if label_mode == "multiclass" else label.float()
+    views = {"weak": image, **{k: torch.from_numpy(v).to(device) for k, v in raw["views"].items()}}
+    return Batch(image=image, label=label, views=views, case_ids=raw["case_ids"])
+
+
+class CsvLog:
+    """A wide CSV: one row per logged step; columns fixed by the first row."""
+
+    def __init__(self, path: Path, keep_before_step: int | None = None) -> None:
+        self.path, self.fields = path, None
+        if keep_before_step is not None and path.exists():
+            with path.open() as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["step"]) < keep_before_step]
+            if rows:
+                self.fields = list(rows[0])
+                self._write(rows, mode="w")
+
+    def _write(self, rows: list[dict[str, Any]], mode: str) -> None:
+        with self.path.open(mode, newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")
+            if mode == "w":
+                writer.writeheader()
+            writer.writerows(rows)
+
+    def append(self, row: dict[str, Any]) -> None:
+        if self.fields is None:
+            self.fields = list(row) + (["val_dice"] if "val_dice" not in row else [])
+            self._write([row], mode="w")
+        else:
+            self._write([row], mode="a")
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: Config,
+        method: Method,
+        ctx: MethodContext,
+        data: TrainingData,
+        *,
+        run_dir: Path,
+        device: torch.device,
+        describe: dict[str, Any],
+        progress: bool = True,
+    ) -> None:
+        self.cfg, self.method, self.ctx, self.data = cfg, method, ctx, data
+        self.run_dir, self.device, self.describe, self.show_progress = run_dir, device, describe, progress
+        self.nets = build_nets(method, cfg, ctx, device)
+        self.specs = method.networks()
+        params = [p for n, net in self.nets.items() if self.specs[n].trainable and not self.specs[n].ema_of
+                  for p in net.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(cfg, params)
+        self.scheduler = make_scheduler(cfg, self.optimizer)
+        self.amp = amp_enabled(cfg.train.amp, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp and device.type == "cuda")
+        self.params = params
+        self.step = 0
+        self.best = {"score": -math.inf, "step": -1}
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        samplers = {"labelled": self.data.labelled.state_dict()}
+        if self.data.unlabelled is not None:
+            samplers["unlabelled"] = self.data.unlabelled.state_dict()
+        return {
+            **self.describe,
+            "nets": {name: net.state_dict() for name, net in self.nets.items()},
+            "method_state": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "best": dict(self.best),
+            "rng": {**rng_state(), "samplers": samplers},
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        for name, net in self.nets.items():
+            net.load_state_dict(state["nets"][name])
+        self.method.load_state_dict(state["method_state"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.best = state["step"], dict(state["best"])
+        set_rng_state(state["rng"])
+        self.data.labelled.load_state_dict(state["rng"]["samplers"]["labelled"])
+        if self.data.unlabelled is not None:
+            self.data.unlabelled.load_state_dict(state["rng"]["samplers"]["unlabelled"])
+
+    def save(self, which: str) -> None:
+        save_checkpoint(self.state(), self.run_dir / "checkpoints" / f"{which}.pt")
+
+    # -- one step ------------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        for net in self.nets.values():
+            net.train()
+        progress = Progress(self.step, self.cfg.train.steps)
+        labelled = to_batch(self.data.labelled.next_batch(), self.device, self.ctx.label_mode)
+        unlabelled = None
+        if self.data.unlabelled is not None:
+            unlabelled = to_batch(self.data.unlabelled.next_batch(), self.device, self.ctx.label_mode)
+        with autocast(self.amp, self.device):
+            out = self.method.training_step(self.nets, labelled, unlabelled, progress)
+        total = self._total_loss(out.losses)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.cfg.train.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        for name, spec in self.specs.items():
+            if spec.ema_of:
+                ema_update(self.nets[name], [self.nets[s] for s in spec.ema_of], spec.ema_decay)
+        self.method.on_step_end(self.nets, progress)
+        row = {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in out.losses.items()}}
+        return {**row, **out.logs}
+
+    def _total_loss(self, losses: dict[str, Tensor]) -> Tensor:
+        if not losses:
+            raise SemisegError(f"method {self.method.name!r} returned no loss terms at step {self.step}")
+        for name, value in losses.items():
+            if not torch.isfinite(value).all():
+                raise SemisegError(
+                    f"training diverged: loss term {name!r} is {float(value)} at step {self.step}; "
+                    "lower train.lr, check the images for extreme values, or set train.amp=off"
+                )
+        return torch.stack([v.float() for v in losses.values()]).sum()
+
+    # -- validation ----------------------------------------------------------------------------
+    def predictor(self) -> Callable[[Tensor], Tensor]:
+        def run(x: Tensor) -> Tensor:
+            with autocast(self.amp, self.device):
+                return self.method.predict(self.nets, x)
+
+        return run
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean foreground Dice over validation volumes (NaN when there is no validation set)."""
+        if not self.data.val:
+            return float("nan")
+        for net in self.nets.values():
+            net.eval()
+        scores = [self._case_dice(case) for case in self.data.val]
+        return float(np.mean(scores))
+
+    def _case_dice(self, case: StoredCase) -> float:
+        probs = predict_case_probs(
+            self.predictor(), case.image, model_dim=self.cfg.model.dim, label_mode=self.ctx.label_mode,
+            device=self.device, divisor=self.describe["divisor"], roi_size=self.describe["patch_size"],
+            batch_size=self.cfg.eval.sw_batch_size, overlap=self.cfg.eval.overlap,
+        )
+        pred = probs_to_label(probs, self.ctx.label_mode)
+        return mean_foreground_dice(pred, case.label, self.ctx.label_mode, self.ctx.num_classes)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Train until ``train.steps``; Ctrl-C saves ``last.pt`` so ``--resume`` can continue."""
+        train = self.cfg.train
+        log = CsvLog(self.run_dir / "log.csv", keep_before_step=self.step)
+        start_time = time.perf_counter()
+        bar = tqdm(total=train.steps, initial=self.step, desc=f"train {self.method.name}",
+                   disable=not self.show_progress, dynamic_ncols=True)
+        val_score = float("nan")
+        try:
+            while self.step < train.steps:
+                row = self.train_step()
+                self.step += 1
+                if self.step % train.val_every == 0 or self.step == train.steps:
+                    val_score = self._validate_and_save()
+                    row["val_dice"] = val_score
+                if self.step % train.log_every == 0 or "val_dice" in row:
+                    log.append({"step": self.step, "lr": self.scheduler.get_last_lr()[0], **row,
+                                "elapsed_s": round(time.perf_counter() - start_time, 3)})
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", val_dice=f"{val_score:.3f}")
+                if on_step is not None:
+                    on_step(self.step)
+        except KeyboardInterrupt:
+            self.save("last")
+            bar.close()
+            raise
+        bar.close()
+        return {"best": dict(self.best), "steps": self.step, "seconds": time.perf_counter() - start_time}
+
+    def _validate_and_save(self) -> float:
+        score = self.validate()
+        # Without a validation set the last checkpoint is also the best one.
+        if math.isnan(score) or score > self.best["score"]:
+            self.best = {"score": score, "step": self.step}
+            self.save("best")
+        self.save("last")
+        return score
+
+
+def mean_foreground_dice(pred: np.ndarray, label: np.ndarray, label_mode: str, num_classes: int) -> float:
+    """Mean Dice over foreground classes; a class absent from both counts as 1 (fast, for validation)."""
+    classes = range(1, num_classes) if label_mode == "multiclass" else range(num_classes)
+    scores = []
+    for k in classes:
+        p = pred == k if label_mode == "multiclass" else pred[k] > 0
+        g = label == k if label_mode == "multiclass" else label[k] > 0
+        denom = p.sum() + g.sum()
+        scores.append(1.0 if denom == 0 else 2.0 * np.logical_and(p, g).sum() / denom)
+    return float(np.mean(scores))
+

@@ -1,0 +1,1 @@
+"""Evaluation: per-case metrics and the tables built from them."""

@@ -1,0 +1,112 @@
+"""The run report: a folder a person opens (``report.md`` with PNG figures beside it)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from semiseg.eval.evaluate import format_table  # noqa: E402
+
+_COLOURS = np.array(
+    [[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [145, 30, 180], [70, 240, 240]]
+) / 255.0
+
+
+def _label_rgb(label2d: np.ndarray, label_mode: str) -> np.ndarray:
+    """RGBA overlay of a 2D label slice (multilabel: later channels drawn on top)."""
+    rgba = np.zeros((*label2d.shape[-2:], 4))
+    channels = [label2d == k for k in range(1, int(label2d.max()) + 1)] if label_mode == "multiclass" else label2d
+    for k, mask in enumerate(channels, start=1):
+        rgba[mask > 0, :3] = _COLOURS[k % len(_COLOURS)]
+        rgba[mask > 0, 3] = 0.45
+    return rgba
+
+
+def _middle_slice(array: np.ndarray, spatial_ndim: int, label: np.ndarray, label_mode: str) -> int:
+    """The slice (last axis) with the most foreground, so the picture shows the structures."""
+    if spatial_ndim == 2:
+        return -1
+    fg = label > 0 if label_mode == "multiclass" else label.any(axis=0)
+    counts = fg.reshape(-1, fg.shape[-1]).sum(axis=0)
+    return int(np.argmax(counts)) if counts.any() else array.shape[-1] // 2
+
+
+def _take(array: np.ndarray, index: int) -> np.ndarray:
+    return array if index == -1 else array[..., index]
+
+
+def overlay_figure(examples: list[dict[str, Any]], label_mode: str, path: Path) -> None:
+    """Rows of (image, ground truth, prediction) for a few cases."""
+    if not examples:
+        return
+    fig, axes = plt.subplots(len(examples), 3, figsize=(9, 3 * len(examples)), squeeze=False)
+    for row, ex in zip(axes, examples, strict=True):
+        ndim = ex["image"].ndim - 1
+        index = _middle_slice(ex["image"], ndim, ex["gt"], label_mode)
+        image = _take(ex["image"][0], index)
+        for ax, (title, overlay) in zip(row, [("image", None), ("ground truth", ex["gt"]), ("prediction", ex["pred"])],
+                                        strict=True):
+            ax.imshow(image.T, cmap="gray", origin="lower")
+            if overlay is not None:
+                ax.imshow(np.transpose(_label_rgb(_take(overlay, index), label_mode), (1, 0, 2)), origin="lower")
+            ax.set_title(f"{ex['case_id']}: {title}" + (f" (Dice {ex['dice']:.3f})" if title == "prediction" else ""),
+                         fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def curves_figure(log_csv: Path, path: Path) -> bool:
+    """Training loss and validation Dice against step; False when there is no log."""
+    if not log_csv.exists():
+        return False
+    with log_csv.open() as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return False
+    steps = np.array([float(r["step"]) for r in rows])
+    loss = np.array([float(r["loss"]) for r in rows])
+    val = [(float(r["step"]), float(r["val_dice"])) for r in rows if r.get("val_dice") not in (None, "")]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3))
+    ax[0].plot(steps, loss)
+    ax[0].set(xlabel="step", ylabel="training loss", yscale="log")
+    if val:
+        ax[1].plot(*zip(*val, strict=True), marker="o")
+    ax[1].set(xlabel="step", ylabel="validation Dice")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write_report(
+    run_dir: Path, *, summary: dict[str, Any], info: dict[str, Any], examples: list[dict[str, Any]], label_mode: str
+) -> Path:
+    """Write ``report.md`` and its figures into ``run_dir``; returns the report path."""
+    figures = run_dir / "figures"
+    figures.mkdir(exist_ok=True)
+    overlay_figure(examples, label_mode, figures / "overlays.png")
+    has_curves = curves_figure(run_dir / "log.csv", figures / "training.png")
+    lines = [f"# semiseg report: {info['method']} on {info['dataset']}", ""]
+    lines += [f"- {key}: {value}" for key, value in info.items()]
+    lines += ["", "## Test metrics (per volume, mean ± std over cases)", "", format_table(summary), ""]
+    lines += [
+        "Distances are in millimetres. Empty-mask rule: both empty → Dice 1, HD95/ASD 0; one empty → Dice 0, "
+        "HD95/ASD = image diagonal. Per-case rows: `metrics/per_case.csv`.",
+        "",
+    ]
+    if examples:
+        lines += ["## Predictions", "", "![overlays](figures/overlays.png)", ""]
+    if has_curves:
+        lines += ["## Training", "", "![training](figures/training.png)", ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,143 @@
+"""The small contract every method implements, and the value types that cross it.
+
+A method reads like its paper: which networks it needs (``networks``), the loss terms of one step
+(``training_step``), what happens after the optimiser step (``on_step_end``) and which network predicts
+at test time (``predict``). It never runs a loop, touches files or picks a device: the engine does that
+and hands it tensors already on the right device.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import Tensor, nn
+
+from semiseg.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """One network a method needs.
+
+    ``overrides`` change the shared architecture for this net only (e.g. ``{"aux_decoders": ["interp"]}``);
+    ``builder`` replaces the shared architecture altogether (small heads such as a learnt threshold);
+    ``init_seed_offset`` gives co-training nets different initial weights; a net with ``ema_of`` is not
+    trained by the optimiser but follows the EMA of the named net(s) (weights averaged when several).
+    """
+
+    builder: Callable[[MethodContext], nn.Module] | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    trainable: bool = True
+    init_seed_offset: int = 0
+    ema_of: tuple[str, ...] = ()
+    ema_decay: float = 0.99
+
+
+@dataclass
+class Batch:
+    """A training batch on the engine's device.
+
+    ``label`` is ``None`` for unlabelled batches; multiclass labels are ``(B, *spatial)`` long,
+    multilabel ``(B, K, *spatial)`` float. ``views`` holds the augmented versions a method asked for
+    (``"weak"`` is ``image`` itself; ``"strong"`` adds intensity perturbations on the same geometry).
+    """
+
+    image: Tensor
+    label: Tensor | None = None
+    views: dict[str, Tensor] = field(default_factory=dict)
+    case_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int  # 0-based index of the current step
+    total_steps: int
+
+    @property
+    def fraction(self) -> float:
+        """Share of training done, in [0, 1]; ramps read this."""
+        return min(1.0, self.step / max(1, self.total_steps))
+
+
+@dataclass
+class StepOut:
+    """Named, already-weighted loss terms (the engine sums them) and scalar logs."""
+
+    losses: dict[str, Tensor]
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method may know about the task: label layout, sizes and the supervised loss."""
+
+    label_mode: str
+    num_classes: int
+    spatial_dims: int
+    in_channels: int
+    supervised_loss: Callable[..., Tensor]  # loss(logits, target, mask=None, weight=None)
+
+
+class MethodConfig(BaseModel):
+    """Base for a method's own hyper-parameters (strict: a typo is an error)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+Nets = dict[str, nn.Module]
+
+
+class Method(ABC):
+    """Base class: subclasses define ``training_step``; the defaults give one network, no state."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    views: ClassVar[tuple[str, ...]] = ("weak",)
+    uses_unlabelled: ClassVar[bool] = False
+
+    def __init__(self, ctx: MethodContext, options: dict[str, Any] | None = None) -> None:
+        self.ctx = ctx
+        self.cfg = self.parse_options(options or {})
+
+    @classmethod
+    def parse_options(cls, options: dict[str, Any]) -> MethodConfig:
+        try:
+            return cls.Config.model_validate(options)
+        except ValidationError as exc:
+            msgs = []
+            for err in exc.errors():
+                key = "method." + ".".join(str(p) for p in err["loc"])
+                if err["type"] == "extra_forbidden":
+                    valid = ", ".join(cls.Config.model_fields) or "none"
+                    msgs.append(f"unknown key {key!r} for method {cls.name!r} (valid: {valid})")
+                else:
+                    msgs.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+            raise ConfigError("; ".join(msgs)) from None
+
+    def networks(self) -> dict[str, NetSpec]:
+        return {"model": NetSpec()}
+
+    @abstractmethod
+    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
+        """The loss terms of one step; ``unlabeled`` is None for methods that do not use unlabelled data."""
+
+    def on_step_end(self, nets: Nets, progress: Progress) -> None:
+        """Hook after the optimiser step (EMA of ``NetSpec.ema_of`` nets is done by the engine)."""
+        return None
+
+    def predict(self, nets: Nets, x: Tensor) -> Tensor:
+        """Logits used at test time."""
+        return nets["model"](x)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Learned or scheduled state outside the networks (thresholds, banks, curriculum)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{self.name} has no state but the checkpoint holds {sorted(state)}")

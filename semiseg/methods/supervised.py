@@ -1,0 +1,16 @@
+"""Supervised baseline: the configured loss on labelled data only."""
+
+from __future__ import annotations
+
+from semiseg.methods.base import Batch, Method, Nets, Progress, StepOut
+from semiseg.methods.registry import register
+
+
+@register
+class Supervised(Method):
+    name = "supervised"
+    summary = "Labelled data only (Dice + CE by default); the lower bound every method must beat."
+
+    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
+        logits = nets["model"](labeled.image)
+        return StepOut(losses={"sup": self.ctx.supervised_loss(logits, labeled.label)})

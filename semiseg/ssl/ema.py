@@ -1,0 +1,35 @@
+"""Exponential moving averages of network weights (mean teachers and their variants)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def ema_update(
+    target: nn.Module, sources: Sequence[nn.Module], decay: float, weights: Sequence[float] | None = None
+) -> None:
+    """θ_t ← decay·θ_t + (1 − decay)·Σ_i w_i·θ_i, for parameters; buffers (BN statistics) are copied
+    from the weighted source mix too, so the teacher's normalisation follows the students.
+
+    With one source and ``weights=None`` this is the classic mean teacher; several sources with equal
+    weights give UCMT's teacher, the EMA of the students' average.
+    """
+    if not sources:
+        raise ValueError("ema_update needs at least one source network")
+    w = list(weights) if weights is not None else [1.0 / len(sources)] * len(sources)
+    if len(w) != len(sources):
+        raise ValueError(f"{len(w)} weights for {len(sources)} sources")
+    src_params = [dict(s.named_parameters()) for s in sources]
+    for name, param in target.named_parameters():
+        mixed = sum(wi * sp[name].detach() for wi, sp in zip(w, src_params, strict=True))
+        param.mul_(decay).add_(mixed, alpha=1.0 - decay)
+    src_buffers = [dict(s.named_buffers()) for s in sources]
+    for name, buf in target.named_buffers():
+        if buf.dtype.is_floating_point:
+            buf.copy_(sum(wi * sb[name] for wi, sb in zip(w, src_buffers, strict=True)))
+        else:
+            buf.copy_(src_buffers[0][name])

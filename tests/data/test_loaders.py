@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from semiseg.config import AugmentConfig
+from semiseg.data.loaders import PatchSampler, StoredCase, _window, default_patch_size, normalize_image
+
+
+def _store():
+    rng = np.random.default_rng(0)
+    label = np.zeros((20, 24, 6), dtype=np.uint8)
+    label[5:10, 5:12, 2:4] = 1
+    image = rng.normal(size=(1, 20, 24, 6)).astype(np.float32)
+    return [StoredCase("a", image, label, np.argwhere(label > 0))]
+
+
+def test_normalize_modes():
+    image = np.arange(8, dtype=np.float32).reshape(1, 2, 4) * 3 + 5
+    z = normalize_image(image, "zscore")
+    assert abs(z.mean()) < 1e-6 and abs(z.std() - 1) < 1e-5
+    m = normalize_image(image, "minmax")
+    assert m.min() == 0 and m.max() == 1
+    assert np.array_equal(normalize_image(image, "none"), image)
+
+
+def test_window_pads_outside():
+    a = np.arange(16).reshape(4, 4)
+    w = _window(a, [-1, 2], [3, 3])
+    assert w.tolist() == [[0, 0, 0], [2, 3, 0], [6, 7, 0]]
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_batches_shapes_views_and_determinism(dim):
+    patch = [16, 16] if dim == 2 else [8, 8, 4]
+    kw = dict(dim=dim, patch_size=patch, batch_size=3, augment=AugmentConfig(), views=("weak", "strong"), seed=1)
+    a, b = PatchSampler(_store(), **kw), PatchSampler(_store(), **kw)
+    ba, bb = a.next_batch(), b.next_batch()
+    assert ba["image"].shape == (3, 1, *patch) and ba["label"].shape == (3, *patch)
+    assert ba["views"]["strong"].shape == ba["image"].shape
+    assert np.array_equal(ba["image"], bb["image"])
+    state = a.state_dict()
+    nxt = a.next_batch()
+    b.load_state_dict(state)
+    assert np.array_equal(b.next_batch()["image"], nxt["image"])
+
+
+def test_foreground_sampling_hits_foreground():
+    s = PatchSampler(_store(), dim=2, patch_size=[8, 8], batch_size=16, augment=AugmentConfig(flip=False),
+                     foreground_fraction=1.0, seed=0)
+    labels = s.next_batch()["label"]
+    assert all(lab.any() for lab in labels)
+
+
+def test_default_patch_size():
+    store = _store()
+    assert default_patch_size([store], 2, 8) == [24, 24]
+    assert default_patch_size([store], 3, 4) == [20, 24, 8]

@@ -1,0 +1,86 @@
+"""End-to-end runs of the one training loop on tiny phantoms."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from semiseg import api
+from semiseg.config import load_config
+from semiseg.errors import SemisegError
+
+
+def _cfg(tmp_path, *extra, dim=2):
+    options = f"{{n_cases: 8, dim: {dim}, seed: 0}}"
+    return load_config(None, [
+        "data.source=phantom", f"data.options={options}", "split.labelled=2", "split.val=1", "split.test=2",
+        f"model.dim={dim}", "model.widths=[4, 8]", "train.steps=6", "train.val_every=3", "train.log_every=1",
+        "train.batch_size=2", "train.warmup_steps=1", f"output.root={tmp_path}", "output.name=run",
+        "eval.report_cases=1", *extra,
+    ])
+
+
+def test_run_folder_contents(tmp_path):
+    result = api.train(_cfg(tmp_path), progress=False)
+    run = result.run_dir
+    for name in ("config.yaml", "split.json", "log.csv", "checkpoints/best.pt", "checkpoints/last.pt",
+                 "metrics/per_case.csv", "summary.json", "report.md", "figures/overlays.png"):
+        assert (run / name).exists(), name
+    with (run / "log.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6] and rows[2]["val_dice"] != ""
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary["metrics"]) == {"best", "last"}
+    with (run / "metrics" / "per_case.csv").open() as fh:
+        per_case = list(csv.DictReader(fh))
+    assert len(per_case) == 2 * 2 * 2  # checkpoints × test cases × foreground classes
+    assert "![overlays]" in (run / "report.md").read_text()
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    api.train(_cfg(tmp_path), progress=False, evaluate=False)
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(SemisegError, match="already holds a run"):
+        api.train(_cfg(tmp_path), progress=False, evaluate=False)
+    api.train(_cfg(tmp_path), progress=False, evaluate=False, overwrite=True)
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+
+
+def _interrupt_at(step):
+    def hook(current):
+        if current == step:
+            raise KeyboardInterrupt
+
+    return hook
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_resume_continues_exactly(tmp_path, dim):
+    straight = api.train(_cfg(tmp_path / "a", dim=dim), progress=False, evaluate=False)
+    with pytest.raises(KeyboardInterrupt):
+        api.train(_cfg(tmp_path / "b", dim=dim), progress=False, evaluate=False, on_step=_interrupt_at(4))
+    resumed = api.resume(tmp_path / "b" / "run", progress=False, evaluate=False)
+    assert resumed.fit["steps"] == 6
+    a = torch.load(straight.run_dir / "checkpoints" / "last.pt", weights_only=False)["nets"]["model"]
+    b = torch.load(resumed.run_dir / "checkpoints" / "last.pt", weights_only=False)["nets"]["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_predict_writes_input_geometry(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    result = api.train(_cfg(tmp_path, dim=3), progress=False, evaluate=False)
+    affine = np.diag([1.5, 2.0, 2.5, 1.0])
+    affine[:3, 3] = [10, -4, 7]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(size=(20, 18, 12)).astype(np.float32), affine),
+             str(inputs / "scan.nii.gz"))
+    written = api.predict(result.run_dir, inputs, tmp_path / "out", save_probabilities=True)
+    out = nib.load(str(written[0]))
+    assert out.shape == (20, 18, 12) and np.allclose(out.affine, affine)
+    assert nib.load(str(written[1])).shape == (20, 18, 12, 3)
+    with pytest.raises(SemisegError, match="already holds predictions"):
+        api.predict(result.run_dir, inputs, tmp_path / "out")

@@ -1,0 +1,47 @@
+import pytest
+
+from semiseg.config import Config, config_to_yaml, load_config, parse_override
+from semiseg.errors import ConfigError
+
+
+def test_defaults_run_the_demo():
+    cfg = Config()
+    assert cfg.data.source == "demo_brain" and cfg.train.method == "supervised" and cfg.model.dim == 2
+
+
+def test_yaml_then_overrides(tmp_path):
+    file = tmp_path / "c.yaml"
+    file.write_text("train:\n  steps: 50\n  lr: 0.1\nmodel:\n  widths: [4, 8]\n")
+    cfg = load_config(file, ["train.steps=7", "method.alpha=0.5", "model.dim=3"])
+    assert cfg.train.steps == 7 and cfg.train.lr == 0.1 and cfg.model.widths == [4, 8]
+    assert cfg.method == {"alpha": 0.5} and cfg.model.dim == 3
+
+
+def test_unknown_key_names_nearest():
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.stpes'.*'train.steps'"):
+        load_config(None, ["train.stpes=3"])
+
+
+def test_bad_value_names_key():
+    with pytest.raises(ConfigError, match="train.steps"):
+        load_config(None, ["train.steps=-1"])
+
+
+def test_patch_size_must_match_dim():
+    with pytest.raises(ConfigError, match="patch_size"):
+        load_config(None, ["model.dim=3", "train.patch_size=[32, 32]"])
+
+
+def test_override_parsing_and_errors(tmp_path):
+    assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("train.steps")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = load_config(None, ["train.steps=11"])
+    file = tmp_path / "r.yaml"
+    file.write_text(config_to_yaml(cfg))
+    assert load_config(file) == cfg
