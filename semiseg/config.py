@@ -64,7 +64,7 @@ class AugmentConfig(Strict):
 
 class TrainConfig(Strict):
     method: str = "supervised"
-    steps: int = Field(1200, gt=0)
+    steps: int = Field(1000, gt=0)
     batch_size: int = Field(8, gt=0)  # labelled samples per step
     unlabelled_batch_size: int = Field(8, ge=0)  # unlabelled samples per step (methods that use them)
     patch_size: list[int] | None = None  # None: 2D whole slices padded; 3D 64³

@@ -17,6 +17,7 @@ Pipeline per subject (all geometry in world millimetres, one interpolation from 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.resources
 import json
@@ -65,12 +66,12 @@ class DemoDifficulty:
     translation_mm: float = 4.0  # max absolute shift along each axis
     warp_mm: float = 3.0  # std of the non-linear displacement at each control point
     warp_spacing_mm: float = 30.0  # control-point spacing of the displacement field (larger = smoother)
-    max_gamma: float = 1.8  # site gamma lies in [1 / max_gamma, max_gamma]
-    min_contrast: float = 0.45  # GM-WM intensity gap is scaled by a factor in [min_contrast, 1]
-    max_bias: float = 0.35  # std of the log bias field (0.35 ~ x0.7 .. x1.4 across the head)
+    max_gamma: float = 2.5  # site gamma lies in [1 / max_gamma, max_gamma]
+    min_contrast: float = 0.3  # GM-WM intensity gap is scaled by a factor in [min_contrast, 1]
+    max_bias: float = 0.5  # std of the log bias field (0.5 ~ x0.6 .. x1.6 across the head)
     max_blur_mm: float = 1.5  # gaussian sigma of the blurriest site
     min_noise: float = 0.01  # Rician noise std as a fraction of the white-matter intensity ...
-    max_noise: float = 0.08  # ... from the cleanest to the noisiest site
+    max_noise: float = 0.1  # ... from the cleanest to the noisiest site
     jitter: float = 0.1  # per-subject std around the site's position, as a fraction of each range
 
     def __post_init__(self) -> None:
@@ -145,17 +146,28 @@ class _Template:
 # ----------------------------------------------------------------------------------------- public API
 
 
+def _as_difficulty(value: DemoDifficulty | dict | None) -> DemoDifficulty:
+    """Accept the knobs as a mapping too, so a YAML config can set them (data.options.difficulty)."""
+    if value is None or isinstance(value, DemoDifficulty):
+        return value or DemoDifficulty()
+    known = {f.name for f in dataclasses.fields(DemoDifficulty)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ConfigError(f"data.options.difficulty: unknown keys {unknown}; valid: {sorted(known)}")
+    return DemoDifficulty(**value)
+
+
 def open_demo_brain(
     *,
     n_subjects: int = 20,
     spacing_mm: float = 2.0,
     seed: int = 0,
     cache_dir: str | None = None,
-    difficulty: DemoDifficulty | None = None,
+    difficulty: DemoDifficulty | dict | None = None,
     progress: bool = True,
 ) -> DatasetSpec:
     """Build (or reuse from the cache) ``n_subjects`` labelled virtual brains and list them."""
-    difficulty = difficulty or DemoDifficulty()
+    difficulty = _as_difficulty(difficulty)
     _check_args(n_subjects, spacing_mm)
     template_dir = _template_dir()
     params = _params(n_subjects, spacing_mm, seed, difficulty)
