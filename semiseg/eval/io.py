@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from semiseg.data.case import Case
+from semiseg.data.sources.folder2d import binary_mask_to_index, read_mask
 from semiseg.errors import DataError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -132,14 +133,10 @@ def nifti_affine(case: Case) -> np.ndarray:
 
 
 def read_label_file(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    """A label map and its spacing (1 mm per pixel for PNG)."""
+    """A label map and its spacing (1 mm per pixel for PNG, whose 0/255 binary masks mean 0/1)."""
     parsed = _stem(path)
     if parsed and parsed[1] in IMAGE_SUFFIXES:
-        try:
-            with Image.open(path) as img:
-                return np.asarray(img), (1.0, 1.0)
-        except Exception as exc:
-            raise DataError(f"{path}: cannot read this label image ({type(exc).__name__}: {exc})") from None
+        return binary_mask_to_index(read_mask(path)).astype(np.int64), (1.0, 1.0)
     img = _read_nifti(path)
     data = np.asarray(img.dataobj)
     if data.ndim == 4:  # multilabel stored channels-last

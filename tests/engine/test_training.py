@@ -84,3 +84,30 @@ def test_predict_writes_input_geometry(tmp_path):
     assert nib.load(str(written[1])).shape == (20, 18, 12, 3)
     with pytest.raises(SemisegError, match="already holds predictions"):
         api.predict(result.run_dir, inputs, tmp_path / "out")
+
+
+def test_png_folder_train_predict_and_folder_evaluation(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "ds" / "images").mkdir(parents=True)
+    (tmp_path / "ds" / "masks").mkdir()
+    for i in range(6):
+        mask = np.zeros((20, 28), np.uint8)
+        mask[4 + i : 12 + i, 6:18] = 1
+        image = (mask * 150 + rng.integers(0, 60, mask.shape)).astype(np.uint8)
+        Image.fromarray(np.stack([image] * 3, -1)).save(tmp_path / "ds" / "images" / f"img{i}.png")
+        Image.fromarray(mask * 255).save(tmp_path / "ds" / "masks" / f"img{i}.png")
+    cfg = load_config(None, [
+        "data.source=auto", f"data.path={tmp_path / 'ds'}", "split.labelled=2", "split.val=1", "split.test=2",
+        "model.widths=[4, 8]", "train.steps=3", "train.val_every=3", "train.batch_size=2",
+        f"output.root={tmp_path}", "output.name=run",
+    ])
+    result = api.train(cfg, progress=False)
+    written = api.predict(result.run_dir, tmp_path / "ds" / "images", tmp_path / "pred")
+    assert len(written) == 6 and all(Image.open(p).size == (28, 20) for p in written)
+    rows, summary = api.evaluate_folders(tmp_path / "pred", tmp_path / "ds" / "masks",
+                                         class_names=["background", "object"])
+    assert len(rows) == 6 and set(summary) == {"given"}
+    assert all(0.0 <= r["dice"] <= 1.0 for r in rows)

@@ -218,10 +218,16 @@ def _load_mask(pair: _Pair, shape: tuple[int, ...], labels: LabelSpec) -> np.nda
             f"{pair.mask}: mask size {mask.shape[1]}x{mask.shape[0]} differs from image {pair.image} "
             f"size {shape[1]}x{shape[0]} (width x height); resize the mask with nearest-neighbour"
         )
-    binary = labels.mode == "multiclass" and len(labels.class_names) == 2
-    if binary and mask.size and mask.max() == 255 and set(present_values(mask).tolist()) <= {0, 255}:
-        mask = (mask == 255).astype(np.uint8)  # 0/255 masks are how most tools save binary masks
+    if labels.mode == "multiclass" and len(labels.class_names) == 2:
+        mask = binary_mask_to_index(mask)
     return convert_label(mask, labels, str(pair.mask))
+
+
+def binary_mask_to_index(mask: np.ndarray) -> np.ndarray:
+    """Map a 0/255 mask (how most tools save binary masks) to 0/1; other masks are returned unchanged."""
+    if mask.size and mask.max() == 255 and set(present_values(mask).tolist()) <= {0, 255}:
+        return (mask == 255).astype(np.uint8)
+    return mask
 
 
 # --------------------------------------------------------------------------------------------------
