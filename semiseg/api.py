@@ -13,6 +13,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from semiseg.eval.evaluate import score_case, summarize, write_rows
 from semiseg.eval.inference import predict_case_probs, probs_to_label
 from semiseg.eval.io import label_files, read_inputs, read_label_file, write_label, write_probabilities
 from semiseg.eval.report import write_report
-from semiseg.losses import ce_loss, dice_loss
+from semiseg.losses import segmentation_loss
 from semiseg.methods import Method, MethodContext, get_method
 
 RUN_ARTEFACTS = ("config.yaml", "split.json", "log.csv", "summary.json", "report.md",
@@ -57,17 +58,7 @@ def open_configured_dataset(cfg: Config) -> DatasetSpec:
 
 def supervised_loss(name: str, label_mode: str, include_background: bool) -> Callable[..., torch.Tensor]:
     """The configured supervised loss as ``loss(logits, target, mask=None, weight=None)``."""
-
-    def loss(logits: torch.Tensor, target: torch.Tensor, mask=None, weight=None) -> torch.Tensor:  # noqa: ANN001
-        terms = []
-        if name in ("dice", "dice_ce"):
-            terms.append(dice_loss(logits, target, label_mode=label_mode, include_background=include_background,
-                                   mask=mask, weight=weight))
-        if name in ("ce", "dice_ce"):
-            terms.append(ce_loss(logits, target, label_mode=label_mode, mask=mask, weight=weight))
-        return sum(terms[1:], terms[0])
-
-    return loss
+    return partial(segmentation_loss(name), label_mode=label_mode, include_background=include_background)
 
 
 def method_context(cfg: Config, spec_info: dict[str, Any]) -> MethodContext:
