@@ -96,7 +96,7 @@ def prepare_run_dir(cfg: Config, overwrite: bool) -> Path:
     return run_dir
 
 
-def _check_compatible(cfg: Config, spec: DatasetSpec, method_cls: type[Method]) -> None:
+def _check_compatible(cfg: Config, spec: DatasetSpec) -> None:
     if cfg.model.dim == 3 and spec.dim == 2:
         raise ConfigError(f"model.dim=3 but dataset {spec.name!r} holds 2D images; use model.dim=2")
     divisor = 2 ** (len(cfg.model.widths) - 1)
@@ -152,7 +152,7 @@ def train(
     method_cls.parse_options(cfg.method)  # fail on bad method keys before touching data
     device = resolve_device(cfg.train.device)
     spec = open_configured_dataset(cfg)
-    _check_compatible(cfg, spec, method_cls)
+    _check_compatible(cfg, spec)
     split = load_split(cfg.split.file, spec) if cfg.split.file else make_split(
         spec, cfg.split, cfg.split.seed if cfg.split.seed is not None else cfg.seed)
     run_dir = prepare_run_dir(cfg, overwrite)

@@ -90,7 +90,7 @@ def read_inputs(path: str | Path, channels: int) -> list[Case]:
             pngs.append(file)
             continue
         match = _CHANNEL.match(stem)
-        groups[match["case"] if match and channels > 1 or match and root.is_dir() else stem].append(file)
+        groups[match["case"] if match else stem].append(file)  # nnU-Net channel files share a case id
     cases = [_nifti_case(cid, sorted(fs), channels) for cid, fs in sorted(groups.items())]
     cases += [_png_case(p, channels) for p in pngs]
     if not cases:
