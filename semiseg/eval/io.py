@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from semiseg.data.case import Case
-from semiseg.data.sources.folder2d import binary_mask_to_index, read_mask
+from semiseg.data.sources.folder2d import binary_mask_to_index, read_image, read_mask
 from semiseg.errors import DataError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -64,13 +64,10 @@ def _nifti_case(case_id: str, files: list[Path], channels: int) -> Case:
 
 
 def _png_case(path: Path, channels: int) -> Case:
-    try:
-        with Image.open(path) as img:
-            array = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32)
-    except Exception as exc:
-        raise DataError(f"{path}: cannot read this image ({type(exc).__name__}: {exc})") from None
-    image = array[None] if channels == 1 else np.moveaxis(array, -1, 0)
-    return Case(path.name.rsplit(".", 1)[0], image, None, (1.0, 1.0), None, {"files": [str(path)], "format": "png"})
+    """Read a 2D image exactly as the folder source reads training images (same dtype range, channels)."""
+    image, mode = read_image(path, channels)
+    meta = {"files": [str(path)], "format": "png", "mode": mode}
+    return Case(path.name.rsplit(".", 1)[0], image, None, (1.0, 1.0), None, meta)
 
 
 def read_inputs(path: str | Path, channels: int) -> list[Case]:
