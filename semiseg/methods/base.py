@@ -63,6 +63,21 @@ class Progress:
         return min(1.0, self.step / max(1, self.total_steps))
 
 
+@dataclass(frozen=True)
+class Pass:
+    """One network pass a training step cannot avoid, for the cost bound in ``benchmarks/``.
+
+    ``batch`` is "labelled", "unlabelled" or "both" (the two concatenated); ``grad`` says whether it is
+    a forward + backward or a forward under ``no_grad``; ``repeat`` multiplies the batch (UA-MT's T passes
+    run as one batch ``repeat`` times as large).
+    """
+
+    net: str
+    batch: str
+    grad: bool
+    repeat: int = 1
+
+
 @dataclass
 class StepOut:
     """Named, already-weighted loss terms (the engine sums them) and scalar logs."""
@@ -125,6 +140,10 @@ class Method(ABC):
     @abstractmethod
     def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
         """The loss terms of one step; ``unlabeled`` is None for methods that do not use unlabelled data."""
+
+    def passes(self) -> list[Pass]:
+        """The network passes one step needs at least (benchmarks compare step time with their sum)."""
+        return [Pass("model", "labelled", grad=True)]
 
     def on_step_end(self, nets: Nets, progress: Progress) -> None:
         """Hook after the optimiser step (EMA of ``NetSpec.ema_of`` nets is done by the engine)."""

@@ -1,0 +1,63 @@
+import math
+
+import pytest
+import torch
+
+from semiseg.ssl.pseudo_labels import confidence_mask, hard_labels, sharpen, to_onehot
+from semiseg.ssl.uncertainty import entropy, kl_divergence, max_entropy, mean_prediction_entropy
+
+
+def _probs():
+    # two pixels, three classes: a confident one and a uniform one
+    return torch.tensor([[0.8, 1 / 3], [0.1, 1 / 3], [0.1, 1 / 3]]).reshape(1, 3, 2, 1)
+
+
+def test_hard_labels_and_confidence_multiclass():
+    p = _probs()
+    assert hard_labels(p, "multiclass").flatten().tolist() == [0, 0]
+    assert confidence_mask(p, "multiclass", 0.75).flatten().tolist() == [True, False]
+
+
+def test_multilabel_confidence_ignores_pixels_near_half():
+    p = torch.tensor([0.95, 0.85, 0.15, 0.6]).reshape(1, 1, 4, 1)
+    # τ = 0.8: keep |p − 0.5| > 0.3
+    assert confidence_mask(p, "multilabel", 0.8).flatten().tolist() == [True, True, True, False]
+    assert hard_labels(p, "multilabel").flatten().tolist() == [1.0, 1.0, 0.0, 1.0]
+
+
+def test_sharpen_by_hand():
+    p = torch.tensor([0.6, 0.4]).reshape(1, 2, 1, 1)
+    s = sharpen(p, "multiclass", 0.5).flatten()
+    assert s.tolist() == pytest.approx([0.36 / 0.52, 0.16 / 0.52])
+    m = sharpen(torch.tensor([0.6]).reshape(1, 1, 1, 1), "multilabel", 0.5).flatten()
+    assert m.tolist() == pytest.approx([0.36 / 0.52])
+    assert torch.allclose(sharpen(p, "multiclass", 1.0), p)
+
+
+def test_entropy_by_hand_and_bounds():
+    e = entropy(_probs(), "multiclass").flatten()
+    assert e[0].item() == pytest.approx(-(0.8 * math.log(0.8) + 2 * 0.1 * math.log(0.1)), rel=1e-5)
+    assert e[1].item() == pytest.approx(math.log(3), rel=1e-5)
+    assert max_entropy(3, "multiclass") == pytest.approx(math.log(3))
+    half = torch.full((1, 2, 1, 1), 0.5)
+    assert entropy(half, "multilabel").item() == pytest.approx(max_entropy(2, "multilabel"), rel=1e-5)
+
+
+def test_entropy_of_mean_prediction():
+    a = torch.tensor([1.0, 0.0]).reshape(1, 2, 1, 1)
+    b = torch.tensor([0.0, 1.0]).reshape(1, 2, 1, 1)
+    assert mean_prediction_entropy([a, b], "multiclass").item() == pytest.approx(math.log(2), rel=1e-5)
+    assert mean_prediction_entropy([a, a], "multiclass").item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kl_by_hand():
+    p = torch.tensor([0.5, 0.5]).reshape(1, 2, 1, 1)
+    q = torch.tensor([0.25, 0.75]).reshape(1, 2, 1, 1)
+    expected = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert kl_divergence(p, q, "multiclass").item() == pytest.approx(expected, rel=1e-5)
+    assert kl_divergence(p, p, "multiclass").item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_to_onehot():
+    labels = torch.tensor([[0, 2]])
+    assert to_onehot(labels, "multiclass", 3)[0, :, 1].tolist() == [0.0, 0.0, 1.0]
