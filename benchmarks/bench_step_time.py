@@ -5,7 +5,7 @@ Run: ``python benchmarks/bench_step_time.py [--methods a,b] [--dim 2] [--repeats
 Everything is measured in one run, on the same network, batch and device, so the ratios are comparable
 across machines even when the seconds are not. A method's bound is the sum over ``Method.passes()`` of the
 measured time of that bare pass (forward + backward, or forward under ``no_grad``) plus one optimiser
-step per trainable network; ``step/bound`` near 1 means the method adds little beyond the passes its
+step per trainable network and update (UCMT makes two updates per step); ``step/bound`` near 1 means the method adds little beyond the passes its
 equations need (target ≤ 1.10). Batches mimic the 2D brain demo: 8 labelled + 8 unlabelled 88×104 slices,
 3 classes; ``--dim 3`` uses 2 + 2 patches of 48³.
 """
@@ -28,9 +28,8 @@ except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
 
 from semiseg.api import supervised_loss
 from semiseg.config import load_config
-from semiseg.engine.loop import build_nets, make_optimizer
+from semiseg.engine.loop import build_nets, make_optimizer, trainable_parameters, update_ema_net
 from semiseg.methods import Batch, MethodContext, Progress, available_methods
-from semiseg.ssl.ema import ema_update
 
 NUM_CLASSES = 3
 
@@ -76,8 +75,7 @@ def setup(name: str, dim: int, device: torch.device, options: dict | None = None
 def method_step_time(name: str, dim: int, device: torch.device, repeats: int, options: dict | None = None) -> float:
     cfg, method, nets = setup(name, dim, device, options)
     specs = method.networks()
-    params = [p for n, net in nets.items() if specs[n].trainable and not specs[n].ema_of for p in net.parameters()
-              if p.requires_grad]
+    params = trainable_parameters(nets, specs)
     optimizer = make_optimizer(cfg, params)
     labelled, unlabelled = make_batches(dim, device)
     step = {"i": 0}
@@ -87,13 +85,15 @@ def method_step_time(name: str, dim: int, device: torch.device, repeats: int, op
             net.train()
         progress = Progress(step["i"] % 1000, 1000)
         out = method.training_step(nets, labelled, unlabelled if method.uses_unlabelled else None, progress)
-        total = torch.stack(list(out.losses.values())).sum()
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-        for net_name, spec in specs.items():
-            if spec.ema_of:
-                ema_update(nets[net_name], [nets[s] for s in spec.ema_of], spec.ema_decay)
+        while out is not None:
+            total = torch.stack(list(out.losses.values())).sum()
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            for net_name, spec in specs.items():
+                if spec.ema_of:
+                    update_ema_net(nets, net_name, spec, step["i"] + 1)
+            out = out.followup() if out.followup is not None else None
         method.on_step_end(nets, progress)
         step["i"] += 1
 
@@ -115,13 +115,23 @@ def pass_bound(name: str, dim: int, device: torch.device, repeats: int, options:
             total += timed(lambda net=net, x=x: net(x).float().square().mean().backward(), repeats, device)
         else:
             total += timed(lambda net=net, x=x: _no_grad_forward(net, x), repeats, device)
+    updates = count_updates(method, nets, labelled, unlabelled)
     for net_name, spec in specs.items():
-        if spec.trainable and not spec.ema_of:
+        if spec.trainable:
             opt = make_optimizer(cfg, list(nets[net_name].parameters()))
             for q in nets[net_name].parameters():
                 q.grad = torch.zeros_like(q)
-            total += timed(opt.step, repeats, device)
+            total += updates * timed(opt.step, repeats, device)
     return total
+
+
+def count_updates(method, nets, labelled: Batch, unlabelled: Batch) -> int:
+    """Optimiser updates per step: 1 + the length of the method's ``followup`` chain."""
+    out = method.training_step(nets, labelled, unlabelled if method.uses_unlabelled else None, Progress(0, 1000))
+    updates = 1
+    while out.followup is not None:
+        out, updates = out.followup(), updates + 1
+    return updates
 
 
 @torch.no_grad()

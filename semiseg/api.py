@@ -68,6 +68,7 @@ def method_context(cfg: Config, spec_info: dict[str, Any]) -> MethodContext:
         spatial_dims=cfg.model.dim,
         in_channels=spec_info["channels"],
         supervised_loss=supervised_loss(cfg.train.loss, spec_info["label_mode"], cfg.train.include_background),
+        include_background=cfg.train.include_background,
     )
 
 

@@ -27,9 +27,11 @@ from semiseg.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
 from semiseg.engine.device import amp_enabled, autocast
 from semiseg.errors import SemisegError
 from semiseg.eval.inference import predict_case_probs, probs_to_label
-from semiseg.methods.base import Batch, Method, MethodContext, Nets, Progress
+from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress
 from semiseg.nets import build_network
 from semiseg.ssl.ema import ema_update
+
+_MAX_UPDATES_PER_STEP = 8
 
 
 @dataclass
@@ -59,10 +61,23 @@ def build_nets(method: Method, cfg: Config, ctx: MethodContext, device: torch.de
         nets[name] = net.to(device)
     for name, spec in specs.items():
         if spec.ema_of:
-            ema_update(nets[name], [nets[s] for s in spec.ema_of], decay=0.0)
-        if spec.ema_of or not spec.trainable:
+            unknown = [s for s in spec.ema_of if s not in nets]
+            if unknown:
+                raise SemisegError(f"method {method.name!r}: net {name!r} follows unknown net(s) {unknown}")
+            update_ema_net(nets, name, spec, step=0)
+        if not spec.trainable:
             nets[name].requires_grad_(False)
     return nets
+
+
+def update_ema_net(nets: Nets, name: str, spec: NetSpec, step: int) -> None:
+    """EMA of ``spec.ema_of`` into ``nets[name]`` with the warmed-up decay min(1 − 1/(t + 1), decay)."""
+    decay = min(1.0 - 1.0 / (step + 1), spec.ema_decay)
+    ema_update(nets[name], [nets[s] for s in spec.ema_of], decay, spec.ema_weights or None)
+
+
+def trainable_parameters(nets: Nets, specs: dict[str, NetSpec]) -> list[nn.Parameter]:
+    return [p for n, net in nets.items() if specs[n].trainable for p in net.parameters() if p.requires_grad]
 
 
 def make_scheduler(cfg: Config, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
@@ -145,8 +160,7 @@ class Trainer:
         self.run_dir, self.device, self.describe, self.show_progress = run_dir, device, describe, progress
         self.nets = build_nets(method, cfg, ctx, device)
         self.specs = method.networks()
-        params = [p for n, net in self.nets.items() if self.specs[n].trainable and not self.specs[n].ema_of
-                  for p in net.parameters() if p.requires_grad]
+        params = trainable_parameters(self.nets, self.specs)
         self.optimizer = make_optimizer(cfg, params)
         self.scheduler = make_scheduler(cfg, self.optimizer)
         self.amp = amp_enabled(cfg.train.amp, device)
@@ -199,7 +213,26 @@ class Trainer:
             unlabelled = to_batch(self.data.unlabelled.next_batch(), self.device, self.ctx.label_mode)
         with autocast(self.amp, self.device):
             out = self.method.training_step(self.nets, labelled, unlabelled, progress)
-        total = self._total_loss(out.losses)
+        row: dict[str, float] = {"loss": 0.0}
+        for update in range(_MAX_UPDATES_PER_STEP):
+            prefix = f"u{update + 1}_" if update else ""
+            total = self._update(out.losses)
+            row["loss"] += float(total.detach())
+            row.update({prefix + k: float(v.detach()) for k, v in out.losses.items()})
+            row.update({prefix + k: v for k, v in out.logs.items()})
+            if out.followup is None:
+                break
+            with autocast(self.amp, self.device):
+                out = out.followup()
+        else:
+            raise SemisegError(f"method {self.method.name!r} chained more than {_MAX_UPDATES_PER_STEP} updates")
+        self.scheduler.step()
+        self.method.on_step_end(self.nets, progress)
+        return row
+
+    def _update(self, losses: dict[str, Tensor]) -> Tensor:
+        """One optimiser update on the sum of ``losses``, then the EMA nets follow."""
+        total = self._total_loss(losses)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         if self.cfg.train.grad_clip:
@@ -207,13 +240,10 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
         for name, spec in self.specs.items():
             if spec.ema_of:
-                ema_update(self.nets[name], [self.nets[s] for s in spec.ema_of], spec.ema_decay)
-        self.method.on_step_end(self.nets, progress)
-        row = {"loss": float(total.detach()), **{k: float(v.detach()) for k, v in out.losses.items()}}
-        return {**row, **out.logs}
+                update_ema_net(self.nets, name, spec, self.step + 1)
+        return total
 
     def _total_loss(self, losses: dict[str, Tensor]) -> Tensor:
         if not losses:

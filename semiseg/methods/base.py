@@ -11,12 +11,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
 
 from semiseg.errors import ConfigError
+from semiseg.losses import segmentation_loss
 
 
 @dataclass(frozen=True)
@@ -25,8 +27,11 @@ class NetSpec:
 
     ``overrides`` change the shared architecture for this net only (e.g. ``{"aux_decoders": ["interp"]}``);
     ``builder`` replaces the shared architecture altogether (small heads such as a learnt threshold);
-    ``init_seed_offset`` gives co-training nets different initial weights; a net with ``ema_of`` is not
-    trained by the optimiser but follows the EMA of the named net(s) (weights averaged when several).
+    ``init_seed_offset`` gives co-training nets different initial weights; a net with ``ema_of`` follows
+    the EMA of the named net(s) after every optimiser step, mixing them with ``ema_weights`` (equal when
+    empty). Such a net is usually ``trainable=False``; UCMT's teacher is both trained (Eq. 3) and
+    averaged (Eq. 6). The decay warms up as min(1 − 1/(t + 1), ``ema_decay``) so an early teacher is not
+    stuck near its random initialisation (Tarvainen & Valpola's code).
     """
 
     builder: Callable[[MethodContext], nn.Module] | None = None
@@ -35,6 +40,7 @@ class NetSpec:
     init_seed_offset: int = 0
     ema_of: tuple[str, ...] = ()
     ema_decay: float = 0.99
+    ema_weights: tuple[float, ...] = ()
 
 
 @dataclass
@@ -80,10 +86,15 @@ class Pass:
 
 @dataclass
 class StepOut:
-    """Named, already-weighted loss terms (the engine sums them) and scalar logs."""
+    """Named, already-weighted loss terms (the engine sums them) and scalar logs.
+
+    ``followup`` makes one iteration several optimiser updates (UCMT's second step on UMIX samples):
+    after updating with these losses (and the EMA), the engine calls it for the next update's ``StepOut``.
+    """
 
     losses: dict[str, Tensor]
     logs: dict[str, float] = field(default_factory=dict)
+    followup: Callable[[], StepOut] | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,11 @@ class MethodContext:
     spatial_dims: int
     in_channels: int
     supervised_loss: Callable[..., Tensor]  # loss(logits, target, mask=None, weight=None)
+    include_background: bool = False
+
+    def loss(self, name: str) -> Callable[..., Tensor]:
+        """A named loss (dice | ce | dice_ce) in this task's label mode, for methods whose paper fixes one."""
+        return partial(segmentation_loss(name), label_mode=self.label_mode, include_background=self.include_background)
 
 
 class MethodConfig(BaseModel):

@@ -6,7 +6,7 @@ import torch
 from semiseg.api import supervised_loss
 from semiseg.config import load_config
 from semiseg.engine.checkpoint import load_checkpoint, save_checkpoint
-from semiseg.engine.loop import build_nets
+from semiseg.engine.loop import build_nets, trainable_parameters
 from semiseg.methods import Batch, MethodContext, Progress, available_methods
 
 METHODS = sorted(available_methods())
@@ -41,15 +41,15 @@ def _batches(dims, label_mode, with_label=True):
 def test_losses_finite_and_reach_trainable_parameters(name, dims, label_mode):
     cfg, ctx, method, nets = _setup(name, dims, label_mode)
     lab, unl = _batches(dims, label_mode)
-    specs = method.networks()
-    trainable = [p for n, net in nets.items() if specs[n].trainable and not specs[n].ema_of
-                 for p in net.parameters() if p.requires_grad]
+    trainable = trainable_parameters(nets, method.networks())
     out = method.training_step(nets, lab, unl if method.uses_unlabelled else None, Progress(5, 10))
-    assert out.losses, "a method must return at least one loss term"
-    for term, value in out.losses.items():
-        assert value.ndim == 0 and torch.isfinite(value), term
-        grads = torch.autograd.grad(value, trainable, retain_graph=True, allow_unused=True)
-        assert any(g is not None and g.abs().sum() > 0 for g in grads), f"{term} reaches no trainable parameter"
+    while out is not None:  # every update of the step (UCMT chains a second one)
+        assert out.losses, "a method must return at least one loss term"
+        for term, value in out.losses.items():
+            assert value.ndim == 0 and torch.isfinite(value), term
+            grads = torch.autograd.grad(value, trainable, retain_graph=True, allow_unused=True)
+            assert any(g is not None and g.abs().sum() > 0 for g in grads), f"{term} reaches no trainable parameter"
+        out = out.followup() if out.followup is not None else None
 
 
 @pytest.mark.parametrize("dims", [2, 3])

@@ -61,3 +61,18 @@ def test_kl_by_hand():
 def test_to_onehot():
     labels = torch.tensor([[0, 2]])
     assert to_onehot(labels, "multiclass", 3)[0, :, 1].tolist() == [0.0, 0.0, 1.0]
+
+
+def test_probability_mse_by_hand_and_masked():
+    from semiseg.ssl.consistency import input_noise, probability_mse
+
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).T.reshape(1, 2, 2, 1)  # pixel 0: (1, 0); pixel 1: (0, 1)
+    t = torch.full((1, 2, 2, 1), 0.5)
+    assert probability_mse(s, t).item() == pytest.approx(0.25)
+    mask = torch.tensor([[[True], [False]]])
+    assert probability_mse(s, torch.tensor([[[[0.5], [0.0]], [[0.5], [1.0]]]]), mask).item() == pytest.approx(0.25)
+    assert probability_mse(s, t, torch.zeros(1, 2, 1, dtype=torch.bool)).item() == 0.0
+    x = torch.zeros(1000)
+    noisy = input_noise(x, 0.1, 0.2)
+    assert noisy.abs().max() <= 0.2 and noisy.std() > 0.05
+    assert torch.equal(input_noise(x, 0.0, 0.2), x)

@@ -1,0 +1,148 @@
+"""Collaborative mean teacher (UCMT paper, Section 3.3): two students and a teacher.
+
+Eq. 3: supervised loss for all three nets; Eq. 4–7: L_u = L_cps + L_mts, where the students teach each
+other with hard pseudo labels (L_cps) and the teacher teaches both (L_mts); Eq. 6: the teacher is the EMA
+(α = 0.999) of the students' average; λ(t) follows the Gaussian ramp exp(−5(1 − t/t_m)²) over the whole
+run. Only the teacher predicts at test time. L_seg is Dice, as in the paper's experiments.
+
+Table 4's ablation is configuration: ``architecture`` "sts" (two students + teacher, CMT), "ts" (one
+student + teacher: MT with hard labels) or "ss" (two students: CPS); ``cps`` / ``mts`` switch the terms.
+``teacher_update="code"`` reproduces the authors' code, whose teacher follows 0.99·student1 +
+0.01·student2 instead of the average, with ``teacher_supervised=False`` (their teacher has no loss).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import Tensor
+
+from semiseg.methods._options import RampedWeight, RampKind
+from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Pass, Progress, StepOut
+from semiseg.methods.registry import register
+from semiseg.ssl.pseudo_labels import hard_labels, probabilities
+
+TEACHER_WEIGHTS = {"paper": (0.5, 0.5), "code": (0.99, 0.01)}
+
+
+class CMTConfig(RampedWeight):
+    architecture: Literal["sts", "ts", "ss"] = "sts"
+    cps: bool = True
+    mts: bool = True
+    weight: float = Field(1.0, ge=0)  # λ_m; the paper does not give it
+    rampup: RampKind = "gaussian"
+    rampup_fraction: float = Field(1.0, ge=0, le=1)  # t_m: "the maximum iteration in training"
+    ema_decay: float = Field(0.999, gt=0, lt=1)
+    teacher_update: Literal["paper", "code"] = "paper"
+    teacher_supervised: bool = True
+    loss: Literal["dice", "ce", "dice_ce"] = "dice"
+
+    @model_validator(mode="after")
+    def _terms_fit_architecture(self) -> CMTConfig:
+        if self.architecture == "ts" and self.cps:
+            raise ValueError("method.cps needs two students; with architecture 'ts' set method.cps=false")
+        if self.architecture == "ss" and self.mts:
+            raise ValueError("method.mts needs a teacher; with architecture 'ss' set method.mts=false")
+        if not (self.cps or self.mts):
+            raise ValueError("enable method.cps or method.mts (with neither, this is the supervised baseline)")
+        return self
+
+
+@dataclass
+class CMTOutputs:
+    """What one pass of the three nets leaves behind (UCMT's UMIX reads the probabilities)."""
+
+    losses: dict[str, Tensor]
+    student_probs: dict[str, Tensor]  # net name → (B_l + B_u, K, …) detached probabilities
+    teacher_probs_l: Tensor | None
+    teacher_probs_u: Tensor | None
+    teacher_pseudo_u: Tensor | None
+
+
+class CMTCore:
+    """The loss of Eq. 2–7 for any architecture of Table 4, shared by ``cmt`` and ``ucmt``."""
+
+    def __init__(self, method: Method, cfg: CMTConfig) -> None:
+        self.ctx, self.cfg = method.ctx, cfg
+        self.students = ["student1"] if cfg.architecture == "ts" else ["student1", "student2"]
+        self.has_teacher = cfg.architecture != "ss"
+
+    def networks(self) -> dict[str, NetSpec]:
+        specs = {name: NetSpec(init_seed_offset=i + 1) for i, name in enumerate(self.students)}
+        if self.has_teacher:
+            weights = TEACHER_WEIGHTS[self.cfg.teacher_update] if len(self.students) == 2 else (1.0,)
+            specs["teacher"] = NetSpec(trainable=self.cfg.teacher_supervised, ema_of=tuple(self.students),
+                                       ema_decay=self.cfg.ema_decay, ema_weights=weights, init_seed_offset=3)
+        return specs
+
+    def passes(self) -> list[Pass]:
+        plan = [Pass(s, "both", grad=True) for s in self.students]
+        if self.has_teacher:
+            plan += [Pass("teacher", "labelled", grad=self.cfg.teacher_supervised),
+                     Pass("teacher", "unlabelled", grad=False)]
+        return plan
+
+    def prediction_net(self) -> str:
+        return "teacher" if self.has_teacher else "student1"
+
+    def step(self, nets: Nets, x_l: Tensor, y_l: Tensor, x_u: Tensor, weight: float,
+             teacher_pseudo_u: Tensor | None = None, need_teacher_l: bool = False) -> CMTOutputs:
+        """Losses on one batch; ``teacher_pseudo_u`` replaces the teacher's pass on x_u (UMIX step)."""
+        mode, loss, n = self.ctx.label_mode, self.ctx.loss(self.cfg.loss), x_l.shape[0]
+        logits = {s: nets[s](torch.cat([x_l, x_u])) for s in self.students}
+        sup = sum(loss(out[:n], y_l) for out in logits.values())
+        teacher_l = teacher_u = None
+        if self.has_teacher:
+            if self.cfg.teacher_supervised:
+                teacher_logits_l = nets["teacher"](x_l)
+                sup = sup + loss(teacher_logits_l, y_l)
+                teacher_l = probabilities(teacher_logits_l.detach(), mode)
+            elif need_teacher_l:
+                with torch.no_grad():
+                    teacher_l = probabilities(nets["teacher"](x_l), mode)
+            if teacher_pseudo_u is None:
+                with torch.no_grad():
+                    teacher_u = probabilities(nets["teacher"](x_u), mode)
+                teacher_pseudo_u = hard_labels(teacher_u, mode)
+        losses = {"sup": sup}
+        unl = {s: out[n:] for s, out in logits.items()}
+        if self.cfg.cps:
+            (a, la), (b, lb) = unl.items()
+            pseudo_a = hard_labels(probabilities(la, mode), mode)
+            pseudo_b = hard_labels(probabilities(lb, mode), mode)
+            losses["cps"] = weight * (loss(la, pseudo_b) + loss(lb, pseudo_a))
+        if self.cfg.mts:
+            losses["mts"] = weight * sum(loss(out, teacher_pseudo_u) for out in unl.values())
+        probs = {s: probabilities(out.detach(), mode) for s, out in logits.items()}
+        return CMTOutputs(losses, probs, teacher_l, teacher_u, teacher_pseudo_u)
+
+
+@register
+class CMT(Method):
+    name = "cmt"
+    summary = "Collaborative mean teacher: two students co-train (CPS) under an EMA teacher of their average."
+    Config = CMTConfig
+    uses_unlabelled = True
+    cfg: CMTConfig
+
+    def __init__(self, ctx: MethodContext, options: dict[str, Any] | None = None) -> None:
+        super().__init__(ctx, options)
+        self.core = CMTCore(self, self.cfg)
+
+    def networks(self) -> dict[str, NetSpec]:
+        return self.core.networks()
+
+    def passes(self) -> list[Pass]:
+        return self.core.passes()
+
+    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
+        assert unlabeled is not None
+        weight = self.cfg.weight_at(progress)
+        out = self.core.step(nets, labeled.image, labeled.label, unlabeled.image, weight)
+        return StepOut(losses=out.losses, logs={"unsup_weight": weight})
+
+    def predict(self, nets: Nets, x: Tensor) -> Tensor:
+        return nets[self.core.prediction_net()](x)

@@ -1,0 +1,58 @@
+"""Cross pseudo supervision (Chen et al., 2021): two differently initialised networks, each trained on
+the other's hard pseudo labels (cross-entropy, constant weight λ = 1.5 as in the paper)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from semiseg.methods._options import RampedWeight, RampKind
+from semiseg.methods.base import Batch, Method, Nets, NetSpec, Pass, Progress, StepOut
+from semiseg.methods.registry import register
+from semiseg.ssl.pseudo_labels import hard_labels, probabilities
+
+
+class CPSConfig(RampedWeight):
+    weight: float = Field(1.5, ge=0)
+    rampup: RampKind = "none"
+    loss: Literal["ce", "dice", "dice_ce"] = "ce"
+    on_labelled: bool = True  # the paper applies the cross supervision to labelled images too
+    predict_with: Literal["net1", "net2"] = "net1"
+
+
+@register
+class CPS(Method):
+    name = "cps"
+    summary = "Cross pseudo supervision: two differently initialised nets teach each other with hard labels."
+    Config = CPSConfig
+    uses_unlabelled = True
+    cfg: CPSConfig
+
+    def networks(self) -> dict[str, NetSpec]:
+        return {"net1": NetSpec(init_seed_offset=1), "net2": NetSpec(init_seed_offset=2)}
+
+    def passes(self) -> list[Pass]:
+        return [Pass("net1", "both", grad=True), Pass("net2", "both", grad=True)]
+
+    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
+        assert unlabeled is not None
+        n = labeled.image.shape[0]
+        x = torch.cat([labeled.image, unlabeled.image])
+        logits1, logits2 = nets["net1"](x), nets["net2"](x)
+        sup = sum(self.ctx.supervised_loss(logits[:n], labeled.label) for logits in (logits1, logits2))
+        start = 0 if self.cfg.on_labelled else n
+        cross = self.cross_loss(logits1[start:], logits2[start:])
+        weight = self.cfg.weight_at(progress)
+        return StepOut(losses={"sup": sup, "cps": weight * cross}, logs={"cps_weight": weight})
+
+    def cross_loss(self, logits1: Tensor, logits2: Tensor) -> Tensor:
+        mode, loss = self.ctx.label_mode, self.ctx.loss(self.cfg.loss)
+        pseudo1 = hard_labels(probabilities(logits1, mode), mode)
+        pseudo2 = hard_labels(probabilities(logits2, mode), mode)
+        return loss(logits1, pseudo2) + loss(logits2, pseudo1)
+
+    def predict(self, nets: Nets, x: Tensor) -> Tensor:
+        return nets[self.cfg.predict_with](x)

@@ -1,0 +1,60 @@
+"""Mean Teacher (Tarvainen & Valpola, 2017): an EMA teacher's predictions on a noisy copy of the
+unlabelled images are the consistency target of the student (MSE of probabilities, ramped weight)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from semiseg.methods._options import RampedWeight
+from semiseg.methods.base import Batch, Method, Nets, NetSpec, Pass, Progress, StepOut
+from semiseg.methods.registry import register
+from semiseg.ssl.consistency import input_noise, probability_mse
+from semiseg.ssl.pseudo_labels import probabilities
+
+
+class MeanTeacherConfig(RampedWeight):
+    weight: float = Field(0.1, ge=0)  # the value of the UA-MT / SSL4MIS code
+    ema_decay: float = Field(0.99, gt=0, lt=1)
+    noise_std: float = Field(0.1, ge=0)
+    noise_clip: float = Field(0.2, ge=0)
+    predict_with: Literal["teacher", "student"] = "teacher"
+
+
+@register
+class MeanTeacher(Method):
+    name = "mean_teacher"
+    summary = "EMA teacher on noisy unlabelled images; MSE consistency of probabilities, sigmoid ramp."
+    Config = MeanTeacherConfig
+    uses_unlabelled = True
+    cfg: MeanTeacherConfig
+
+    def networks(self) -> dict[str, NetSpec]:
+        return {"student": NetSpec(),
+                "teacher": NetSpec(trainable=False, ema_of=("student",), ema_decay=self.cfg.ema_decay)}
+
+    def passes(self) -> list[Pass]:
+        return [Pass("student", "both", grad=True), Pass("teacher", "unlabelled", grad=False)]
+
+    def student_forward(self, nets: Nets, labeled: Batch, unlabelled_images: Tensor) -> tuple[Tensor, Tensor]:
+        """Supervised loss and the student's logits on the unlabelled images, from one batched pass."""
+        n = labeled.image.shape[0]
+        logits = nets["student"](torch.cat([labeled.image, unlabelled_images]))
+        return self.ctx.supervised_loss(logits[:n], labeled.label), logits[n:]
+
+    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
+        assert unlabeled is not None
+        sup, student_logits = self.student_forward(nets, labeled, unlabeled.image)
+        student_probs = probabilities(student_logits, self.ctx.label_mode)
+        with torch.no_grad():
+            noisy = input_noise(unlabeled.image, self.cfg.noise_std, self.cfg.noise_clip)
+            target = probabilities(nets["teacher"](noisy), self.ctx.label_mode)
+        weight = self.cfg.weight_at(progress)
+        return StepOut(losses={"sup": sup, "consistency": weight * probability_mse(student_probs, target)},
+                       logs={"consistency_weight": weight})
+
+    def predict(self, nets: Nets, x: Tensor) -> Tensor:
+        return nets[self.cfg.predict_with](x)

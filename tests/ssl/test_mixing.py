@@ -1,0 +1,135 @@
+import pytest
+import torch
+
+from semiseg.ssl.mixing import (
+    apply_region_map,
+    box_masks,
+    from_regions,
+    mix,
+    region_scores,
+    to_regions,
+    umix,
+    umix_source_map,
+)
+
+
+def test_regions_round_trip_with_untouched_border():
+    x = torch.randn(2, 3, 9, 10, 7)
+    regions = to_regions(x, [2, 3, 3])
+    assert regions.shape == (2, 18, 3, 4, 3, 2)
+    assert torch.equal(from_regions(regions, x, [2, 3, 3]), x)
+
+
+def test_region_order_is_row_major():
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    first_pixels = to_regions(x, [2, 2])[0, :, 0, 0, 0]
+    assert first_pixels.tolist() == [0.0, 2.0, 8.0, 10.0]
+
+
+def _hand_made_2d():
+    """A 4×4 image of 2×2 regions labelled 0..3 (row-major) and two uncertainty maps.
+
+    U¹ region means: [0.9, 0.1, 0.5, 0.2] → most uncertain region 0, most certain region 1.
+    U² region means: [0.3, 0.2, 0.8, 0.05] → most uncertain region 2, most certain region 3.
+    """
+    image = torch.zeros(1, 1, 4, 4)
+    for region, (r, c) in enumerate([(0, 0), (0, 2), (2, 0), (2, 2)]):
+        image[0, 0, r:r + 2, c:c + 2] = region
+    u1 = torch.zeros(1, 4, 4)
+    u2 = torch.zeros(1, 4, 4)
+    for (r, c), a, b in zip([(0, 0), (0, 2), (2, 0), (2, 2)], [0.9, 0.1, 0.5, 0.2], [0.3, 0.2, 0.8, 0.05],
+                            strict=True):
+        u1[0, r:r + 2, c:c + 2] = a
+        u2[0, r:r + 2, c:c + 2] = b
+    return image, u1, u2
+
+
+def _region_values(x):
+    return to_regions(x, [2, 2])[0, :, 0, 0, 0].tolist()
+
+
+def test_umix_exchange_moves_exactly_the_expected_regions():
+    image, u1, u2 = _hand_made_2d()
+    # pair 1: uncertain-by-U¹ region 0 ↔ certain-by-U² region 3; pair 2: uncertain-by-U² region 2 ↔
+    # certain-by-U¹ region 1. Both swaps: [0,1,2,3] → [3,1,2,0] → [3,2,1,0].
+    (mixed,) = umix([image], u1, u2, k=1, grid=[2, 2], mode="exchange")
+    assert _region_values(mixed) == [3.0, 2.0, 1.0, 0.0]
+    assert sorted(_region_values(mixed)) == [0.0, 1.0, 2.0, 3.0]  # nothing lost, nothing duplicated
+
+
+def test_umix_copy_duplicates_certain_regions_like_the_authors_code():
+    image, u1, u2 = _hand_made_2d()
+    (mixed,) = umix([image], u1, u2, k=1, grid=[2, 2], mode="copy")
+    # region 0 ← region 3, region 2 ← region 1; regions 1 and 3 stay in place too.
+    assert _region_values(mixed) == [3.0, 1.0, 1.0, 3.0]
+
+
+def test_umix_second_copy_overwrites_the_first_when_both_maps_pick_one_region():
+    scores1 = torch.tensor([[0.9, 0.1, 0.5, 0.6]])  # uncertain 0, certain 1
+    scores2 = torch.tensor([[0.9, 0.5, 0.6, 0.1]])  # uncertain 0, certain 3
+    # copy: region 0 ← 3, then region 0 ← 1 overwrites it; 1 and 3 stay in place
+    assert umix_source_map(scores1, scores2, 1, "copy").tolist() == [[1, 1, 2, 3]]
+    # exchange: swap(0,3) → [3,1,2,0], then swap(0,1) → [1,3,2,0]: still a permutation
+    assert umix_source_map(scores1, scores2, 1, "exchange").tolist() == [[1, 3, 2, 0]]
+
+
+def test_umix_moves_labels_with_images_and_keeps_label_layout():
+    image, u1, u2 = _hand_made_2d()
+    label = image[:, 0].long()  # (B, H, W) multiclass map equal to the region ids
+    onehot = torch.nn.functional.one_hot(label, 4).movedim(-1, 1).float()
+    mixed_image, mixed_label, mixed_onehot = umix([image, label, onehot], u1, u2, k=1, grid=[2, 2])
+    assert mixed_label.shape == label.shape and mixed_label.dtype == torch.long
+    assert torch.equal(mixed_label, mixed_image[:, 0].long())
+    assert torch.equal(mixed_onehot.argmax(1), mixed_label)
+
+
+def test_umix_3d_hand_made():
+    # 2×2×2 grid of 1-voxel regions; region id = voxel value.
+    image = torch.arange(8.0).reshape(1, 1, 2, 2, 2)
+    u1 = torch.tensor([0.9, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.0]).reshape(1, 2, 2, 2)  # uncertain 0, certain 7
+    u2 = torch.tensor([0.5, 0.1, 0.2, 0.3, 0.4, 0.9, 0.6, 0.7]).reshape(1, 2, 2, 2)  # uncertain 5, certain 1
+    (mixed,) = umix([image], u1, u2, k=1, grid=[2, 2, 2])
+    # swap(0, 1) then swap(5, 7): [1, 0, 2, 3, 4, 7, 6, 5]
+    assert mixed.flatten().tolist() == [1.0, 0.0, 2.0, 3.0, 4.0, 7.0, 6.0, 5.0]
+
+
+def test_umix_per_sample_and_k2():
+    scores = torch.tensor([[0.9, 0.8, 0.1, 0.2, 0.5, 0.6], [0.1, 0.2, 0.9, 0.8, 0.5, 0.6]])
+    source = umix_source_map(scores, scores.flip(0), 2, "exchange")
+    for row in source:
+        assert sorted(row.tolist()) == list(range(6))
+    # sample 0: U¹ uncertain [0, 1], U² certain [0, 1] (from sample 1's row) → swaps (0,0), (1,1);
+    # U² uncertain [2, 3] ↔ U¹ certain [2, 3] → swaps (2,2), (3,3): identity
+    assert source[0].tolist() == [0, 1, 2, 3, 4, 5]
+    # different maps per sample: U¹ = row, U² = the other row
+    other = umix_source_map(scores, torch.tensor([[0.5, 0.6, 0.9, 0.8, 0.1, 0.2]] * 2), 2, "exchange")
+    # sample 0: U¹ uncertain [0,1] ↔ U² certain [4,5]; U² uncertain [2,3] ↔ U¹ certain [2,3]
+    assert other[0].tolist() == [4, 5, 2, 3, 0, 1]
+
+
+def test_umix_rejects_bad_k():
+    with pytest.raises(ValueError, match="top-k"):
+        umix_source_map(torch.rand(1, 4), torch.rand(1, 4), 3)
+
+
+def test_region_scores_are_region_means():
+    _, u1, _ = _hand_made_2d()
+    assert region_scores(u1, [2, 2])[0].tolist() == pytest.approx([0.9, 0.1, 0.5, 0.2])
+
+
+def test_apply_region_map_identity():
+    x = torch.randn(2, 2, 8, 8)
+    assert torch.equal(apply_region_map(x, torch.arange(16).repeat(2, 1), [4, 4]), x)
+
+
+def test_box_masks_area_and_mix():
+    g = torch.Generator().manual_seed(0)
+    masks = box_masks(64, (40, 50), area=(0.25, 0.5), generator=g)
+    fractions = masks.float().mean(dim=(1, 2))
+    assert fractions.min() > 0.15 and fractions.max() < 0.6
+    masks3 = box_masks(4, (16, 16, 16), area=(0.3, 0.3), generator=g)
+    assert masks3.shape == (4, 16, 16, 16)
+    a, b = torch.zeros(1, 2, 4, 4), torch.ones(1, 2, 4, 4)
+    m = torch.zeros(1, 4, 4, dtype=torch.bool)
+    m[0, :2] = True
+    assert mix(a, b, m)[0, :, :2].eq(1).all() and mix(a, b, m)[0, :, 2:].eq(0).all()
