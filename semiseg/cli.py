@@ -44,7 +44,25 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--classes", help="comma-separated class names, background first (with --pred/--gt)")
     ev.add_argument("--label-mode", default="multiclass", choices=["multiclass", "multilabel"])
     ev.add_argument("--csv", help="write the per-case rows here (with --pred/--gt)")
+    ev.add_argument("--robustness", action="store_true",
+                    help="with --run: Dice against OOD mix-up strength γ and FGSM step ε (tables + curves)")
+    ev.add_argument("--uncertainty", action="store_true",
+                    help="with --run: Brier/ECE of the (Monte-Carlo) prediction and uncertainty maps")
+    ev.add_argument("--gammas", help="comma-separated γ in [0, 1] (default 0,0.2,0.4,0.6,0.8,1)")
+    ev.add_argument("--epsilons", help="comma-separated FGSM ε >= 0 (default 0,0.01,0.02,0.05,0.1,0.2)")
+    ev.add_argument("--samples", type=int, default=5, help="Monte-Carlo samples for --uncertainty (default 5)")
     ev.add_argument("--quiet", action="store_true")
+
+    cmp_ = sub.add_parser("compare", help="train several methods × seeds on one protocol and tabulate them")
+    cmp_.add_argument("--methods", required=True,
+                      help="comma-separated entries: a method name, or label=method:key=value:train.steps=N")
+    cmp_.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds (default 0,1,2)")
+    cmp_.add_argument("--name", required=True, help="comparison folder under output.root")
+    cmp_.add_argument("--config", help="YAML config shared by every run")
+    cmp_.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="config override shared by every run (repeatable)")
+    cmp_.add_argument("--jobs", type=int, default=1, help="runs trained in parallel (CPU threads are split)")
+    cmp_.add_argument("--quiet", action="store_true")
 
     data = sub.add_parser("data", help="dataset tools")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -91,9 +109,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from semiseg import api
 
     if args.run:
-        summary = api.evaluate_run(args.run, progress=not args.quiet)
-        print(_short_table(summary))
-        print(f"report: {Path(args.run) / 'report.md'}")
+        _evaluate_run(args)
         return
     if not (args.pred and args.gt):
         raise SemisegError("give --run RUN, or both --pred FOLDER and --gt FOLDER")
@@ -104,6 +120,50 @@ def _evaluate(args: argparse.Namespace) -> None:
 
         write_rows(rows, Path(args.csv))
     print(_short_table(summary))
+
+
+def _levels(text: str | None, flag: str) -> dict[str, tuple[float, ...]]:
+    """``--gammas 0,0.5,1`` → ``{"gammas": (0.0, 0.5, 1.0)}``; nothing when the flag is absent."""
+    if text is None:
+        return {}
+    try:
+        return {flag: tuple(float(v) for v in text.split(",") if v.strip())}
+    except ValueError:
+        raise SemisegError(f"--{flag} must be comma-separated numbers, e.g. 0,0.5,1; got {text!r}") from None
+
+
+def _evaluate_run(args: argparse.Namespace) -> None:
+    import json
+
+    from semiseg import api
+    from semiseg.eval.robustness import format_robustness_table
+    from semiseg.eval.uncertainty import format_uncertainty_table
+
+    summary = api.evaluate_run(args.run, progress=not args.quiet, robustness=args.robustness,
+                               uncertainty=args.uncertainty, samples=args.samples,
+                               **_levels(args.gammas, "gammas"), **_levels(args.epsilons, "epsilons"))
+    print(_short_table(summary))
+    saved = json.loads((Path(args.run) / "summary.json").read_text())
+    if "robustness" in saved:
+        print("\n" + format_robustness_table(saved["robustness"]))
+    if "uncertainty" in saved:
+        block = saved["uncertainty"]
+        print("\n" + format_uncertainty_table(block["scores"], block["source"], block["samples"]))
+    print(f"report: {Path(args.run) / 'report.md'}")
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from semiseg.compare import compare, parse_entry
+
+    entries = [parse_entry(text) for text in args.methods.split(",") if text.strip()]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise SemisegError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    root = compare(args.config, args.overrides, entries, seeds, name=args.name, jobs=args.jobs,
+                   progress=not args.quiet)
+    print((root / "compare.md").read_text())
+    print(f"tables: {root / 'compare.md'}, {root / 'compare.csv'}")
 
 
 def _data_check(args: argparse.Namespace) -> int:
@@ -138,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {len(files)} file(s) to {args.output}")
         elif args.command == "evaluate":
             _evaluate(args)
+        elif args.command == "compare":
+            _compare(args)
         elif args.command == "data":
             return _data_check(args)
         elif args.command == "methods":

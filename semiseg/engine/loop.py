@@ -58,6 +58,8 @@ def build_nets(method: Method, cfg: Config, ctx: MethodContext, device: torch.de
                 cfg.model.arch, spatial_dims=cfg.model.dim, in_channels=ctx.in_channels,
                 out_channels=ctx.num_classes, **{**network_options(cfg), **spec.overrides},
             )
+        if spec.head_seed_offset is not None:
+            reinit_heads(net, cfg.seed + 1000 * spec.head_seed_offset + 1)
         nets[name] = net.to(device)
     for name, spec in specs.items():
         if spec.ema_of:
@@ -68,6 +70,17 @@ def build_nets(method: Method, cfg: Config, ctx: MethodContext, device: torch.de
         if not spec.trainable:
             nets[name].requires_grad_(False)
     return nets
+
+
+def reinit_heads(net: nn.Module, seed: int) -> None:
+    """Fresh initial weights for the output heads only (``NetSpec.head_seed_offset``)."""
+    heads = getattr(net, "heads", None)
+    if heads is None:
+        raise SemisegError(f"{type(net).__name__} has no output heads to re-initialise")
+    torch.manual_seed(seed)
+    for module in heads.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
 
 
 def update_ema_net(nets: Nets, name: str, spec: NetSpec, step: int) -> None:

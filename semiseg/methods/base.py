@@ -30,7 +30,10 @@ class NetSpec:
     ``init_seed_offset`` gives co-training nets different initial weights; a net with ``ema_of`` follows
     the EMA of the named net(s) after every optimiser step, mixing them with ``ema_weights`` (equal when
     empty). Such a net is usually ``trainable=False``; UCMT's teacher is both trained (Eq. 3) and
-    averaged (Eq. 6). The decay warms up as min(1 − 1/(t + 1), ``ema_decay``) so an early teacher is not
+    averaged (Eq. 6). ``head_seed_offset`` re-initialises only the output heads with their own seed, so
+    nets with the same ``init_seed_offset`` share their body and differ in the heads — the situation of
+    papers whose networks share a pretrained backbone, and what makes averaging their weights meaningful.
+    The decay warms up as min(1 − 1/(t + 1), ``ema_decay``) so an early teacher is not
     stuck near its random initialisation (Tarvainen & Valpola's code).
     """
 
@@ -41,6 +44,7 @@ class NetSpec:
     ema_of: tuple[str, ...] = ()
     ema_decay: float = 0.99
     ema_weights: tuple[float, ...] = ()
+    head_seed_offset: int | None = None
 
 
 @dataclass
@@ -168,6 +172,14 @@ class Method(ABC):
     def predict(self, nets: Nets, x: Tensor) -> Tensor:
         """Logits used at test time."""
         return nets["model"](x)
+
+    def predict_samples(self, nets: Nets, x: Tensor, n: int) -> Tensor | None:
+        """``n`` stochastic predictions as ``(S, B, K, *spatial)`` probabilities, or None if the method has none.
+
+        Uncertainty evaluation turns them into mean and variance maps: SegPL-VI samples its threshold,
+        ensembles return their members (S = M, whatever ``n``). Deterministic methods keep this default.
+        """
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """Learned or scheduled state outside the networks (thresholds, banks, curriculum)."""

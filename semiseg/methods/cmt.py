@@ -5,6 +5,13 @@ other with hard pseudo labels (L_cps) and the teacher teaches both (L_mts); Eq. 
 (α = 0.999) of the students' average; λ(t) follows the Gaussian ramp exp(−5(1 − t/t_m)²) over the whole
 run. Only the teacher predicts at test time. L_seg is Dice, as in the paper's experiments.
 
+"Initialised with different weights" needs care when training from scratch: the authors' students share
+an ImageNet-pretrained backbone and only their classifiers are initialised afresh, so the average of
+their weights (Eq. 6) is a sensible network. Averaging two independently initialised networks is not
+(the teacher collapses: Dice 0 on the demo). ``student_init="shared_body"`` (default) reproduces the
+authors' situation — one common random body, different heads; ``"independent"`` initialises everything
+apart.
+
 Table 4's ablation is configuration: ``architecture`` "sts" (two students + teacher, CMT), "ts" (one
 student + teacher: MT with hard labels) or "ss" (two students: CPS); ``cps`` / ``mts`` switch the terms.
 ``teacher_update="code"`` reproduces the authors' code, whose teacher follows 0.99·student1 +
@@ -39,6 +46,7 @@ class CMTConfig(RampedWeight):
     teacher_update: Literal["paper", "code"] = "paper"
     teacher_supervised: bool = True
     loss: Literal["dice", "ce", "dice_ce"] = "dice"
+    student_init: Literal["shared_body", "independent"] = "shared_body"
 
     @model_validator(mode="after")
     def _terms_fit_architecture(self) -> CMTConfig:
@@ -71,7 +79,10 @@ class CMTCore:
         self.has_teacher = cfg.architecture != "ss"
 
     def networks(self) -> dict[str, NetSpec]:
-        specs = {name: NetSpec(init_seed_offset=i + 1) for i, name in enumerate(self.students)}
+        if self.cfg.student_init == "shared_body":
+            specs = {name: NetSpec(init_seed_offset=1, head_seed_offset=i + 1) for i, name in enumerate(self.students)}
+        else:
+            specs = {name: NetSpec(init_seed_offset=i + 1) for i, name in enumerate(self.students)}
         if self.has_teacher:
             weights = TEACHER_WEIGHTS[self.cfg.teacher_update] if len(self.students) == 2 else (1.0,)
             specs["teacher"] = NetSpec(trainable=self.cfg.teacher_supervised, ema_of=tuple(self.students),

@@ -239,3 +239,13 @@ def test_ucmt_3d_uses_per_axis_grid():
     method, nets = setup("ucmt", dims=3)
     assert method.grid((16, 16, 16)) == [8, 8, 8]
     assert method.grid((4, 16, 16)) == [4, 8, 8]
+
+
+def test_cmt_students_share_their_body_and_differ_in_the_heads():
+    _, nets = setup("cmt")
+    s1, s2 = dict(nets["student1"].named_parameters()), dict(nets["student2"].named_parameters())
+    for name in s1:
+        same = torch.equal(s1[name], s2[name])
+        assert same != name.startswith("heads."), name
+    _, independent = setup("cmt", {"student_init": "independent"})
+    assert not torch.equal(next(independent["student1"].parameters()), next(independent["student2"].parameters()))

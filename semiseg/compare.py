@@ -1,0 +1,221 @@
+"""Compare methods on one protocol: same data, split, network and steps; several seeds; one table.
+
+``compare`` trains every (entry, seed) pair into ``<output.root>/<name>/<label>-s<seed>``, reusing runs
+that are already finished and resuming interrupted ones, so a long comparison survives being stopped.
+Each entry is a method with optional method options and config overrides (``label=method:key=value``).
+The table gives mean ± std over seeds of the per-seed test means, for the best-on-validation and the
+last checkpoint, and a paired Wilcoxon signed-rank test of per-case Dice (all seeds pooled) against the
+first entry.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from semiseg.config import Config, load_config
+from semiseg.errors import ConfigError, SemisegError
+from semiseg.eval.metrics import METRIC_COLUMNS
+
+CONFIG_SECTIONS = ("data.", "split.", "model.", "train.", "eval.", "output.", "method.", "seed")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row of the comparison: a label, a registered method, its options and config overrides."""
+
+    label: str
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+    overrides: tuple[str, ...] = ()
+
+    def config_overrides(self) -> list[str]:
+        opts = [f"method.{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+                for k, v in self.options.items()]
+        return [f"train.method={self.method}", *opts, *self.overrides]
+
+
+def parse_entry(text: str) -> Entry:
+    """``method`` or ``label=method:key=value:train.steps=500`` (dotted keys are config overrides)."""
+    head, *pairs = text.split(":")
+    label, sep, method = head.partition("=")
+    if not sep:
+        method = label
+    options: dict[str, Any] = {}
+    overrides: list[str] = []
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq:
+            raise ConfigError(f"compare entry {text!r}: {pair!r} is not key=value")
+        if key.startswith(CONFIG_SECTIONS):
+            overrides.append(pair)
+        else:
+            options[key] = yaml.safe_load(value)
+    if not label or not method:
+        raise ConfigError(f"compare entry {text!r}: expected 'method' or 'label=method:key=value'")
+    return Entry(label, method, options, tuple(overrides))
+
+
+def run_configs(base_file: str | None, overrides: Sequence[str], entries: Sequence[Entry], seeds: Sequence[int],
+                name: str) -> dict[tuple[str, int], Config]:
+    """Validate every run's config up front, so a typo fails before hours of training."""
+    labels = [e.label for e in entries]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"compare labels must be unique, got {labels}")
+    configs = {}
+    for entry in entries:
+        for seed in seeds:
+            cfg = load_config(base_file, [*overrides, f"seed={seed}", *entry.config_overrides(),
+                                          f"output.name={name}/{entry.label}-s{seed}"])
+            from semiseg.methods import get_method
+
+            get_method(cfg.train.method).parse_options(cfg.method)
+            configs[(entry.label, seed)] = cfg
+    return configs
+
+
+def _train_one(cfg: Config, progress: bool) -> str:
+    from semiseg import api
+
+    run_dir = Path(cfg.output.root) / str(cfg.output.name)
+    if (run_dir / "summary.json").is_file():
+        return "reused"
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        api.resume(run_dir, progress=progress)
+        return "resumed"
+    api.train(cfg, overwrite=True, progress=progress)
+    return "trained"
+
+
+def compare(base_file: str | None, overrides: Sequence[str], entries: Sequence[Entry], seeds: Sequence[int], *,
+            name: str, jobs: int = 1, progress: bool = True) -> Path:
+    """Train what is missing, then write ``compare.md``, ``compare.csv`` and ``compare.json``."""
+    if not entries or not seeds:
+        raise ConfigError("compare needs at least one method and one seed")
+    configs = run_configs(base_file, overrides, entries, seeds, name)
+    root = Path(next(iter(configs.values())).output.root) / name
+    root.mkdir(parents=True, exist_ok=True)
+    if jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        todo = {key: cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": threads})})
+                for key, cfg in configs.items()}
+        with ProcessPoolExecutor(jobs) as pool:
+            futures = {pool.submit(_train_one, cfg, False): key for key, cfg in todo.items()}
+            for future in as_completed(futures):
+                label, seed = futures[future]
+                print(f"{label} seed {seed}: {future.result()}", flush=True)
+    else:
+        for (label, seed), cfg in configs.items():
+            print(f"== {label} seed {seed}", flush=True)
+            _train_one(cfg, progress)
+    results = collect(root, entries, seeds)
+    write_outputs(root, results, entries, seeds, configs)
+    return root
+
+
+def _case_rows(run_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """checkpoint → case id → metric → mean over classes."""
+    grouped: dict[str, dict[str, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    with (run_dir / "metrics" / "per_case.csv").open() as fh:
+        for row in csv.DictReader(fh):
+            for metric in METRIC_COLUMNS:
+                grouped[row["checkpoint"]][row["case_id"]][metric].append(float(row[metric]))
+    return {ck: {case: {m: float(np.mean(v)) for m, v in metrics.items()} for case, metrics in cases.items()}
+            for ck, cases in grouped.items()}
+
+
+def _train_seconds(run_dir: Path) -> float:
+    with (run_dir / "log.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    return float(rows[-1]["elapsed_s"]) if rows else math.nan
+
+
+def collect(root: Path, entries: Sequence[Entry], seeds: Sequence[int]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for entry in entries:
+        per_seed = {}
+        for seed in seeds:
+            run_dir = root / f"{entry.label}-s{seed}"
+            if not (run_dir / "summary.json").is_file():
+                raise SemisegError(f"{run_dir} has no summary.json; rerun 'semiseg compare' to finish it")
+            per_seed[seed] = {"cases": _case_rows(run_dir), "seconds": _train_seconds(run_dir)}
+        results[entry.label] = per_seed
+    return results
+
+
+def _paired_p(results: dict[str, Any], label: str, reference: str, checkpoint: str) -> float:
+    from scipy.stats import wilcoxon
+
+    if label == reference:
+        return math.nan
+    a, b = [], []
+    for seed, run in results[label].items():
+        ref_cases = results[reference][seed]["cases"][checkpoint]
+        for case, metrics in run["cases"][checkpoint].items():
+            a.append(metrics["dice"])
+            b.append(ref_cases[case]["dice"])
+    diffs = np.asarray(a) - np.asarray(b)
+    if len(diffs) < 2 or np.allclose(diffs, 0):
+        return math.nan
+    return float(wilcoxon(a, b).pvalue)
+
+
+def summary_rows(results: dict[str, Any], entries: Sequence[Entry]) -> list[dict[str, Any]]:
+    reference = entries[0].label
+    ref_seconds = np.mean([r["seconds"] for r in results[reference].values()])
+    rows = []
+    for entry in entries:
+        runs = results[entry.label]
+        for checkpoint in ("best", "last"):
+            row: dict[str, Any] = {"label": entry.label, "method": entry.method, "checkpoint": checkpoint,
+                                   "seeds": len(runs)}
+            for metric in METRIC_COLUMNS:
+                per_seed = [np.nanmean([c[metric] for c in run["cases"][checkpoint].values()]) for run in runs.values()]
+                row[f"{metric}_mean"], row[f"{metric}_std"] = float(np.mean(per_seed)), float(np.std(per_seed))
+            row["p_dice_vs_ref"] = _paired_p(results, entry.label, reference, checkpoint)
+            row["train_time_ratio"] = float(np.mean([r["seconds"] for r in runs.values()]) / ref_seconds)
+            rows.append(row)
+    return rows
+
+
+def format_markdown(rows: list[dict[str, Any]], reference: str) -> str:
+    lines = []
+    for checkpoint in ("best", "last"):
+        lines += [f"**{checkpoint} checkpoint** (mean ± std over seeds; p: paired Wilcoxon of per-case Dice "
+                  f"vs {reference})", "",
+                  "| method | Dice | Jaccard | HD95 (mm) | ASD (mm) | p | train time ÷ ref |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in (r for r in rows if r["checkpoint"] == checkpoint):
+            cells = [f"{row[f'{m}_mean']:.3f} ± {row[f'{m}_std']:.3f}" for m in METRIC_COLUMNS]
+            p = "—" if math.isnan(row["p_dice_vs_ref"]) else f"{row['p_dice_vs_ref']:.3g}"
+            lines.append(f"| {row['label']} | " + " | ".join(cells) + f" | {p} | {row['train_time_ratio']:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_outputs(root: Path, results: dict[str, Any], entries: Sequence[Entry], seeds: Sequence[int],
+                  configs: dict[tuple[str, int], Config]) -> None:
+    rows = summary_rows(results, entries)
+    with (root / "compare.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (root / "compare.json").write_text(json.dumps(
+        {"seeds": list(seeds), "entries": [e.__dict__ | {"overrides": list(e.overrides)} for e in entries],
+         "rows": rows}, indent=2, default=str))
+    first = configs[(entries[0].label, seeds[0])]
+    header = (f"# Comparison `{root.name}`\n\ndata: {first.data.source}, labelled: {first.split.labelled}, "
+              f"model: {first.model.dim}D {first.model.arch} {first.model.widths}, steps: {first.train.steps}, "
+              f"seeds: {', '.join(map(str, seeds))}\n\n")
+    (root / "compare.md").write_text(header + format_markdown(rows, entries[0].label))

@@ -1,0 +1,43 @@
+import json
+
+import pytest
+
+from semiseg.cli import main
+from semiseg.compare import Entry, parse_entry
+from semiseg.errors import ConfigError
+
+
+def test_parse_entry_splits_method_options_from_config_overrides():
+    assert parse_entry("cps") == Entry("cps", "cps")
+    entry = parse_entry("ucmt_code=ucmt:umix=copy:top_k=3:train.steps=300")
+    assert entry == Entry("ucmt_code", "ucmt", {"umix": "copy", "top_k": 3}, ("train.steps=300",))
+    assert entry.config_overrides() == ["train.method=ucmt", "method.umix=copy", "method.top_k=3", "train.steps=300"]
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_entry("x=cps:oops")
+
+
+def test_compare_trains_tabulates_and_reuses_runs(tmp_path, capsys):
+    args = ["compare", "--name", "tiny", "--seeds", "0,1", "--quiet",
+            "--methods", "supervised,mt=mean_teacher:weight=0.5",
+            "--set", f"output.root={tmp_path}", "--set", "data.source=phantom", "--set", "split.test=2",
+            "--set", "train.steps=3", "--set", "train.val_every=3", "--set", "model.widths=[4,8]",
+            "--set", "eval.save_predictions=false"]
+    assert main(args) == 0
+    root = tmp_path / "tiny"
+    rows = json.loads((root / "compare.json").read_text())["rows"]
+    assert [(r["label"], r["checkpoint"]) for r in rows] == [
+        ("supervised", "best"), ("supervised", "last"), ("mt", "best"), ("mt", "last")]
+    assert all(0 <= r["dice_mean"] <= 1 for r in rows)
+    assert "| mt |" in (root / "compare.md").read_text()
+    assert (root / "mt-s1" / "config.yaml").read_text().count("weight: 0.5") == 1
+    stamp = (root / "mt-s1" / "summary.json").stat().st_mtime_ns
+    assert main(args) == 0  # a second call reuses the finished runs
+    assert (root / "mt-s1" / "summary.json").stat().st_mtime_ns == stamp
+
+
+def test_compare_rejects_bad_method_options_before_training(tmp_path, capsys):
+    code = main(["compare", "--name", "bad", "--seeds", "0", "--methods", "mean_teacher:wieght=1",
+                 "--set", f"output.root={tmp_path}", "--set", "data.source=phantom"])
+    assert code == 2
+    assert "wieght" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
