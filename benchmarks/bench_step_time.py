@@ -1,13 +1,14 @@
 """Step time of each method ÷ the supervised step, and ÷ the bound set by its unavoidable network passes.
 
-Run: ``python benchmarks/bench_step_time.py [--methods a,b] [--dim 2] [--repeats 20] [--device cpu]``.
+Run: ``python benchmarks/bench_step_time.py [--methods a,b] [--variant label=method:k=v] [--dim 2]
+[--repeats 10] [--device cpu] [--threads N]``.
 
 Everything is measured in one run, on the same network, batch and device, so the ratios are comparable
 across machines even when the seconds are not. A method's bound is the sum over ``Method.passes()`` of the
 measured time of that bare pass (forward + backward, or forward under ``no_grad``) plus one optimiser
 step per trainable network and update (UCMT makes two updates per step); ``step/bound`` near 1 means the
-method adds little beyond the passes its equations need (target ≤ 1.10). Batches mimic the 2D brain demo: 8 labelled + 8 unlabelled 88×104 slices,
-3 classes; ``--dim 3`` uses 2 + 2 patches of 48³.
+method adds little beyond the passes its equations need (target ≤ 1.10). Batches mimic the 2D brain demo:
+8 labelled + 8 unlabelled 88×104 slices, 3 classes; ``--dim 3`` uses 2 + 2 patches of 48³.
 """
 
 from __future__ import annotations
