@@ -12,7 +12,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import torch
 
 from semiseg import __version__
 from semiseg.config import Config, config_to_yaml, read_yaml, validate_config
-from semiseg.data.case import Case, DatasetSpec
+from semiseg.data.case import Case, DatasetSpec, label_to_onehot
 from semiseg.data.loaders import PatchSampler, default_patch_size, load_store, normalize_image
 from semiseg.data.sources import open_dataset
 from semiseg.data.splits import load_split, make_split, refs_by_id, save_split
@@ -34,11 +34,21 @@ from semiseg.eval.evaluate import score_case, summarize, write_rows
 from semiseg.eval.inference import predict_case_probs, probs_to_label
 from semiseg.eval.io import label_files, read_inputs, read_label_file, write_label, write_probabilities
 from semiseg.eval.report import write_report
+from semiseg.eval.robustness import (
+    DEFAULT_EPSILONS,
+    DEFAULT_GAMMAS,
+    check_grid,
+    input_gradient,
+    robustness_rows,
+    summarize_robustness,
+    write_robustness,
+)
+from semiseg.eval.uncertainty import case_uncertainty, predict_case_samples, summarize_uncertainty, write_uncertainty
 from semiseg.losses import segmentation_loss
 from semiseg.methods import Method, MethodContext, get_method
 
 RUN_ARTEFACTS = ("config.yaml", "split.json", "log.csv", "summary.json", "report.md",
-                 "checkpoints", "metrics", "figures", "predictions")
+                 "checkpoints", "metrics", "figures", "predictions", "uncertainty")
 
 
 @dataclass
@@ -212,18 +222,46 @@ class LoadedModel:
     device: torch.device
 
     def probabilities(self, case: Case) -> np.ndarray:
-        image = normalize_image(case.image, self.cfg.data.normalize)
-        amp = amp_enabled(self.cfg.train.amp, self.device)
+        return self.predict_normalized(self.normalized(case))
+
+    def normalized(self, case: Case) -> np.ndarray:
+        """The network's input: the case image after the run's intensity normalisation."""
+        return normalize_image(case.image, self.cfg.data.normalize)
+
+    def _amp(self) -> Callable[[], Any]:
+        return partial(autocast, amp_enabled(self.cfg.train.amp, self.device), self.device)
+
+    def predictor(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        amp = self._amp()
 
         def predictor(x: torch.Tensor) -> torch.Tensor:
-            with autocast(amp, self.device):
+            with amp():
                 return self.method.predict(self.nets, x)
 
-        return predict_case_probs(
-            predictor, image, model_dim=self.cfg.model.dim, label_mode=self.info["label_mode"],
-            device=self.device, divisor=self.divisor, roi_size=self.patch_size,
-            batch_size=self.cfg.eval.sw_batch_size, overlap=self.cfg.eval.overlap,
-        )
+        return predictor
+
+    def _geometry(self) -> dict[str, Any]:
+        return {"model_dim": self.cfg.model.dim, "device": self.device, "divisor": self.divisor,
+                "roi_size": self.patch_size, "batch_size": self.cfg.eval.sw_batch_size,
+                "overlap": self.cfg.eval.overlap}
+
+    def predict_normalized(self, image: np.ndarray) -> np.ndarray:
+        """``(K, *spatial)`` probabilities of an already normalised image (robustness perturbs that input)."""
+        return predict_case_probs(self.predictor(), image, label_mode=self.info["label_mode"], **self._geometry())
+
+    def input_gradient(self, image: np.ndarray, onehot: np.ndarray) -> np.ndarray:
+        """Gradient of the cross-entropy against ``onehot`` w.r.t. a normalised image (FGSM)."""
+        return input_gradient(self.predictor(), image, onehot, label_mode=self.info["label_mode"], **self._geometry())
+
+    def sample_probabilities(self, image: np.ndarray, n: int) -> np.ndarray | None:
+        """``(S, K, *spatial)`` Monte-Carlo probabilities (``Method.predict_samples``), or None without them."""
+        amp = self._amp()
+
+        def sampler(x: torch.Tensor) -> torch.Tensor | None:
+            with amp():
+                return self.method.predict_samples(self.nets, x, n)
+
+        return predict_case_samples(sampler, image, num_classes=len(self.info["class_names"]), **self._geometry())
 
 
 def load_model(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> LoadedModel:
@@ -250,18 +288,75 @@ def _require_run(run_dir: Path) -> None:
 # evaluation and prediction
 
 
-def evaluate_run(run_dir: str | Path, *, checkpoints: tuple[str, ...] = ("best", "last"),
-                 progress: bool = True) -> dict[str, Any]:
-    """Evaluate the run's checkpoints on its test split; write metrics, summary, predictions and report."""
+@dataclass
+class _ExtraEvaluation:
+    """Robustness curves and uncertainty scores/maps of the first checkpoint, gathered case by case."""
+
+    robustness: bool
+    uncertainty: bool
+    gammas: tuple[float, ...]
+    epsilons: tuple[float, ...]
+    samples: int
+    report_cases: int
+    robustness_rows: list[dict[str, Any]] = field(default_factory=list)
+    uncertainty_rows: list[dict[str, Any]] = field(default_factory=list)
+    uncertainty_examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def add_case(self, model: LoadedModel, case: Case, probs: np.ndarray, checkpoint: str, run_dir: Path) -> None:
+        label_mode, num_classes = model.info["label_mode"], len(model.info["class_names"])
+        image = model.normalized(case) if self.robustness or self.uncertainty else None
+        if self.robustness:
+            self.robustness_rows += robustness_rows(
+                case.case_id, image, case.label, predict=model.predict_normalized, gradient=model.input_gradient,
+                label_mode=label_mode, num_classes=num_classes, gammas=self.gammas, epsilons=self.epsilons,
+                checkpoint=checkpoint)
+        if self.uncertainty:
+            row, maps = case_uncertainty(
+                case, probs, model.sample_probabilities(image, self.samples),
+                label_to_onehot(case.label, label_mode, num_classes), label_mode=label_mode,
+                out_dir=run_dir / "uncertainty", checkpoint=checkpoint)
+            self.uncertainty_rows.append(row)
+            if len(self.uncertainty_examples) < self.report_cases:
+                self.uncertainty_examples.append({"case_id": case.case_id, "image": case.image, "gt": case.label,
+                                                  **{k: v for k, v in maps.items() if k != "mean"}})
+
+    def finish(self, run_dir: Path) -> dict[str, Any]:
+        """Write the per-case CSVs; the summaries go into ``summary.json`` and the report."""
+        out: dict[str, Any] = {}
+        if self.robustness_rows:
+            write_robustness(self.robustness_rows, run_dir / "metrics" / "robustness.csv")
+            out["robustness"] = summarize_robustness(self.robustness_rows)
+        if self.uncertainty_rows:
+            write_uncertainty(self.uncertainty_rows, run_dir / "metrics" / "uncertainty.csv")
+            first = self.uncertainty_rows[0]
+            out["uncertainty"] = {"source": first["source"], "samples": first["samples"],
+                                  "scores": summarize_uncertainty(self.uncertainty_rows)}
+        return out
+
+
+def evaluate_run(run_dir: str | Path, *, checkpoints: tuple[str, ...] = ("best", "last"), progress: bool = True,
+                 robustness: bool = False, uncertainty: bool = False,
+                 gammas: tuple[float, ...] = DEFAULT_GAMMAS, epsilons: tuple[float, ...] = DEFAULT_EPSILONS,
+                 samples: int = 5) -> dict[str, Any]:
+    """Evaluate the run's checkpoints on its test split; write metrics, summary, predictions and report.
+
+    ``robustness`` adds Dice against the OOD mix-up strength γ and the FGSM step ε; ``uncertainty`` adds
+    Brier/ECE of the (Monte-Carlo mean, ``samples`` draws where the method samples) prediction and writes
+    uncertainty maps to ``uncertainty/``. Both use the first checkpoint only (``best`` by default).
+    """
     from tqdm import tqdm
 
     run_dir = Path(run_dir)
     _require_run(run_dir)
+    gammas, epsilons = check_grid(gammas, "gammas", upper=1.0), check_grid(epsilons, "epsilons")
+    if samples < 1:
+        raise ConfigError(f"samples: Monte-Carlo samples must be at least 1, got {samples}")
     cfg = validate_config(read_yaml(run_dir / "config.yaml"))
     spec = open_configured_dataset(cfg)
     split = load_split(run_dir / "split.json", spec)
     refs = refs_by_id(spec)
     rows, examples = [], []
+    extra = _ExtraEvaluation(robustness, uncertainty, gammas, epsilons, samples, cfg.eval.report_cases)
     models = {name: load_model(run_dir, name, cfg.train.device) for name in checkpoints}
     for case_id in tqdm(split["test"], desc="evaluate", disable=not progress, leave=False):
         case = refs[case_id].load()
@@ -273,21 +368,26 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: tuple[str, ...] = ("best",
             rows += case_rows
             if name == checkpoints[0]:
                 _save_prediction(cfg, run_dir, case, pred, probs)
+                extra.add_case(model, case, probs, name, run_dir)
                 if len(examples) < cfg.eval.report_cases:
                     dice = float(np.mean([r["dice"] for r in case_rows]))
                     examples.append({"case_id": case_id, "image": case.image, "gt": case.label, "pred": pred,
                                      "dice": dice})
     write_rows(rows, run_dir / "metrics" / "per_case.csv")
     summary = summarize(rows)
+    extras = extra.finish(run_dir)
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")["best"]
     payload = {"method": cfg.train.method, "dataset": spec.name, "test_cases": len(split["test"]),
-               "best_step": best["step"], "best_val_dice": best["score"], "metrics": summary}
+               "best_step": best["step"], "best_val_dice": best["score"], "metrics": summary, **extras}
     (run_dir / "summary.json").write_text(json.dumps(payload, indent=2))
     info = {"method": cfg.train.method, "dataset": spec.name, "labelled cases": len(split["labelled"]),
             "unlabelled cases": len(split["unlabelled"]), "test cases": len(split["test"]),
             "model": f"{cfg.model.dim}D {cfg.model.arch} widths {cfg.model.widths}", "steps": cfg.train.steps,
             "best checkpoint": f"step {best['step']} (val Dice {best['score']:.3f})", "seed": cfg.seed}
-    write_report(run_dir, summary=summary, info=info, examples=examples, label_mode=spec.label_mode)
+    uncertainty_block = ({**extras["uncertainty"], "examples": extra.uncertainty_examples}
+                         if "uncertainty" in extras else None)
+    write_report(run_dir, summary=summary, info=info, examples=examples, label_mode=spec.label_mode,
+                 robustness=extras.get("robustness"), uncertainty=uncertainty_block)
     return summary
 
 

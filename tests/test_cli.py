@@ -65,3 +65,41 @@ def test_train_on_hostile_folder_fails_cleanly(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
+
+
+def _tiny_segpl_vi_run(root):
+    from semiseg import api
+    from semiseg.config import load_config
+
+    cfg = load_config(None, [
+        "train.method=segpl_vi", "data.source=phantom", "data.options={n_cases: 7, dim: 2, seed: 0}",
+        "split.labelled=2", "split.val=1", "split.test=2", "model.widths=[4, 8]", "train.steps=4",
+        "train.val_every=4", "train.log_every=1", "train.batch_size=2", "train.unlabelled_batch_size=2",
+        "method.threshold_mode=straight_through", "eval.report_cases=1", f"output.root={root}", "output.name=run",
+    ])
+    return api.train(cfg, progress=False, evaluate=False).run_dir
+
+
+def test_evaluate_with_robustness_and_uncertainty(tmp_path, capsys):
+    run = _tiny_segpl_vi_run(tmp_path)
+    argv = ["evaluate", "--run", str(run), "--robustness", "--uncertainty", "--gammas", "0,1", "--epsilons", "0,0.1",
+            "--samples", "3", "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| OOD mix-up γ | 1 |" in out and "| FGSM ε | 0.1 |" in out and "monte_carlo, S = 3" in out
+    for name in ("metrics/robustness.csv", "metrics/uncertainty.csv", "figures/robustness.png",
+                 "figures/uncertainty.png", "figures/threshold.png"):
+        assert (run / name).exists(), name
+    assert len(list((run / "uncertainty").glob("*_variance.png"))) == 2  # 2D test images: PNG maps
+    report = (run / "report.md").read_text()
+    assert "## Robustness" in report and "## Uncertainty" in report and "## Learnt threshold" in report
+
+
+@pytest.mark.parametrize(("flag", "value", "match"), [("--gammas", "0,x", "--gammas must be comma-separated"),
+                                                       ("--gammas", "0,1.5", "gammas: levels must lie in [0, 1.0]"),
+                                                       ("--samples", "0", "samples")])
+def test_evaluate_grid_errors_are_one_line(tmp_path, capsys, flag, value, match):
+    (tmp_path / "config.yaml").write_text("{}")
+    assert main(["evaluate", "--run", str(tmp_path), "--robustness", flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and match in err and "Traceback" not in err

@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from semiseg.eval.evaluate import format_table  # noqa: E402
+from semiseg.eval.robustness import format_robustness_table  # noqa: E402
+from semiseg.eval.uncertainty import format_uncertainty_table  # noqa: E402
 
 _COLOURS = np.array(
     [[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [145, 30, 180], [70, 240, 240]]
@@ -64,12 +66,16 @@ def overlay_figure(examples: list[dict[str, Any]], label_mode: str, path: Path) 
     plt.close(fig)
 
 
+def _log_rows(log_csv: Path) -> list[dict[str, str]]:
+    if not log_csv.exists():
+        return []
+    with log_csv.open() as fh:
+        return list(csv.DictReader(fh))
+
+
 def curves_figure(log_csv: Path, path: Path) -> bool:
     """Training loss and validation Dice against step; False when there is no log."""
-    if not log_csv.exists():
-        return False
-    with log_csv.open() as fh:
-        rows = list(csv.DictReader(fh))
+    rows = _log_rows(log_csv)
     if not rows:
         return False
     steps = np.array([float(r["step"]) for r in rows])
@@ -87,10 +93,91 @@ def curves_figure(log_csv: Path, path: Path) -> bool:
     return True
 
 
+def threshold_figure(log_csv: Path, path: Path) -> bool:
+    """A learnt threshold over training (SegPL-VI logs ``threshold_mu/sigma/sample``); False when not logged."""
+    rows = [r for r in _log_rows(log_csv) if r.get("threshold_mu") not in (None, "")]
+    if not rows:
+        return False
+    steps = np.array([float(r["step"]) for r in rows])
+    mu, sigma = (np.array([float(r[k]) for r in rows]) for k in ("threshold_mu", "threshold_sigma"))
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.fill_between(steps, mu - sigma, mu + sigma, alpha=0.3, label="μ ± σ (posterior, batch mean)")
+    ax.plot(steps, mu, label="μ")
+    if all(r.get("threshold_sample") not in (None, "") for r in rows):
+        ax.plot(steps, [float(r["threshold_sample"]) for r in rows], ".", ms=3, label="sampled T (batch mean)")
+    ax.set(xlabel="step", ylabel="threshold T")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def robustness_figure(summary: dict[str, list[dict[str, float]]], path: Path) -> None:
+    """Dice (mean ± std over cases) against the OOD strength γ and the FGSM step ε."""
+    axes_labels = {"ood": "γ (out-of-distribution strength)", "fgsm": "ε (FGSM step)"}
+    attacks = [a for a in axes_labels if a in summary]
+    fig, axes = plt.subplots(1, len(attacks), figsize=(4.5 * len(attacks), 3), squeeze=False)
+    for ax, attack in zip(axes[0], attacks, strict=True):
+        points = summary[attack]
+        ax.errorbar([p["level"] for p in points], [p["mean"] for p in points], yerr=[p["std"] for p in points],
+                    marker="o", capsize=3)
+        ax.set(xlabel=axes_labels[attack], ylabel="Dice", ylim=(0, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def uncertainty_figure(examples: list[dict[str, Any]], label_mode: str, path: Path) -> None:
+    """Rows of (image, entropy, variance when sampled) for a few cases."""
+    columns = [c for c in ("entropy", "variance") if c in examples[0]]
+    fig, axes = plt.subplots(len(examples), 1 + len(columns), figsize=(3 * (1 + len(columns)), 3 * len(examples)),
+                             squeeze=False)
+    for row, ex in zip(axes, examples, strict=True):
+        index = _middle_slice(ex["image"], ex["image"].ndim - 1, ex["gt"], label_mode)
+        row[0].imshow(_take(ex["image"][0], index).T, cmap="gray", origin="lower")
+        row[0].set_title(f"{ex['case_id']}: image", fontsize=8)
+        for ax, name in zip(row[1:], columns, strict=True):
+            shown = ax.imshow(_take(ex[name], index).T, cmap="magma", origin="lower")
+            fig.colorbar(shown, ax=ax, fraction=0.046)
+            ax.set_title(name, fontsize=8)
+        for ax in row:
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _extra_sections(figures: Path, label_mode: str, robustness: dict[str, Any] | None,
+                    uncertainty: dict[str, Any] | None) -> list[str]:
+    lines: list[str] = []
+    if robustness:
+        robustness_figure(robustness, figures / "robustness.png")
+        lines += ["## Robustness (best checkpoint)", "", format_robustness_table(robustness), "",
+                  "Dice (mean ± std over test cases) when each test image x is mixed with an unseen contrast + "
+                  "noise version x′ as γx′ + (1 − γ)x, and under an FGSM attack of step ε (normalised intensity "
+                  "units). Per-case rows: `metrics/robustness.csv`.", "", "![robustness](figures/robustness.png)", ""]
+    if uncertainty:
+        lines += ["## Uncertainty (best checkpoint)", "",
+                  format_uncertainty_table(uncertainty["scores"], uncertainty["source"], uncertainty["samples"]), "",
+                  "Brier: mean over voxels of Σ_k (p_k − y_k)²; Eq. 1: the paper's binary Brier per foreground "
+                  "channel, averaged. ECE: 15 equal-width bins. Maps: `uncertainty/`; per-case rows: "
+                  "`metrics/uncertainty.csv`.", ""]
+        if uncertainty.get("examples"):
+            uncertainty_figure(uncertainty["examples"], label_mode, figures / "uncertainty.png")
+            lines += ["![uncertainty](figures/uncertainty.png)", ""]
+    return lines
+
+
 def write_report(
-    run_dir: Path, *, summary: dict[str, Any], info: dict[str, Any], examples: list[dict[str, Any]], label_mode: str
+    run_dir: Path, *, summary: dict[str, Any], info: dict[str, Any], examples: list[dict[str, Any]], label_mode: str,
+    robustness: dict[str, Any] | None = None, uncertainty: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``report.md`` and its figures into ``run_dir``; returns the report path."""
+    """Write ``report.md`` and its figures into ``run_dir``; returns the report path.
+
+    ``robustness`` (``summarize_robustness``) and ``uncertainty`` (scores, source, samples, examples) add
+    their sections; a learnt-threshold plot appears whenever ``log.csv`` holds ``threshold_mu``.
+    """
     figures = run_dir / "figures"
     figures.mkdir(exist_ok=True)
     overlay_figure(examples, label_mode, figures / "overlays.png")
@@ -107,6 +194,9 @@ def write_report(
         lines += ["## Predictions", "", "![overlays](figures/overlays.png)", ""]
     if has_curves:
         lines += ["## Training", "", "![training](figures/training.png)", ""]
+    if threshold_figure(run_dir / "log.csv", figures / "threshold.png"):
+        lines += ["## Learnt threshold", "", "![threshold](figures/threshold.png)", ""]
+    lines += _extra_sections(figures, label_mode, robustness, uncertainty)
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -1,0 +1,156 @@
+"""SegPL and SegPL-VI (Xu et al., "Bayesian Pseudo Labels", MICCAI 2022): pseudo-labelling as EM.
+
+E-step (Eq. 1): pseudo labels ``y'_u`` from the current model's prediction on the unlabelled batch, held
+fixed. M-step (Eq. 3): the supervised loss on labelled images plus ``α`` × Dice on the pseudo-labelled
+unlabelled ones. Labelled and unlabelled images go through the network as one batch (one forward and one
+backward, as the paper does to fit unlabelled data in the batch); the pseudo labels are that same forward
+pass, detached, so the E-step costs no extra pass.
+
+SegPL-VI (Section 3) replaces the fixed ``T`` by a sample from ``N(μ, σ)`` predicted by a threshold head φ
+(Eqs. 5-6) and adds the KL to the prior (Eq. 8). ``threshold_mode`` selects the paper's hard comparison
+(φ then learns from the KL alone) or a straight-through / soft threshold through which the pseudo-label
+term trains φ as well; see ``semiseg.ssl.thresholds`` for how ``T`` acts in each label mode.
+
+Deviations, on purpose: the supervised term is the configured ``train.loss`` so that every method of a
+comparison shares it (``--set train.loss=dice`` gives Eq. 3 exactly), and Dice is the project's batch Dice
+rather than a per-image mean (stable when a class is absent from a slice); α is ``method.weight``, the
+name every method uses for its unsupervised weight. φ reads the network's detached output probabilities,
+i.e. φ(θ(X)) of Eq. 5: a net builder only knows the task (``MethodContext``), not the width of the U-Net's
+hidden features, and the detached input keeps the KL from reshaping the segmentation network.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from semiseg.methods._options import RampedWeight, RampKind
+from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Pass, Progress, StepOut
+from semiseg.methods.registry import register
+from semiseg.ssl.pseudo_labels import confidence_mask, hard_labels, probabilities
+from semiseg.ssl.thresholds import (
+    ThresholdHead,
+    gaussian_kl,
+    reparameterise,
+    threshold_pseudo_labels,
+    threshold_samples,
+)
+
+EStep = tuple[Tensor, Tensor | None, dict[str, Tensor], dict[str, Tensor]]  # target, weight, losses, logs
+
+
+class PseudoLabelConfig(RampedWeight):
+    # α of Eq. 3. Paper: 5e-3 … 0.1 suits BRATS (0.05 in its appendix), 1.0 suits CARVE.
+    weight: float = Field(0.05, ge=0)
+    # Optional warm-up of α over rampup_fraction of training (paper: SegPL is not sensitive to it; off by default).
+    rampup: RampKind = "linear"
+    rampup_fraction: float = Field(0.0, ge=0, le=1)
+    # Loss on the pseudo labels: Eq. 3's Dice (foreground classes unless train.include_background), or ce / dice_ce.
+    loss: Literal["dice", "ce", "dice_ce"] = "dice"
+
+
+class SegPLConfig(PseudoLabelConfig):
+    # T of Eq. 1, applied per channel in multilabel mode; multiclass pseudo labels are the argmax.
+    threshold: float = Field(0.5, gt=0, lt=1)
+    # Optional confidence filter (None: every pixel counts, as in the paper); see ssl.pseudo_labels.confidence_mask.
+    confidence: float | None = Field(None, gt=0, lt=1)
+
+
+class SegPLVIConfig(PseudoLabelConfig):
+    # Prior N(μ_β, σ_β) of the threshold (paper: N(0.5, 0.1) for BRATS, N(0.4, 0.1) for CARVE).
+    prior_mean: float = Field(0.5, gt=0, lt=1)
+    prior_std: float = Field(0.1, gt=0)
+    # Weight of the KL term; Eq. 8 adds it with weight 1. Its pull on μ, (μ − μ_β)/σ_β², dwarfs the pseudo-label
+    # gradient at α = 0.05: with a differentiable threshold, ~0.01 lets the data move T (see the README).
+    kl_weight: float = Field(1.0, ge=0)
+    # "hard": the paper's comparison (φ learns from the KL only); "straight_through": hard forward, gradient of
+    # sigmoid((p − T)/temperature) backward; "soft": the sigmoid itself.
+    threshold_mode: Literal["hard", "straight_through", "soft"] = "hard"
+    temperature: float = Field(0.05, gt=0)
+
+
+class _PseudoLabelling(Method):
+    """The shared EM step; subclasses define the E-step's pseudo labels (``e_step``)."""
+
+    uses_unlabelled = True
+    cfg: PseudoLabelConfig
+
+    def passes(self) -> list[Pass]:
+        return [Pass("model", "both", grad=True)]
+
+    @abstractmethod
+    def e_step(self, nets: Nets, probs_u: Tensor) -> EStep:
+        """Pseudo labels of the unlabelled batch from its detached probabilities, plus extra loss terms and logs."""
+
+    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
+        if unlabeled is None:  # train.unlabelled_batch_size=0: nothing to pseudo-label
+            return StepOut(losses={"sup": self.ctx.supervised_loss(nets["model"](labeled.image), labeled.label)})
+        n = labeled.image.shape[0]
+        logits = nets["model"](torch.cat([labeled.image, unlabeled.image]))
+        logits_l, logits_u = logits[:n], logits[n:]
+        target, weight, extra, logs = self.e_step(nets, probabilities(logits_u.detach(), self.ctx.label_mode))
+        losses = {
+            "sup": self.ctx.supervised_loss(logits_l, labeled.label),
+            "unsup": self.cfg.weight_at(progress) * self.ctx.loss(self.cfg.loss)(logits_u, target, weight=weight),
+            **extra,
+        }
+        values = torch.stack([v.detach().float() for v in logs.values()]).tolist() if logs else []
+        return StepOut(losses=losses, logs=dict(zip(logs, values, strict=True)))
+
+
+@register
+class SegPL(_PseudoLabelling):
+    name = "segpl"
+    summary = "Pseudo-labelling as EM with a fixed threshold (Xu et al. 2022, Eqs. 1-3)."
+    Config = SegPLConfig
+    cfg: SegPLConfig
+
+    def e_step(self, nets: Nets, probs_u: Tensor) -> EStep:
+        """Eq. 1: ``y' = 1(p > T)`` per channel (multilabel) or the argmax (multiclass), optionally filtered."""
+        target = hard_labels(probs_u, self.ctx.label_mode, self.cfg.threshold)
+        mask = None
+        if self.cfg.confidence is not None:
+            mask = confidence_mask(probs_u, self.ctx.label_mode, self.cfg.confidence).to(probs_u.dtype)
+        return target, mask, {}, {}
+
+
+@register
+class SegPLVI(_PseudoLabelling):
+    name = "segpl_vi"
+    summary = "SegPL with a threshold learnt by variational inference (Xu et al. 2022, Eqs. 4-8)."
+    Config = SegPLVIConfig
+    cfg: SegPLVIConfig
+
+    def networks(self) -> dict[str, NetSpec]:
+        return {"model": NetSpec(), "threshold": NetSpec(builder=self._build_head)}
+
+    def _build_head(self, ctx: MethodContext) -> nn.Module:
+        return ThresholdHead(ctx.num_classes, ctx.spatial_dims, prior_mean=self.cfg.prior_mean,
+                             prior_std=self.cfg.prior_std)
+
+    def e_step(self, nets: Nets, probs_u: Tensor) -> EStep:
+        """Eqs. 5-6: ``(μ, log σ) = φ(p)``, ``T = μ + σ ε``; Eq. 1 under ``T``; Eq. 8's KL as an extra term."""
+        mu, log_sigma = nets["threshold"](probs_u)
+        t = reparameterise(mu, log_sigma)
+        cfg = self.cfg
+        target, weight = threshold_pseudo_labels(probs_u, t, self.ctx.label_mode, cfg.threshold_mode, cfg.temperature)
+        kl = cfg.kl_weight * gaussian_kl(mu, log_sigma, cfg.prior_mean, cfg.prior_std).mean()
+        logs = {"threshold_mu": mu.mean(), "threshold_sigma": log_sigma.exp().mean(), "threshold_sample": t.mean()}
+        return target, weight, {"kl": kl}, logs
+
+    @torch.no_grad()
+    def predict_samples(self, nets: Nets, x: Tensor, n: int) -> Tensor:
+        """``n`` predictions under thresholds ``T_s ~ N(μ, σ)`` (Section 4.4), ``(n, B, K, *spatial)``.
+
+        The noise ``ε_s`` is drawn from a fixed seed, so the s-th draw is the same for every slice or window
+        of a case and evaluation is reproducible.
+        """
+        probs = probabilities(nets["model"](x), self.ctx.label_mode)
+        mu, log_sigma = nets["threshold"](probs)
+        eps = torch.randn(n, 1, generator=torch.Generator().manual_seed(0)).to(x.device)
+        return threshold_samples(probs, reparameterise(mu[None].float(), log_sigma[None].float(), eps),
+                                 self.ctx.label_mode)

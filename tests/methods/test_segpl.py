@@ -1,0 +1,168 @@
+"""SegPL and SegPL-VI: Eqs. 1, 3 and 8 by hand, α warm-up, and where the threshold head gets its gradient."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from semiseg.api import supervised_loss
+from semiseg.config import load_config
+from semiseg.engine.loop import build_nets
+from semiseg.errors import ConfigError
+from semiseg.methods import Batch, MethodContext, Progress, get_method
+
+
+class FixedLogits(nn.Module):
+    """A 'network' whose output is a given logit tensor, so losses can be checked by hand."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(logits.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[0] == self.logits.shape[0]
+        return self.logits
+
+
+def _ctx(label_mode, k, dims=2, loss="dice"):
+    return MethodContext(label_mode=label_mode, num_classes=k, spatial_dims=dims, in_channels=1,
+                         supervised_loss=supervised_loss(loss, label_mode, False))
+
+
+def _logit(p):
+    p = torch.tensor(p)
+    return torch.log(p / (1 - p))
+
+
+def test_eq1_pseudo_labels_by_hand():
+    probs_ml = torch.tensor([0.9, 0.6, 0.3, 0.1]).reshape(1, 1, 4, 1)
+    segpl = get_method("segpl")(_ctx("multilabel", 1), {"threshold": 0.5})
+    target, mask, _, _ = segpl.e_step({}, probs_ml)
+    assert target.flatten().tolist() == [1.0, 1.0, 0.0, 0.0] and mask is None
+    target, _, _, _ = get_method("segpl")(_ctx("multilabel", 1), {"threshold": 0.65}).e_step({}, probs_ml)
+    assert target.flatten().tolist() == [1.0, 0.0, 0.0, 0.0]
+    probs_mc = torch.tensor([[0.7, 0.2], [0.2, 0.45], [0.1, 0.35]]).reshape(1, 3, 2, 1)
+    confident = get_method("segpl")(_ctx("multiclass", 3), {"confidence": 0.6})
+    target, mask, _, _ = confident.e_step({}, probs_mc)
+    assert target.flatten().tolist() == [0, 1] and mask.flatten().tolist() == [1.0, 0.0]
+
+
+def test_eq3_loss_by_hand_multilabel():
+    # labelled image (1 pixel row of 4): prediction p = [0.8, 0.8, 0.2, 0.2] against y = [1, 0, 1, 0];
+    # unlabelled: p = [0.9, 0.6, 0.3, 0.1] gives y' = [1, 1, 0, 0] (Eq. 1 with T = 0.5).
+    p_l, p_u = [0.8, 0.8, 0.2, 0.2], [0.9, 0.6, 0.3, 0.1]
+    logits = torch.stack([_logit(p_l), _logit(p_u)]).reshape(2, 1, 4, 1)
+    method = get_method("segpl")(_ctx("multilabel", 1), {"weight": 0.1})
+    label = torch.tensor([1.0, 0.0, 1.0, 0.0]).reshape(1, 1, 4, 1)
+    lab = Batch(torch.zeros(1, 1, 4, 1), label)
+    unl = Batch(torch.zeros(1, 1, 4, 1))
+    out = method.training_step({"model": FixedLogits(logits)}, lab, unl, Progress(5, 10))
+    sup = 1 - 2 * (0.8 + 0.2) / (2.0 + 2)  # 1 − 2Σpy / (Σp + Σy)
+    unsup = 1 - 2 * (0.9 + 0.6) / (1.9 + 2)
+    assert out.losses["sup"].item() == pytest.approx(sup, abs=1e-5)
+    assert out.losses["unsup"].item() == pytest.approx(0.1 * unsup, abs=1e-5)
+
+
+def test_eq3_loss_by_hand_multiclass_foreground_dice():
+    # unlabelled 2 pixels, 2 classes: p(class 1) = [0.8, 0.3] → argmax y' = [1, 0]; Dice on class 1 only.
+    logits = torch.zeros(2, 2, 2, 1)
+    logits[1, 1, :, 0] = _logit([0.8, 0.3])  # softmax over (0, z) gives sigmoid(z) for class 1
+    method = get_method("segpl")(_ctx("multiclass", 2), {"weight": 1.0})
+    lab = Batch(torch.zeros(1, 1, 2, 1), torch.tensor([[[1], [0]]]))
+    out = method.training_step({"model": FixedLogits(logits)}, lab, Batch(torch.zeros(1, 1, 2, 1)), Progress(0, 10))
+    assert out.losses["unsup"].item() == pytest.approx(1 - 2 * 0.8 / (1.1 + 1), abs=1e-5)
+    assert out.losses["sup"].item() == pytest.approx(1 - 2 * 0.5 / (1.0 + 1), abs=1e-5)
+
+
+def test_alpha_linear_warmup():
+    method = get_method("segpl")(_ctx("multiclass", 2), {"weight": 0.2, "rampup_fraction": 0.5})
+    assert [method.cfg.weight_at(Progress(s, 100)) for s in (0, 25, 50, 90)] == pytest.approx([0.0, 0.1, 0.2, 0.2])
+    assert get_method("segpl")(_ctx("multiclass", 2), {}).cfg.weight_at(Progress(0, 100)) == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "match"),
+    [
+        ("segpl", {"weight": -1}, "method.weight"),
+        ("segpl", {"loss": "focal"}, "method.loss"),
+        ("segpl", {"threshold": 1.5}, "method.threshold"),
+        ("segpl", {"prior_mean": 0.4}, "unknown key 'method.prior_mean'"),
+        ("segpl_vi", {"threshold_mode": "fuzzy"}, "method.threshold_mode"),
+        ("segpl_vi", {"prior_std": 0}, "method.prior_std"),
+    ],
+)
+def test_bad_options_name_the_key(name, options, match):
+    with pytest.raises(ConfigError, match=match):
+        get_method(name)(_ctx("multiclass", 2), options)
+
+
+def _vi(label_mode, mode, dims=2):
+    cfg = load_config(None, [f"model.dim={dims}", "model.widths=[4, 8]", "train.method=segpl_vi"])
+    ctx = MethodContext(label_mode=label_mode, num_classes=3, spatial_dims=dims, in_channels=1,
+                        supervised_loss=supervised_loss("dice_ce", label_mode, False))
+    method = get_method("segpl_vi")(ctx, {"threshold_mode": mode, "temperature": 0.2})
+    return method, build_nets(method, cfg, ctx, torch.device("cpu"))
+
+
+def _batches(label_mode, dims=2):
+    g = torch.Generator().manual_seed(0)
+    shape = (2, 1, *([8] * dims))
+    label = (torch.randint(0, 3, (2, *([8] * dims)), generator=g) if label_mode == "multiclass"
+             else (torch.rand(2, 3, *([8] * dims), generator=g) > 0.5).float())
+    return Batch(torch.randn(shape, generator=g), label), Batch(torch.randn(shape, generator=g))
+
+
+def _head_grad(method, nets, term, label_mode):
+    lab, unl = _batches(label_mode)
+    torch.manual_seed(0)
+    out = method.training_step(nets, lab, unl, Progress(5, 10))
+    params = list(nets["threshold"].parameters())
+    grads = torch.autograd.grad(out.losses[term], params, allow_unused=True, retain_graph=True)
+    return sum(0.0 if g is None else g.abs().sum().item() for g in grads)
+
+
+@pytest.mark.parametrize("label_mode", ["multiclass", "multilabel"])
+def test_threshold_head_learns_from_pseudo_labels_only_with_a_differentiable_threshold(label_mode):
+    hard, hard_nets = _vi(label_mode, "hard")
+    assert _head_grad(hard, hard_nets, "unsup", label_mode) == 0.0  # the paper: φ sees the KL only
+    assert _head_grad(hard, hard_nets, "kl", label_mode) > 0.0
+    for mode in ("straight_through", "soft"):
+        method, nets = _vi(label_mode, mode)
+        assert _head_grad(method, nets, "unsup", label_mode) > 0.0, mode
+
+
+def test_vi_kl_term_is_eq8_of_the_heads_posterior_and_logs_the_threshold():
+    method, nets = _vi("multilabel", "hard")
+    lab, unl = _batches("multilabel")
+    out = method.training_step(nets, lab, unl, Progress(5, 10))
+    with torch.no_grad():
+        probs = torch.sigmoid(nets["model"](torch.cat([lab.image, unl.image]))[2:])
+        mu, log_sigma = nets["threshold"](probs)
+    sigma = log_sigma.exp()
+    expected = (math.log(0.1) - log_sigma + (sigma**2 + (mu - 0.5) ** 2) / (2 * 0.1**2) - 0.5).mean()
+    assert out.losses["kl"].item() == pytest.approx(expected.item(), rel=1e-4)
+    assert out.logs["threshold_mu"] == pytest.approx(mu.mean().item(), rel=1e-4)
+    assert out.logs["threshold_sigma"] == pytest.approx(sigma.mean().item(), rel=1e-4)
+    assert set(out.losses) == {"sup", "unsup", "kl"}
+
+
+@pytest.mark.parametrize("label_mode", ["multiclass", "multilabel"])
+@pytest.mark.parametrize("dims", [2, 3])
+def test_vi_monte_carlo_prediction(label_mode, dims):
+    method, nets = _vi(label_mode, "hard", dims)
+    for net in nets.values():
+        net.eval()
+    x = torch.randn(2, 1, *([8] * dims))
+    samples = method.predict_samples(nets, x, 5)
+    assert samples.shape == (5, 2, 3, *([8] * dims))
+    assert samples.min() >= 0 and samples.max() <= 1
+    assert torch.equal(samples, method.predict_samples(nets, x, 5))  # reproducible draws
+    assert samples.var(0).sum() > 0  # the draws disagree somewhere
+    assert get_method("segpl")(method.ctx, {}).predict_samples(nets, x, 5) is None
+
+
+def test_without_unlabelled_batch_only_the_supervised_term():
+    method, nets = _vi("multiclass", "hard")
+    lab, _ = _batches("multiclass")
+    assert set(method.training_step(nets, lab, None, Progress(0, 10)).losses) == {"sup"}
