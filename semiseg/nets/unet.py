@@ -9,12 +9,19 @@ composes them; a method that needs an unusual forward composes the same blocks i
 
 Scale convention: ``scales[0]`` is the full-resolution output (the main head), ``scales[k]`` the output
 of decoder level ``k`` (``2**k`` times coarser), and the last entry the bottleneck's. Scale heads exist
-only when ``scale_heads=True`` so a plain network carries no unused parameters.
+only when ``scale_heads=True`` so a plain network carries no unused parameters. This is MuST's layer
+numbering: layer ``k`` ∈ 0..K+1 (``num_layers = K + 2 = len(widths)``) is decoder level ``k`` for k ≤ K and
+the bottleneck block for k = K+1; ``layer_logits(k, ·)`` is its classifier a_k.
+
+Teacher-student schemes that perturb one layer's input (MuST) rebuild that layer from the blocks:
+``decoder_level`` for k ≤ K, ``bottleneck(bottleneck_input(encoder_features))`` for the bottleneck, and
+``frozen_norm_stats`` keeps those extra passes from shifting the BatchNorm statistics used at test time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -99,6 +106,7 @@ class NetOutput:
     features: Tensor | None = None  # penultimate features (input of the 1×1 head), full resolution
     scales: list[Tensor] = field(default_factory=list)  # fine → coarse, see module docstring
     decoder_features: list[Tensor] = field(default_factory=list)  # decoder level outputs, fine → coarse
+    encoder_features: list[Tensor] = field(default_factory=list)  # ``encode`` outputs; last = bottleneck
 
 
 class UNet(nn.Module):
@@ -149,6 +157,11 @@ class UNet(nn.Module):
     def num_decoders(self) -> int:
         return len(self.decoders)
 
+    @property
+    def num_layers(self) -> int:
+        """Layers with a prediction (MuST's K + 2): decoder levels 0..K and the bottleneck K+1."""
+        return len(self.widths)
+
     def encode(self, x: Tensor) -> list[Tensor]:
         """Encoder features, fine → coarse; the last entry is the bottleneck."""
         skips = []
@@ -156,6 +169,14 @@ class UNet(nn.Module):
             x = block(x if k == 0 else self.pool(x))
             skips.append(x)
         return skips
+
+    def bottleneck_input(self, encoder_features: Sequence[Tensor]) -> Tensor:
+        """The bottleneck block's input: the pooled output of the last encoder level before it."""
+        return self.pool(encoder_features[-2])
+
+    def bottleneck(self, z: Tensor) -> Tensor:
+        """The bottleneck block alone (the layer K+1 of MuST); ``encode`` ends with it."""
+        return self.encoder[-1](z)
 
     def decoder_level(self, decoder: int, level: int, x: Tensor, skip: Tensor) -> Tensor:
         """Apply decoder ``decoder``'s level ``level`` (upsample ``x``, merge ``skip``)."""
@@ -181,6 +202,16 @@ class UNet(nn.Module):
 
     def head(self, features: Tensor, decoder: int = 0) -> Tensor:
         return self.heads[decoder](features)
+
+    def layer_logits(self, layer: int, features: Tensor, decoder: int = 0) -> Tensor:
+        """Classifier a_k of layer ``layer``: the main head for 0, a scale head otherwise (main decoder only)."""
+        if layer == 0:
+            return self.head(features, decoder)
+        if self.scale_heads is None:
+            raise RuntimeError("this UNet was built without scale_heads=True")
+        if decoder != 0:
+            raise ValueError("scale heads belong to the main decoder (decoder=0)")
+        return self.scale_heads[layer - 1](features)
 
     def scale_logits(self, level_features: Sequence[Tensor], bottleneck: Tensor) -> list[Tensor]:
         """Per-scale logits (needs ``scale_heads=True``); entry 0 is left to the main head."""
@@ -210,4 +241,25 @@ class UNet(nn.Module):
             features=levels[0] if return_features else None,
             scales=scales,
             decoder_features=levels,
+            encoder_features=skips,
         )
+
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@contextmanager
+def frozen_norm_stats(module: nn.Module) -> Iterator[None]:
+    """Inside, BatchNorm layers still normalise with batch statistics but leave their running statistics alone.
+
+    Why: extra training passes on perturbed features (MuST's students) would otherwise pull the running
+    mean/variance, which only the clean path uses at test time, towards the perturbed distribution.
+    """
+    norms = [m for m in module.modules() if isinstance(m, _BATCH_NORMS) and m.track_running_stats]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True

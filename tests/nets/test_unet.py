@@ -39,3 +39,39 @@ def test_plain_net_has_no_scale_heads():
 def test_unknown_arch():
     with pytest.raises(ConfigError, match="unknown network"):
         build_network("vnet", spatial_dims=2, in_channels=1, out_channels=2)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_layer_blocks_rebuild_the_forward_pass(dims):
+    net = UNet(dims, 2, 3, widths=(4, 8, 16), scale_heads=True).eval()
+    out = net(torch.randn(2, 2, *([16] * dims)), return_scales=True)
+    enc, dec = out.encoder_features, out.decoder_features
+    assert net.num_layers == 3 == len(out.scales) and len(enc) == 3
+    assert torch.allclose(net.bottleneck(net.bottleneck_input(enc)), enc[-1])
+    assert torch.allclose(net.decoder_level(0, 1, enc[-1], enc[1]), dec[1])
+    assert torch.allclose(net.decoder_level(0, 0, dec[1], enc[0]), dec[0])
+    for k, feats in enumerate([dec[0], dec[1], enc[-1]]):  # a_0 (main head), a_1, a_2 (bottleneck)
+        assert torch.allclose(net.layer_logits(k, feats), out.scales[k])
+        assert out.scales[k].shape == (2, 3, *([16 // 2**k] * dims))
+
+
+def test_layer_logits_needs_scale_heads_of_the_main_decoder():
+    net = UNet(2, 1, 2, widths=(4, 8), aux_decoders=("interp",))
+    feats = torch.randn(1, 8, 4, 4)
+    with pytest.raises(RuntimeError, match="scale_heads"):
+        net.layer_logits(1, feats)
+    assert net.layer_logits(0, torch.randn(1, 4, 8, 8), decoder=1).shape == (1, 2, 8, 8)
+
+
+def test_frozen_norm_stats_keeps_running_statistics():
+    from semiseg.nets.unet import frozen_norm_stats
+
+    net = UNet(2, 1, 2, widths=(4, 8)).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with frozen_norm_stats(net):
+        net(torch.randn(2, 1, 8, 8) * 5 + 3).sum().backward()
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(m.track_running_stats for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    net(torch.randn(2, 1, 8, 8) * 5 + 3)  # outside the context the statistics move again
+    assert not torch.equal(before["encoder.0.1.running_mean"], net.state_dict()["encoder.0.1.running_mean"])

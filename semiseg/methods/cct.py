@@ -1,0 +1,100 @@
+"""CCT: cross-consistency training (Ouali et al., CVPR 2020), on the shared U-Net.
+
+A shared encoder feeds a main decoder and one auxiliary decoder per listed perturbation. Labelled data
+trains the encoder and the main decoder with the supervised loss; on unlabelled data the auxiliary
+decoders, each given a perturbed copy of the encoder's outputs, are pulled towards the main decoder's
+(detached) prediction: L = L_s + w_u · (1/N) Σ_i MSE(p_main, p_aux_i), w_u ramped up (sigmoid, to 30 by 10 %
+of training, the CCT defaults).
+
+U-Net adaptation: the "encoder output" a decoder reads is every skip plus the bottleneck, so by default
+all of them are perturbed (``perturb_skips``); perturbing only the bottleneck would let the auxiliary
+decoders bypass the perturbation through the skips. The perturbations are the prediction-free ones of
+CCT (F-Noise = ``uniform_noise``, F-Drop = ``feature_dropout``, DropOut = ``spatial_dropout``; plus
+``gaussian_noise``); the prediction-guided ones (VAT, object/context masking, guided cutout) are not ported.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, field_validator
+from torch import Tensor
+
+from semiseg.methods._options import RampedWeight, RampKind
+from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Pass, Progress, StepOut
+from semiseg.methods.registry import register
+from semiseg.nets.unet import UNet
+from semiseg.ssl.consistency import probability_mse
+from semiseg.ssl.perturbations import PerturbationName, fixed_hook
+from semiseg.ssl.pseudo_labels import probabilities
+
+
+def cross_consistency(main_probs: Tensor, aux_probs: list[Tensor]) -> Tensor:
+    """(1/N) Σ_i MSE(p_main, p_aux_i) with the main prediction as a fixed (detached) target."""
+    target = main_probs.detach()
+    return torch.stack([probability_mse(p, target) for p in aux_probs]).mean()
+
+
+class CCTConfig(RampedWeight):
+    weight: float = Field(30.0, ge=0)  # max w_u (CCT: 30)
+    rampup: RampKind = "sigmoid"
+    rampup_fraction: float = Field(0.1, ge=0, le=1)  # CCT: ramp over the first 10 % of training
+    perturbations: list[PerturbationName] = Field(
+        default_factory=lambda: ["uniform_noise", "feature_dropout", "spatial_dropout"]
+    )  # one auxiliary decoder each
+    perturb_skips: bool = True  # perturb the skips too, not only the bottleneck (see module docstring)
+    aux_upsample: Literal["transpose", "interp"] = "transpose"  # auxiliary decoders' upsampling
+
+    @field_validator("perturbations")
+    @classmethod
+    def _non_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("CCT needs at least one auxiliary decoder (one per perturbation)")
+        return value
+
+
+@register
+class CCT(Method):
+    name = "cct"
+    summary = "Cross-consistency: auxiliary decoders on perturbed encoder features match the main decoder."
+    Config = CCTConfig
+    cfg: CCTConfig
+    uses_unlabelled = True
+
+    def __init__(self, ctx: MethodContext, options: dict[str, Any] | None = None) -> None:
+        super().__init__(ctx, options)
+        roles = ("skip", "bottleneck") if self.cfg.perturb_skips else ("bottleneck",)
+        self.hooks = [fixed_hook(name, roles) for name in self.cfg.perturbations]
+
+    def networks(self) -> dict[str, NetSpec]:
+        aux = [self.cfg.aux_upsample] * len(self.cfg.perturbations)
+        return {"model": NetSpec(overrides={"aux_decoders": aux})}
+
+    def passes(self) -> list[Pass]:
+        if self.cfg.weight == 0:
+            return [Pass("model", "labelled", grad=True)]
+        # Each auxiliary decoder is counted as a full pass although it reuses the encoder: a loose bound.
+        aux = [Pass("model", "unlabelled", grad=True)] * len(self.cfg.perturbations)
+        return [Pass("model", "both", grad=True), *aux]
+
+    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
+        net, w = nets["model"], self.cfg.weight_at(progress)
+        logs = {"consistency_weight": w}
+        if unlabeled is None or w == 0:  # the term stays in the log (as 0) unless it is switched off
+            losses = {"sup": self.ctx.supervised_loss(net(labeled.image), labeled.label)}
+            if self.cfg.weight > 0:
+                losses["consistency"] = labeled.image.new_zeros(())
+            return StepOut(losses, logs)
+        n = labeled.image.shape[0]
+        skips = net.encode(torch.cat([labeled.image, unlabeled.image]))
+        main = net.head(net.decode(skips)[0])
+        sup = self.ctx.supervised_loss(main[:n], labeled.label)
+        aux = self.aux_logits(net, [s[n:] for s in skips])
+        mode = self.ctx.label_mode
+        cons = cross_consistency(probabilities(main[n:], mode), [probabilities(a, mode) for a in aux])
+        return StepOut({"sup": sup, "consistency": w * cons}, logs)
+
+    def aux_logits(self, net: UNet, skips: list[Tensor]) -> list[Tensor]:
+        """Each auxiliary decoder's logits on its perturbed copy of the (unlabelled) encoder features."""
+        return [net.head(net.decode(skips, i + 1, hook)[0], i + 1) for i, hook in enumerate(self.hooks)]

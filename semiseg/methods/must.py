@@ -1,0 +1,256 @@
+"""MuST: multi-scale consistency training (layer-wise teacher-student consistency in feature space).
+
+Paper: "A MuST for Consistency Regularization in Semi-Supervised Medical Image Segmentation".
+
+Layers are numbered as in the paper and in ``semiseg.nets.unet``: layer k ∈ 0..K+1, where 0 is the
+full-resolution output f = f_0, k ≤ K is decoder level k (2^k times coarser) and K + 1 = len(model.widths) − 1
+is the bottleneck. Every layer g_k gets a classifier a_k (the U-Net's main head for 0, its scale heads
+otherwise), so one forward pass yields all f_k = (a_k ∘ g_k)(z_k).
+
+* ``multiscale_supervised`` is Eq. 4 alone on labelled data (the multi-scale supervised baseline).
+* ``must`` adds Eq. 2, 3, 5: per layer, the teacher g_k(z_k) is the clean forward pass (whose output feeds
+  the next layer), the student g_k(z̃_k) runs the same weights on z̃_k = π1(h_k) ∥ ↑(π2(g_{k+1}(z_{k+1}))),
+  with π1, π2 drawn uniformly by the stochastic perturbation module (Sec. 2.2; the bottleneck has a single
+  input, perturbed by one draw). Sharpened teacher probabilities are the targets of an MSE per layer.
+
+Choices the paper leaves open, made here: π2 acts before the upsampling ↑, as Sec. 2.2 writes it; targets are
+detached but the students' gradients reach the teacher features they read (so the shared encoder learns
+perturbation-robust features); student passes leave the BatchNorm running statistics to the clean path used at
+test time; by default one teacher pass covers labelled + unlabelled images and both losses form one update.
+``alternate=true`` is the paper's practical setting instead: each step makes a supervised update, then (via
+``StepOut.followup``) an unsupervised one. The engine has one optimiser, so the paper's separate learning rates
+become ``unsupervised_lr_scale``, a factor on the unsupervised loss: exactly lr_u / lr_s for plain SGD, the
+same ratio blended by momentum for SGD with momentum, and nearly no effect under Adam/AdamW (scale-invariant).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, ValidationInfo, field_validator
+from torch import Tensor
+
+from semiseg.errors import ConfigError
+from semiseg.methods._options import RampedWeight, RampKind
+from semiseg.methods.base import Batch, Method, MethodConfig, MethodContext, Nets, NetSpec, Pass, Progress, StepOut
+from semiseg.methods.registry import register
+from semiseg.nets.unet import NetOutput, UNet, frozen_norm_stats
+from semiseg.ssl.consistency import probability_mse
+from semiseg.ssl.perturbations import PerturbationName, StochasticPerturbation
+from semiseg.ssl.pseudo_labels import probabilities, sharpen
+
+LabelPooling = Literal["max", "avg"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Equations as plain functions (tested against hand-computed values)
+
+
+def downsample_label(label: Tensor, label_mode: str, pooling: LabelPooling = "max") -> Tensor:
+    """One 2× step of the target pyramid, y_k = ↓(y_{k−1}) (Eq. 4).
+
+    ``max`` is the paper's 2×2 max-pooling of the label map: multiclass class indices keep the largest
+    index of each window (foreground wins, so small structures survive at coarse scales) and multilabel
+    channels keep any positive. ``avg`` averages per-channel maps into soft targets (class fractions), so
+    hard multiclass labels must be one-hot encoded first (``label_pyramid`` does it).
+    """
+    hard = label_mode == "multiclass" and not label.is_floating_point()
+    maps = label.unsqueeze(1).float() if hard else label.float()
+    if pooling == "avg":
+        if hard:
+            raise ValueError("average pooling needs one-hot (B, K, *spatial) labels, not class indices")
+        return (F.avg_pool2d if maps.ndim == 4 else F.avg_pool3d)(maps, 2)
+    pooled = (F.max_pool2d if maps.ndim == 4 else F.max_pool3d)(maps, 2)
+    return pooled.squeeze(1).long() if hard else pooled
+
+
+def label_pyramid(
+    label: Tensor, levels: int, label_mode: str, num_classes: int, pooling: LabelPooling = "max"
+) -> list[Tensor]:
+    """Targets y_0..y_{levels−1}, y_0 = label and each level 2× coarser than the previous (Eq. 4)."""
+    if pooling == "avg" and label_mode == "multiclass" and not label.is_floating_point():
+        label = F.one_hot(label.long(), num_classes).movedim(-1, 1).float()
+    pyramid = [label]
+    for _ in range(levels - 1):
+        pyramid.append(downsample_label(pyramid[-1], label_mode, pooling))
+    return pyramid
+
+
+def multiscale_supervised_loss(
+    scales: Sequence[Tensor], label: Tensor, loss_fn: Callable[[Tensor, Tensor], Tensor], label_mode: str,
+    num_classes: int, pooling: LabelPooling = "max",
+) -> Tensor:
+    """L_s = Σ_k ℓ(f_k, y_k) over all layers k = 0..K+1 (Eq. 4); ℓ is the configured supervised loss."""
+    targets = label_pyramid(label, len(scales), label_mode, num_classes, pooling)
+    return torch.stack([loss_fn(f, y) for f, y in zip(scales, targets, strict=True)]).sum()
+
+
+def consistency_target(teacher_logits: Tensor, label_mode: str, temperature: float | None) -> Tensor:
+    """Sharpen(f_k, T) of the teacher's probabilities (Eq. 2), detached; ``None`` skips sharpening."""
+    probs = probabilities(teacher_logits.detach(), label_mode)
+    return probs if temperature is None else sharpen(probs, label_mode, temperature)
+
+
+def multiscale_consistency(targets: Sequence[Tensor], student_probs: Sequence[Tensor]) -> Tensor:
+    """L_MSC = Σ_k d(f_k, f̃_k) with d the mean squared error (Eq. 3); the mean runs over the batch too."""
+    terms = [probability_mse(s, t) for t, s in zip(targets, student_probs, strict=True)]
+    return torch.stack(terms).sum()
+
+
+def resolve_layers(spec: Sequence[int] | str, num_layers: int) -> list[int]:
+    """Config layer list → sorted layer indices in 0..K+1 (``"all"``; negative indices count from the bottleneck)."""
+    if spec == "all":
+        return list(range(num_layers))
+    top = num_layers - 1
+    valid = (f"valid layers for this network are 0..{top} (0 = full-resolution output, {top} = K+1 = bottleneck; "
+             f"-1 also names the bottleneck, K+1 = len(model.widths) - 1)")
+    out = []
+    for k in spec:
+        if not -num_layers <= k <= top:
+            raise ConfigError(f"method.consistency_layers: layer {k} is out of range; {valid}")
+        out.append(k % num_layers)
+    if len(set(out)) != len(out):
+        raise ConfigError(f"method.consistency_layers: {list(spec)} names a layer twice; {valid}")
+    return sorted(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Methods
+
+
+class MultiscaleSupervisedConfig(MethodConfig):
+    label_pooling: LabelPooling = "max"  # ↓ of Eq. 4: 2×2 max-pooling (paper) or soft class fractions
+
+
+class MuSTConfig(MultiscaleSupervisedConfig, RampedWeight):
+    weight: float = Field(20.0, ge=0)  # max w_u (Eq. 5): 20 BraTS, 30 WMH; 0 = Eq. 4 only
+    rampup: RampKind = "linear"  # Eq. 5: linear from 0
+    rampup_fraction: float = Field(0.5, ge=0, le=1)  # ramp length (share of the run; not given in the paper)
+    temperature: float | None = Field(0.5, gt=0)  # T of Eq. 2: 0.5 BraTS, 0.8 WMH; null = no sharpening
+    consistency_layers: list[int] | Literal["all"] = "all"  # layers k of Eq. 3 (Table 2's ablation)
+    perturbations: list[PerturbationName] = Field(default_factory=lambda: list(get_args(PerturbationName)))
+    alternate: bool = False  # a supervised then an unsupervised update per step (the paper's practice)
+    unsupervised_lr_scale: float = Field(1.0, gt=0)  # lr_u / lr_s for the unsupervised update (alternate only)
+
+    @field_validator("consistency_layers", mode="before")
+    @classmethod
+    def _single_layer(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int) else value  # --set method.consistency_layers=0
+
+    @field_validator("consistency_layers")
+    @classmethod
+    def _layer_list(cls, value: list[int] | str) -> list[int] | str:
+        if value != "all" and (not value or len(set(value)) != len(value)):
+            raise ValueError("give distinct layer indices (0 = output, -1 = bottleneck) or 'all'; "
+                             "for no consistency set method.weight=0")
+        return value
+
+    @field_validator("perturbations")
+    @classmethod
+    def _perturbation_list(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("give one or more distinct perturbations (each is drawn with equal probability)")
+        return value
+
+    @field_validator("unsupervised_lr_scale")
+    @classmethod
+    def _only_when_alternating(cls, value: float, info: ValidationInfo) -> float:
+        if value != 1.0 and not info.data.get("alternate", False):
+            raise ValueError("only used with method.alternate=true (it scales the unsupervised update)")
+        return value
+
+
+@register
+class MultiscaleSupervised(Method):
+    name = "multiscale_supervised"
+    summary = "Labelled data only, supervised at every decoder scale and the bottleneck (MuST's Eq. 4 baseline)."
+    Config = MultiscaleSupervisedConfig
+    cfg: MultiscaleSupervisedConfig
+
+    def networks(self) -> dict[str, NetSpec]:
+        return {"model": NetSpec(overrides={"scale_heads": True})}
+
+    def supervised(self, scales: Sequence[Tensor], label: Tensor) -> Tensor:
+        """Eq. 4 with the configured supervised loss (``train.loss=ce`` is the paper's ℓ_ce)."""
+        return multiscale_supervised_loss(scales, label, self.ctx.supervised_loss, self.ctx.label_mode,
+                                          self.ctx.num_classes, self.cfg.label_pooling)
+
+    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
+        out = nets["model"](labeled.image, return_scales=True)
+        return StepOut(losses={"sup": self.supervised(out.scales, labeled.label)})
+
+
+@register
+class MuST(MultiscaleSupervised):
+    name = "must"
+    summary = ("Multi-scale consistency: every decoder layer and the bottleneck, fed perturbed features, "
+               "match their clean output.")
+    Config = MuSTConfig
+    cfg: MuSTConfig
+    uses_unlabelled = True
+
+    def __init__(self, ctx: MethodContext, options: dict[str, Any] | None = None) -> None:
+        super().__init__(ctx, options)
+        self.spm = StochasticPerturbation(self.cfg.perturbations)
+
+    def passes(self) -> list[Pass]:
+        # The students re-run every decoder layer and the bottleneck block on the unlabelled batch, counted
+        # as one more pass although the encoder levels above the bottleneck are shared with the teacher.
+        if self.cfg.weight == 0:
+            return [Pass("model", "labelled", grad=True)]
+        if self.cfg.alternate:
+            return [Pass("model", "labelled", grad=True), *[Pass("model", "unlabelled", grad=True)] * 2]
+        return [Pass("model", "both", grad=True), Pass("model", "unlabelled", grad=True)]
+
+    # -- one step ------------------------------------------------------------------------------
+    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
+        net, w = nets["model"], self.cfg.weight_at(progress)
+        if self.cfg.weight == 0:  # multi-scale supervised only: unlabelled data untouched
+            return super().training_step(nets, labeled, None, progress)
+        if self.cfg.alternate and unlabeled is not None:
+            followup = partial(self._unsupervised_update, net, unlabeled, w)
+            return StepOut({"sup": self._supervised_only(net, labeled)}, followup=followup)
+        if unlabeled is None or w == 0:
+            zero = labeled.image.new_zeros(())
+            return StepOut({"sup": self._supervised_only(net, labeled), "consistency": zero},
+                           {"consistency_weight": w})
+        n = labeled.image.shape[0]
+        out = net(torch.cat([labeled.image, unlabeled.image]), return_scales=True)  # one teacher pass for both
+        sup = self.supervised([s[:n] for s in out.scales], labeled.label)
+        return StepOut({"sup": sup, "consistency": w * self.consistency(net, out, slice(n, None))},
+                       {"consistency_weight": w})
+
+    def _supervised_only(self, net: UNet, labeled: Batch) -> Tensor:
+        return self.supervised(net(labeled.image, return_scales=True).scales, labeled.label)
+
+    def _unsupervised_update(self, net: UNet, unlabeled: Batch, w: float) -> StepOut:
+        """The alternating scheme's second update; its lr ratio is a loss scale (exact for plain SGD)."""
+        cons = self.consistency(net, net(unlabeled.image, return_scales=True), slice(0, None))
+        return StepOut({"consistency": w * self.cfg.unsupervised_lr_scale * cons}, {"consistency_weight": w})
+
+    def consistency(self, net: UNet, teacher: NetOutput, rows: slice) -> Tensor:
+        """L_MSC (Eq. 3) of the batch rows ``rows`` of a teacher pass."""
+        layers = resolve_layers(self.cfg.consistency_layers, net.num_layers)
+        students = self.student_logits(net, teacher, rows, layers)
+        mode, temp = self.ctx.label_mode, self.cfg.temperature
+        targets = [consistency_target(teacher.scales[k][rows], mode, temp) for k in layers]
+        return multiscale_consistency(targets, [probabilities(students[k], mode) for k in layers])
+
+    def student_logits(self, net: UNet, teacher: NetOutput, rows: slice, layers: Sequence[int]) -> dict[int, Tensor]:
+        """f̃_k = (a_k ∘ g_k)(z̃_k) for each layer k, z̃_k built from the teacher's inputs to g_k (Sec. 2.2)."""
+        enc = [h[rows] for h in teacher.encoder_features]
+        dec = [d[rows] for d in teacher.decoder_features]
+        top, out = net.num_layers - 1, {}
+        with frozen_norm_stats(net):
+            for k in layers:
+                if k == top:
+                    feats = net.bottleneck(self.spm(k, net.bottleneck_input(enc), "bottleneck"))
+                else:
+                    coarser = enc[-1] if k + 1 == top else dec[k + 1]  # g_{k+1}(z_{k+1}), the teacher's
+                    feats = net.decoder_level(0, k, self.spm(k, coarser, "up"), self.spm(k, enc[k], "skip"))
+                out[k] = net.layer_logits(k, feats)
+        return out
