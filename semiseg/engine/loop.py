@@ -130,16 +130,21 @@ def to_batch(raw: dict[str, Any], device: torch.device, label_mode: str) -> Batc
 
 
 class CsvLog:
-    """A wide CSV: one row per logged step; columns fixed by the first row."""
+    """A wide CSV: one row per logged step; columns fixed by the first row.
+
+    On resume the rows before the checkpoint's step are kept and ``elapsed_before`` holds their last
+    ``elapsed_s``, so training time keeps counting across interruptions.
+    """
 
     def __init__(self, path: Path, keep_before_step: int | None = None) -> None:
-        self.path, self.fields = path, None
+        self.path, self.fields, self.elapsed_before = path, None, 0.0
         if keep_before_step is not None and path.exists():
             with path.open() as fh:
                 rows = [r for r in csv.DictReader(fh) if int(r["step"]) < keep_before_step]
             if rows:
                 self.fields = list(rows[0])
                 self._write(rows, mode="w")
+                self.elapsed_before = float(rows[-1].get("elapsed_s") or 0.0)
 
     def _write(self, rows: list[dict[str, Any]], mode: str) -> None:
         with self.path.open(mode, newline="") as fh:
@@ -301,7 +306,7 @@ class Trainer:
         """Train until ``train.steps``; Ctrl-C saves ``last.pt`` so ``--resume`` can continue."""
         train = self.cfg.train
         log = CsvLog(self.run_dir / "log.csv", keep_before_step=self.step)
-        start_time = time.perf_counter()
+        start_time = time.perf_counter() - log.elapsed_before
         bar = tqdm(total=train.steps, initial=self.step, desc=f"train {self.method.name}",
                    disable=not self.show_progress, dynamic_ncols=True)
         val_score = float("nan")

@@ -111,3 +111,16 @@ def test_png_folder_train_predict_and_folder_evaluation(tmp_path):
                                          class_names=["background", "object"])
     assert len(rows) == 6 and set(summary) == {"given"}
     assert all(0.0 <= r["dice"] <= 1.0 for r in rows)
+
+
+def test_csv_log_keeps_counting_elapsed_time_across_a_resume(tmp_path):
+    from semiseg.engine.loop import CsvLog
+
+    path = tmp_path / "log.csv"
+    log = CsvLog(path)
+    for step, elapsed in [(10, 1.5), (20, 3.0), (30, 4.5)]:
+        log.append({"step": step, "loss": 1.0, "elapsed_s": elapsed})
+    resumed = CsvLog(path, keep_before_step=25)
+    assert resumed.elapsed_before == 3.0
+    assert [line.split(",")[0] for line in path.read_text().splitlines()[1:]] == ["10", "20"]
+    assert CsvLog(tmp_path / "new.csv", keep_before_step=5).elapsed_before == 0.0
