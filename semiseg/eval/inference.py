@@ -71,6 +71,11 @@ def predict_volume(
     return logits_to_probs(logits.float(), label_mode)[0]
 
 
+def volume_tensor(array: np.ndarray, device: torch.device) -> Tensor:
+    """A ``(C, *spatial)`` case array as a ``(C, X, Y, Z)`` tensor: 2D cases get a slice axis of one."""
+    return torch.from_numpy(np.ascontiguousarray(array[..., None] if array.ndim == 3 else array)).to(device)
+
+
 def predict_case_probs(
     predictor: Predictor,
     image: np.ndarray,
@@ -85,7 +90,7 @@ def predict_case_probs(
 ) -> np.ndarray:
     """Probabilities ``(K, *spatial)`` for a normalised ``(C, *spatial)`` image (2D or 3D case)."""
     is_2d_case = image.ndim == 3
-    volume = torch.from_numpy(np.ascontiguousarray(image[..., None] if is_2d_case else image)).to(device)
+    volume = volume_tensor(image, device)
     if model_dim == 2:
         probs = predict_slices(predictor, volume, label_mode=label_mode, divisor=divisor, batch_size=batch_size)
     else:

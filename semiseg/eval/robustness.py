@@ -27,7 +27,7 @@ from torch import Tensor
 
 from semiseg.data.case import label_to_onehot
 from semiseg.errors import ConfigError
-from semiseg.eval.inference import Predictor, _pad_to_multiple, probs_to_label
+from semiseg.eval.inference import Predictor, _pad_to_multiple, probs_to_label, volume_tensor
 from semiseg.eval.metrics import dice
 from semiseg.losses import ce_loss
 
@@ -101,8 +101,8 @@ def input_gradient(
     Same geometry as ``predict_case_probs``: 2D models slice by slice, 3D models by sliding window.
     """
     is_2d_case = image.ndim == 3
-    volume = torch.from_numpy(np.ascontiguousarray(image[..., None] if is_2d_case else image)).float().to(device)
-    target = torch.from_numpy(np.ascontiguousarray(onehot[..., None] if is_2d_case else onehot)).float().to(device)
+    volume = volume_tensor(image, device).float()
+    target = volume_tensor(onehot, device).float()
     with torch.enable_grad():
         if model_dim == 2:
             grad = _slice_gradient(predictor, volume, target, label_mode, divisor, batch_size)

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from semiseg.methods.base import Batch, Nets, Pass, Progress, StepOut
+from semiseg.methods.base import Batch, Nets, Progress, StepOut
 from semiseg.methods.mean_teacher import MeanTeacher, MeanTeacherConfig
 from semiseg.methods.registry import register
 from semiseg.ssl.consistency import probability_mse
@@ -30,9 +30,6 @@ class CutMix(MeanTeacher):
     summary = "Mean teacher whose student sees box-mixed unlabelled pairs and the same mix of teacher outputs."
     Config = CutMixConfig
     cfg: CutMixConfig
-
-    def passes(self) -> list[Pass]:
-        return [Pass("student", "both", grad=True), Pass("teacher", "unlabelled", grad=False)]
 
     def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
         assert unlabeled is not None

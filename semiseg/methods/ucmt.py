@@ -15,14 +15,14 @@ where certain regions are copied and stay in place too.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import math
+from typing import Literal
 
 from pydantic import Field, model_validator
-from torch import Tensor
 
 from semiseg.errors import ConfigError
-from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Pass, Progress, StepOut
-from semiseg.methods.cmt import CMTConfig, CMTCore, CMTOutputs
+from semiseg.methods.base import Batch, Nets, Pass, Progress, StepOut
+from semiseg.methods.cmt import CMT, CMTConfig, CMTOutputs
 from semiseg.methods.registry import register
 from semiseg.ssl.mixing import umix
 from semiseg.ssl.uncertainty import mean_prediction_entropy
@@ -43,19 +43,13 @@ class UCMTConfig(CMTConfig):
 
 
 @register
-class UCMT(Method):
+class UCMT(CMT):
+    """CMT's networks, loss and test-time teacher, plus the UMIX update."""
+
     name = "ucmt"
     summary = "CMT + UMIX: a second update per step on images whose uncertain regions got certain ones."
     Config = UCMTConfig
-    uses_unlabelled = True
     cfg: UCMTConfig
-
-    def __init__(self, ctx: MethodContext, options: dict[str, Any] | None = None) -> None:
-        super().__init__(ctx, options)
-        self.core = CMTCore(self, self.cfg)
-
-    def networks(self) -> dict[str, NetSpec]:
-        return self.core.networks()
 
     def passes(self) -> list[Pass]:
         step1 = self.core.passes()
@@ -65,9 +59,7 @@ class UCMT(Method):
     def grid(self, spatial: tuple[int, ...]) -> list[int]:
         per_axis = self.cfg.grid or DEFAULT_GRID[len(spatial)]
         grid = [min(per_axis, size) for size in spatial]
-        regions = 1
-        for n in grid:
-            regions *= n
+        regions = math.prod(grid)
         if self.cfg.top_k > regions // 2:
             raise ConfigError(f"method.top_k={self.cfg.top_k} is more than half of the {regions} UMIX regions "
                               f"of a {list(spatial)} patch; lower it or raise method.grid")
@@ -94,6 +86,3 @@ class UCMT(Method):
         x_u, pseudo_u = umix([unlabeled.image, first.teacher_pseudo_u], u1_u, u2_u, **options)
         second = self.core.step(nets, x_l, y_l, x_u, weight, teacher_pseudo_u=pseudo_u)
         return StepOut(losses=second.losses)
-
-    def predict(self, nets: Nets, x: Tensor) -> Tensor:
-        return nets["teacher"](x)
