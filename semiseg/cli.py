@@ -153,9 +153,9 @@ def _evaluate_run(args: argparse.Namespace) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from semiseg.compare import compare, parse_entry
+    from semiseg.compare import compare, parse_entry, split_entries
 
-    entries = [parse_entry(text) for text in args.methods.split(",") if text.strip()]
+    entries = [parse_entry(text) for text in split_entries(args.methods)]
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:

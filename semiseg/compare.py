@@ -46,6 +46,21 @@ class Entry:
         return [f"train.method={self.method}", *opts, *self.overrides]
 
 
+def split_entries(text: str) -> list[str]:
+    """Split ``--methods`` at commas outside brackets, so ``must:consistency_layers=[0,1]`` stays one entry."""
+    entries, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            entries.append(current)
+            current = ""
+        else:
+            current += char
+    if depth != 0:
+        raise ConfigError(f"--methods {text!r}: unbalanced brackets")
+    return [e.strip() for e in [*entries, current] if e.strip()]
+
+
 def parse_entry(text: str) -> Entry:
     """``method`` or ``label=method:key=value:train.steps=500`` (dotted keys are config overrides)."""
     head, *pairs = text.split(":")

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from semiseg.cli import main
-from semiseg.compare import Entry, parse_entry
+from semiseg.compare import Entry, parse_entry, split_entries
 from semiseg.errors import ConfigError
 
 
@@ -14,6 +14,14 @@ def test_parse_entry_splits_method_options_from_config_overrides():
     assert entry.config_overrides() == ["train.method=ucmt", "method.umix=copy", "method.top_k=3", "train.steps=300"]
     with pytest.raises(ConfigError, match="key=value"):
         parse_entry("x=cps:oops")
+
+
+def test_split_entries_keeps_bracketed_lists_whole():
+    text = "supervised, l01=must:consistency_layers=[0,1,-1],mt=mean_teacher:weight=0.5"
+    assert split_entries(text) == ["supervised", "l01=must:consistency_layers=[0,1,-1]", "mt=mean_teacher:weight=0.5"]
+    assert parse_entry(split_entries(text)[1]).options == {"consistency_layers": [0, 1, -1]}
+    with pytest.raises(ConfigError, match="unbalanced"):
+        split_entries("must:consistency_layers=[0,1")
 
 
 def test_compare_trains_tabulates_and_reuses_runs(tmp_path, capsys):
