@@ -48,7 +48,7 @@ from semiseg.losses import segmentation_loss
 from semiseg.methods import Method, MethodContext, get_method
 
 RUN_ARTEFACTS = ("config.yaml", "split.json", "log.csv", "summary.json", "report.md",
-                 "checkpoints", "metrics", "figures", "predictions", "uncertainty")
+                 "checkpoints", "metrics", "figures", "predictions", "uncertainty", "artifacts")
 
 
 @dataclass

@@ -129,9 +129,21 @@ class PatchSampler:
         self.batch_size, self.augment, self.views = batch_size, augment, tuple(views)
         self.foreground_fraction = foreground_fraction
         self.rng = np.random.default_rng(seed)
+        self.pool, self._pool_ids = self.store, None
+
+    def restrict(self, case_ids: Sequence[str] | None) -> None:
+        """Draw from these cases only (None: all), in store order; a curriculum's subset (see ``Method``)."""
+        key = None if case_ids is None else tuple(case_ids)
+        if key == self._pool_ids:
+            return
+        wanted = set(key or ())
+        pool = self.store if key is None else [c for c in self.store if c.case_id in wanted]
+        if not pool:
+            raise ValueError(f"none of the cases {list(key or ())} is in this sampler's store")
+        self.pool, self._pool_ids = pool, key
 
     def _sample_one(self) -> tuple[np.ndarray, np.ndarray | None, str]:
-        case = self.store[int(self.rng.integers(len(self.store)))]
+        case = self.pool[int(self.rng.integers(len(self.pool)))]
         spatial = case.image.shape[1:]
         centre: Sequence[int | None] = [None, None, None]
         if len(case.fg_points) and self.rng.random() < self.foreground_fraction:

@@ -4,15 +4,22 @@ It builds the networks a method declares, optimises the sum of the loss terms th
 updates EMA networks, validates every ``val_every`` steps on whole validation volumes (mean foreground
 Dice), keeps the best and the last checkpoint, logs to CSV and shows a progress bar with ETA. It knows
 methods only through the ``Method`` contract.
+
+Curricula (staged self-training) use three optional parts of that contract: before a step the loop asks
+``wants_unlabelled_cases`` and, if so, hands ``on_unlabelled_cases`` every unlabelled case whole (eval mode,
+no gradients, the run's own 2D/3D inference); ``unlabelled_subset`` restricts the cases the unlabelled batch
+is drawn from; ``artifacts`` are written as JSON into ``artifacts/`` of the run folder with every checkpoint.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +33,8 @@ from semiseg.data.loaders import PatchSampler, StoredCase
 from semiseg.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
 from semiseg.engine.device import amp_enabled, autocast
 from semiseg.errors import SemisegError
-from semiseg.eval.inference import predict_case_probs, probs_to_label
-from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress
+from semiseg.eval.inference import predict_case_probs, predict_slices, predict_volume, probs_to_label
+from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, WholeCase
 from semiseg.nets import build_network
 from semiseg.ssl.ema import ema_update
 
@@ -219,12 +226,17 @@ class Trainer:
 
     def save(self, which: str) -> None:
         save_checkpoint(self.state(), self.run_dir / "checkpoints" / f"{which}.pt")
+        for name, record in self.method.artifacts().items():
+            path = self.run_dir / "artifacts" / f"{name}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record, indent=1) + "\n")
 
     # -- one step ------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
+        progress = Progress(self.step, self.cfg.train.steps)
+        self._prepare_unlabelled(progress)
         for net in self.nets.values():
             net.train()
-        progress = Progress(self.step, self.cfg.train.steps)
         labelled = to_batch(self.data.labelled.next_batch(), self.device, self.ctx.label_mode)
         unlabelled = None
         if self.data.unlabelled is not None:
@@ -247,6 +259,34 @@ class Trainer:
         self.scheduler.step()
         self.method.on_step_end(self.nets, progress)
         return row
+
+    def _prepare_unlabelled(self, progress: Progress) -> None:
+        """The method's optional pass over whole unlabelled cases, then its subset for this step's batch."""
+        if self.method.wants_unlabelled_cases(progress):
+            for net in self.nets.values():
+                net.eval()
+            store = self.data.unlabelled.store if self.data.unlabelled is not None else []
+            with torch.no_grad():
+                self.method.on_unlabelled_cases(self.nets, (self._whole_case(c) for c in store), progress)
+        if self.data.unlabelled is not None:
+            self.data.unlabelled.restrict(self.method.unlabelled_subset(progress))
+
+    def _whole_case(self, case: StoredCase) -> WholeCase:
+        volume = torch.from_numpy(case.image).to(self.device)
+        return WholeCase(case.case_id, volume, partial(self._case_probabilities, volume))
+
+    def _case_probabilities(self, volume: Tensor, predictor: Callable[[Tensor], Tensor]) -> Tensor:
+        """``(K, X, Y, Z)`` probabilities of a ``(C, X, Y, Z)`` volume: 2D slice by slice, 3D sliding window."""
+
+        def run(x: Tensor) -> Tensor:
+            with autocast(self.amp, self.device):
+                return predictor(x)
+
+        mode, batch = self.ctx.label_mode, self.cfg.eval.sw_batch_size
+        if self.cfg.model.dim == 2:
+            return predict_slices(run, volume, label_mode=mode, divisor=self.describe["divisor"], batch_size=batch)
+        return predict_volume(run, volume, label_mode=mode, roi_size=self.describe["patch_size"], batch_size=batch,
+                              overlap=self.cfg.eval.overlap)
 
     def _update(self, losses: dict[str, Tensor]) -> Tensor:
         """One optimiser update on the sum of ``losses``, then the EMA nets follow."""

@@ -5,6 +5,7 @@ from semiseg.methods import (  # noqa: F401
     cmt,
     cps,
     cutmix,
+    dual_uncertainty,
     ensemble,
     mean_teacher,
     must,
@@ -13,8 +14,19 @@ from semiseg.methods import (  # noqa: F401
     supervised,
     ua_mt,
     ucmt,
+    urpc,
 )
-from semiseg.methods.base import Batch, Method, MethodConfig, MethodContext, NetSpec, Pass, Progress, StepOut
+from semiseg.methods.base import (
+    Batch,
+    Method,
+    MethodConfig,
+    MethodContext,
+    NetSpec,
+    Pass,
+    Progress,
+    StepOut,
+    WholeCase,
+)
 from semiseg.methods.registry import available_methods, get_method, register
 
 __all__ = [
@@ -26,6 +38,7 @@ __all__ = [
     "Pass",
     "Progress",
     "StepOut",
+    "WholeCase",
     "available_methods",
     "get_method",
     "register",

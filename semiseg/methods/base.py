@@ -9,7 +9,7 @@ and hands it tensors already on the right device.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, ClassVar
@@ -102,6 +102,21 @@ class StepOut:
 
 
 @dataclass(frozen=True)
+class WholeCase:
+    """One unlabelled case, whole, for methods whose curriculum looks at every case (sample ranking).
+
+    ``image`` is the normalised ``(C, X, Y, Z)`` volume on the engine's device (Z = 1 for 2D cases).
+    ``probabilities(predictor)`` runs the engine's whole-case inference with ``predictor`` (images → logits):
+    every slice, batched, for 2D models, the sliding window for 3D ones; it returns ``(K, X, Y, Z)``
+    probabilities, so a method never needs to know the patch size or the network's divisor.
+    """
+
+    case_id: str
+    image: Tensor
+    probabilities: Callable[[Callable[[Tensor], Tensor]], Tensor]
+
+
+@dataclass(frozen=True)
 class MethodContext:
     """What a method may know about the task: label layout, sizes and the supervised loss."""
 
@@ -168,6 +183,26 @@ class Method(ABC):
     def on_step_end(self, nets: Nets, progress: Progress) -> None:
         """Hook after the optimiser step (EMA of ``NetSpec.ema_of`` nets is done by the engine)."""
         return None
+
+    def wants_unlabelled_cases(self, progress: Progress) -> bool:
+        """Whether the engine must call ``on_unlabelled_cases`` before this step (curricula; default never)."""
+        return False
+
+    def on_unlabelled_cases(self, nets: Nets, cases: Iterable[WholeCase], progress: Progress) -> None:
+        """A pass over every unlabelled case before the step, nets in eval mode, no gradients (e.g. ranking)."""
+        return None
+
+    def unlabelled_subset(self, progress: Progress) -> Sequence[str] | None:
+        """Case ids this step's unlabelled batch is drawn from (None: every unlabelled case).
+
+        Asked before each batch is drawn, so it must follow from ``progress`` and the method state alone;
+        that makes ``--resume`` draw from the same subset without the engine storing it.
+        """
+        return None
+
+    def artifacts(self) -> dict[str, Any]:
+        """JSON-able records the engine writes to ``artifacts/<name>.json`` in the run folder at each checkpoint."""
+        return {}
 
     def predict(self, nets: Nets, x: Tensor) -> Tensor:
         """Logits used at test time."""

@@ -54,3 +54,15 @@ def test_default_patch_size():
     store = _store()
     assert default_patch_size([store], 2, 8) == [24, 24]
     assert default_patch_size([store], 3, 4) == [20, 24, 8]
+
+
+def test_restrict_draws_from_the_subset_only():
+    base = _store()[0]
+    store = [StoredCase(cid, base.image, None, base.fg_points[:0]) for cid in ("a", "b", "c")]
+    s = PatchSampler(store, dim=2, patch_size=[8, 8], batch_size=32, augment=AugmentConfig(), seed=0)
+    s.restrict(["c", "a"])
+    assert set(s.next_batch()["case_ids"]) == {"a", "c"}
+    s.restrict(None)
+    assert set(s.next_batch()["case_ids"]) == {"a", "b", "c"}
+    with pytest.raises(ValueError, match="none of the cases"):
+        s.restrict(["z"])

@@ -1,0 +1,262 @@
+"""Self-training with dual uncertainty (Qiu et al., "Self-training with dual uncertainty for semi-supervised
+medical image segmentation"), Algorithm 1 as stages of the one training loop.
+
+Stages, at fractions of ``train.steps`` (``stage_starts``; the paper trains each phase equally long):
+
+1. pre-train on labelled data (Eq. 5); K snapshots of the network are kept at fractions of this stage;
+2. at the start of stage 3, before its first step, every unlabelled case is predicted whole by each snapshot
+   and ranked by its sample-level uncertainty (Eq. 1); the first ``reliable_fraction`` are "reliable";
+3. the student (the network itself: "initialise S with T") trains on labelled + reliable cases, with pseudo
+   labels from a frozen copy of itself taken at the stage boundary (Eq. 6);
+4. the frozen copy is refreshed from the student and training continues on every unlabelled case.
+
+Stage 2 takes no steps, so the ``stage`` logged is 1, 3 or 4. Pseudo labels come from the frozen copy on each
+unlabelled batch; as the copy does not change within a stage, this equals labelling the set offline at the
+boundary (as ``self_training`` does). The pixel-level uncertainty (Sec. 3.2) is the KL divergence between a
+main decoder that upsamples by transposed convolution and a second one that upsamples by interpolation
+(Eq. 2); the pseudo-label cross-entropy is rectified as exp(−D)·L_ce + D per pixel (Eq. 4).
+
+``variant`` gives the rows of Table 3: ``st`` (plain self-training: stage 3 on every case, plain CE),
+``st_ss`` (+ sample sorting), ``st_ss_unrc`` (+ uncertainty rectification; the full method).
+
+Choices the paper leaves open, made here: the supervised loss is ``train.loss`` (Eq. 5 is (Dice + CE)/2, i.e.
+half the default ``dice_ce``, a scale only), shared with every method of a comparison; the second decoder is
+also supervised on labelled data (``aux_supervised``), since a decoder trained by the KL alone would make D
+meaningless at the start of stage 3; the snapshots are frozen networks, so they are checkpointed with the run.
+The curriculum (stage, snapshots taken, ranking) is method state; the ranking is also written to
+``artifacts/ranking.json`` in the run folder.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, field_validator
+from torch import Tensor, nn
+
+from semiseg.methods.base import (
+    Batch,
+    Method,
+    MethodConfig,
+    MethodContext,
+    Nets,
+    NetSpec,
+    Pass,
+    Progress,
+    StepOut,
+    WholeCase,
+)
+from semiseg.methods.registry import register
+from semiseg.nets.unet import UNet
+from semiseg.ssl.pseudo_labels import hard_labels, probabilities
+from semiseg.ssl.rectification import cross_entropy_map, rectified_loss
+from semiseg.ssl.uncertainty import kl_divergence
+
+Variant = Literal["st", "st_ss", "st_ss_unrc"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Equations as plain functions (tested against hand-computed values)
+
+
+def sample_uncertainty(earlier: Iterable[Tensor], last: Tensor) -> float:
+    """Eq. 1: Σ_{i<K} mean[(F_i − F_K)²] / (K − 1), the snapshots' disagreement with the last one on one case.
+
+    ``earlier`` yields the probabilities of snapshots 1 … K−1 (one at a time, so only two whole-case
+    predictions are held at once), ``last`` those of snapshot K; the mean runs over classes and voxels.
+    """
+    total, count = 0.0, 0
+    for probs in earlier:
+        total += float((probs.float() - last.float()).pow(2).mean())
+        count += 1
+    if count == 0:
+        raise ValueError("sample-level uncertainty needs at least two snapshots")
+    return total / count
+
+
+def rank_cases(uncertainty: dict[str, float], reliable_fraction: float) -> dict[str, Any]:
+    """Sort cases by ascending uncertainty (ties by id); the first ⌈fraction·M⌉ are reliable (Sec. 3.1)."""
+    order = sorted(uncertainty, key=lambda case: (uncertainty[case], case))
+    n_reliable = min(len(order), max(1, math.ceil(reliable_fraction * len(order)))) if order else 0
+    return {
+        "order": order,
+        "reliable": order[:n_reliable],
+        "unreliable": order[n_reliable:],
+        "uncertainty": {case: uncertainty[case] for case in order},
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# The method
+
+
+class DualUncertaintyConfig(MethodConfig):
+    # Table 3's rows: plain self-training, + sample sorting, + uncertainty rectification (the full method).
+    variant: Variant = "st_ss_unrc"
+    # First step of stage 3 (labelled + reliable) and of stage 4 (everything), as fractions of train.steps.
+    # Paper: every phase runs 200 epochs, so pre-training, stage 3 and stage 4 get a third each.
+    stage_starts: tuple[float, float] = (1 / 3, 2 / 3)
+    # K snapshot points as fractions of the pre-training stage (the paper saves "K models at certain time
+    # points" without giving K); the last is compared with the others in Eq. 1.
+    snapshots: list[float] = Field(default_factory=lambda: [0.5, 0.75, 1.0])
+    # Share of the ranked unlabelled cases that is "reliable" (paper: the first 50 %).
+    reliable_fraction: float = Field(0.5, gt=0, le=1)
+    # Weight of L_unsup (Eq. 6: L_sup + L_unsup, i.e. 1).
+    weight: float = Field(1.0, ge=0)
+    # Supervise the interpolation decoder on labelled data too (st_ss_unrc only; see the module docstring).
+    aux_supervised: bool = True
+
+    @field_validator("stage_starts")
+    @classmethod
+    def _stages(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] < value[1] <= 1:
+            raise ValueError("needs 0 < start of stage 3 < start of stage 4 ≤ 1")
+        return value
+
+    @field_validator("snapshots")
+    @classmethod
+    def _snapshots(cls, value: list[float]) -> list[float]:
+        if len(value) < 2 or any(not 0 < f <= 1 for f in value) or sorted(set(value)) != value:
+            raise ValueError("needs at least two increasing fractions of the pre-training stage in (0, 1]")
+        return value
+
+
+@register
+class DualUncertainty(Method):
+    name = "dual_uncertainty"
+    summary = "Self-training with sample-level (snapshot) and pixel-level (two-decoder KL) uncertainty."
+    Config = DualUncertaintyConfig
+    uses_unlabelled = True
+    cfg: DualUncertaintyConfig
+
+    def __init__(self, ctx: MethodContext, options: dict[str, Any] | None = None) -> None:
+        super().__init__(ctx, options)
+        self.stage, self.snapshots_taken = 1, 0
+        self.ranking: dict[str, Any] | None = None
+
+    @property
+    def sorts(self) -> bool:
+        return self.cfg.variant != "st"
+
+    @property
+    def rectifies(self) -> bool:
+        return self.cfg.variant == "st_ss_unrc"
+
+    @property
+    def snapshot_names(self) -> list[str]:
+        return [f"snapshot{j}" for j in range(len(self.cfg.snapshots))] if self.sorts else []
+
+    def networks(self) -> dict[str, NetSpec]:
+        arch = {"aux_decoders": ["interp"]} if self.rectifies else {}
+        nets = {"model": NetSpec(overrides=arch), "teacher": NetSpec(overrides=arch, trainable=False)}
+        return nets | {name: NetSpec(overrides=arch, trainable=False) for name in self.snapshot_names}
+
+    def passes(self) -> list[Pass]:
+        """The passes of stages 3 and 4 (pre-training needs the labelled half only). The second decoder is
+        counted as a whole pass although it reuses the encoder, so the bound is loose for ``st_ss_unrc``."""
+        passes = [Pass("model", "both", grad=True), Pass("teacher", "unlabelled", grad=False)]
+        if self.rectifies:
+            passes.append(Pass("model", "both" if self.cfg.aux_supervised else "unlabelled", grad=True))
+        return passes
+
+    # -- the curriculum ----------------------------------------------------------------------
+    def stage_starts(self, total_steps: int) -> tuple[int, int]:
+        return round(total_steps * self.cfg.stage_starts[0]), round(total_steps * self.cfg.stage_starts[1])
+
+    def stage_at(self, progress: Progress) -> int:
+        start3, start4 = self.stage_starts(progress.total_steps)
+        return 1 if progress.step < start3 else 3 if progress.step < start4 else 4
+
+    def snapshot_steps(self, total_steps: int) -> list[int]:
+        """Snapshot j holds the network after this many optimiser updates."""
+        start3 = self.stage_starts(total_steps)[0]
+        return [round(f * start3) for f in self.cfg.snapshots]
+
+    @torch.no_grad()
+    def _advance(self, nets: Nets, progress: Progress) -> None:
+        """Take the snapshots that are due and, at a stage boundary, freeze the student as the labeller.
+
+        Idempotent within a step, so the case pass and the training step may both call it."""
+        steps = self.snapshot_steps(progress.total_steps)
+        while self.snapshots_taken < len(self.snapshot_names) and progress.step >= steps[self.snapshots_taken]:
+            nets[self.snapshot_names[self.snapshots_taken]].load_state_dict(nets["model"].state_dict())
+            self.snapshots_taken += 1
+        target = self.stage_at(progress)
+        if target > self.stage:
+            nets["teacher"].load_state_dict(nets["model"].state_dict())
+            self.stage = target
+
+    def wants_unlabelled_cases(self, progress: Progress) -> bool:
+        return self.sorts and self.ranking is None and self.stage_at(progress) == 3
+
+    def on_unlabelled_cases(self, nets: Nets, cases: Iterable[WholeCase], progress: Progress) -> None:
+        """Stage 2: rank every unlabelled case by Eq. 1 over the K snapshots (eval mode, whole cases)."""
+        self._advance(nets, progress)
+        *earlier, last = [nets[name] for name in self.snapshot_names]
+        scores = {}
+        for case in cases:
+            last_probs = case.probabilities(last)
+            scores[case.case_id] = sample_uncertainty((case.probabilities(net) for net in earlier), last_probs)
+        self.ranking = {
+            **rank_cases(scores, self.cfg.reliable_fraction),
+            "step": progress.step,
+            "snapshot_steps": self.snapshot_steps(progress.total_steps),
+        }
+
+    def unlabelled_subset(self, progress: Progress) -> Sequence[str] | None:
+        if self.ranking is None or not self.ranking["reliable"] or self.stage_at(progress) != 3:
+            return None
+        return self.ranking["reliable"]
+
+    def artifacts(self) -> dict[str, Any]:
+        return {} if self.ranking is None else {"ranking": self.ranking}
+
+    # -- one step ----------------------------------------------------------------------------
+    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
+        self._advance(nets, progress)
+        model, n = nets["model"], labeled.image.shape[0]
+        use_unlabelled = self.stage > 1 and unlabeled is not None
+        x = torch.cat([labeled.image, unlabeled.image]) if use_unlabelled else labeled.image
+        main, aux = self._decoders(model, x)
+        losses = {"sup": self.ctx.supervised_loss(main[:n], labeled.label)}
+        if aux is not None and self.cfg.aux_supervised:
+            losses["sup_aux"] = self.ctx.supervised_loss(aux[:n], labeled.label)
+        logs = {"stage": float(self.stage)}
+        if not use_unlabelled:  # pre-training: the term stays in the log as 0
+            losses["unsup"] = main.new_zeros(())
+            return StepOut(losses, logs | ({"pixel_uncertainty": 0.0} if self.rectifies else {}))
+        target = self._pseudo_labels(nets["teacher"], unlabeled.image)
+        ce = cross_entropy_map(main[n:], target, self.ctx.label_mode)  # Eq. 3, per pixel
+        if aux is None:
+            losses["unsup"] = self.cfg.weight * ce.mean()
+            return StepOut(losses, logs)
+        mode = self.ctx.label_mode
+        d = kl_divergence(probabilities(main[n:], mode), probabilities(aux[n:], mode), mode)  # Eq. 2
+        losses["unsup"] = self.cfg.weight * rectified_loss(ce, d)  # Eq. 4
+        return StepOut(losses, logs | {"pixel_uncertainty": float(d.detach().mean())})
+
+    def _decoders(self, model: UNet, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Main (transposed-conv) logits and, for the full method, the interpolation decoder's, one encoder pass."""
+        if not self.rectifies:
+            return model(x), None
+        skips = model.encode(x)
+        return model.head(model.decode(skips, 0)[0], 0), model.head(model.decode(skips, 1)[0], 1)
+
+    @torch.no_grad()
+    def _pseudo_labels(self, teacher: nn.Module, image: Tensor) -> Tensor:
+        teacher.eval()  # frozen labeller: running BN statistics, never updated by these passes
+        return hard_labels(probabilities(teacher(image), self.ctx.label_mode), self.ctx.label_mode)
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "snapshots_taken": self.snapshots_taken, "ranking": self.ranking}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        expected = {"stage", "snapshots_taken", "ranking"}
+        if set(state) != expected:
+            raise ValueError(f"dual_uncertainty expects its state {sorted(expected)}, got {sorted(state)}")
+        self.stage, self.snapshots_taken = int(state["stage"]), int(state["snapshots_taken"])
+        self.ranking = state["ranking"]

@@ -1,0 +1,107 @@
+"""URPC: uncertainty-rectified pyramid consistency (Luo et al., MICCAI 2021), on the shared U-Net.
+
+The U-Net's scale heads give one prediction per decoder level; each is upsampled to full resolution
+(linear interpolation of the logits), giving the pyramid p_1 … p_S. Labelled images supervise every scale
+(``train.loss`` averaged over scales). On unlabelled images every scale is pulled towards the pyramid's mean
+p̄, rectified by its own uncertainty D_s = KL(p_s ‖ p̄) per pixel (``semiseg.ssl.rectification``, shared with
+dual-uncertainty self-training):
+
+    L_urpc = (1/S) Σ_s [ mean(exp(−D_s) · ‖p_s − p̄‖²) / mean(exp(−D_s)) + mean(D_s) ],
+
+with ‖·‖² the squared difference averaged over channels, and total loss L_sup + λ(t)·L_urpc, λ a Gaussian
+warm-up to 0.1 over the whole run (the authors' setting). Nothing is detached: the mean and the uncertainty
+are learnt with the scales.
+
+Adaptation to this U-Net: the pyramid is the decoder levels 0 … K (the bottleneck's prediction joins only with
+``include_bottleneck``, or when the network has a single decoder level, as a pyramid needs two scales). The
+authors' code measures D_s as KL(p̄ ‖ p_s) (``kl_direction=mean_to_scale``) and perturbs the auxiliary
+features with dropout and noise; neither is the default here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor
+
+from semiseg.methods._options import RampedWeight, RampKind
+from semiseg.methods.base import Batch, Method, Nets, NetSpec, Pass, Progress, StepOut
+from semiseg.methods.registry import register
+from semiseg.ssl.pseudo_labels import probabilities
+from semiseg.ssl.rectification import rectified_loss
+from semiseg.ssl.uncertainty import kl_divergence
+
+KLDirection = Literal["scale_to_mean", "mean_to_scale"]
+
+
+def pyramid_consistency(
+    scale_probs: Sequence[Tensor], label_mode: str, kl_direction: KLDirection = "scale_to_mean"
+) -> Tensor:
+    """L_urpc of same-resolution ``(B, K, *spatial)`` probabilities, one per scale (see the module docstring)."""
+    if len(scale_probs) < 2:
+        raise ValueError("pyramid consistency needs at least two scales")
+    mean = torch.stack([p.float() for p in scale_probs]).mean(dim=0)
+    terms = []
+    for p in scale_probs:
+        pair = (p, mean) if kl_direction == "scale_to_mean" else (mean, p)
+        d = kl_divergence(*pair, label_mode)
+        terms.append(rectified_loss((p.float() - mean).pow(2).mean(dim=1), d, normalise=True))
+    return torch.stack(terms).mean()
+
+
+def upsample_logits(logits: Tensor, size: Sequence[int]) -> Tensor:
+    """Bring a coarse scale's logits to full resolution (bilinear in 2D, trilinear in 3D)."""
+    if tuple(logits.shape[2:]) == tuple(size):
+        return logits
+    mode = "bilinear" if logits.ndim == 4 else "trilinear"
+    return F.interpolate(logits, size=tuple(size), mode=mode, align_corners=False)
+
+
+class URPCConfig(RampedWeight):
+    # λ's maximum and warm-up: Gaussian exp(−5(1 − t/t_max)²) to 0.1 over the whole run (the authors' code).
+    weight: float = Field(0.1, ge=0)
+    rampup: RampKind = "gaussian"
+    rampup_fraction: float = Field(1.0, ge=0, le=1)
+    # KL(p_s ‖ p̄) as written in the paper, or KL(p̄ ‖ p_s) as in the authors' code.
+    kl_direction: KLDirection = "scale_to_mean"
+    # Add the bottleneck's prediction to the pyramid (always done when there is a single decoder level).
+    include_bottleneck: bool = False
+    # Supervise every scale (the paper) or the full-resolution output only.
+    deep_supervision: bool = True
+
+
+@register
+class URPC(Method):
+    name = "urpc"
+    summary = "Uncertainty-rectified pyramid consistency: decoder scales agree with their mean, weighted by exp(-KL)."
+    Config = URPCConfig
+    uses_unlabelled = True
+    cfg: URPCConfig
+
+    def networks(self) -> dict[str, NetSpec]:
+        return {"model": NetSpec(overrides={"scale_heads": True})}
+
+    def passes(self) -> list[Pass]:
+        return [Pass("model", "both", grad=True)]
+
+    def pyramid(self, scales: Sequence[Tensor], size: Sequence[int]) -> list[Tensor]:
+        """Full-resolution logits of the pyramid's scales (``scales`` as ``NetOutput.scales``, bottleneck last)."""
+        levels = scales if self.cfg.include_bottleneck or len(scales) < 3 else scales[:-1]
+        return [upsample_logits(s, size) for s in levels]
+
+    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
+        n = labeled.image.shape[0]
+        x = labeled.image if unlabeled is None else torch.cat([labeled.image, unlabeled.image])
+        scales = self.pyramid(nets["model"](x, return_scales=True).scales, x.shape[2:])
+        supervised = scales if self.cfg.deep_supervision else scales[:1]
+        losses = {"sup": torch.stack([self.ctx.supervised_loss(s[:n], labeled.label) for s in supervised]).mean()}
+        w = self.cfg.weight_at(progress)
+        if unlabeled is not None and self.cfg.weight > 0:
+            mode = self.ctx.label_mode
+            probs = [probabilities(s[n:], mode) for s in scales]
+            losses["consistency"] = w * pyramid_consistency(probs, mode, self.cfg.kl_direction)
+        return StepOut(losses, {"consistency_weight": w})
