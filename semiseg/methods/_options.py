@@ -1,4 +1,4 @@
-"""Config fields several methods share (ramp of the unsupervised weight)."""
+"""Config fields several methods share (ramp of the unsupervised weight, reference-guided pseudo labels)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pydantic import Field
 
 from semiseg.methods.base import MethodConfig, Progress
 from semiseg.ssl.ramps import rampup
+from semiseg.ssl.reference import ReferenceSettings
 
 RampKind = Literal["linear", "sigmoid", "gaussian", "cosine", "none"]
 
@@ -21,3 +22,24 @@ class RampedWeight(MethodConfig):
 
     def weight_at(self, progress: Progress) -> float:
         return self.weight * rampup(self.rampup, progress.step, self.rampup_fraction * progress.total_steps)
+
+
+class ReferenceOptions(MethodConfig):
+    """Reference-guided pseudo labels (Seibold et al. 2022), for any method that takes pseudo labels from them.
+
+    The pool is drawn from the current labelled batch (p of its images, covering every class the batch holds);
+    see ``semiseg.ssl.reference``.
+    """
+
+    pool_size: int = Field(3, ge=1)  # p, labelled images in the reference pool (paper: 3)
+    reference_size: int | None = Field(None, ge=1)  # s per axis (paper: 64); None: 64 in 2D, 16 in 3D
+    k: int = Field(7000, ge=1)  # nearest references Eq. 5 looks at (paper: 7000 of p·s² = 12288)
+    k_fraction: float | None = Field(None, gt=0, le=1)  # k as a share of the references (Table 3); overrides k
+    weighting: bool = True  # Eq. 7's W; False gives the paper's "Nearest Neighbor" baseline (W ≡ 1)
+    block_mb: float = Field(4.0, gt=0)  # memory of one similarity block of the chunked matcher
+
+    def reference_settings(self) -> ReferenceSettings:
+        return ReferenceSettings(
+            pool_size=self.pool_size, size=self.reference_size, k=self.k, k_fraction=self.k_fraction,
+            weighting=self.weighting, block_elements=max(1, int(self.block_mb * 2**20) // 4),
+        )

@@ -17,6 +17,11 @@ rather than a per-image mean (stable when a class is absent from a slice); α is
 name every method uses for its unsupervised weight. φ reads the network's detached output probabilities,
 i.e. φ(θ(X)) of Eq. 5: a net builder only knows the task (``MethodContext``), not the width of the U-Net's
 hidden features, and the detached input keeps the KL from reshaping the segmentation network.
+
+Any pseudo-label source plugs into the same EM step: ``pseudo_labels: reference`` takes SegPL's E-step labels
+from reference-guided matching (RPG paper, Eqs. 1-7, ``semiseg.ssl.reference``) on the penultimate features
+of the same pass instead of from the prediction, with RPG's W as the per-pixel weight of the M-step loss
+(``weighting: false``: unweighted nearest-reference labels).
 """
 
 from __future__ import annotations
@@ -28,10 +33,11 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from semiseg.methods._options import RampedWeight, RampKind
+from semiseg.methods._options import RampedWeight, RampKind, ReferenceOptions
 from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Pass, Progress, StepOut
 from semiseg.methods.registry import register
 from semiseg.ssl.pseudo_labels import confidence_mask, hard_labels, probabilities
+from semiseg.ssl.reference import ReferenceSettings, reference_pseudo_labels
 from semiseg.ssl.thresholds import (
     ThresholdHead,
     gaussian_kl,
@@ -53,7 +59,10 @@ class PseudoLabelConfig(RampedWeight):
     loss: Literal["dice", "ce", "dice_ce"] = "dice"
 
 
-class SegPLConfig(PseudoLabelConfig):
+class SegPLConfig(PseudoLabelConfig, ReferenceOptions):
+    # Where the E-step's labels come from: the model's prediction (Eq. 1) or reference-guided matching of its
+    # features (RPG; options pool_size, reference_size, k, k_fraction, weighting, block_mb).
+    pseudo_labels: Literal["model", "reference"] = "model"
     # T of Eq. 1, applied per channel in multilabel mode; multiclass pseudo labels are the argmax.
     threshold: float = Field(0.5, gt=0, lt=1)
     # Optional confidence filter (None: every pixel counts, as in the paper); see ssl.pseudo_labels.confidence_mask.
@@ -86,13 +95,30 @@ class _PseudoLabelling(Method):
     def e_step(self, nets: Nets, probs_u: Tensor) -> EStep:
         """Pseudo labels of the unlabelled batch from its detached probabilities, plus extra loss terms and logs."""
 
+    def reference(self) -> ReferenceSettings | None:
+        """Settings of reference-guided pseudo labels when they replace ``e_step`` (None: they do not)."""
+        return None
+
+    def reference_e_step(self, features: Tensor, labeled: Batch, settings: ReferenceSettings) -> EStep:
+        """E-step from reference matching: nearest-reference labels, W as the pixel weight (RPG, Eqs. 1-7)."""
+        n = labeled.image.shape[0]
+        ref = reference_pseudo_labels(features[:n], labeled.label, features[n:], label_mode=self.ctx.label_mode,
+                                      num_classes=self.ctx.num_classes, settings=settings)
+        weight = ref.weight if settings.weighting else None
+        return ref.target, weight, {}, {"reference_w_mean": ref.weight.mean()}
+
     def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
         if unlabeled is None:  # train.unlabelled_batch_size=0: nothing to pseudo-label
             return StepOut(losses={"sup": self.ctx.supervised_loss(nets["model"](labeled.image), labeled.label)})
-        n = labeled.image.shape[0]
-        logits = nets["model"](torch.cat([labeled.image, unlabeled.image]))
+        n, settings = labeled.image.shape[0], self.reference()
+        x = torch.cat([labeled.image, unlabeled.image])
+        out = nets["model"](x) if settings is None else nets["model"](x, return_features=True)
+        logits = out if settings is None else out.logits
         logits_l, logits_u = logits[:n], logits[n:]
-        target, weight, extra, logs = self.e_step(nets, probabilities(logits_u.detach(), self.ctx.label_mode))
+        if settings is None:
+            target, weight, extra, logs = self.e_step(nets, probabilities(logits_u.detach(), self.ctx.label_mode))
+        else:
+            target, weight, extra, logs = self.reference_e_step(out.features, labeled, settings)
         losses = {
             "sup": self.ctx.supervised_loss(logits_l, labeled.label),
             "unsup": self.cfg.weight_at(progress) * self.ctx.loss(self.cfg.loss)(logits_u, target, weight=weight),
@@ -108,6 +134,9 @@ class SegPL(_PseudoLabelling):
     summary = "Pseudo-labelling as EM with a fixed threshold (Xu et al. 2022, Eqs. 1-3)."
     Config = SegPLConfig
     cfg: SegPLConfig
+
+    def reference(self) -> ReferenceSettings | None:
+        return self.cfg.reference_settings() if self.cfg.pseudo_labels == "reference" else None
 
     def e_step(self, nets: Nets, probs_u: Tensor) -> EStep:
         """Eq. 1: ``y' = 1(p > T)`` per channel (multilabel) or the argmax (multiclass), optionally filtered."""

@@ -1,0 +1,121 @@
+"""FixMatch for segmentation (Sohn et al. 2020, as extended in the RPG paper, Eqs. 9-10).
+
+Pseudo labels come from the weak view (the loader's flips and intensity jitter): the argmax where the top
+probability exceeds τ (Eq. 9), or per channel the rounded probability where |p − 0.5| > |0.5 − τ| (Eq. 10,
+multilabel; every other pixel and channel is ignored). The strong view applies RandAugment-style operations
+(``semiseg.ssl.strong_augment``): intensity operations to the image, geometric ones to image and pseudo label
+alike, then CutOut, whose box becomes background in the pseudo label. The network learns the pseudo labels
+on the strong view with (binary) cross-entropy averaged over the pixels that are not ignored.
+
+The weak pass runs under ``no_grad``; labelled and strong images then share one training pass.
+``strong_augment: false`` is Lee's (2013) Pseudo-Label instead: the weak view's confident labels train that
+same view, from the same (single) pass, the "Pseudolabel τ" baseline of the RPG paper.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import Tensor, nn
+
+from semiseg.losses import ce_loss
+from semiseg.methods.base import Batch, Method, MethodConfig, Nets, Pass, Progress, StepOut
+from semiseg.methods.registry import register
+from semiseg.ssl.pseudo_labels import probabilities
+from semiseg.ssl.strong_augment import GEOMETRIC_OPS, INTENSITY_OPS, StrongAugment, strong_augment
+
+
+class FixMatchOptions(MethodConfig):
+    # τ of Eqs. 9-10 (FixMatch: 0.95; the RPG paper reports 0.8 and 0.95).
+    tau: float = Field(0.95, gt=0, lt=1)
+    # False: no strong view, the weak view's pseudo labels train the weak view (Lee 2013's Pseudo-Label).
+    strong_augment: bool = True
+    # RandAugment: n_ops operations per image drawn from ops (magnitudes uniform in each op's range), then CutOut.
+    n_ops: int = Field(2, ge=0)
+    ops: list[str] = Field(default_factory=lambda: list(INTENSITY_OPS + GEOMETRIC_OPS))
+    cutout: bool = True
+
+    @field_validator("ops")
+    @classmethod
+    def _known_ops(cls, ops: list[str]) -> list[str]:
+        unknown = sorted(set(ops) - set(INTENSITY_OPS + GEOMETRIC_OPS))
+        if unknown or not ops:
+            raise ValueError(f"unknown or no ops {unknown}; choose from {', '.join(INTENSITY_OPS + GEOMETRIC_OPS)}")
+        return ops
+
+    def augmentation(self) -> StrongAugment:
+        return StrongAugment(n_ops=self.n_ops, ops=tuple(self.ops), cutout=self.cutout)
+
+
+class FixMatchConfig(FixMatchOptions):
+    weight: float = Field(1.0, ge=0)  # λ_u (FixMatch: 1)
+
+
+def weak_targets(probs: Tensor, label_mode: str, tau: float) -> tuple[Tensor, Tensor]:
+    """Eq. 9 / Eq. 10: hard pseudo labels and the float mask of what is not ignored.
+
+    Multiclass: argmax, mask (B, *spatial) where max_c p_c > τ. Multilabel: ⌊p⌉ per channel, mask
+    (B, K, *spatial) where |p − 0.5| > |0.5 − τ|, so each channel of a pixel is kept or ignored on its own.
+    """
+    probs = probs.detach().float()
+    if label_mode == "multiclass":
+        confidence, target = probs.max(dim=1)
+        return target, (confidence > tau).float()
+    return (probs > 0.5).float(), ((probs - 0.5).abs() > abs(0.5 - tau)).float()
+
+
+def masked_ce(logits: Tensor, target: Tensor, mask: Tensor, label_mode: str) -> Tensor:
+    """Cross-entropy averaged over the kept pixels (multiclass) or kept pixel-channels (multilabel).
+
+    Nothing kept gives an exact 0 that is still connected to ``logits``.
+    """
+    if label_mode == "multiclass":
+        return ce_loss(logits, target, label_mode=label_mode, mask=mask)
+    bce = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
+    return (bce * mask).sum() / mask.sum().clamp_min(1e-8)
+
+
+@register
+class FixMatch(Method):
+    name = "fixmatch"
+    summary = "FixMatch for segmentation: confident weak-view pseudo labels train a RandAugment + CutOut view."
+    Config = FixMatchConfig
+    uses_unlabelled = True
+    cfg: FixMatchConfig
+
+    def passes(self) -> list[Pass]:
+        if not self.cfg.strong_augment:
+            return [Pass("model", "both", grad=True)]
+        return [Pass("model", "unlabelled", grad=False), Pass("model", "both", grad=True)]
+
+    def strong_view(self, image: Tensor, probs_weak: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Strong image, its pseudo label and mask, from the weak view's image and probabilities."""
+        target, mask = weak_targets(probs_weak, self.ctx.label_mode, self.cfg.tau)
+        return strong_augment(image, target, mask, self.cfg.augmentation())
+
+    def strong_term(self, model: nn.Module, image: Tensor, probs_weak: Tensor) -> tuple[Tensor, float]:
+        """The FixMatch term for a weak batch whose probabilities are known: one pass over its strong view."""
+        x, target, mask = self.strong_view(image, probs_weak)
+        return masked_ce(model(x), target, mask, self.ctx.label_mode), float(mask.mean())
+
+    def weak_term(self, logits_weak: Tensor) -> tuple[Tensor, float]:
+        """Without strong augmentation: the weak view's confident labels train its own logits (Pseudo-Label)."""
+        target, mask = weak_targets(probabilities(logits_weak, self.ctx.label_mode), self.ctx.label_mode, self.cfg.tau)
+        return masked_ce(logits_weak, target, mask, self.ctx.label_mode), float(mask.mean())
+
+    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
+        model, n = nets["model"], labeled.image.shape[0]
+        if unlabeled is None:
+            return StepOut(losses={"sup": self.ctx.supervised_loss(model(labeled.image), labeled.label)})
+        if self.cfg.strong_augment:
+            with torch.no_grad():
+                probs_weak = probabilities(model(unlabeled.image), self.ctx.label_mode)
+            x, target, mask = self.strong_view(unlabeled.image, probs_weak)
+            logits = model(torch.cat([labeled.image, x]))
+            unsup, kept = masked_ce(logits[n:], target, mask, self.ctx.label_mode), float(mask.mean())
+        else:
+            logits = model(torch.cat([labeled.image, unlabeled.image]))
+            unsup, kept = self.weak_term(logits[n:])
+        losses = {"sup": self.ctx.supervised_loss(logits[:n], labeled.label), "unsup": self.cfg.weight * unsup}
+        return StepOut(losses=losses, logs={"confident": kept})

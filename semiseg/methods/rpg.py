@@ -1,0 +1,84 @@
+"""RPG: reference-guided pseudo labels (Seibold et al., AAAI 2022, Eqs. 1-8).
+
+Labelled and unlabelled images go through the network once. The penultimate features of that pass
+(detached) are matched: a pool of p labelled images covering every class (Eq. 1) gives references
+subsampled to s×s (Eq. 2); every unlabelled pixel takes the label of its nearest reference under the
+clipped cosine distance (Eqs. 3-4) and a weight W from the entropy of its class distances among the k
+nearest references (Eqs. 5-7); Eq. 8 adds the W-weighted cross-entropy to the supervised loss.
+
+The pool is drawn from the current labelled batch: the paper builds each batch from the pool plus random
+images, so pool images are supervised in the same step; here the labelled batch holds the pool (p ≤
+``train.batch_size``), and a class missing from the batch cannot be covered. Deviation, shared with every
+method of a comparison: the supervised term is ``train.loss`` (the paper's CE is ``train.loss=ce``).
+``weighting: false`` is the paper's "Nearest Neighbor" baseline (W ≡ 1). Matching runs in float32 outside
+autocast, in memory bounded by ``block_mb`` whatever p, s and k (``semiseg.ssl.reference``).
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from semiseg.losses import ce_loss
+from semiseg.methods._options import ReferenceOptions
+from semiseg.methods.base import Batch, Method, Nets, Pass, Progress, StepOut
+from semiseg.methods.registry import register
+from semiseg.nets.unet import NetOutput
+from semiseg.ssl.reference import reference_pseudo_labels
+
+
+class RPGConfig(ReferenceOptions):
+    weight: float = Field(1.0, ge=0)  # weight of Eq. 8's unlabelled term (paper: 1)
+
+
+def expected_weighted_ce(logits: Tensor, target: Tensor, weight: Tensor, label_mode: str) -> Tensor:
+    """Eq. 8's E_x[CE · W]: the mean over all pixels of W times the (binary) cross-entropy.
+
+    ``ce_loss`` normalises by Σ W; multiplying by mean(W) turns that into the plain mean the paper writes,
+    so pixels with low W lower the term instead of being renormalised away.
+    """
+    return ce_loss(logits, target, label_mode=label_mode, weight=weight) * weight.mean()
+
+
+@register
+class RPG(Method):
+    name = "rpg"
+    summary = "Reference-guided pseudo labels: nearest labelled pixel in feature space, entropy-weighted CE."
+    Config = RPGConfig
+    uses_unlabelled = True
+    cfg: RPGConfig
+
+    def passes(self) -> list[Pass]:
+        return [Pass("model", "both", grad=True)]
+
+    def forward(self, nets: Nets, labeled: Batch, unlabelled_images: Tensor) -> NetOutput:
+        """One pass over [labelled; unlabelled] with the penultimate features."""
+        return nets["model"](torch.cat([labeled.image, unlabelled_images]), return_features=True)
+
+    def terms(self, out: NetOutput, labeled: Batch) -> tuple[dict[str, Tensor], dict[str, float]]:
+        """Eq. 8's two terms from a pass over [labelled; unlabelled], and what the matching looked like."""
+        n = labeled.image.shape[0]
+        assert out.features is not None
+        ref = reference_pseudo_labels(
+            out.features[:n],
+            labeled.label,
+            out.features[n:],
+            label_mode=self.ctx.label_mode,
+            num_classes=self.ctx.num_classes,
+            settings=self.cfg.reference_settings(),
+        )
+        unsup = expected_weighted_ce(out.logits[n:], ref.target, ref.weight, self.ctx.label_mode)
+        losses = {"sup": self.ctx.supervised_loss(out.logits[:n], labeled.label), "rpg": self.cfg.weight * unsup}
+        logs = {
+            "rpg_w_mean": float(ref.weight.mean()),
+            "rpg_pool": float(len(ref.pool)),
+            "rpg_classes": float(ref.table.shape[0]),
+        }
+        return losses, logs
+
+    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
+        if unlabeled is None:  # train.unlabelled_batch_size=0: nothing to label
+            return StepOut(losses={"sup": self.ctx.supervised_loss(nets["model"](labeled.image), labeled.label)})
+        losses, logs = self.terms(self.forward(nets, labeled, unlabeled.image), labeled)
+        return StepOut(losses=losses, logs=logs)

@@ -1,0 +1,58 @@
+"""RPG⁺ (Seibold et al., AAAI 2022, Eq. 11): RPG plus the FixMatch term on strongly augmented images.
+
+Composition, not a copy: an ``RPG`` and a ``FixMatch`` instance built from this method's options do the work.
+One training pass over [labelled; weak unlabelled] gives Eq. 8 (supervised + reference-guided terms) and,
+detached, the weak-view probabilities FixMatch thresholds (Eqs. 9-10); a second training pass over the
+strong view gives the FixMatch term.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from semiseg.methods._options import ReferenceOptions
+from semiseg.methods.base import Batch, Method, MethodContext, Nets, Pass, Progress, StepOut
+from semiseg.methods.fixmatch import FixMatch, FixMatchOptions
+from semiseg.methods.registry import register
+from semiseg.methods.rpg import RPG, RPGConfig
+from semiseg.ssl.pseudo_labels import probabilities
+
+
+class RPGPlusConfig(ReferenceOptions, FixMatchOptions):
+    weight: float = Field(1.0, ge=0)  # weight of the reference-guided term (Eq. 8: 1)
+    fixmatch_weight: float = Field(1.0, ge=0)  # weight of the FixMatch term (Eq. 11: 1)
+
+
+@register
+class RPGPlus(Method):
+    name = "rpg_plus"
+    summary = "RPG + FixMatch on RandAugment/CutOut views of the unlabelled images (Seibold et al. 2022, Eq. 11)."
+    Config = RPGPlusConfig
+    uses_unlabelled = True
+    cfg: RPGPlusConfig
+
+    def __init__(self, ctx: MethodContext, options: dict[str, Any] | None = None) -> None:
+        super().__init__(ctx, options)
+        values = self.cfg.model_dump()
+        self.rpg = RPG(ctx, {key: values[key] for key in RPGConfig.model_fields})
+        self.fixmatch = FixMatch(ctx, {key: values[key] for key in FixMatchOptions.model_fields})
+
+    def passes(self) -> list[Pass]:
+        strong = [Pass("model", "unlabelled", grad=True)] if self.cfg.strong_augment else []
+        return [Pass("model", "both", grad=True), *strong]
+
+    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
+        if unlabeled is None:
+            return self.rpg.training_step(nets, labeled, None, progress)
+        out = self.rpg.forward(nets, labeled, unlabeled.image)
+        losses, logs = self.rpg.terms(out, labeled)
+        logits_weak = out.logits[labeled.image.shape[0] :]
+        if self.cfg.strong_augment:
+            probs_weak = probabilities(logits_weak.detach(), self.ctx.label_mode)
+            fixmatch, kept = self.fixmatch.strong_term(nets["model"], unlabeled.image, probs_weak)
+        else:  # no strong view: the confident weak labels train the weak logits of the same pass
+            fixmatch, kept = self.fixmatch.weak_term(logits_weak)
+        losses["fixmatch"] = self.cfg.fixmatch_weight * fixmatch
+        return StepOut(losses=losses, logs={**logs, "confident": kept})

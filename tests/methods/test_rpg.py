@@ -1,0 +1,147 @@
+"""RPG and RPG⁺: Eq. 8 by hand, the nearest-neighbour baseline, and reference pseudo labels inside SegPL."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semiseg.api import supervised_loss
+from semiseg.errors import ConfigError
+from semiseg.losses import dice_loss
+from semiseg.methods import Batch, MethodContext, Progress, get_method
+from semiseg.nets.unet import NetOutput
+
+# One labelled image of three pixels with features r0 = (1, 0), r1 = (0.8, 0.6), r2 = (0, 1) and classes 0, 1, 2;
+# one unlabelled image with u_a = (1, 0), u_b = (0, 2), u_c = (0, −1). With k = 2:
+#   u_a: D = (0, 0.2, 1), the two nearest are classes 0 and 1 → label 0, P ∝ (1, 0.8, 0), W = 0.37470
+#   u_b: D = (1, 0.4, 0) → label 2, P ∝ (0, 0.6, 1), W = 0.39782
+#   u_c: every D = 1 → label 0 (lowest class on a tie), W = 0
+FEATURES = torch.tensor([[[1.0, 0.8, 0.0], [0.0, 0.6, 1.0]], [[1.0, 0.0, 0.0], [0.0, 2.0, -1.0]]]).unsqueeze(2)
+LABEL = torch.tensor([[[0, 1, 2]]])
+EXPECTED_LABELS = [0, 2, 0]
+EXPECTED_W = [0.3747006, 0.3978192, 0.0]
+
+
+class FixedNet(nn.Module):
+    """A 'network' with given logits (trainable) and penultimate features."""
+
+    def __init__(self, logits: torch.Tensor, features: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(logits.clone())
+        self.features = features
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        assert x.shape[0] == self.logits.shape[0]
+        return NetOutput(self.logits, features=self.features) if return_features else self.logits
+
+
+def _ctx(label_mode="multiclass", k=3, loss="ce"):
+    return MethodContext(
+        label_mode=label_mode,
+        num_classes=k,
+        spatial_dims=2,
+        in_channels=1,
+        supervised_loss=supervised_loss(loss, label_mode, False),
+    )
+
+
+def _batches(label=LABEL):
+    return Batch(torch.zeros(1, 1, 1, 3), label), Batch(torch.zeros(1, 1, 1, 3))
+
+
+def _logits(seed=0, channels=3):
+    return torch.randn(2, channels, 1, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def test_eq8_by_hand():
+    logits = _logits()
+    method = get_method("rpg")(_ctx(), {"k": 2})
+    out = method.training_step({"model": FixedNet(logits, FEATURES)}, *_batches(), Progress(0, 10))
+    ce_u = F.cross_entropy(logits[1:], torch.tensor([[EXPECTED_LABELS]]), reduction="none").flatten()
+    expected = sum(w * c for w, c in zip(EXPECTED_W, ce_u.tolist(), strict=True)) / 3  # E[CE · W]
+    assert out.losses["rpg"].item() == pytest.approx(expected, abs=1e-5)
+    assert out.losses["sup"].item() == pytest.approx(F.cross_entropy(logits[:1], LABEL).item(), abs=1e-5)
+    assert out.logs["rpg_w_mean"] == pytest.approx(sum(EXPECTED_W) / 3, abs=1e-5)
+
+
+def test_nearest_neighbour_baseline_has_no_weighting():
+    logits = _logits(1)
+    method = get_method("rpg")(_ctx(), {"k": 2, "weighting": False, "weight": 0.5})
+    out = method.training_step({"model": FixedNet(logits, FEATURES)}, *_batches(), Progress(0, 10))
+    ce = F.cross_entropy(logits[1:], torch.tensor([[EXPECTED_LABELS]]))  # Eq. 4's labels, W ≡ 1
+    assert out.losses["rpg"].item() == pytest.approx(0.5 * ce.item(), abs=1e-5)
+
+
+def test_multilabel_copies_the_nearest_vector():
+    # the classes become vectors: 0 → (0, 0), 1 → (1, 0), 2 → (1, 1); three distinct vectors as before
+    vectors = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]])
+    label = vectors[LABEL[0, 0]].T.reshape(1, 2, 1, 3)
+    logits = _logits(2, channels=2)
+    method = get_method("rpg")(_ctx("multilabel", 2), {"k": 2})
+    out = method.training_step({"model": FixedNet(logits, FEATURES)}, *_batches(label), Progress(0, 10))
+    target = vectors[EXPECTED_LABELS].T.reshape(1, 2, 1, 3)
+    bce = F.binary_cross_entropy_with_logits(logits[1:], target, reduction="none").mean(1).flatten()
+    expected = sum(w * c for w, c in zip(EXPECTED_W, bce.tolist(), strict=True)) / 3
+    assert out.losses["rpg"].item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_segpl_takes_pseudo_labels_from_the_reference_matcher():
+    # the model's own argmax on the unlabelled pixels is class 1 everywhere, the references say (0, 2, 0)
+    logits = torch.zeros(2, 3, 1, 3)
+    logits[1, 1] = 3.0
+    lab, unl = _batches()
+    nets = {"model": FixedNet(logits, FEATURES)}
+    options = {"pseudo_labels": "reference", "k": 2, "weight": 1.0}
+    method = get_method("segpl")(_ctx(loss="dice"), options)
+    target, weight, _, logs = method.reference_e_step(FEATURES, lab, method.reference())
+    assert target.flatten().tolist() == EXPECTED_LABELS
+    assert weight.flatten().tolist() == pytest.approx(EXPECTED_W, abs=1e-5)
+    out = method.training_step(nets, lab, unl, Progress(0, 10))
+    expected = dice_loss(
+        logits[1:], torch.tensor([[EXPECTED_LABELS]]), include_background=False, weight=torch.tensor([[EXPECTED_W]])
+    )
+    assert out.losses["unsup"].item() == pytest.approx(expected.item(), abs=1e-5)
+    model_source = get_method("segpl")(_ctx(loss="dice"), {"weight": 1.0}).training_step(
+        nets, lab, unl, Progress(0, 10)
+    )
+    assert model_source.losses["unsup"].item() != pytest.approx(out.losses["unsup"].item(), abs=1e-3)
+    assert "reference_w_mean" in out.logs and get_method("segpl")(_ctx(), {}).reference() is None
+
+
+def test_rpg_plus_composes_rpg_and_fixmatch():
+    method = get_method("rpg_plus")(_ctx(), {"k": 2, "tau": 0.8, "fixmatch_weight": 0.5, "n_ops": 1})
+    assert method.rpg.cfg.k == 2 and method.fixmatch.cfg.tau == 0.8 and method.fixmatch.cfg.n_ops == 1
+    assert [(p.batch, p.grad) for p in method.passes()] == [("both", True), ("unlabelled", True)]
+    net = nn.Conv2d(1, 3, 1)
+    calls = []
+
+    def model(x, return_features=False):
+        calls.append(x.shape[0])
+        logits = net(x)
+        return NetOutput(logits, features=torch.cat([logits, x], 1)) if return_features else logits
+
+    lab = Batch(torch.randn(2, 1, 8, 8), torch.randint(0, 3, (2, 8, 8)))
+    out = method.training_step({"model": model}, lab, Batch(torch.randn(2, 1, 8, 8)), Progress(0, 10))
+    assert set(out.losses) == {"sup", "rpg", "fixmatch"} and calls == [4, 2]
+    assert all(torch.isfinite(v) for v in out.losses.values())
+    plain = get_method("rpg_plus")(_ctx(), {"strong_augment": False})
+    assert [p.batch for p in plain.passes()] == ["both"]
+
+
+def test_rpg_options_are_validated():
+    with pytest.raises(ConfigError, match="k_fraction"):
+        get_method("rpg")(_ctx(), {"k_fraction": 1.5})
+    with pytest.raises(ConfigError, match="unknown key"):
+        get_method("rpg")(_ctx(), {"pool": 3})
+    settings = get_method("rpg")(_ctx(), {"k_fraction": 0.5, "reference_size": 32}).cfg.reference_settings()
+    assert settings.k_for(12288) == 6144 and settings.size_for(2) == 32
+    assert get_method("rpg")(_ctx(), {}).cfg.reference_settings().size_for(3) == 16
+
+
+def test_weight_formula_constants():
+    """The by-hand W values above, from Eq. 7."""
+    for closeness, expected in zip(((1.0, 0.8), (0.6, 1.0)), EXPECTED_W, strict=False):
+        p = [c / sum(closeness) for c in closeness]
+        assert 1 + sum(q * math.log(q) for q in p) / math.log(3) == pytest.approx(expected, abs=1e-6)
