@@ -263,3 +263,20 @@ def frozen_norm_stats(module: nn.Module) -> Iterator[None]:
     finally:
         for m in norms:
             m.track_running_stats = True
+
+
+@contextmanager
+def running_norm_stats(module: nn.Module) -> Iterator[None]:
+    """Inside, BatchNorm layers normalise with their running statistics (as at test time) and leave them alone.
+
+    Why: a pass on perturbed features normalised with its own batch statistics can learn an invariance that
+    only holds under batch normalisation; normalising it as the test-time path does keeps the two consistent.
+    """
+    norms = [m for m in module.modules() if isinstance(m, _BATCH_NORMS) and m.training]
+    for m in norms:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.train()

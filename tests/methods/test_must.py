@@ -180,8 +180,9 @@ def test_only_the_selected_layers_get_a_student(monkeypatch):
 # -- the training step --------------------------------------------------------------------------
 
 
-def test_joint_step_reaches_the_encoder_and_keeps_clean_norm_statistics():
-    net, method = _net(), _method()
+@pytest.mark.parametrize("student_norm", ["running", "batch"])
+def test_joint_step_reaches_the_encoder_and_keeps_clean_norm_statistics(student_norm):
+    net, method = _net(), _method(options={"student_norm": student_norm})
     lab, unl = _batches()
     reference = _net()
     reference.train()(torch.cat([lab.image, unl.image]))  # the teacher pass alone

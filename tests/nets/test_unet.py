@@ -75,3 +75,21 @@ def test_frozen_norm_stats_keeps_running_statistics():
     assert all(m.track_running_stats for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
     net(torch.randn(2, 1, 8, 8) * 5 + 3)  # outside the context the statistics move again
     assert not torch.equal(before["encoder.0.1.running_mean"], net.state_dict()["encoder.0.1.running_mean"])
+
+
+def test_running_norm_stats_normalises_as_at_test_time_and_restores_training_mode():
+    from semiseg.nets.unet import running_norm_stats
+
+    net = UNet(2, 1, 2, widths=(4, 8)).train()
+    net(torch.randn(4, 1, 8, 8) * 2 + 1)  # move the running statistics away from their initial values
+    x = torch.randn(2, 1, 8, 8) * 5 + 3
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with running_norm_stats(net):
+        inside = net(x)
+        inside.sum().backward()  # gradients still flow
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert all(m.training for m in net.modules())
+    net.eval()
+    assert torch.allclose(inside, net(x))  # the same normalisation as the test-time path
+    net.train()
+    assert not torch.allclose(inside, net(x))  # batch statistics differ
