@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +34,8 @@ try:
     import semiseg  # noqa: F401
 except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_step_time import timed  # noqa: E402  (the script folder is on sys.path)
 
 from semiseg.api import supervised_loss
 from semiseg.config import load_config
@@ -56,21 +56,6 @@ def make_batches(device: torch.device) -> tuple[Batch, Batch]:
     image = torch.stack([torch.from_numpy(c.image) for c in cases]).float().to(device)
     label = torch.stack([torch.from_numpy(c.label) for c in cases]).long().to(device)
     return Batch(image[:BATCH], label[:BATCH]), Batch(image[BATCH:])
-
-
-def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Median seconds of ``fn`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _proc_status(key: str) -> int | None:
