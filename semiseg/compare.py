@@ -212,7 +212,8 @@ def format_markdown(rows: list[dict[str, Any]], reference: str) -> str:
                   "| method | Dice | Jaccard | HD95 (mm) | ASD (mm) | p | train time ÷ ref |",
                   "|---|---|---|---|---|---|---|"]
         for row in (r for r in rows if r["checkpoint"] == checkpoint):
-            cells = [f"{row[f'{m}_mean']:.3f} ± {row[f'{m}_std']:.3f}" for m in METRIC_COLUMNS]
+            cells = [f"{row[f'{m}_mean']:.3f}" + (f" ± {row[f'{m}_std']:.3f}" if row["seeds"] > 1 else "")
+                     for m in METRIC_COLUMNS]
             p = "—" if math.isnan(row["p_dice_vs_ref"]) else f"{row['p_dice_vs_ref']:.3g}"
             lines.append(f"| {row['label']} | " + " | ".join(cells) + f" | {p} | {row['train_time_ratio']:.2f} |")
         lines.append("")
