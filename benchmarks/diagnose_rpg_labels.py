@@ -1,0 +1,76 @@
+"""How accurate are RPG's nearest-reference labels, compared with the trained network's own argmax?
+
+Run: ``python benchmarks/diagnose_rpg_labels.py RUN [RUN ...] [--size 32] [--k-fraction 0.57]`` on multiclass
+2D run folders (e.g. ``runs/reference_multiclass/rpg-s0``).
+
+For the first test subject of each run, foreground slices from the middle half are taken in groups of 8: the
+first 4 (with their labels) are the references, the other 4 the queries. The script prints pixel accuracy of
+the reference labels and of the network's argmax on the queries, the foreground share of each, and the mean
+weight W. Eval mode, last checkpoint. It separates "the matcher mislabels" from "training on its labels drifts".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+try:
+    import semiseg  # noqa: F401
+except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from semiseg.api import load_model, open_configured_dataset
+from semiseg.ssl.reference import ReferenceSettings, reference_pseudo_labels
+
+
+def query_slices(run: str) -> tuple[object, torch.Tensor, torch.Tensor]:
+    """The trained model and the (image, label) foreground slices of the run's first test subject."""
+    model = load_model(run, "last", device="cpu")
+    spec = open_configured_dataset(model.cfg)
+    case_id = json.loads((Path(run) / "split.json").read_text())["test"][0]
+    case = next(ref for ref in spec.cases if ref.case_id == case_id).load()
+    image = torch.from_numpy(model.normalized(case)).float()
+    label = torch.from_numpy(case.label).long()
+    h, w = (n // model.divisor * model.divisor for n in image.shape[1:3])
+    zs = [z for z in range(image.shape[-1]) if (label[..., z] > 0).any()]
+    zs = zs[len(zs) // 4 : 3 * len(zs) // 4 : 3]
+    images = torch.stack([image[..., z] for z in zs])[..., :h, :w]
+    labels = torch.stack([label[..., z] for z in zs])[..., :h, :w]
+    return model, images, labels
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+")
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--k-fraction", type=float, default=0.57)
+    args = parser.parse_args()
+    settings = ReferenceSettings(size=args.size, k_fraction=args.k_fraction)
+    torch.manual_seed(0)
+    for run in args.runs:
+        model, images, labels = query_slices(run)
+        net = model.nets["model"].eval()
+        with torch.no_grad():
+            out = net(images, return_features=True)
+        rows = []
+        for i in range(0, len(images) - 7, 8):
+            refs, queries = slice(i, i + 4), slice(i + 4, i + 8)
+            matched = reference_pseudo_labels(out.features[refs], labels[refs], out.features[queries],
+                                              label_mode="multiclass", num_classes=int(out.logits.shape[1]),
+                                              settings=settings)
+            truth, own = labels[queries], out.logits[queries].argmax(1)
+            rows.append([float((own == truth).float().mean()), float((matched.target == truth).float().mean()),
+                         float((matched.target > 0).float().mean()), float((truth > 0).float().mean()),
+                         float(matched.weight.mean())])
+        acc_own, acc_ref, fg_ref, fg_true, weight = np.mean(rows, axis=0)
+        print(f"{run}: pixel accuracy argmax {acc_own:.3f}, references {acc_ref:.3f}; foreground share references "
+              f"{fg_ref:.3f}, truth {fg_true:.3f}; mean W {weight:.3f} ({len(rows)} groups)")
+
+
+if __name__ == "__main__":
+    main()
