@@ -49,3 +49,15 @@ def test_compare_rejects_bad_method_options_before_training(tmp_path, capsys):
     assert code == 2
     assert "wieght" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_markdown_shows_std_only_with_several_seeds():
+    from semiseg.compare import METRIC_COLUMNS, format_markdown
+
+    def row(label, seeds):
+        return {"label": label, "checkpoint": "best", "seeds": seeds, "p_dice_vs_ref": float("nan"),
+                "train_time_ratio": 1.0, **{f"{m}_{s}": 0.5 for m in METRIC_COLUMNS for s in ("mean", "std")}}
+
+    text = format_markdown([row("three", 3), row("one", 1)], "three")
+    assert "| three | 0.500 ± 0.500 |" in text
+    assert "| one | 0.500 | 0.500 |" in text
