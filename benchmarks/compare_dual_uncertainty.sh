@@ -5,7 +5,6 @@
 # column is the cost of the staged schedule (ranking pass included) against supervised training.
 # Finished runs are reused, interrupted ones resumed.
 set -euo pipefail
-semiseg compare --name dual_uncertainty --seeds 0,1,2 --jobs "${JOBS:-2}" --quiet \
-  --set split.labelled=1 --set model.widths=[8,16,32,64] --set train.steps=600 --set train.val_every=200 \
-  --set train.batch_size=4 --set train.unlabelled_batch_size=4 \
+source "$(dirname "$0")/protocol.sh"
+semiseg compare --name dual_uncertainty --seeds 0,1,2 "${PROTOCOL[@]}" \
   --methods supervised,st=dual_uncertainty:variant=st,st_ss=dual_uncertainty:variant=st_ss,st_ss_unrc=dual_uncertainty,urpc

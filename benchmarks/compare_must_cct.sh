@@ -4,9 +4,8 @@
 # 3 seeds; (2) MuST's layer ablation (paper Table 2: layers 0; 1; K+1; 0,1,K+1; all) on seed 0.
 # K+1 is the bottleneck, -1 in the config. Finished runs are reused.
 set -euo pipefail
-PROTOCOL=(--set split.labelled=1 --set model.widths=[8,16,32,64] --set train.steps=600 --set train.val_every=200
-          --set train.batch_size=4 --set train.unlabelled_batch_size=4)
-semiseg compare --name must_cct --seeds 0,1,2 --jobs "${JOBS:-2}" --quiet "${PROTOCOL[@]}" \
+source "$(dirname "$0")/protocol.sh"
+semiseg compare --name must_cct --seeds 0,1,2 "${PROTOCOL[@]}" \
   --methods supervised,multiscale_supervised,cct,must_no_sharpening=must:temperature=null,must
-semiseg compare --name must_layers --seeds 0 --jobs "${JOBS:-2}" --quiet "${PROTOCOL[@]}" \
+semiseg compare --name must_layers --seeds 0 "${PROTOCOL[@]}" \
   --methods "layer_0=must:consistency_layers=[0],layer_1=must:consistency_layers=[1],layer_bottleneck=must:consistency_layers=[-1],layers_0_1_bottleneck=must:consistency_layers=[0,1,-1],all=must"

@@ -8,16 +8,14 @@
 # paper's 7000 of 12288). The demo's slices are 88×104, so s = 32 still keeps every ~3rd pixel per axis (the
 # paper's 64 of 512 keeps every 8th) at a quarter of the matching cost of s = 64. Finished runs are reused,
 # interrupted ones resumed.
+# WIDTHS and NAME change the U-Net and the comparison folders (compare_reference_wide.sh sets them).
 set -euo pipefail
+source "$(dirname "$0")/protocol.sh"
+NAME="${NAME:-reference}"
 REF=reference_size=32:k_fraction=0.57
 METHODS=supervised,pl080=fixmatch:strong_augment=false:tau=0.8,pl095=fixmatch:strong_augment=false:tau=0.95
 METHODS=$METHODS,nearest=rpg:weighting=false:$REF,fixmatch,rpg=rpg:$REF,rpg_plus=rpg_plus:$REF
-semiseg compare --name reference_multiclass --seeds 0,1,2 --jobs "${JOBS:-2}" --quiet \
-  --set split.labelled=1 --set model.widths=[8,16,32,64] --set train.steps=600 --set train.val_every=200 \
-  --set train.batch_size=4 --set train.unlabelled_batch_size=4 \
-  --methods "$METHODS"
-semiseg compare --name reference_multilabel --seeds 0,1,2 --jobs "${JOBS:-2}" --quiet \
-  --set split.labelled=1 --set model.widths=[8,16,32,64] --set train.steps=600 --set train.val_every=200 \
-  --set train.batch_size=4 --set train.unlabelled_batch_size=4 \
+semiseg compare --name "${NAME}_multiclass" --seeds 0,1,2 "${PROTOCOL[@]}" --methods "$METHODS"
+semiseg compare --name "${NAME}_multilabel" --seeds 0,1,2 "${PROTOCOL[@]}" \
   --set data.source=phantom --set "data.options={label_mode: multilabel, num_classes: 4, n_cases: 40}" \
   --methods "$METHODS"

@@ -4,7 +4,6 @@
 # (the paper's footnote 3); ucmt_code is the authors' code: teacher 0.99·s1 + 0.01·s2 with EMA 0.99, no teacher
 # loss, UMIX by copying. Finished runs are reused, interrupted ones resumed.
 set -euo pipefail
-semiseg compare --name teachers --seeds 0,1,2 --jobs "${JOBS:-2}" --quiet \
-  --set split.labelled=1 --set model.widths=[8,16,32,64] --set train.steps=600 --set train.val_every=200 \
-  --set train.batch_size=4 --set train.unlabelled_batch_size=4 \
+source "$(dirname "$0")/protocol.sh"
+semiseg compare --name teachers --seeds 0,1,2 "${PROTOCOL[@]}" \
   --methods supervised,mean_teacher,ua_mt,cps,cutmix,cmt,ucmt=ucmt:train.steps=300,ucmt_code=ucmt:teacher_update=code:teacher_supervised=false:umix=copy:ema_decay=0.99:train.steps=300
