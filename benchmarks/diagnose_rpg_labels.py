@@ -6,7 +6,8 @@ Run: ``python benchmarks/diagnose_rpg_labels.py RUN [RUN ...] [--size 32] [--k-f
 For the first test subject of each run, foreground slices from the middle half are taken in groups of 8: the
 first 4 (with their labels) are the references, the other 4 the queries. The script prints pixel accuracy of
 the reference labels and of the network's argmax on the queries, the foreground share of each, and the mean
-weight W. Eval mode, last checkpoint. It separates "the matcher mislabels" from "training on its labels drifts".
+weight W, overall and over the pixels the references label foreground and background (W's bias between them).
+Eval mode, last checkpoint. It separates "the matcher mislabels" from "training on its labels drifts".
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ def query_slices(run: str) -> tuple[object, torch.Tensor, torch.Tensor]:
     return model, images, labels
 
 
+def weight_where(matched: object, foreground: bool) -> float:
+    """Mean W over the pixels whose reference label is (not) background; NaN where there are none."""
+    chosen = (matched.target > 0) == foreground
+    return float(matched.weight[chosen].mean()) if chosen.any() else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+")
@@ -66,10 +73,11 @@ def main() -> None:
             truth, own = labels[queries], out.logits[queries].argmax(1)
             rows.append([float((own == truth).float().mean()), float((matched.target == truth).float().mean()),
                          float((matched.target > 0).float().mean()), float((truth > 0).float().mean()),
-                         float(matched.weight.mean())])
-        acc_own, acc_ref, fg_ref, fg_true, weight = np.mean(rows, axis=0)
+                         float(matched.weight.mean()), weight_where(matched, True), weight_where(matched, False)])
+        acc_own, acc_ref, fg_ref, fg_true, weight, weight_fg, weight_bg = np.nanmean(rows, axis=0)
         print(f"{run}: pixel accuracy argmax {acc_own:.3f}, references {acc_ref:.3f}; foreground share references "
-              f"{fg_ref:.3f}, truth {fg_true:.3f}; mean W {weight:.3f} ({len(rows)} groups)")
+              f"{fg_ref:.3f}, truth {fg_true:.3f}; mean W {weight:.3f} (foreground labels {weight_fg:.3f}, background "
+              f"{weight_bg:.3f}; {len(rows)} groups)")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """The console script: clear one-line errors, never a traceback, for user mistakes."""
 
+import runpy
+import sys
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -10,6 +13,14 @@ from semiseg.cli import main
 def test_methods_lists_supervised(capsys):
     assert main(["methods"]) == 0
     assert "supervised" in capsys.readouterr().out
+
+
+def test_python_dash_m_runs_the_console_script(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["semiseg", "methods"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_module("semiseg", run_name="__main__")
+    assert done.value.code == 0
+    assert "rpg_plus" in capsys.readouterr().out
 
 
 def test_config_prints_defaults(capsys):

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from _weights import nudge, same_weights
 
 from semiseg import api
 from semiseg.api import supervised_loss
@@ -37,16 +38,6 @@ def _batches(label_mode="multiclass"):
         label = (torch.rand(2, 3, 8, 8, generator=g) > 0.5).float()
     lab = Batch(torch.randn(2, 1, 8, 8, generator=g), label)
     return lab, Batch(torch.randn(2, 1, 8, 8, generator=g), case_ids=["u0", "u1"])
-
-
-def _same(a, b):
-    return all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
-
-
-@torch.no_grad()
-def _nudge(net):
-    for p in net.parameters():
-        p.add_(0.1)
 
 
 # -- Eq. 1 and the ranking ----------------------------------------------------------------------
@@ -108,17 +99,17 @@ def test_stages_snapshots_and_teacher():
     out = method.training_step(nets, lab, unl, Progress(10, 100))
     assert out.losses["unsup"].item() == 0.0 and out.logs["stage"] == 1.0 and method.snapshots_taken == 0
     method.training_step(nets, lab, unl, Progress(15, 100))
-    assert method.snapshots_taken == 1 and _same(nets["snapshot0"], nets["model"])
-    _nudge(nets["model"])
+    assert method.snapshots_taken == 1 and same_weights(nets["snapshot0"], nets["model"])
+    nudge(nets["model"])
     out = method.training_step(nets, lab, unl, Progress(30, 100))
     assert method.stage == 3 and out.logs["stage"] == 3.0 and out.losses["unsup"].item() > 0
-    assert _same(nets["snapshot1"], nets["model"]) and _same(nets["teacher"], nets["model"])
-    assert not _same(nets["snapshot0"], nets["model"])
-    _nudge(nets["model"])
+    assert same_weights(nets["snapshot1"], nets["model"]) and same_weights(nets["teacher"], nets["model"])
+    assert not same_weights(nets["snapshot0"], nets["model"])
+    nudge(nets["model"])
     method.training_step(nets, lab, unl, Progress(45, 100))  # within stage 3 the labeller stays
-    assert not _same(nets["teacher"], nets["model"])
+    assert not same_weights(nets["teacher"], nets["model"])
     method.training_step(nets, lab, unl, Progress(60, 100))  # stage 4: labels refreshed from the student
-    assert method.stage == 4 and _same(nets["teacher"], nets["model"])
+    assert method.stage == 4 and same_weights(nets["teacher"], nets["model"])
 
 
 def test_variants_build_what_they_need():
@@ -140,7 +131,7 @@ def test_variants_build_what_they_need():
 def test_unsupervised_term_is_eq4(label_mode):
     method, nets = _setup(label_mode=label_mode)
     lab, unl = _batches(label_mode)
-    _nudge(nets["teacher"])
+    nudge(nets["teacher"])
     out = method.training_step(nets, lab, unl, Progress(40, 100))
     model, teacher = nets["model"], nets["teacher"]
     teacher.eval()

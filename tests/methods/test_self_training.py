@@ -4,6 +4,7 @@ import csv
 
 import pytest
 import torch
+from _weights import nudge, same_weights
 
 from semiseg import api
 from semiseg.api import supervised_loss
@@ -27,17 +28,6 @@ def _batches():
     return lab, Batch(torch.randn(2, 1, 8, 8, generator=g))
 
 
-def _same(a, b):
-    """Same weights (BN statistics aside: the student's train-mode passes move them)."""
-    return all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
-
-
-@torch.no_grad()
-def _nudge(net):
-    for p in net.parameters():
-        p.add_(0.1)
-
-
 def test_round_boundaries():
     method, _ = _setup({"rounds": 2, "supervised_fraction": 0.4})
     assert method.round_starts(100) == [40, 70]
@@ -50,18 +40,18 @@ def test_supervised_stage_then_pseudo_labels_from_a_frozen_snapshot():
     assert set(method.training_step(nets, lab, unl, Progress(10, 100)).losses) == {"sup"}
     out = method.training_step(nets, lab, unl, Progress(40, 100))
     assert set(out.losses) == {"sup", "unsup"} and out.logs["round"] == 1.0
-    assert _same(nets["teacher"], nets["model"])
+    assert same_weights(nets["teacher"], nets["model"])
     buffers = {k: v.clone() for k, v in nets["teacher"].named_buffers()}
-    _nudge(nets["model"])  # a student update within the round leaves the teacher alone
+    nudge(nets["model"])  # a student update within the round leaves the teacher alone
     out = method.training_step(nets, lab, unl, Progress(50, 100))
-    assert not _same(nets["teacher"], nets["model"])
+    assert not same_weights(nets["teacher"], nets["model"])
     assert all(torch.equal(v, buffers[k]) for k, v in nets["teacher"].named_buffers())  # eval-mode labeller
     nets["teacher"].eval()
     target = nets["teacher"](unl.image).argmax(1)
     student_u = nets["model"](torch.cat([lab.image, unl.image]))[2:]
     assert out.losses["unsup"].item() == pytest.approx(method.ctx.supervised_loss(student_u, target).item(), rel=1e-5)
     method.training_step(nets, lab, unl, Progress(70, 100))
-    assert method.round == 2 and _same(nets["teacher"], nets["model"])
+    assert method.round == 2 and same_weights(nets["teacher"], nets["model"])
 
 
 def test_state_round_trip_does_not_resnapshot():
@@ -71,13 +61,13 @@ def test_state_round_trip_does_not_resnapshot():
     restored, nets2 = _setup()
     restored.load_state_dict(method.state_dict())
     assert restored.round == 1
-    _nudge(nets2["model"])
+    nudge(nets2["model"])
     restored.training_step(nets2, lab, unl, Progress(50, 100))  # still round 1: the teacher is not replaced
-    assert not _same(nets2["teacher"], nets2["model"])
+    assert not same_weights(nets2["teacher"], nets2["model"])
     fresh, nets3 = _setup()
-    _nudge(nets3["model"])
+    nudge(nets3["model"])
     fresh.training_step(nets3, lab, unl, Progress(50, 100))  # round 0 → 1: snapshot
-    assert _same(nets3["teacher"], nets3["model"])
+    assert same_weights(nets3["teacher"], nets3["model"])
     with pytest.raises(ValueError, match="round"):
         restored.load_state_dict({"stage": 1})
 
