@@ -26,7 +26,7 @@ except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from semiseg.api import load_model, open_configured_dataset
-from semiseg.ssl.reference import ReferenceSettings, reference_pseudo_labels
+from semiseg.ssl.reference import ReferenceLabels, ReferenceSettings, reference_pseudo_labels
 
 
 def query_slices(run: str) -> tuple[object, torch.Tensor, torch.Tensor]:
@@ -45,7 +45,7 @@ def query_slices(run: str) -> tuple[object, torch.Tensor, torch.Tensor]:
     return model, images, labels
 
 
-def weight_where(matched: object, foreground: bool) -> float:
+def weight_where(matched: ReferenceLabels, foreground: bool) -> float:
     """Mean W over the pixels whose reference label is (not) background; NaN where there are none."""
     chosen = (matched.target > 0) == foreground
     return float(matched.weight[chosen].mean()) if chosen.any() else float("nan")

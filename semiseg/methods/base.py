@@ -176,6 +176,10 @@ class Method(ABC):
     def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
         """The loss terms of one step; ``unlabeled`` is None for methods that do not use unlabelled data."""
 
+    def supervised_step(self, model: nn.Module, labeled: Batch, logs: dict[str, float] | None = None) -> StepOut:
+        """The labelled term alone: the supervised baseline's step, and any method's when it has nothing unlabelled."""
+        return StepOut(losses={"sup": self.ctx.supervised_loss(model(labeled.image), labeled.label)}, logs=logs or {})
+
     def passes(self) -> list[Pass]:
         """The network passes one step needs at least (benchmarks compare step time with their sum)."""
         return [Pass("model", "labelled", grad=True)]

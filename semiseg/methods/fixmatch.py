@@ -89,6 +89,10 @@ class FixMatch(Method):
             return [Pass("model", "both", grad=True)]
         return [Pass("model", "unlabelled", grad=False), Pass("model", "both", grad=True)]
 
+    def term(self, logits: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, float]:
+        """The unlabelled loss on pseudo labels and the share of pixels it keeps (logged as ``confident``)."""
+        return masked_ce(logits, target, mask, self.ctx.label_mode), float(mask.mean())
+
     def strong_view(self, image: Tensor, probs_weak: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Strong image, its pseudo label and mask, from the weak view's image and probabilities."""
         target, mask = weak_targets(probs_weak, self.ctx.label_mode, self.cfg.tau)
@@ -97,23 +101,23 @@ class FixMatch(Method):
     def strong_term(self, model: nn.Module, image: Tensor, probs_weak: Tensor) -> tuple[Tensor, float]:
         """The FixMatch term for a weak batch whose probabilities are known: one pass over its strong view."""
         x, target, mask = self.strong_view(image, probs_weak)
-        return masked_ce(model(x), target, mask, self.ctx.label_mode), float(mask.mean())
+        return self.term(model(x), target, mask)
 
     def weak_term(self, logits_weak: Tensor) -> tuple[Tensor, float]:
         """Without strong augmentation: the weak view's confident labels train its own logits (Pseudo-Label)."""
         target, mask = weak_targets(probabilities(logits_weak, self.ctx.label_mode), self.ctx.label_mode, self.cfg.tau)
-        return masked_ce(logits_weak, target, mask, self.ctx.label_mode), float(mask.mean())
+        return self.term(logits_weak, target, mask)
 
     def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
         model, n = nets["model"], labeled.image.shape[0]
         if unlabeled is None:
-            return StepOut(losses={"sup": self.ctx.supervised_loss(model(labeled.image), labeled.label)})
+            return self.supervised_step(model, labeled)
         if self.cfg.strong_augment:
             with torch.no_grad():
                 probs_weak = probabilities(model(unlabeled.image), self.ctx.label_mode)
             x, target, mask = self.strong_view(unlabeled.image, probs_weak)
             logits = model(torch.cat([labeled.image, x]))
-            unsup, kept = masked_ce(logits[n:], target, mask, self.ctx.label_mode), float(mask.mean())
+            unsup, kept = self.term(logits[n:], target, mask)
         else:
             logits = model(torch.cat([labeled.image, unlabeled.image]))
             unsup, kept = self.weak_term(logits[n:])

@@ -79,6 +79,6 @@ class RPG(Method):
 
     def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
         if unlabeled is None:  # train.unlabelled_batch_size=0: nothing to label
-            return StepOut(losses={"sup": self.ctx.supervised_loss(nets["model"](labeled.image), labeled.label)})
+            return self.supervised_step(nets["model"], labeled)
         losses, logs = self.terms(self.forward(nets, labeled, unlabeled.image), labeled)
         return StepOut(losses=losses, logs=logs)

@@ -109,7 +109,7 @@ class _PseudoLabelling(Method):
 
     def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
         if unlabeled is None:  # train.unlabelled_batch_size=0: nothing to pseudo-label
-            return StepOut(losses={"sup": self.ctx.supervised_loss(nets["model"](labeled.image), labeled.label)})
+            return self.supervised_step(nets["model"], labeled)
         n, settings = labeled.image.shape[0], self.reference()
         x = torch.cat([labeled.image, unlabeled.image])
         out = nets["model"](x) if settings is None else nets["model"](x, return_features=True)

@@ -76,7 +76,7 @@ class SelfTraining(Method):
         logs = {"round": float(self.round)}
         model = nets["model"]
         if self.round == 0 or unlabeled is None:
-            return StepOut(losses={"sup": self.ctx.supervised_loss(model(labeled.image), labeled.label)}, logs=logs)
+            return self.supervised_step(model, labeled, logs)
         n = labeled.image.shape[0]
         logits = model(torch.cat([labeled.image, unlabeled.image]))
         target, mask = self._pseudo_labels(nets["teacher"], unlabeled.image)

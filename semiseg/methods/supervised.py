@@ -12,5 +12,4 @@ class Supervised(Method):
     summary = "Labelled data only (Dice + CE by default); the lower bound every method must beat."
 
     def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
-        logits = nets["model"](labeled.image)
-        return StepOut(losses={"sup": self.ctx.supervised_loss(logits, labeled.label)})
+        return self.supervised_step(nets["model"], labeled)
