@@ -173,12 +173,12 @@ class Method(ABC):
         return {"model": NetSpec()}
 
     @abstractmethod
-    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
-        """The loss terms of one step; ``unlabeled`` is None for methods that do not use unlabelled data."""
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
+        """The loss terms of one step; ``unlabelled`` is None for methods that do not use unlabelled data."""
 
-    def supervised_step(self, model: nn.Module, labeled: Batch, logs: dict[str, float] | None = None) -> StepOut:
+    def supervised_step(self, model: nn.Module, labelled: Batch, logs: dict[str, float] | None = None) -> StepOut:
         """The labelled term alone: the supervised baseline's step, and any method's when it has nothing unlabelled."""
-        return StepOut(losses={"sup": self.ctx.supervised_loss(model(labeled.image), labeled.label)}, logs=logs or {})
+        return StepOut(losses={"sup": self.ctx.supervised_loss(model(labelled.image), labelled.label)}, logs=logs or {})
 
     def passes(self) -> list[Pass]:
         """The network passes one step needs at least (benchmarks compare step time with their sum)."""

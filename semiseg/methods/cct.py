@@ -78,18 +78,18 @@ class CCT(Method):
         aux = [Pass("model", "unlabelled", grad=True)] * len(self.cfg.perturbations)
         return [Pass("model", "both", grad=True), *aux]
 
-    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
         net, w = nets["model"], self.cfg.weight_at(progress)
         logs = {"consistency_weight": w}
-        if unlabeled is None or w == 0:  # the term stays in the log (as 0) unless it is switched off
-            losses = {"sup": self.ctx.supervised_loss(net(labeled.image), labeled.label)}
+        if unlabelled is None or w == 0:  # the term stays in the log (as 0) unless it is switched off
+            losses = {"sup": self.ctx.supervised_loss(net(labelled.image), labelled.label)}
             if self.cfg.weight > 0:
-                losses["consistency"] = labeled.image.new_zeros(())
+                losses["consistency"] = labelled.image.new_zeros(())
             return StepOut(losses, logs)
-        n = labeled.image.shape[0]
-        skips = net.encode(torch.cat([labeled.image, unlabeled.image]))
+        n = labelled.image.shape[0]
+        skips = net.encode(torch.cat([labelled.image, unlabelled.image]))
         main = net.head(net.decode(skips)[0])
-        sup = self.ctx.supervised_loss(main[:n], labeled.label)
+        sup = self.ctx.supervised_loss(main[:n], labelled.label)
         aux = self.aux_logits(net, [s[n:] for s in skips])
         mode = self.ctx.label_mode
         cons = cross_consistency(probabilities(main[n:], mode), [probabilities(a, mode) for a in aux])

@@ -149,10 +149,10 @@ class CMT(Method):
     def passes(self) -> list[Pass]:
         return self.core.passes()
 
-    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
-        assert unlabeled is not None
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
+        assert unlabelled is not None
         weight = self.cfg.weight_at(progress)
-        out = self.core.step(nets, labeled.image, labeled.label, unlabeled.image, weight)
+        out = self.core.step(nets, labelled.image, labelled.label, unlabelled.image, weight)
         return StepOut(losses=out.losses, logs={"unsup_weight": weight})
 
     def predict(self, nets: Nets, x: Tensor) -> Tensor:

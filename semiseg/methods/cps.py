@@ -37,12 +37,12 @@ class CPS(Method):
     def passes(self) -> list[Pass]:
         return [Pass("net1", "both", grad=True), Pass("net2", "both", grad=True)]
 
-    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
-        assert unlabeled is not None
-        n = labeled.image.shape[0]
-        x = torch.cat([labeled.image, unlabeled.image])
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
+        assert unlabelled is not None
+        n = labelled.image.shape[0]
+        x = torch.cat([labelled.image, unlabelled.image])
         logits1, logits2 = nets["net1"](x), nets["net2"](x)
-        sup = sum(self.ctx.supervised_loss(logits[:n], labeled.label) for logits in (logits1, logits2))
+        sup = sum(self.ctx.supervised_loss(logits[:n], labelled.label) for logits in (logits1, logits2))
         start = 0 if self.cfg.on_labelled else n
         cross = self.cross_loss(logits1[start:], logits2[start:])
         weight = self.cfg.weight_at(progress)

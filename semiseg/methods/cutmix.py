@@ -31,9 +31,9 @@ class CutMix(MeanTeacher):
     Config = CutMixConfig
     cfg: CutMixConfig
 
-    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
-        assert unlabeled is not None
-        mode, x = self.ctx.label_mode, unlabeled.image
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
+        assert unlabelled is not None
+        mode, x = self.ctx.label_mode, unlabelled.image
         with torch.no_grad():
             teacher_probs = probabilities(nets["teacher"](x), mode)
             masks = box_masks(x.shape[0], x.shape[2:], area=self.cfg.box_area, n_boxes=self.cfg.boxes,
@@ -41,7 +41,7 @@ class CutMix(MeanTeacher):
             # pair every image with the next one in the batch: one teacher pass covers both partners
             mixed_x = mix(x, x.roll(1, dims=0), masks)
             target = mix(teacher_probs, teacher_probs.roll(1, dims=0), masks)
-        sup, student_logits = self.student_forward(nets, labeled, mixed_x)
+        sup, student_logits = self.student_forward(nets, labelled, mixed_x)
         if self.cfg.consistency == "mse":
             consistency = probability_mse(probabilities(student_logits, mode), target)
         else:

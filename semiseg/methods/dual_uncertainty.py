@@ -215,20 +215,20 @@ class DualUncertainty(Method):
         return {} if self.ranking is None else {"ranking": self.ranking}
 
     # -- one step ----------------------------------------------------------------------------
-    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
         self._advance(nets, progress)
-        model, n = nets["model"], labeled.image.shape[0]
-        use_unlabelled = self.stage > 1 and unlabeled is not None
-        x = torch.cat([labeled.image, unlabeled.image]) if use_unlabelled else labeled.image
+        model, n = nets["model"], labelled.image.shape[0]
+        use_unlabelled = self.stage > 1 and unlabelled is not None
+        x = torch.cat([labelled.image, unlabelled.image]) if use_unlabelled else labelled.image
         main, aux = self._decoders(model, x)
-        losses = {"sup": self.ctx.supervised_loss(main[:n], labeled.label)}
+        losses = {"sup": self.ctx.supervised_loss(main[:n], labelled.label)}
         if aux is not None and self.cfg.aux_supervised:
-            losses["sup_aux"] = self.ctx.supervised_loss(aux[:n], labeled.label)
+            losses["sup_aux"] = self.ctx.supervised_loss(aux[:n], labelled.label)
         logs = {"stage": float(self.stage)}
         if not use_unlabelled:  # pre-training: the term stays in the log as 0
             losses["unsup"] = main.new_zeros(())
             return StepOut(losses, logs | ({"pixel_uncertainty": 0.0} if self.rectifies else {}))
-        target = self._pseudo_labels(nets["teacher"], unlabeled.image)
+        target = self._pseudo_labels(nets["teacher"], unlabelled.image)
         ce = cross_entropy_map(main[n:], target, self.ctx.label_mode)  # Eq. 3, per pixel
         if aux is None:
             losses["unsup"] = self.cfg.weight * ce.mean()

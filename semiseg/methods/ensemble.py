@@ -50,9 +50,9 @@ class Ensemble(Method):
     def passes(self) -> list[Pass]:
         return [Pass(name, "labelled", grad=True) for name in self.member_names]
 
-    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
         loss = self.ctx.supervised_loss
-        return StepOut(losses={name: loss(nets[name](labeled.image), labeled.label) for name in self.member_names})
+        return StepOut(losses={name: loss(nets[name](labelled.image), labelled.label) for name in self.member_names})
 
     def predict_samples(self, nets: Nets, x: Tensor, n: int) -> Tensor:
         """The M members' probabilities, ``(M, B, K, *spatial)``; ``n`` is ignored (an ensemble has M)."""

@@ -108,18 +108,18 @@ class FixMatch(Method):
         target, mask = weak_targets(probabilities(logits_weak, self.ctx.label_mode), self.ctx.label_mode, self.cfg.tau)
         return self.term(logits_weak, target, mask)
 
-    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
-        model, n = nets["model"], labeled.image.shape[0]
-        if unlabeled is None:
-            return self.supervised_step(model, labeled)
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
+        model, n = nets["model"], labelled.image.shape[0]
+        if unlabelled is None:
+            return self.supervised_step(model, labelled)
         if self.cfg.strong_augment:
             with torch.no_grad():
-                probs_weak = probabilities(model(unlabeled.image), self.ctx.label_mode)
-            x, target, mask = self.strong_view(unlabeled.image, probs_weak)
-            logits = model(torch.cat([labeled.image, x]))
+                probs_weak = probabilities(model(unlabelled.image), self.ctx.label_mode)
+            x, target, mask = self.strong_view(unlabelled.image, probs_weak)
+            logits = model(torch.cat([labelled.image, x]))
             unsup, kept = self.term(logits[n:], target, mask)
         else:
-            logits = model(torch.cat([labeled.image, unlabeled.image]))
+            logits = model(torch.cat([labelled.image, unlabelled.image]))
             unsup, kept = self.weak_term(logits[n:])
-        losses = {"sup": self.ctx.supervised_loss(logits[:n], labeled.label), "unsup": self.cfg.weight * unsup}
+        losses = {"sup": self.ctx.supervised_loss(logits[:n], labelled.label), "unsup": self.cfg.weight * unsup}
         return StepOut(losses=losses, logs={"confident": kept})

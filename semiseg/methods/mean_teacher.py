@@ -39,18 +39,18 @@ class MeanTeacher(Method):
     def passes(self) -> list[Pass]:
         return [Pass("student", "both", grad=True), Pass("teacher", "unlabelled", grad=False)]
 
-    def student_forward(self, nets: Nets, labeled: Batch, unlabelled_images: Tensor) -> tuple[Tensor, Tensor]:
+    def student_forward(self, nets: Nets, labelled: Batch, unlabelled_images: Tensor) -> tuple[Tensor, Tensor]:
         """Supervised loss and the student's logits on the unlabelled images, from one batched pass."""
-        n = labeled.image.shape[0]
-        logits = nets["student"](torch.cat([labeled.image, unlabelled_images]))
-        return self.ctx.supervised_loss(logits[:n], labeled.label), logits[n:]
+        n = labelled.image.shape[0]
+        logits = nets["student"](torch.cat([labelled.image, unlabelled_images]))
+        return self.ctx.supervised_loss(logits[:n], labelled.label), logits[n:]
 
-    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
-        assert unlabeled is not None
-        sup, student_logits = self.student_forward(nets, labeled, unlabeled.image)
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
+        assert unlabelled is not None
+        sup, student_logits = self.student_forward(nets, labelled, unlabelled.image)
         student_probs = probabilities(student_logits, self.ctx.label_mode)
         with torch.no_grad():
-            noisy = input_noise(unlabeled.image, self.cfg.noise_std, self.cfg.noise_clip)
+            noisy = input_noise(unlabelled.image, self.cfg.noise_std, self.cfg.noise_clip)
             target = probabilities(nets["teacher"](noisy), self.ctx.label_mode)
         weight = self.cfg.weight_at(progress)
         return StepOut(losses={"sup": sup, "consistency": weight * probability_mse(student_probs, target)},

@@ -185,9 +185,9 @@ class MultiscaleSupervised(Method):
         return multiscale_supervised_loss(scales, label, self.ctx.supervised_loss, self.ctx.label_mode,
                                           self.ctx.num_classes, self.cfg.label_pooling)
 
-    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
-        out = nets["model"](labeled.image, return_scales=True)
-        return StepOut(losses={"sup": self.supervised(out.scales, labeled.label)})
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
+        out = nets["model"](labelled.image, return_scales=True)
+        return StepOut(losses={"sup": self.supervised(out.scales, labelled.label)})
 
 
 @register
@@ -213,29 +213,29 @@ class MuST(MultiscaleSupervised):
         return [Pass("model", "both", grad=True), Pass("model", "unlabelled", grad=True)]
 
     # -- one step ------------------------------------------------------------------------------
-    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
         net, w = nets["model"], self.cfg.weight_at(progress)
         if self.cfg.weight == 0:  # multi-scale supervised only: unlabelled data untouched
-            return super().training_step(nets, labeled, None, progress)
-        if self.cfg.alternate and unlabeled is not None:
-            followup = partial(self._unsupervised_update, net, unlabeled, w)
-            return StepOut({"sup": self._supervised_only(net, labeled)}, followup=followup)
-        if unlabeled is None or w == 0:
-            zero = labeled.image.new_zeros(())
-            return StepOut({"sup": self._supervised_only(net, labeled), "consistency": zero},
+            return super().training_step(nets, labelled, None, progress)
+        if self.cfg.alternate and unlabelled is not None:
+            followup = partial(self._unsupervised_update, net, unlabelled, w)
+            return StepOut({"sup": self._supervised_only(net, labelled)}, followup=followup)
+        if unlabelled is None or w == 0:
+            zero = labelled.image.new_zeros(())
+            return StepOut({"sup": self._supervised_only(net, labelled), "consistency": zero},
                            {"consistency_weight": w})
-        n = labeled.image.shape[0]
-        out = net(torch.cat([labeled.image, unlabeled.image]), return_scales=True)  # one teacher pass for both
-        sup = self.supervised([s[:n] for s in out.scales], labeled.label)
+        n = labelled.image.shape[0]
+        out = net(torch.cat([labelled.image, unlabelled.image]), return_scales=True)  # one teacher pass for both
+        sup = self.supervised([s[:n] for s in out.scales], labelled.label)
         return StepOut({"sup": sup, "consistency": w * self.consistency(net, out, slice(n, None))},
                        {"consistency_weight": w})
 
-    def _supervised_only(self, net: UNet, labeled: Batch) -> Tensor:
-        return self.supervised(net(labeled.image, return_scales=True).scales, labeled.label)
+    def _supervised_only(self, net: UNet, labelled: Batch) -> Tensor:
+        return self.supervised(net(labelled.image, return_scales=True).scales, labelled.label)
 
-    def _unsupervised_update(self, net: UNet, unlabeled: Batch, w: float) -> StepOut:
+    def _unsupervised_update(self, net: UNet, unlabelled: Batch, w: float) -> StepOut:
         """The alternating scheme's second update; its lr ratio is a loss scale (exact for plain SGD)."""
-        cons = self.consistency(net, net(unlabeled.image, return_scales=True), slice(0, None))
+        cons = self.consistency(net, net(unlabelled.image, return_scales=True), slice(0, None))
         return StepOut({"consistency": w * self.cfg.unsupervised_lr_scale * cons}, {"consistency_weight": w})
 
     def consistency(self, net: UNet, teacher: NetOutput, rows: slice) -> Tensor:

@@ -52,24 +52,24 @@ class RPG(Method):
     def passes(self) -> list[Pass]:
         return [Pass("model", "both", grad=True)]
 
-    def forward(self, nets: Nets, labeled: Batch, unlabelled_images: Tensor) -> NetOutput:
+    def forward(self, nets: Nets, labelled: Batch, unlabelled_images: Tensor) -> NetOutput:
         """One pass over [labelled; unlabelled] with the penultimate features."""
-        return nets["model"](torch.cat([labeled.image, unlabelled_images]), return_features=True)
+        return nets["model"](torch.cat([labelled.image, unlabelled_images]), return_features=True)
 
-    def terms(self, out: NetOutput, labeled: Batch) -> tuple[dict[str, Tensor], dict[str, float]]:
+    def terms(self, out: NetOutput, labelled: Batch) -> tuple[dict[str, Tensor], dict[str, float]]:
         """Eq. 8's two terms from a pass over [labelled; unlabelled], and what the matching looked like."""
-        n = labeled.image.shape[0]
+        n = labelled.image.shape[0]
         assert out.features is not None
         ref = reference_pseudo_labels(
             out.features[:n],
-            labeled.label,
+            labelled.label,
             out.features[n:],
             label_mode=self.ctx.label_mode,
             num_classes=self.ctx.num_classes,
             settings=self.cfg.reference_settings(),
         )
         unsup = expected_weighted_ce(out.logits[n:], ref.target, ref.weight, self.ctx.label_mode)
-        losses = {"sup": self.ctx.supervised_loss(out.logits[:n], labeled.label), "rpg": self.cfg.weight * unsup}
+        losses = {"sup": self.ctx.supervised_loss(out.logits[:n], labelled.label), "rpg": self.cfg.weight * unsup}
         logs = {
             "rpg_w_mean": float(ref.weight.mean()),
             "rpg_pool": float(len(ref.pool)),
@@ -77,8 +77,8 @@ class RPG(Method):
         }
         return losses, logs
 
-    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
-        if unlabeled is None:  # train.unlabelled_batch_size=0: nothing to label
-            return self.supervised_step(nets["model"], labeled)
-        losses, logs = self.terms(self.forward(nets, labeled, unlabeled.image), labeled)
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
+        if unlabelled is None:  # train.unlabelled_batch_size=0: nothing to label
+            return self.supervised_step(nets["model"], labelled)
+        losses, logs = self.terms(self.forward(nets, labelled, unlabelled.image), labelled)
         return StepOut(losses=losses, logs=logs)

@@ -43,15 +43,15 @@ class RPGPlus(Method):
         strong = [Pass("model", "unlabelled", grad=True)] if self.cfg.strong_augment else []
         return [Pass("model", "both", grad=True), *strong]
 
-    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
-        if unlabeled is None:
-            return self.rpg.training_step(nets, labeled, None, progress)
-        out = self.rpg.forward(nets, labeled, unlabeled.image)
-        losses, logs = self.rpg.terms(out, labeled)
-        logits_weak = out.logits[labeled.image.shape[0] :]
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
+        if unlabelled is None:
+            return self.rpg.training_step(nets, labelled, None, progress)
+        out = self.rpg.forward(nets, labelled, unlabelled.image)
+        losses, logs = self.rpg.terms(out, labelled)
+        logits_weak = out.logits[labelled.image.shape[0] :]
         if self.cfg.strong_augment:
             probs_weak = probabilities(logits_weak.detach(), self.ctx.label_mode)
-            fixmatch, kept = self.fixmatch.strong_term(nets["model"], unlabeled.image, probs_weak)
+            fixmatch, kept = self.fixmatch.strong_term(nets["model"], unlabelled.image, probs_weak)
         else:  # no strong view: the confident weak labels train the weak logits of the same pass
             fixmatch, kept = self.fixmatch.weak_term(logits_weak)
         losses["fixmatch"] = self.cfg.fixmatch_weight * fixmatch

@@ -99,28 +99,28 @@ class _PseudoLabelling(Method):
         """Settings of reference-guided pseudo labels when they replace ``e_step`` (None: they do not)."""
         return None
 
-    def reference_e_step(self, features: Tensor, labeled: Batch, settings: ReferenceSettings) -> EStep:
+    def reference_e_step(self, features: Tensor, labelled: Batch, settings: ReferenceSettings) -> EStep:
         """E-step from reference matching: nearest-reference labels, W as the pixel weight (RPG, Eqs. 1-7)."""
-        n = labeled.image.shape[0]
-        ref = reference_pseudo_labels(features[:n], labeled.label, features[n:], label_mode=self.ctx.label_mode,
+        n = labelled.image.shape[0]
+        ref = reference_pseudo_labels(features[:n], labelled.label, features[n:], label_mode=self.ctx.label_mode,
                                       num_classes=self.ctx.num_classes, settings=settings)
         weight = ref.weight if settings.weighting else None
         return ref.target, weight, {}, {"reference_w_mean": ref.weight.mean()}
 
-    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
-        if unlabeled is None:  # train.unlabelled_batch_size=0: nothing to pseudo-label
-            return self.supervised_step(nets["model"], labeled)
-        n, settings = labeled.image.shape[0], self.reference()
-        x = torch.cat([labeled.image, unlabeled.image])
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
+        if unlabelled is None:  # train.unlabelled_batch_size=0: nothing to pseudo-label
+            return self.supervised_step(nets["model"], labelled)
+        n, settings = labelled.image.shape[0], self.reference()
+        x = torch.cat([labelled.image, unlabelled.image])
         out = nets["model"](x) if settings is None else nets["model"](x, return_features=True)
         logits = out if settings is None else out.logits
         logits_l, logits_u = logits[:n], logits[n:]
         if settings is None:
             target, weight, extra, logs = self.e_step(nets, probabilities(logits_u.detach(), self.ctx.label_mode))
         else:
-            target, weight, extra, logs = self.reference_e_step(out.features, labeled, settings)
+            target, weight, extra, logs = self.reference_e_step(out.features, labelled, settings)
         losses = {
-            "sup": self.ctx.supervised_loss(logits_l, labeled.label),
+            "sup": self.ctx.supervised_loss(logits_l, labelled.label),
             "unsup": self.cfg.weight_at(progress) * self.ctx.loss(self.cfg.loss)(logits_u, target, weight=weight),
             **extra,
         }

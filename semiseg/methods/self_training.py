@@ -71,17 +71,17 @@ class SelfTraining(Method):
             nets["teacher"].load_state_dict(nets["model"].state_dict())
             self.round = target
 
-    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
         self._advance(nets, progress)
         logs = {"round": float(self.round)}
         model = nets["model"]
-        if self.round == 0 or unlabeled is None:
-            return self.supervised_step(model, labeled, logs)
-        n = labeled.image.shape[0]
-        logits = model(torch.cat([labeled.image, unlabeled.image]))
-        target, mask = self._pseudo_labels(nets["teacher"], unlabeled.image)
+        if self.round == 0 or unlabelled is None:
+            return self.supervised_step(model, labelled, logs)
+        n = labelled.image.shape[0]
+        logits = model(torch.cat([labelled.image, unlabelled.image]))
+        target, mask = self._pseudo_labels(nets["teacher"], unlabelled.image)
         losses = {
-            "sup": self.ctx.supervised_loss(logits[:n], labeled.label),
+            "sup": self.ctx.supervised_loss(logits[:n], labelled.label),
             "unsup": self.cfg.weight * self.ctx.supervised_loss(logits[n:], target, mask=mask),
         }
         return StepOut(losses=losses, logs=logs)

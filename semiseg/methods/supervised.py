@@ -11,5 +11,5 @@ class Supervised(Method):
     name = "supervised"
     summary = "Labelled data only (Dice + CE by default); the lower bound every method must beat."
 
-    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
-        return self.supervised_step(nets["model"], labeled)
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
+        return self.supervised_step(nets["model"], labelled)

@@ -38,13 +38,13 @@ class UAMT(MeanTeacher):
     def passes(self) -> list[Pass]:
         return [Pass("student", "both", grad=True), Pass("teacher", "unlabelled", grad=False, repeat=self.cfg.passes)]
 
-    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
-        assert unlabeled is not None
-        sup, student_logits = self.student_forward(nets, labeled, unlabeled.image)
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
+        assert unlabelled is not None
+        sup, student_logits = self.student_forward(nets, labelled, unlabelled.image)
         student_probs = probabilities(student_logits, self.ctx.label_mode)
         t = self.cfg.passes
         with torch.no_grad():
-            x = unlabeled.image
+            x = unlabelled.image
             noisy = input_noise(x.repeat(t, *([1] * (x.ndim - 1))), self.cfg.noise_std, self.cfg.noise_clip)
             samples = probabilities(nets["teacher"](noisy), self.ctx.label_mode).view(t, *student_probs.shape)
             target = samples.mean(dim=0)

@@ -65,24 +65,24 @@ class UCMT(CMT):
                               f"of a {list(spatial)} patch; lower it or raise method.grid")
         return grid
 
-    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
-        assert unlabeled is not None
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
+        assert unlabelled is not None
         weight = self.cfg.weight_at(progress)
-        out = self.core.step(nets, labeled.image, labeled.label, unlabeled.image, weight, need_teacher_l=True)
+        out = self.core.step(nets, labelled.image, labelled.label, unlabelled.image, weight, need_teacher_l=True)
         return StepOut(losses=out.losses, logs={"unsup_weight": weight},
-                       followup=lambda: self.umix_step(nets, labeled, unlabeled, out, weight))
+                       followup=lambda: self.umix_step(nets, labelled, unlabelled, out, weight))
 
-    def umix_step(self, nets: Nets, labeled: Batch, unlabeled: Batch, first: CMTOutputs, weight: float) -> StepOut:
+    def umix_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, first: CMTOutputs, weight: float) -> StepOut:
         """Algorithm 1, lines 10–17: uncertainty maps, UMIX, and CMT on the mixed samples."""
-        mode, n = self.ctx.label_mode, labeled.image.shape[0]
-        grid = self.grid(tuple(labeled.image.shape[2:]))
+        mode, n = self.ctx.label_mode, labelled.image.shape[0]
+        grid = self.grid(tuple(labelled.image.shape[2:]))
         s1, s2 = first.student_probs["student1"], first.student_probs["student2"]
         u1_l = mean_prediction_entropy([s1[:n], first.teacher_probs_l], mode)
         u2_l = mean_prediction_entropy([s2[:n], first.teacher_probs_l], mode)
         u1_u = mean_prediction_entropy([s1[n:], first.teacher_probs_u], mode)
         u2_u = mean_prediction_entropy([s2[n:], first.teacher_probs_u], mode)
         options = {"k": self.cfg.top_k, "grid": grid, "mode": self.cfg.umix}
-        x_l, y_l = umix([labeled.image, labeled.label], u1_l, u2_l, **options)
-        x_u, pseudo_u = umix([unlabeled.image, first.teacher_pseudo_u], u1_u, u2_u, **options)
+        x_l, y_l = umix([labelled.image, labelled.label], u1_l, u2_l, **options)
+        x_u, pseudo_u = umix([unlabelled.image, first.teacher_pseudo_u], u1_u, u2_u, **options)
         second = self.core.step(nets, x_l, y_l, x_u, weight, teacher_pseudo_u=pseudo_u)
         return StepOut(losses=second.losses)

@@ -93,14 +93,14 @@ class URPC(Method):
         levels = scales if self.cfg.include_bottleneck or len(scales) < 3 else scales[:-1]
         return [upsample_logits(s, size) for s in levels]
 
-    def training_step(self, nets: Nets, labeled: Batch, unlabeled: Batch | None, progress: Progress) -> StepOut:
-        n = labeled.image.shape[0]
-        x = labeled.image if unlabeled is None else torch.cat([labeled.image, unlabeled.image])
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
+        n = labelled.image.shape[0]
+        x = labelled.image if unlabelled is None else torch.cat([labelled.image, unlabelled.image])
         scales = self.pyramid(nets["model"](x, return_scales=True).scales, x.shape[2:])
         supervised = scales if self.cfg.deep_supervision else scales[:1]
-        losses = {"sup": torch.stack([self.ctx.supervised_loss(s[:n], labeled.label) for s in supervised]).mean()}
+        losses = {"sup": torch.stack([self.ctx.supervised_loss(s[:n], labelled.label) for s in supervised]).mean()}
         w = self.cfg.weight_at(progress)
-        if unlabeled is not None and self.cfg.weight > 0:
+        if unlabelled is not None and self.cfg.weight > 0:
             mode = self.ctx.label_mode
             probs = [probabilities(s[n:], mode) for s in scales]
             losses["consistency"] = w * pyramid_consistency(probs, mode, self.cfg.kl_direction)

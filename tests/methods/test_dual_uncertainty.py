@@ -212,9 +212,9 @@ def recorder(monkeypatch):
         calls["rankings"] += 1
         return rank(self, nets, cases, progress)
 
-    def training_step(self, nets, labeled, unlabeled, progress):
-        calls["unlabelled"].append((progress.step, list(unlabeled.case_ids)))
-        return step(self, nets, labeled, unlabeled, progress)
+    def training_step(self, nets, labelled, unlabelled, progress):
+        calls["unlabelled"].append((progress.step, list(unlabelled.case_ids)))
+        return step(self, nets, labelled, unlabelled, progress)
 
     monkeypatch.setattr(DualUncertainty, "on_unlabelled_cases", on_cases)
     monkeypatch.setattr(DualUncertainty, "training_step", training_step)
