@@ -25,7 +25,8 @@ try:
 except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from semiseg.api import load_model, open_configured_dataset
+from semiseg.api import load_model
+from semiseg.engine.run import open_configured_dataset
 from semiseg.ssl.reference import ReferenceLabels, ReferenceSettings, reference_pseudo_labels
 
 

@@ -27,6 +27,7 @@ import yaml
 from semiseg.config import Config, load_config
 from semiseg.errors import ConfigError, SemisegError
 from semiseg.eval.metrics import METRIC_COLUMNS
+from semiseg.eval.stats import paired_p, seed_mean_std
 
 CONFIG_SECTIONS = ("data.", "split.", "model.", "train.", "eval.", "output.", "method.", "seed")
 
@@ -169,23 +170,6 @@ def collect(root: Path, entries: Sequence[Entry], seeds: Sequence[int]) -> dict[
     return results
 
 
-def _paired_p(results: dict[str, Any], label: str, reference: str, checkpoint: str) -> float:
-    from scipy.stats import wilcoxon
-
-    if label == reference:
-        return math.nan
-    a, b = [], []
-    for seed, run in results[label].items():
-        ref_cases = results[reference][seed]["cases"][checkpoint]
-        for case, metrics in run["cases"][checkpoint].items():
-            a.append(metrics["dice"])
-            b.append(ref_cases[case]["dice"])
-    diffs = np.asarray(a) - np.asarray(b)
-    if len(diffs) < 2 or np.allclose(diffs, 0):
-        return math.nan
-    return float(wilcoxon(a, b).pvalue)
-
-
 def summary_rows(results: dict[str, Any], entries: Sequence[Entry]) -> list[dict[str, Any]]:
     reference = entries[0].label
     ref_seconds = np.mean([r["seconds"] for r in results[reference].values()])
@@ -195,10 +179,8 @@ def summary_rows(results: dict[str, Any], entries: Sequence[Entry]) -> list[dict
         for checkpoint in ("best", "last"):
             row: dict[str, Any] = {"label": entry.label, "method": entry.method, "checkpoint": checkpoint,
                                    "seeds": len(runs)}
-            for metric in METRIC_COLUMNS:
-                per_seed = [np.nanmean([c[metric] for c in run["cases"][checkpoint].values()]) for run in runs.values()]
-                row[f"{metric}_mean"], row[f"{metric}_std"] = float(np.mean(per_seed)), float(np.std(per_seed))
-            row["p_dice_vs_ref"] = _paired_p(results, entry.label, reference, checkpoint)
+            row.update(seed_mean_std(runs, checkpoint))
+            row["p_dice_vs_ref"] = paired_p(results, entry.label, reference, checkpoint)
             row["train_time_ratio"] = float(np.mean([r["seconds"] for r in runs.values()]) / ref_seconds)
             rows.append(row)
     return rows

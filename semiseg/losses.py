@@ -30,6 +30,7 @@ Definitions, with ``w`` the per-pixel weight (1 when neither mask nor weight is 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -190,3 +191,8 @@ def segmentation_loss(name: str) -> LossFn:
         return LOSSES[name]
     except KeyError:
         raise ConfigError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}") from None
+
+
+def supervised_loss(name: str, label_mode: str, include_background: bool) -> Callable[..., Tensor]:
+    """The configured supervised loss as ``loss(logits, target, mask=None, weight=None)``."""
+    return partial(segmentation_loss(name), label_mode=label_mode, include_background=include_background)

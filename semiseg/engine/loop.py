@@ -31,9 +31,10 @@ from tqdm import tqdm
 from semiseg.config import Config
 from semiseg.data.loaders import PatchSampler, StoredCase
 from semiseg.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
-from semiseg.engine.device import amp_enabled, autocast
+from semiseg.engine.device import autocast
+from semiseg.engine.inferer import Inferer
 from semiseg.errors import SemisegError
-from semiseg.eval.inference import predict_case_probs, predict_slices, predict_volume, probs_to_label
+from semiseg.eval.labels import probs_to_label
 from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, WholeCase
 from semiseg.nets import build_network
 from semiseg.ssl.ema import ema_update
@@ -176,20 +177,21 @@ class Trainer:
         ctx: MethodContext,
         data: TrainingData,
         *,
+        nets: Nets,
+        inferer: Inferer,
         run_dir: Path,
-        device: torch.device,
         describe: dict[str, Any],
         progress: bool = True,
     ) -> None:
         self.cfg, self.method, self.ctx, self.data = cfg, method, ctx, data
-        self.run_dir, self.device, self.describe, self.show_progress = run_dir, device, describe, progress
-        self.nets = build_nets(method, cfg, ctx, device)
+        self.run_dir, self.describe, self.show_progress = run_dir, describe, progress
+        self.nets, self.inferer, self.device = nets, inferer, inferer.device
         self.specs = method.networks()
         params = trainable_parameters(self.nets, self.specs)
         self.optimizer = make_optimizer(cfg, params)
         self.scheduler = make_scheduler(cfg, self.optimizer)
-        self.amp = amp_enabled(cfg.train.amp, device)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp and device.type == "cuda")
+        self.amp = inferer.amp
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.device.type == "cuda")
         self.params = params
         self.step = 0
         self.best = {"score": -math.inf, "step": -1}
@@ -276,17 +278,8 @@ class Trainer:
         return WholeCase(case.case_id, volume, partial(self._case_probabilities, volume))
 
     def _case_probabilities(self, volume: Tensor, predictor: Callable[[Tensor], Tensor]) -> Tensor:
-        """``(K, X, Y, Z)`` probabilities of a ``(C, X, Y, Z)`` volume: 2D slice by slice, 3D sliding window."""
-
-        def run(x: Tensor) -> Tensor:
-            with autocast(self.amp, self.device):
-                return predictor(x)
-
-        mode, batch = self.ctx.label_mode, self.cfg.eval.sw_batch_size
-        if self.cfg.model.dim == 2:
-            return predict_slices(run, volume, label_mode=mode, divisor=self.describe["divisor"], batch_size=batch)
-        return predict_volume(run, volume, label_mode=mode, roi_size=self.describe["patch_size"], batch_size=batch,
-                              overlap=self.cfg.eval.overlap)
+        """``(K, X, Y, Z)`` probabilities of a ``(C, X, Y, Z)`` volume under the run's Inferer."""
+        return self.inferer.volume_probabilities(predictor, volume)
 
     def _update(self, losses: dict[str, Tensor]) -> Tensor:
         """One optimiser update on the sum of ``losses``, then the EMA nets follow."""
@@ -315,12 +308,8 @@ class Trainer:
         return torch.stack([v.float() for v in losses.values()]).sum()
 
     # -- validation ----------------------------------------------------------------------------
-    def predictor(self) -> Callable[[Tensor], Tensor]:
-        def run(x: Tensor) -> Tensor:
-            with autocast(self.amp, self.device):
-                return self.method.predict(self.nets, x)
-
-        return run
+    def _predict(self, x: Tensor) -> Tensor:
+        return self.method.predict(self.nets, x)
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -333,12 +322,7 @@ class Trainer:
         return float(np.mean(scores))
 
     def _case_dice(self, case: StoredCase) -> float:
-        probs = predict_case_probs(
-            self.predictor(), case.image, model_dim=self.cfg.model.dim, label_mode=self.ctx.label_mode,
-            device=self.device, divisor=self.describe["divisor"], roi_size=self.describe["patch_size"],
-            batch_size=self.cfg.eval.sw_batch_size, overlap=self.cfg.eval.overlap,
-        )
-        pred = probs_to_label(probs, self.ctx.label_mode)
+        pred = probs_to_label(self.inferer.probabilities(self._predict, case.image), self.ctx.label_mode)
         return mean_foreground_dice(pred, case.label, self.ctx.label_mode, self.ctx.num_classes)
 
     # -- the loop ------------------------------------------------------------------------------

@@ -6,19 +6,24 @@ import csv
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from semiseg.eval.evaluate import format_table  # noqa: E402
-from semiseg.eval.robustness import format_robustness_table  # noqa: E402
-from semiseg.eval.uncertainty import format_uncertainty_table  # noqa: E402
+from semiseg.eval.evaluate import format_table
+from semiseg.eval.robustness import format_robustness_table
+from semiseg.eval.uncertainty import format_uncertainty_table
 
 _COLOURS = np.array(
     [[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [145, 30, 180], [70, 240, 240]]
 ) / 255.0
+
+
+def _subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **kwargs: Any) -> tuple[Figure, Any]:
+    """A figure drawn on its own Agg canvas, so reports never select (or depend on) pyplot's global backend."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def _label_rgb(label2d: np.ndarray, label_mode: str) -> np.ndarray:
@@ -48,7 +53,7 @@ def overlay_figure(examples: list[dict[str, Any]], label_mode: str, path: Path) 
     """Rows of (image, ground truth, prediction) for a few cases."""
     if not examples:
         return
-    fig, axes = plt.subplots(len(examples), 3, figsize=(9, 3 * len(examples)), squeeze=False)
+    fig, axes = _subplots(len(examples), 3, figsize=(9, 3 * len(examples)), squeeze=False)
     for row, ex in zip(axes, examples, strict=True):
         ndim = ex["image"].ndim - 1
         index = _middle_slice(ex["image"], ndim, ex["gt"], label_mode)
@@ -63,7 +68,6 @@ def overlay_figure(examples: list[dict[str, Any]], label_mode: str, path: Path) 
             ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _log_rows(log_csv: Path) -> list[dict[str, str]]:
@@ -81,7 +85,7 @@ def curves_figure(log_csv: Path, path: Path) -> bool:
     steps = np.array([float(r["step"]) for r in rows])
     loss = np.array([float(r["loss"]) for r in rows])
     val = [(float(r["step"]), float(r["val_dice"])) for r in rows if r.get("val_dice") not in (None, "")]
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3))
+    fig, ax = _subplots(1, 2, figsize=(9, 3))
     ax[0].plot(steps, loss)
     ax[0].set(xlabel="step", ylabel="training loss", yscale="log")
     if val:
@@ -89,7 +93,6 @@ def curves_figure(log_csv: Path, path: Path) -> bool:
     ax[1].set(xlabel="step", ylabel="validation Dice")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return True
 
 
@@ -100,7 +103,7 @@ def threshold_figure(log_csv: Path, path: Path) -> bool:
         return False
     steps = np.array([float(r["step"]) for r in rows])
     mu, sigma = (np.array([float(r[k]) for r in rows]) for k in ("threshold_mu", "threshold_sigma"))
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig, ax = _subplots(figsize=(5, 3))
     ax.fill_between(steps, mu - sigma, mu + sigma, alpha=0.3, label="μ ± σ (posterior, batch mean)")
     ax.plot(steps, mu, label="μ")
     if all(r.get("threshold_sample") not in (None, "") for r in rows):
@@ -109,7 +112,6 @@ def threshold_figure(log_csv: Path, path: Path) -> bool:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return True
 
 
@@ -117,7 +119,7 @@ def robustness_figure(summary: dict[str, list[dict[str, float]]], path: Path) ->
     """Dice (mean ± std over cases) against the OOD strength γ and the FGSM step ε."""
     axes_labels = {"ood": "γ (out-of-distribution strength)", "fgsm": "ε (FGSM step)"}
     attacks = [a for a in axes_labels if a in summary]
-    fig, axes = plt.subplots(1, len(attacks), figsize=(4.5 * len(attacks), 3), squeeze=False)
+    fig, axes = _subplots(1, len(attacks), figsize=(4.5 * len(attacks), 3), squeeze=False)
     for ax, attack in zip(axes[0], attacks, strict=True):
         points = summary[attack]
         ax.errorbar([p["level"] for p in points], [p["mean"] for p in points], yerr=[p["std"] for p in points],
@@ -125,13 +127,12 @@ def robustness_figure(summary: dict[str, list[dict[str, float]]], path: Path) ->
         ax.set(xlabel=axes_labels[attack], ylabel="Dice", ylim=(0, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def uncertainty_figure(examples: list[dict[str, Any]], label_mode: str, path: Path) -> None:
     """Rows of (image, entropy, variance when sampled) for a few cases."""
     columns = [c for c in ("entropy", "variance") if c in examples[0]]
-    fig, axes = plt.subplots(len(examples), 1 + len(columns), figsize=(3 * (1 + len(columns)), 3 * len(examples)),
+    fig, axes = _subplots(len(examples), 1 + len(columns), figsize=(3 * (1 + len(columns)), 3 * len(examples)),
                              squeeze=False)
     for row, ex in zip(axes, examples, strict=True):
         index = _middle_slice(ex["image"], ex["image"].ndim - 1, ex["gt"], label_mode)
@@ -145,7 +146,6 @@ def uncertainty_figure(examples: list[dict[str, Any]], label_mode: str, path: Pa
             ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _extra_sections(figures: Path, label_mode: str, robustness: dict[str, Any] | None,

@@ -21,15 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from monai.inferers import sliding_window_inference
-from torch import Tensor
 
 from semiseg.data.case import label_to_onehot
 from semiseg.errors import ConfigError
-from semiseg.eval.inference import Predictor, _pad_to_multiple, probs_to_label, volume_tensor
+from semiseg.eval.labels import probs_to_label
 from semiseg.eval.metrics import dice
-from semiseg.losses import ce_loss
 
 DEFAULT_GAMMAS: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 DEFAULT_EPSILONS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
@@ -81,56 +77,6 @@ def mix(image: np.ndarray, shifted: np.ndarray, gamma: float) -> np.ndarray:
 def fgsm(image: np.ndarray, gradient: np.ndarray, epsilon: float) -> np.ndarray:
     """``x + ε·sign(∇_x L)``: one step of size ε against the model, per voxel."""
     return (image + epsilon * np.sign(gradient)).astype(np.float32)
-
-
-def input_gradient(
-    predictor: Predictor,
-    image: np.ndarray,
-    onehot: np.ndarray,
-    *,
-    model_dim: int,
-    label_mode: str,
-    device: torch.device,
-    divisor: int,
-    roi_size: Sequence[int],
-    batch_size: int,
-    overlap: float,
-) -> np.ndarray:
-    """``∇_x`` of the cross-entropy of a whole case against its ``(K, *spatial)`` one-hot ground truth.
-
-    Same geometry as ``predict_case_probs``: 2D models slice by slice, 3D models by sliding window.
-    """
-    is_2d_case = image.ndim == 3
-    volume = volume_tensor(image, device).float()
-    target = volume_tensor(onehot, device).float()
-    with torch.enable_grad():
-        if model_dim == 2:
-            grad = _slice_gradient(predictor, volume, target, label_mode, divisor, batch_size)
-        else:
-            grad = _window_gradient(predictor, volume, target, label_mode, roi_size, batch_size, overlap)
-    out = grad.cpu().numpy()
-    return out[..., 0] if is_2d_case else out
-
-
-def _slice_gradient(predictor: Predictor, volume: Tensor, target: Tensor, label_mode: str, divisor: int,
-                    batch_size: int) -> Tensor:
-    slices, targets = volume.permute(3, 0, 1, 2), target.permute(3, 0, 1, 2)
-    grads = []
-    for start in range(0, slices.shape[0], batch_size):
-        chunk, crop = _pad_to_multiple(slices[start : start + batch_size], divisor)
-        chunk.requires_grad_(True)
-        loss = ce_loss(predictor(chunk)[crop].float(), targets[start : start + batch_size], label_mode=label_mode)
-        grads.append(torch.autograd.grad(loss, chunk)[0][crop])
-    return torch.cat(grads).permute(1, 2, 3, 0)
-
-
-def _window_gradient(predictor: Predictor, volume: Tensor, target: Tensor, label_mode: str,
-                     roi_size: Sequence[int], batch_size: int, overlap: float) -> Tensor:
-    x = volume[None].clone().requires_grad_(True)
-    logits = sliding_window_inference(x, roi_size=tuple(roi_size), sw_batch_size=batch_size, predictor=predictor,
-                                      overlap=overlap, mode="gaussian")
-    loss = ce_loss(logits.float(), target[None], label_mode=label_mode)
-    return torch.autograd.grad(loss, x)[0][0]
 
 
 def foreground_dice(probs: np.ndarray, gt: np.ndarray, label_mode: str, num_classes: int) -> float:

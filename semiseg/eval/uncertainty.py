@@ -1,4 +1,4 @@
-"""Uncertainty evaluation: Monte-Carlo predictions of whole cases, calibration scores and uncertainty maps.
+"""Uncertainty evaluation: calibration scores and uncertainty maps of Monte-Carlo (or deterministic) predictions.
 
 A method with ``predict_samples`` (SegPL-VI's threshold draws, an ensemble's members) gives S probability
 maps per case; their mean is the prediction scored here and their variance the uncertainty map. Other
@@ -15,7 +15,6 @@ Brier scores, both reported per case:
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,54 +22,13 @@ import nibabel as nib
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor
 
 from semiseg.data.case import Case
-from semiseg.eval.inference import predict_case_probs
 from semiseg.eval.io import nifti_affine
 from semiseg.eval.metrics import brier_score, expected_calibration_error
 from semiseg.ssl.uncertainty import entropy, max_entropy, predictive_variance
 
-Sampler = Callable[[Tensor], Tensor | None]  # images → (S, B, K, *spatial) probabilities, or None
 UNCERTAINTY_COLUMNS = ("checkpoint", "case_id", "source", "samples", "brier", "brier_fg", "ece", "entropy", "variance")
-_EPS = 1e-6
-
-
-class _NoSamples(Exception):
-    """Raised inside inference when the method has no ``predict_samples``."""
-
-
-def predict_case_samples(
-    sampler: Sampler,
-    image: np.ndarray,
-    *,
-    num_classes: int,
-    model_dim: int,
-    device: torch.device,
-    divisor: int,
-    roi_size: Sequence[int],
-    batch_size: int,
-    overlap: float,
-) -> np.ndarray | None:
-    """``(S, K, *spatial)`` sample probabilities of a normalised ``(C, *spatial)`` image, or None.
-
-    Reuses whole-case inference (slices or sliding window) by folding the S samples into channels and
-    passing them as logits of sigmoid probabilities, which inference turns back into probabilities.
-    """
-
-    def folded(x: Tensor) -> Tensor:
-        samples = sampler(x)
-        if samples is None:
-            raise _NoSamples
-        probs = samples.float().clamp(_EPS, 1.0 - _EPS)
-        return torch.logit(probs).movedim(0, 1).flatten(1, 2)  # (B, S·K, *spatial)
-
-    try:
-        flat = predict_case_probs(folded, image, model_dim=model_dim, label_mode="multilabel", device=device,
-                                  divisor=divisor, roi_size=roi_size, batch_size=batch_size, overlap=overlap)
-    except _NoSamples:
-        return None
-    return flat.reshape(-1, num_classes, *flat.shape[1:])
 
 
 def brier_foreground(probs: np.ndarray, onehot: np.ndarray, label_mode: str) -> float:

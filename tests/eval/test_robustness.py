@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from semiseg.engine.inferer import Inferer
 from semiseg.errors import ConfigError
 from semiseg.eval.robustness import (
     OODShift,
@@ -11,7 +12,6 @@ from semiseg.eval.robustness import (
     check_grid,
     fgsm,
     format_robustness_table,
-    input_gradient,
     mix,
     ood_view,
     robustness_rows,
@@ -79,8 +79,9 @@ def test_input_gradient_matches_direct_autograd_in_sign(model_dim, label_mode):
     rng = np.random.default_rng(1)
     onehot = (np.eye(3)[rng.integers(0, 3, (12, 10, 8))].transpose(3, 0, 1, 2) if label_mode == "multiclass"
               else rng.integers(0, 2, (3, 12, 10, 8)))
-    grad = input_gradient(net, image, onehot, model_dim=model_dim, label_mode=label_mode, device=torch.device("cpu"),
-                          divisor=2, roi_size=(8, 8, 8), batch_size=3, overlap=0.5)
+    inferer = Inferer(dim=model_dim, label_mode=label_mode, device=torch.device("cpu"), divisor=2, roi_size=(8, 8, 8),
+                      batch_size=3, overlap=0.5)
+    grad = inferer.input_gradient(net, image, onehot)
     # direct: every voxel is independent under a 1×1 conv, so the whole-volume gradient has the same signs
     x = torch.from_numpy(image)[None].requires_grad_(True)
     conv3d = torch.nn.Conv3d(1, 3, 1)
@@ -96,8 +97,9 @@ def test_input_gradient_matches_direct_autograd_in_sign(model_dim, label_mode):
 def test_input_gradient_of_a_2d_case():
     net = _pointwise_net(2)
     image, onehot = _image((1, 8, 6)), np.eye(3)[np.zeros((8, 6), int)].transpose(2, 0, 1)
-    grad = input_gradient(net, image, onehot, model_dim=2, label_mode="multiclass", device=torch.device("cpu"),
-                          divisor=4, roi_size=(8, 8), batch_size=2, overlap=0.5)
+    inferer = Inferer(dim=2, label_mode="multiclass", device=torch.device("cpu"), divisor=4, roi_size=(8, 8),
+                      batch_size=2, overlap=0.5)
+    grad = inferer.input_gradient(net, image, onehot)
     assert grad.shape == (1, 8, 6) and np.abs(grad).sum() > 0
 
 

@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 
 from semiseg.data.case import Case
+from semiseg.engine.inferer import Inferer
 from semiseg.eval.metrics import brier_score, expected_calibration_error
 from semiseg.eval.uncertainty import (
     brier_foreground,
     case_uncertainty,
     format_uncertainty_table,
-    predict_case_samples,
     summarize_uncertainty,
     uncertainty_maps,
     write_uncertainty_maps,
@@ -95,14 +95,14 @@ def _sampler(s):
 @pytest.mark.parametrize("model_dim", [2, 3])
 def test_monte_carlo_prediction_of_a_whole_case(model_dim):
     image = np.random.default_rng(0).normal(size=(1, 12, 10, 8)).astype(np.float32)
-    geometry = {"model_dim": model_dim, "device": torch.device("cpu"), "divisor": 4, "roi_size": (8, 8, 8),
-                "batch_size": 3, "overlap": 0.25}
-    samples = predict_case_samples(_sampler(3), image, num_classes=2, **geometry)
+    inferer = Inferer(dim=model_dim, label_mode="multiclass", device=torch.device("cpu"), divisor=4,
+                      roi_size=(8, 8, 8), batch_size=3, overlap=0.25)
+    samples = inferer.samples(_sampler(3), image, num_classes=2)
     assert samples.shape == (3, 2, 12, 10, 8)
     x = torch.from_numpy(image)
     expected = torch.stack([torch.sigmoid(torch.cat([x, -x])[:2] + k) for k in range(3)]).numpy()
     assert np.allclose(samples, expected, atol=1e-4)
-    assert predict_case_samples(lambda x: None, image, num_classes=2, **geometry) is None
+    assert inferer.samples(lambda x: None, image, num_classes=2) is None
 
 
 def test_maps_are_written_with_the_case_geometry(tmp_path):

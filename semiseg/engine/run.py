@@ -1,0 +1,324 @@
+"""A Run: one training run assembled once and kept in memory from training to evaluation.
+
+``Run.build(cfg)`` opens the dataset, makes the split, builds the method, its networks, the samplers and
+the ``Inferer``, and prepares the run folder; ``fit()`` trains and ``evaluate()`` scores the checkpoints on
+the test split with what the Run already holds (only the checkpoints' weights are read back). ``Run.resume``
+continues an interrupted run, ``Run.open`` evaluates an existing run folder, ``Run.load_model`` gives one
+checkpoint ready to predict. The face (``api.py``, ``cli.py``) asks a Run and assembles nothing itself.
+
+A run folder holds everything about one training run::
+
+    config.yaml  split.json  log.csv  checkpoints/{best,last}.pt
+    metrics/per_case.csv  summary.json  report.md  figures/*.png  predictions/
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from semiseg import __version__
+from semiseg.config import Config, config_to_yaml, read_yaml, validate_config
+from semiseg.data import sources
+from semiseg.data.case import Case, DatasetSpec
+from semiseg.data.loaders import PatchSampler, default_patch_size, load_store, normalize_image
+from semiseg.data.splits import load_split, make_split, refs_by_id, save_split
+from semiseg.engine.checkpoint import load_checkpoint
+from semiseg.engine.device import amp_enabled, resolve_device
+from semiseg.engine.inferer import Inferer, network_divisor
+from semiseg.engine.loop import Trainer, TrainingData, build_nets
+from semiseg.errors import ConfigError, DataError, SemisegError
+from semiseg.eval.run_evaluation import EvaluationOptions, RunFacts, evaluate_checkpoints
+from semiseg.losses import supervised_loss
+from semiseg.methods import Method, MethodContext, get_method
+from semiseg.methods.base import Nets
+
+RUN_ARTEFACTS = ("config.yaml", "split.json", "log.csv", "summary.json", "report.md",
+                 "checkpoints", "metrics", "figures", "predictions", "uncertainty", "artifacts")
+
+
+# ----------------------------------------------------------------------------------------------
+# assembling the parts
+
+
+def open_configured_dataset(cfg: Config) -> DatasetSpec:
+    return sources.open_dataset(cfg.data.source, cfg.data.path, **cfg.data.options)
+
+
+def dataset_info(spec: DatasetSpec) -> dict[str, Any]:
+    return {"name": spec.name, "label_mode": spec.label_mode, "class_names": list(spec.class_names),
+            "channels": spec.channels, "dim": spec.dim}
+
+
+def method_context(cfg: Config, info: dict[str, Any]) -> MethodContext:
+    return MethodContext(
+        label_mode=info["label_mode"],
+        num_classes=len(info["class_names"]),
+        spatial_dims=cfg.model.dim,
+        in_channels=info["channels"],
+        supervised_loss=supervised_loss(cfg.train.loss, info["label_mode"], cfg.train.include_background),
+        include_background=cfg.train.include_background,
+    )
+
+
+def make_inferer(cfg: Config, label_mode: str, device: torch.device, nets: Nets, patch_size: list[int]) -> Inferer:
+    """The run's Inferer: the divisor comes from the networks, the 3D window is the training patch."""
+    divisor = network_divisor(list(nets.values()))
+    return Inferer(dim=cfg.model.dim, label_mode=label_mode, device=device, divisor=divisor, roi_size=tuple(patch_size),
+                   batch_size=cfg.eval.sw_batch_size, overlap=cfg.eval.overlap, amp=amp_enabled(cfg.train.amp, device))
+
+
+def _default_run_name(cfg: Config) -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}_{cfg.train.method}_{cfg.data.source}"
+
+
+def prepare_run_dir(cfg: Config, overwrite: bool) -> Path:
+    """Create the run folder; refuse to reuse one that holds a run unless ``overwrite``."""
+    run_dir = Path(cfg.output.root) / (cfg.output.name or _default_run_name(cfg))
+    existing = [name for name in RUN_ARTEFACTS if (run_dir / name).exists()]
+    if existing and not overwrite:
+        raise SemisegError(
+            f"{run_dir} already holds a run ({', '.join(existing)}); choose another output.name, "
+            "resume it with --resume, or pass --overwrite to replace it"
+        )
+    for name in existing:  # only the run's own files; anything else the user put there stays
+        target = run_dir / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def require_run(run_dir: Path) -> None:
+    if not (run_dir / "config.yaml").is_file():
+        raise SemisegError(f"{run_dir} is not a semiseg run folder (no config.yaml); pass --run runs/<id>")
+
+
+def _check_dims(cfg: Config, spec: DatasetSpec) -> None:
+    if cfg.model.dim == 3 and spec.dim == 2:
+        raise ConfigError(f"model.dim=3 but dataset {spec.name!r} holds 2D images; use model.dim=2")
+
+
+def _check_patch(cfg: Config, divisor: int) -> None:
+    if cfg.train.patch_size and any(p % divisor for p in cfg.train.patch_size):
+        raise ConfigError(
+            f"train.patch_size={cfg.train.patch_size} must be multiples of {divisor} "
+            f"(the network's divisor, 2 ** (len(model.widths) - 1) for model.widths={cfg.model.widths})"
+        )
+
+
+def _build_data(cfg: Config, spec: DatasetSpec, split: dict[str, Any], method_cls: type[Method], divisor: int,
+                progress: bool) -> tuple[TrainingData, list[int]]:
+    refs = refs_by_id(spec)
+    common = {"normalize": cfg.data.normalize, "label_mode": spec.label_mode, "progress": progress}
+    labelled = load_store([refs[i] for i in split["labelled"]], with_labels=True, desc="labelled cases", **common)
+    unlabelled = []
+    if method_cls.uses_unlabelled:
+        if not split["unlabelled"]:
+            raise DataError(f"method {method_cls.name!r} needs unlabelled cases but the split has none; "
+                            "lower split.labelled or add unlabelled images")
+        unlabelled = load_store([refs[i] for i in split["unlabelled"]], with_labels=False,
+                                desc="unlabelled cases", **common)
+    val = load_store([refs[i] for i in split["val"]], with_labels=True, desc="validation cases", **common)
+    patch = cfg.train.patch_size or default_patch_size([labelled, unlabelled, val], cfg.model.dim, divisor)
+    train = cfg.train
+    sampler_args = {"dim": cfg.model.dim, "patch_size": patch, "augment": train.augment}
+    lab_sampler = PatchSampler(labelled, batch_size=train.batch_size, foreground_fraction=train.foreground_fraction,
+                               seed=cfg.seed * 7919 + 1, **sampler_args)
+    unl_sampler = None
+    if unlabelled and train.unlabelled_batch_size > 0:
+        unl_sampler = PatchSampler(unlabelled, batch_size=train.unlabelled_batch_size, views=method_cls.views,
+                                   seed=cfg.seed * 7919 + 2, **sampler_args)
+    return TrainingData(lab_sampler, unl_sampler, val), patch
+
+
+# ----------------------------------------------------------------------------------------------
+# a trained model
+
+
+@dataclass
+class LoadedModel:
+    """A trained method ready to predict: nets in eval mode, the run's Inferer and its normalisation."""
+
+    cfg: Config
+    method: Method
+    nets: Nets
+    info: dict[str, Any]
+    patch_size: list[int]
+    inferer: Inferer
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any], device: torch.device) -> LoadedModel:
+        """Method, nets and Inferer of a loaded checkpoint (its config and dataset description travel with it)."""
+        cfg, info = validate_config(state["config"]), state["dataset"]
+        method = get_method(state["method"])(method_context(cfg, info), cfg.method)
+        method.load_state_dict(state["method_state"])
+        nets = build_nets(method, cfg, method.ctx, device)
+        for name, net in nets.items():
+            net.load_state_dict(state["nets"][name])
+            net.eval()
+        inferer = make_inferer(cfg, info["label_mode"], device, nets, state["patch_size"])
+        return cls(cfg, method, nets, info, state["patch_size"], inferer)
+
+    @property
+    def divisor(self) -> int:
+        return self.inferer.divisor
+
+    @property
+    def device(self) -> torch.device:
+        return self.inferer.device
+
+    def _predict(self, x: Tensor) -> Tensor:
+        return self.method.predict(self.nets, x)
+
+    def probabilities(self, case: Case) -> np.ndarray:
+        return self.predict_normalized(self.normalized(case))
+
+    def normalized(self, case: Case) -> np.ndarray:
+        """The network's input: the case image after the run's intensity normalisation."""
+        return normalize_image(case.image, self.cfg.data.normalize)
+
+    def predict_normalized(self, image: np.ndarray) -> np.ndarray:
+        """``(K, *spatial)`` probabilities of an already normalised image (robustness perturbs that input)."""
+        return self.inferer.probabilities(self._predict, image)
+
+    def input_gradient(self, image: np.ndarray, onehot: np.ndarray) -> np.ndarray:
+        """Gradient of the cross-entropy against ``onehot`` w.r.t. a normalised image (FGSM)."""
+        return self.inferer.input_gradient(self._predict, image, onehot)
+
+    def sample_probabilities(self, image: np.ndarray, n: int) -> np.ndarray | None:
+        """``(S, K, *spatial)`` Monte-Carlo probabilities (``Method.predict_samples``), or None without them."""
+        return self.inferer.samples(lambda x: self.method.predict_samples(self.nets, x, n), image,
+                                    len(self.info["class_names"]))
+
+
+# ----------------------------------------------------------------------------------------------
+# the run
+
+
+@dataclass
+class Run:
+    """One run folder with its config, dataset, split and (when it trains) its Trainer, all in memory."""
+
+    cfg: Config
+    run_dir: Path
+    dataset: DatasetSpec
+    split: dict[str, Any]
+    device: torch.device
+    progress: bool = True
+    trainer: Trainer | None = None
+
+    @classmethod
+    def build(cls, cfg: Config, *, overwrite: bool = False, progress: bool = True) -> Run:
+        """Assemble a new run; every config check happens before the run folder is written."""
+        _set_threads(cfg)
+        method_cls = get_method(cfg.train.method)
+        method_cls.parse_options(cfg.method)  # fail on bad method keys before touching data
+        device = resolve_device(cfg.train.device)
+        spec = open_configured_dataset(cfg)
+        _check_dims(cfg, spec)
+        method, nets = _method_and_nets(cfg, spec, device)
+        _check_patch(cfg, network_divisor(list(nets.values())))
+        split = load_split(cfg.split.file, spec) if cfg.split.file else make_split(
+            spec, cfg.split, cfg.split.seed if cfg.split.seed is not None else cfg.seed)
+        run_dir = prepare_run_dir(cfg, overwrite)
+        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+        save_split(split, run_dir / "split.json")
+        run = cls(cfg, run_dir, spec, split, device, progress)
+        run.trainer = run._trainer(method, nets)
+        return run
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, *, progress: bool = True) -> Run:
+        """The interrupted run in ``run_dir``, restored from its ``last.pt`` exactly where it stopped."""
+        run_dir = Path(run_dir)
+        cfg = validate_config(read_yaml(run_dir / "config.yaml"))
+        state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+        _set_threads(cfg)
+        spec = open_configured_dataset(cfg)
+        run = cls(cfg, run_dir, spec, load_split(run_dir / "split.json", spec), resolve_device(cfg.train.device),
+                  progress)
+        run.trainer = run._trainer(*_method_and_nets(cfg, spec, run.device))
+        run.trainer.load_state(state)
+        return run
+
+    @classmethod
+    def open(cls, run_dir: str | Path, *, progress: bool = True) -> Run:
+        """A finished run folder, to evaluate its checkpoints (no training data is loaded)."""
+        run_dir = Path(run_dir)
+        require_run(run_dir)
+        cfg = validate_config(read_yaml(run_dir / "config.yaml"))
+        spec = open_configured_dataset(cfg)
+        return cls(cfg, run_dir, spec, load_split(run_dir / "split.json", spec), resolve_device(cfg.train.device),
+                   progress)
+
+    @staticmethod
+    def load_model(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> LoadedModel:
+        """One checkpoint of a run folder, ready to predict; needs neither the dataset nor the config file."""
+        run_dir = Path(run_dir)
+        require_run(run_dir)
+        dev = resolve_device(device)
+        return LoadedModel.from_checkpoint(load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt", dev), dev)
+
+    def _trainer(self, method: Method, nets: Nets) -> Trainer:
+        data, patch = _build_data(self.cfg, self.dataset, self.split, type(method),
+                                  network_divisor(list(nets.values())), self.progress)
+        inferer = make_inferer(self.cfg, self.dataset.label_mode, self.device, nets, patch)
+        describe = {"semiseg_version": __version__, "method": method.name, "config": self.cfg.model_dump(mode="json"),
+                    "dataset": dataset_info(self.dataset), "patch_size": patch, "divisor": inferer.divisor}
+        return Trainer(self.cfg, method, method.ctx, data, nets=nets, inferer=inferer, run_dir=self.run_dir,
+                       describe=describe, progress=self.progress)
+
+    def fit(self, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Train until ``train.steps`` (from where a resumed run stopped)."""
+        if self.trainer is None:
+            raise SemisegError(f"{self.run_dir}: this run was opened for evaluation; build or resume it to train")
+        return self.trainer.fit(on_step=on_step)
+
+    def evaluate(self, options: EvaluationOptions | None = None) -> dict[str, Any]:
+        """Evaluate the checkpoints on the test split; write metrics, summary, predictions and report."""
+        options = options or EvaluationOptions()
+        states = {name: load_checkpoint(self.run_dir / "checkpoints" / f"{name}.pt", self.device)
+                  for name in options.checkpoints}
+        models = {name: LoadedModel.from_checkpoint(state, self.device) for name, state in states.items()}
+        best = dict(self.trainer.best) if self.trainer is not None else _best_of(self.run_dir, states)
+        refs = refs_by_id(self.dataset)
+        test = [refs[case_id] for case_id in self.split["test"]]
+        return evaluate_checkpoints(models, test, self._facts(best), self.run_dir, options, progress=self.progress)
+
+    def _facts(self, best: dict[str, Any]) -> RunFacts:
+        cfg, spec, split = self.cfg, self.dataset, self.split
+        header = {"method": cfg.train.method, "dataset": spec.name, "test_cases": len(split["test"]),
+                  "best_step": best["step"], "best_val_dice": best["score"]}
+        info = {"method": cfg.train.method, "dataset": spec.name, "labelled cases": len(split["labelled"]),
+                "unlabelled cases": len(split["unlabelled"]), "test cases": len(split["test"]),
+                "model": f"{cfg.model.dim}D {cfg.model.arch} widths {cfg.model.widths}", "steps": cfg.train.steps,
+                "best checkpoint": f"step {best['step']} (val Dice {best['score']:.3f})", "seed": cfg.seed}
+        return RunFacts(label_mode=spec.label_mode, class_names=list(spec.class_names), summary_header=header,
+                        report_info=info, report_cases=cfg.eval.report_cases,
+                        save_predictions=cfg.eval.save_predictions, save_probabilities=cfg.eval.save_probabilities)
+
+
+def _set_threads(cfg: Config) -> None:
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+
+
+def _method_and_nets(cfg: Config, spec: DatasetSpec, device: torch.device) -> tuple[Method, Nets]:
+    """The method and its networks, seeded by ``cfg.seed`` (each net's init is seeded on its own)."""
+    torch.manual_seed(cfg.seed)
+    method = get_method(cfg.train.method)(method_context(cfg, dataset_info(spec)), cfg.method)
+    return method, build_nets(method, cfg, method.ctx, device)
+
+
+def _best_of(run_dir: Path, states: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The best-on-validation record, from the best checkpoint (already loaded when it is evaluated)."""
+    state = states.get("best") or load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    return dict(state["best"])

@@ -1,0 +1,162 @@
+"""Evaluation of a run's checkpoints on its test split: metrics, predictions, robustness, uncertainty, report.
+
+The engine hands over what it already holds (the models, the test cases, the facts the report states), so
+nothing here reads a config or opens a dataset: evaluating right after training and evaluating an old run
+folder are the same code. Robustness and uncertainty use the first checkpoint only (``best`` by default).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from semiseg.data.case import Case, CaseRef, label_to_onehot
+from semiseg.errors import ConfigError
+from semiseg.eval.evaluate import score_case, summarize, write_rows
+from semiseg.eval.io import write_label, write_probabilities
+from semiseg.eval.labels import probs_to_label
+from semiseg.eval.report import write_report
+from semiseg.eval.robustness import (
+    DEFAULT_EPSILONS,
+    DEFAULT_GAMMAS,
+    check_grid,
+    robustness_rows,
+    summarize_robustness,
+    write_robustness,
+)
+from semiseg.eval.uncertainty import case_uncertainty, summarize_uncertainty, write_uncertainty
+
+
+class CaseModel(Protocol):
+    """A trained model as evaluation needs it: whole-case probabilities, FGSM gradients, MC samples."""
+
+    def probabilities(self, case: Case) -> np.ndarray: ...
+
+    def normalized(self, case: Case) -> np.ndarray: ...
+
+    def predict_normalized(self, image: np.ndarray) -> np.ndarray: ...
+
+    def input_gradient(self, image: np.ndarray, onehot: np.ndarray) -> np.ndarray: ...
+
+    def sample_probabilities(self, image: np.ndarray, n: int) -> np.ndarray | None: ...
+
+
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """What to evaluate beyond the metrics; a bad grid or sample count fails before any inference."""
+
+    checkpoints: tuple[str, ...] = ("best", "last")
+    robustness: bool = False
+    uncertainty: bool = False
+    gammas: tuple[float, ...] = DEFAULT_GAMMAS
+    epsilons: tuple[float, ...] = DEFAULT_EPSILONS
+    samples: int = 5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gammas", check_grid(self.gammas, "gammas", upper=1.0))
+        object.__setattr__(self, "epsilons", check_grid(self.epsilons, "epsilons"))
+        if self.samples < 1:
+            raise ConfigError(f"samples: Monte-Carlo samples must be at least 1, got {self.samples}")
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the summary and the report state about the run, and which outputs it asked for."""
+
+    label_mode: str
+    class_names: list[str]
+    summary_header: dict[str, Any]  # method, dataset, test_cases, best_step, best_val_dice
+    report_info: dict[str, Any]
+    report_cases: int
+    save_predictions: bool
+    save_probabilities: bool
+
+
+@dataclass
+class _ExtraEvaluation:
+    """Robustness curves and uncertainty scores/maps of the first checkpoint, gathered case by case."""
+
+    options: EvaluationOptions
+    facts: RunFacts
+    run_dir: Path
+    robustness_rows: list[dict[str, Any]] = field(default_factory=list)
+    uncertainty_rows: list[dict[str, Any]] = field(default_factory=list)
+    uncertainty_examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def add_case(self, model: CaseModel, case: Case, probs: np.ndarray, checkpoint: str) -> None:
+        opts, label_mode, num_classes = self.options, self.facts.label_mode, len(self.facts.class_names)
+        image = model.normalized(case) if opts.robustness or opts.uncertainty else None
+        if opts.robustness:
+            self.robustness_rows += robustness_rows(
+                case.case_id, image, case.label, predict=model.predict_normalized, gradient=model.input_gradient,
+                label_mode=label_mode, num_classes=num_classes, gammas=opts.gammas, epsilons=opts.epsilons,
+                checkpoint=checkpoint)
+        if opts.uncertainty:
+            row, maps = case_uncertainty(
+                case, probs, model.sample_probabilities(image, opts.samples),
+                label_to_onehot(case.label, label_mode, num_classes), label_mode=label_mode,
+                out_dir=self.run_dir / "uncertainty", checkpoint=checkpoint)
+            self.uncertainty_rows.append(row)
+            if len(self.uncertainty_examples) < self.facts.report_cases:
+                self.uncertainty_examples.append({"case_id": case.case_id, "image": case.image, "gt": case.label,
+                                                  **{k: v for k, v in maps.items() if k != "mean"}})
+
+    def finish(self) -> dict[str, Any]:
+        """Write the per-case CSVs; the summaries go into ``summary.json`` and the report."""
+        out: dict[str, Any] = {}
+        if self.robustness_rows:
+            write_robustness(self.robustness_rows, self.run_dir / "metrics" / "robustness.csv")
+            out["robustness"] = summarize_robustness(self.robustness_rows)
+        if self.uncertainty_rows:
+            write_uncertainty(self.uncertainty_rows, self.run_dir / "metrics" / "uncertainty.csv")
+            first = self.uncertainty_rows[0]
+            out["uncertainty"] = {"source": first["source"], "samples": first["samples"],
+                                  "scores": summarize_uncertainty(self.uncertainty_rows)}
+        return out
+
+
+def evaluate_checkpoints(models: Mapping[str, CaseModel], test_cases: Sequence[CaseRef], facts: RunFacts,
+                         run_dir: Path, options: EvaluationOptions, *, progress: bool = True) -> dict[str, Any]:
+    """Score every model on every test case; write metrics, ``summary.json``, predictions and the report."""
+    first = options.checkpoints[0]
+    rows: list[dict[str, Any]] = []
+    examples: list[dict[str, Any]] = []
+    extra = _ExtraEvaluation(options, facts, run_dir)
+    for ref in tqdm(test_cases, desc="evaluate", disable=not progress, leave=False):
+        case = ref.load()
+        for name, model in models.items():
+            probs = model.probabilities(case)
+            pred = probs_to_label(probs, facts.label_mode)
+            case_rows = score_case(case_id=case.case_id, checkpoint=name, pred=pred, probs=probs, gt=case.label,
+                                   spacing=case.spacing, class_names=facts.class_names, label_mode=facts.label_mode)
+            rows += case_rows
+            if name == first:
+                _save_prediction(facts, run_dir, case, pred, probs)
+                extra.add_case(model, case, probs, name)
+                if len(examples) < facts.report_cases:
+                    dice = float(np.mean([r["dice"] for r in case_rows]))
+                    examples.append({"case_id": case.case_id, "image": case.image, "gt": case.label, "pred": pred,
+                                     "dice": dice})
+    write_rows(rows, run_dir / "metrics" / "per_case.csv")
+    summary = summarize(rows)
+    extras = extra.finish()
+    (run_dir / "summary.json").write_text(json.dumps({**facts.summary_header, "metrics": summary, **extras},
+                                                     indent=2))
+    uncertainty_block = ({**extras["uncertainty"], "examples": extra.uncertainty_examples}
+                         if "uncertainty" in extras else None)
+    write_report(run_dir, summary=summary, info=facts.report_info, examples=examples, label_mode=facts.label_mode,
+                 robustness=extras.get("robustness"), uncertainty=uncertainty_block)
+    return summary
+
+
+def _save_prediction(facts: RunFacts, run_dir: Path, case: Case, pred: np.ndarray, probs: np.ndarray) -> None:
+    if facts.save_predictions:
+        write_label(case, pred, run_dir / "predictions")
+    if facts.save_probabilities:
+        write_probabilities(case, probs, run_dir / "predictions")
