@@ -10,7 +10,7 @@ every caller hands over just "what the network predicts" and gets probabilities 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -157,6 +157,6 @@ class Inferer:
             yield start, chunk, crop
 
 
-def network_divisor(nets: Sequence[torch.nn.Module]) -> int:
+def network_divisor(nets: Iterable[torch.nn.Module]) -> int:
     """The multiple every spatial size must have for all ``nets`` (1 for nets without a ``divisor``)."""
     return int(np.lcm.reduce([int(getattr(net, "divisor", 1)) for net in nets] or [1]))

@@ -7,7 +7,7 @@ methods only through the ``Method`` contract.
 
 Curricula (staged self-training) use three optional parts of that contract: before a step the loop asks
 ``wants_unlabelled_cases`` and, if so, hands ``on_unlabelled_cases`` every unlabelled case whole (eval mode,
-no gradients, the run's own 2D/3D inference); ``unlabelled_subset`` restricts the cases the unlabelled batch
+no gradients, the run's ``Inferer``); ``unlabelled_subset`` restricts the cases the unlabelled batch
 is drawn from; ``artifacts`` are written as JSON into ``artifacts/`` of the run folder with every checkpoint.
 """
 

@@ -71,7 +71,7 @@ def method_context(cfg: Config, info: dict[str, Any]) -> MethodContext:
 
 def make_inferer(cfg: Config, label_mode: str, device: torch.device, nets: Nets, patch_size: list[int]) -> Inferer:
     """The run's Inferer: the divisor comes from the networks, the 3D window is the training patch."""
-    divisor = network_divisor(list(nets.values()))
+    divisor = network_divisor(nets.values())
     return Inferer(dim=cfg.model.dim, label_mode=label_mode, device=device, divisor=divisor, roi_size=tuple(patch_size),
                    batch_size=cfg.eval.sw_batch_size, overlap=cfg.eval.overlap, amp=amp_enabled(cfg.train.amp, device))
 
@@ -225,7 +225,7 @@ class Run:
         spec = open_configured_dataset(cfg)
         _check_dims(cfg, spec)
         method, nets = _method_and_nets(cfg, spec, device)
-        _check_patch(cfg, network_divisor(list(nets.values())))
+        _check_patch(cfg, network_divisor(nets.values()))
         split = load_split(cfg.split.file, spec) if cfg.split.file else make_split(
             spec, cfg.split, cfg.split.seed if cfg.split.seed is not None else cfg.seed)
         run_dir = prepare_run_dir(cfg, overwrite)
@@ -268,8 +268,8 @@ class Run:
         return LoadedModel.from_checkpoint(load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt", dev), dev)
 
     def _trainer(self, method: Method, nets: Nets) -> Trainer:
-        data, patch = _build_data(self.cfg, self.dataset, self.split, type(method),
-                                  network_divisor(list(nets.values())), self.progress)
+        data, patch = _build_data(self.cfg, self.dataset, self.split, type(method), network_divisor(nets.values()),
+                                  self.progress)
         inferer = make_inferer(self.cfg, self.dataset.label_mode, self.device, nets, patch)
         describe = {"semiseg_version": __version__, "method": method.name, "config": self.cfg.model_dump(mode="json"),
                     "dataset": dataset_info(self.dataset), "patch_size": patch, "divisor": inferer.divisor}
