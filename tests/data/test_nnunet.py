@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from semiseg.data.sources import nnunet
+from semiseg.data.io import volume
 from semiseg.data.sources.nnunet import open_nnunet
 from semiseg.errors import DataError
 
@@ -212,7 +212,7 @@ def test_natural_image_png_holds_all_rgb_channels_in_one_file(tmp_path: Path) ->
 def test_other_formats_without_simpleitk_give_a_clear_error(tmp_path: Path, monkeypatch) -> None:
     root = make_v2(tmp_path / "ds", labelled=(), channels=1, ending=".mha")
     (root / "imagesTr" / "m_0000.mha").write_bytes(b"not read")
-    monkeypatch.setattr(nnunet, "_import_sitk", lambda: None)
+    monkeypatch.setattr(volume, "_import_sitk", lambda: None)
     with pytest.raises(DataError, match=r"m_0000\.mha.*SimpleITK"):
         open_nnunet(root)
 
