@@ -101,6 +101,13 @@ def case_ref(files: CaseFiles, layout: Layout, labelled: bool) -> CaseRef:
 # dataset.json and folders
 
 
+def read_folder_json(root: str | Path) -> tuple[Path, dict, str]:
+    """(folder, parsed dataset.json, its path for messages) of a dataset.json layout."""
+    folder = require_dir(Path(root).expanduser(), "pass the folder that contains dataset.json and imagesTr/")
+    json_path = folder / "dataset.json"
+    return folder, read_json(json_path), str(json_path)
+
+
 def read_json(path: Path) -> dict:
     if not path.is_file():
         raise DataError(

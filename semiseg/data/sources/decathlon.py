@@ -23,8 +23,7 @@ from semiseg.data.sources.dataset_json import (
     case_ref,
     channel_names,
     dataset_dim,
-    read_json,
-    require_dir,
+    read_folder_json,
     visible_files,
 )
 from semiseg.errors import DataError
@@ -37,14 +36,11 @@ def open_decathlon(
     label_mode: LabelMode | None = None,
 ) -> DatasetSpec:
     """List the cases of a Decathlon v1 folder (lazy: no voxels are read); options as ``open_nnunet``."""
-    root = Path(root).expanduser()
-    require_dir(root, "pass the folder that contains dataset.json and imagesTr/")
-    json_path = root / "dataset.json"
-    meta = read_json(json_path)
+    folder, meta, source = read_folder_json(root)
     if "modality" not in meta:
         hint = "it is an nnU-Net v2 folder: use source nnunet" if "channel_names" in meta else "add it"
-        raise DataError(f"{json_path}: has no 'modality' (Decathlon v1); {hint}")
-    return open_decathlon_meta(root, meta, str(json_path), tuple(unlabelled_dirs), label_mode)
+        raise DataError(f"{source}: has no 'modality' (Decathlon v1); {hint}")
+    return open_decathlon_meta(folder, meta, source, tuple(unlabelled_dirs), label_mode)
 
 
 def open_decathlon_meta(

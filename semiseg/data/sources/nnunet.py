@@ -25,7 +25,7 @@ from semiseg.data.sources.dataset_json import (
     case_ref,
     channel_names,
     dataset_dim,
-    read_json,
+    read_folder_json,
     require_dir,
     visible_files,
 )
@@ -44,16 +44,13 @@ def open_nnunet(
     ``label_mode`` None picks multilabel when ``labels`` declares regions (lists of values), else
     multiclass; forcing "multilabel" on plain labels gives one channel per non-background class.
     """
-    root = Path(root).expanduser()
-    require_dir(root, "pass the folder that contains dataset.json and imagesTr/")
-    json_path = root / "dataset.json"
-    meta = read_json(json_path)
+    folder, meta, source = read_folder_json(root)
     if "channel_names" in meta:
-        return _open_v2(root, meta, str(json_path), tuple(unlabelled_dirs), label_mode)
+        return _open_v2(folder, meta, source, tuple(unlabelled_dirs), label_mode)
     if "modality" in meta:
-        return open_decathlon_meta(root, meta, str(json_path), tuple(unlabelled_dirs), label_mode)
+        return open_decathlon_meta(folder, meta, source, tuple(unlabelled_dirs), label_mode)
     raise DataError(
-        f"{json_path}: has neither 'channel_names' (nnU-Net v2) nor 'modality' (Decathlon v1); "
+        f"{source}: has neither 'channel_names' (nnU-Net v2) nor 'modality' (Decathlon v1); "
         "add the channel names"
     )
 
