@@ -80,7 +80,7 @@ def _check(ok: bool, message: str) -> None:
 
 
 @dataclass(frozen=True)
-class _SiteLevels:
+class SiteLevels:
     """Where a site sits inside each knob's range: gamma in [-1, 1] (log scale), the others in [0, 1]."""
 
     name: str
@@ -93,10 +93,10 @@ class _SiteLevels:
 
 # Deliberately different sites, so that one or two labelled subjects cover one or two looks only.
 SITE_ARCHETYPES = (
-    _SiteLevels("near-template", gamma=0.0, contrast_loss=0.0, bias=0.1, blur=0.0, noise=0.1),
-    _SiteLevels("low-contrast noisy", gamma=0.4, contrast_loss=1.0, bias=0.2, blur=0.2, noise=1.0),
-    _SiteLevels("bias-field blurry", gamma=0.2, contrast_loss=0.3, bias=1.0, blur=1.0, noise=0.3),
-    _SiteLevels("gamma-compressed", gamma=-1.0, contrast_loss=0.6, bias=0.3, blur=0.4, noise=0.5),
+    SiteLevels("near-template", gamma=0.0, contrast_loss=0.0, bias=0.1, blur=0.0, noise=0.1),
+    SiteLevels("low-contrast noisy", gamma=0.4, contrast_loss=1.0, bias=0.2, blur=0.2, noise=1.0),
+    SiteLevels("bias-field blurry", gamma=0.2, contrast_loss=0.3, bias=1.0, blur=1.0, noise=0.3),
+    SiteLevels("gamma-compressed", gamma=-1.0, contrast_loss=0.6, bias=0.3, blur=0.4, noise=0.5),
 )
 
 
@@ -147,13 +147,13 @@ def find_template_dir() -> Path:
 # ----------------------------------------------------------------------------------- random draws
 
 
-def site_levels(seed: int, site: int) -> _SiteLevels:
+def site_levels(seed: int, site: int) -> SiteLevels:
     """The designed archetypes first; any further sites get seeded random positions."""
     if site < len(SITE_ARCHETYPES):
         return SITE_ARCHETYPES[site]
     rng = np.random.default_rng([seed, 1, site])
     gamma, *rest = rng.uniform([-1, 0, 0, 0, 0], 1)
-    return _SiteLevels(f"random site {site}", float(gamma), *map(float, rest))
+    return SiteLevels(f"random site {site}", float(gamma), *map(float, rest))
 
 
 def draw_effects(seed: int, i: int, d: DemoDifficulty) -> SubjectEffects:
