@@ -17,10 +17,19 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from semiseg.config import AugmentConfig
 from semiseg.data.case import Case, CaseRef
 
 _FG_POINTS = 4096  # foreground voxels remembered per case for foreground-centred sampling
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """What ``PatchSampler`` perturbs; the data layer's own type, so it needs no application config."""
+
+    flip: bool = True  # random flips along the spatial axes of a slice / patch
+    intensity: bool = True  # random intensity scale and shift
+    strong_noise: float = 0.1  # std of the Gaussian noise of the "strong" view
+    strong_gamma: float = 0.3  # log-range of the gamma change of the "strong" view
 
 
 def normalize_image(image: np.ndarray, mode: str) -> np.ndarray:
@@ -118,7 +127,7 @@ class PatchSampler:
         dim: int,
         patch_size: Sequence[int],
         batch_size: int,
-        augment: AugmentConfig,
+        augment: Augmentation,
         views: Sequence[str] = ("weak",),
         foreground_fraction: float = 0.0,
         seed: int = 0,

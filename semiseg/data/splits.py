@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from semiseg.config import SplitConfig
 from semiseg.data.case import CaseRef, DatasetSpec
 from semiseg.errors import DataError
 
@@ -39,7 +38,7 @@ def _permute(ids: list[str], seed: int) -> list[str]:
     return [ordered[i] for i in order]
 
 
-def _fixed(spec: DatasetSpec, cfg: SplitConfig, seed: int) -> dict[str, list[str]]:
+def _fixed(spec: DatasetSpec, seed: int) -> dict[str, list[str]]:
     """Split prescribed by the source (e.g. ACDC list files): only the labelled budget is drawn."""
     fixed = spec.fixed_split or {}
     labelled_pool = {c.case_id for c in spec.cases if c.has_label}
@@ -51,11 +50,11 @@ def _fixed(spec: DatasetSpec, cfg: SplitConfig, seed: int) -> dict[str, list[str
     }
 
 
-def _drawn(spec: DatasetSpec, cfg: SplitConfig, seed: int) -> dict[str, list[str]]:
+def _drawn(spec: DatasetSpec, val: int | float, test: int | float, seed: int) -> dict[str, list[str]]:
     labelled = _permute([c.case_id for c in spec.cases if c.has_label], seed)
     explicit_test = [c.case_id for c in spec.test_cases if c.has_label]
-    n_test = 0 if explicit_test else _count(cfg.test, len(labelled), "test")
-    n_val = _count(cfg.val, len(labelled), "val")
+    n_test = 0 if explicit_test else _count(test, len(labelled), "test")
+    n_val = _count(val, len(labelled), "val")
     if n_test + n_val >= len(labelled):
         raise DataError(
             f"the dataset has {len(labelled)} labelled cases, too few for split.test={n_test} and "
@@ -68,14 +67,26 @@ def _drawn(spec: DatasetSpec, cfg: SplitConfig, seed: int) -> dict[str, list[str
     }
 
 
-def make_split(spec: DatasetSpec, cfg: SplitConfig, seed: int) -> dict[str, Any]:
-    """Return ``{"labelled", "unlabelled", "val", "test": [case ids], "seed", "dataset"}``."""
-    parts = _fixed(spec, cfg, seed) if spec.fixed_split else _drawn(spec, cfg, seed)
+def make_split(
+    spec: DatasetSpec,
+    *,
+    labelled: int | float | Literal["all"],
+    val: int | float,
+    test: int | float,
+    seed: int,
+    unlabelled: int | float | Literal["rest"] = "rest",
+) -> dict[str, Any]:
+    """Return ``{"labelled", "unlabelled", "val", "test": [case ids], "seed", "dataset"}``.
+
+    Counts are numbers of cases, floats in (0, 1) fractions (the ``split.*`` settings); ``val`` and
+    ``test`` are ignored where the source prescribes its own split.
+    """
+    parts = _fixed(spec, seed) if spec.fixed_split else _drawn(spec, val, test, seed)
     pool = parts["pool"]
-    n_lab = len(pool) if cfg.labelled == "all" else _count(cfg.labelled, len(pool), "labelled")
+    n_lab = len(pool) if labelled == "all" else _count(labelled, len(pool), "labelled")
     if n_lab > len(pool):
         raise DataError(
-            f"split.labelled={cfg.labelled} but only {len(pool)} labelled cases remain for training after "
+            f"split.labelled={labelled} but only {len(pool)} labelled cases remain for training after "
             f"taking {len(parts['test'])} test and {len(parts['val'])} validation cases; lower split.labelled "
             "or use 'all'"
         )
@@ -84,14 +95,14 @@ def make_split(spec: DatasetSpec, cfg: SplitConfig, seed: int) -> dict[str, Any]
     if not parts["test"]:
         raise DataError("the split has no test cases: set split.test to at least 1 (or give the source a test set)")
     hidden = pool[n_lab:]  # labelled cases whose labels are withheld (the usual SSL protocol)
-    unlabelled = hidden + sorted(c.case_id for c in spec.cases if not c.has_label)
-    if cfg.unlabelled != "rest":
-        unlabelled = unlabelled[: _count(cfg.unlabelled, len(unlabelled), "unlabelled")]
+    unlabelled_ids = hidden + sorted(c.case_id for c in spec.cases if not c.has_label)
+    if unlabelled != "rest":
+        unlabelled_ids = unlabelled_ids[: _count(unlabelled, len(unlabelled_ids), "unlabelled")]
     return {
         "dataset": spec.name,
         "seed": seed,
         "labelled": pool[:n_lab],
-        "unlabelled": unlabelled,
+        "unlabelled": unlabelled_ids,
         "val": parts["val"],
         "test": parts["test"],
     }

@@ -29,7 +29,7 @@ from semiseg import __version__
 from semiseg.config import Config, config_to_yaml, read_yaml, validate_config
 from semiseg.data import sources
 from semiseg.data.case import Case, DatasetSpec
-from semiseg.data.loaders import PatchSampler, default_patch_size, load_store, normalize_image
+from semiseg.data.loaders import Augmentation, PatchSampler, default_patch_size, load_store, normalize_image
 from semiseg.data.splits import load_split, make_split, refs_by_id, save_split
 from semiseg.engine.checkpoint import load_checkpoint
 from semiseg.engine.device import amp_enabled, resolve_device
@@ -129,7 +129,7 @@ def _build_data(cfg: Config, spec: DatasetSpec, split: dict[str, Any], method_cl
     val = load_store([refs[i] for i in split["val"]], with_labels=True, desc="validation cases", **common)
     patch = cfg.train.patch_size or default_patch_size([labelled, unlabelled, val], cfg.model.dim, divisor)
     train = cfg.train
-    sampler_args = {"dim": cfg.model.dim, "patch_size": patch, "augment": train.augment}
+    sampler_args = {"dim": cfg.model.dim, "patch_size": patch, "augment": Augmentation(**train.augment.model_dump())}
     lab_sampler = PatchSampler(labelled, batch_size=train.batch_size, foreground_fraction=train.foreground_fraction,
                                seed=cfg.seed * 7919 + 1, **sampler_args)
     unl_sampler = None
@@ -227,7 +227,8 @@ class Run:
         method, nets = _method_and_nets(cfg, spec, device)
         _check_patch(cfg, network_divisor(nets.values()))
         split = load_split(cfg.split.file, spec) if cfg.split.file else make_split(
-            spec, cfg.split, cfg.split.seed if cfg.split.seed is not None else cfg.seed)
+            spec, labelled=cfg.split.labelled, val=cfg.split.val, test=cfg.split.test,
+            unlabelled=cfg.split.unlabelled, seed=cfg.split.seed if cfg.split.seed is not None else cfg.seed)
         run_dir = prepare_run_dir(cfg, overwrite)
         (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
         save_split(split, run_dir / "split.json")

@@ -1,8 +1,12 @@
-"""Reading images to predict and writing predictions with the input's geometry.
+"""Prediction files: the images to predict, the predictions written back, the label folders to score.
 
-NIfTI outputs reuse the input's affine (hence spacing and orientation); PNG outputs have the input's
-pixel size. Multi-channel NIfTI inputs follow nnU-Net naming (``case_0000.nii.gz``, ``case_0001.nii.gz``)
-or hold the channels on a 4th axis.
+Everything is read and written through ``semiseg.data.io``, so ``predict`` accepts every format training
+reads: NIfTI, the SimpleITK formats (.mha, .mhd, .nrrd, ...) and 2D images (PNG/JPEG/BMP/TIFF).
+A prediction keeps its input's format and grid: NIfTI inputs give ``.nii.gz`` with the input's affine;
+SimpleITK inputs give the same format (detached headers become single files: .mhd → .mha, .nhdr → .nrrd)
+with the input's spacing, origin and direction; 2D images give a PNG of the input's size. Multi-channel
+volume inputs follow nnU-Net naming (``case_0000``, ``case_0001``) or hold the channels on a 4th axis
+(NIfTI) or as vector pixels (SimpleITK). Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -11,42 +15,44 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
-from PIL import Image
 
 from semiseg.data.case import Case
-from semiseg.data.sources.folder2d import binary_mask_to_index, read_image, read_mask
+from semiseg.data.io import (
+    Volume,
+    atomic_write,
+    binary_mask_to_index,
+    describe_suffixes,
+    output_suffix,
+    read_image,
+    read_mask,
+    read_volume,
+    split_suffix,
+    write_png,
+    write_volume,
+)
 from semiseg.errors import DataError
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<ch>\d{4})$")
 
 
-def _stem(path: Path) -> tuple[str, str] | None:
-    name = path.name.lower()
-    for suffix in (*NIFTI_SUFFIXES, *IMAGE_SUFFIXES):
-        if name.endswith(suffix):
-            return path.name[: -len(suffix)], suffix
-    return None
+def _readable_files(root: Path) -> list[Path]:
+    """The file itself, or the visible files of a folder (hidden ones include half-written temporaries)."""
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
-def _read_nifti(path: Path) -> nib.Nifti1Image:
-    try:
-        img = nib.load(str(path))
-        img.get_fdata(dtype=np.float32)  # force the read so corruption surfaces here
-    except Exception as exc:
-        raise DataError(f"{path}: cannot read this NIfTI file ({type(exc).__name__}: {exc})") from None
-    return img
+def _channels(vol: Volume) -> list[np.ndarray]:
+    """One array per channel: vector pixels (SimpleITK) and a 4th axis (NIfTI) both hold channels last."""
+    if vol.components > 1 or vol.data.ndim == 4:
+        return [vol.data[..., c] for c in range(vol.data.shape[-1])]
+    return [vol.data]
 
 
-def _nifti_case(case_id: str, files: list[Path], channels: int) -> Case:
-    images = [_read_nifti(f) for f in files]
-    arrays = []
-    for img in images:
-        data = np.asarray(img.dataobj, dtype=np.float32)
-        arrays += [data[..., c] for c in range(data.shape[-1])] if data.ndim == 4 else [data]
+def _volume_case(case_id: str, files: list[Path], channels: int) -> Case:
+    volumes = [read_volume(f) for f in files]
+    arrays = [array for vol in volumes for array in _channels(vol)]
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise DataError(f"case {case_id!r}: channel files {[f.name for f in files]} have different shapes {shapes}")
@@ -58,70 +64,80 @@ def _nifti_case(case_id: str, files: list[Path], channels: int) -> Case:
     image = np.stack(arrays)
     if not np.isfinite(image).all():
         raise DataError(f"case {case_id!r} ({files[0]}): the image holds NaN or Inf values; fix or drop the file")
-    header = images[0].header
-    spacing = tuple(float(z) for z in header.get_zooms()[: image.ndim - 1])
-    return Case(case_id, image, None, spacing, images[0].affine, {"files": [str(f) for f in files], "format": "nifti"})
+    _, suffix, kind = split_suffix(files[0])
+    spacing = volumes[0].spacing[: image.ndim - 1]
+    meta = {"files": [str(f) for f in files], "format": kind, "suffix": output_suffix(suffix)}
+    return Case(case_id, image, None, spacing, volumes[0].affine, meta)
 
 
-def _png_case(path: Path, channels: int) -> Case:
+def _image2d_case(path: Path, stem: str, channels: int) -> Case:
     """Read a 2D image exactly as the folder source reads training images (same dtype range, channels)."""
     image, mode = read_image(path, channels)
     meta = {"files": [str(path)], "format": "png", "mode": mode}
-    return Case(path.name.rsplit(".", 1)[0], image, None, (1.0, 1.0), None, meta)
+    return Case(stem, image, None, (1.0, 1.0), None, meta)
 
 
 def read_inputs(path: str | Path, channels: int) -> list[Case]:
-    """Every case in a file or folder of NIfTI or 2D image files."""
+    """Every case in a file or folder of volume (NIfTI, SimpleITK formats) or 2D image files."""
     root = Path(path)
     if not root.exists():
-        raise DataError(f"input {str(root)!r} does not exist; give a NIfTI/PNG file or a folder of them")
-    files = [root] if root.is_file() else sorted(p for p in root.iterdir() if p.is_file())
+        raise DataError(f"input {str(root)!r} does not exist; give an image file or a folder of them")
     groups: dict[str, list[Path]] = defaultdict(list)
-    pngs = []
-    for file in files:
-        parsed = _stem(file)
+    images_2d: list[tuple[Path, str]] = []
+    for file in _readable_files(root):
+        parsed = split_suffix(file)
         if parsed is None:
             continue
-        stem, suffix = parsed
-        if suffix in IMAGE_SUFFIXES:
-            pngs.append(file)
+        stem, _, kind = parsed
+        if kind == "image2d":
+            images_2d.append((file, stem))
             continue
         match = _CHANNEL.match(stem)
         groups[match["case"] if match else stem].append(file)  # nnU-Net channel files share a case id
-    cases = [_nifti_case(cid, sorted(fs), channels) for cid, fs in sorted(groups.items())]
-    cases += [_png_case(p, channels) for p in pngs]
+    cases = [_volume_case(cid, sorted(fs), channels) for cid, fs in sorted(groups.items())]
+    cases += [_image2d_case(p, stem, channels) for p, stem in images_2d]
     if not cases:
-        raise DataError(f"no NIfTI (.nii, .nii.gz) or image (.png, .jpg) files found in {str(root)!r}")
+        raise DataError(f"no image files found in {str(root)!r}; readable endings: {describe_suffixes()}")
     return cases
+
+
+def _is_image2d(case: Case) -> bool:
+    return case.meta.get("format") == "png" or (case.affine is None and case.ndim == 2)
+
+
+def _volume_suffix(case: Case) -> str:
+    """The input's own format for files read by ``read_inputs``; NIfTI for cases from a dataset source."""
+    return case.meta.get("suffix", ".nii.gz")
 
 
 def write_label(case: Case, label: np.ndarray, out_dir: Path, suffix: str = "") -> Path:
     """Write a predicted label with the case's geometry; returns the written file."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    if case.meta.get("format") == "png" or (case.affine is None and case.ndim == 2):
+    if _is_image2d(case):
         path = out_dir / f"{case.case_id}{suffix}.png"
-        array = label if label.ndim == 2 else np.moveaxis(label, 0, -1)  # multilabel → channels last
-        Image.fromarray(array.astype(np.uint8)).save(path)
+        write_png(path, label if label.ndim == 2 else np.moveaxis(label, 0, -1))  # multilabel → channels last
         return path
-    path = out_dir / f"{case.case_id}{suffix}.nii.gz"
-    data = label if label.ndim == case.ndim else np.moveaxis(label, 0, -1)
-    nib.save(nib.Nifti1Image(data.astype(np.uint8), nifti_affine(case)), str(path))
+    path = out_dir / f"{case.case_id}{suffix}{_volume_suffix(case)}"
+    multilabel = label.ndim != case.ndim
+    data = np.moveaxis(label, 0, -1) if multilabel else label
+    write_volume(path, data, nifti_affine(case), np.uint8, components=multilabel)
     return path
 
 
 def write_probabilities(case: Case, probs: np.ndarray, out_dir: Path) -> Path:
-    """Class probabilities as float32 NIfTI (classes on the last axis) or .npy for 2D inputs."""
+    """Class probabilities as float32 volumes (classes on the last axis) or .npy for 2D image inputs."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if case.affine is None and case.ndim == 2:
         path = out_dir / f"{case.case_id}_probs.npy"
-        np.save(path, probs.astype(np.float32))
+        atomic_write(path, lambda tmp: np.save(tmp, probs.astype(np.float32)))
         return path
-    path = out_dir / f"{case.case_id}_probs.nii.gz"
-    nib.save(nib.Nifti1Image(np.moveaxis(probs, 0, -1).astype(np.float32), nifti_affine(case)), str(path))
+    path = out_dir / f"{case.case_id}_probs{_volume_suffix(case)}"
+    write_volume(path, np.moveaxis(probs, 0, -1), nifti_affine(case), np.float32, components=True)
     return path
 
 
 def nifti_affine(case: Case) -> np.ndarray:
+    """The case's voxel-to-world matrix; a diagonal of its spacing where the source has none (h5, phantoms)."""
     if case.affine is not None:
         return case.affine
     affine = np.eye(4)
@@ -130,24 +146,25 @@ def nifti_affine(case: Case) -> np.ndarray:
 
 
 def read_label_file(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    """A label map and its spacing (1 mm per pixel for PNG, whose 0/255 binary masks mean 0/1)."""
-    parsed = _stem(path)
-    if parsed and parsed[1] in IMAGE_SUFFIXES:
+    """A label map and its spacing (1 mm per pixel for 2D images, whose 0/255 binary masks mean 0/1).
+
+    Multilabel volumes (channels on a 4th axis or as vector pixels) come back channels first.
+    """
+    parsed = split_suffix(path)
+    if parsed and parsed[2] == "image2d":
         return binary_mask_to_index(read_mask(path)).astype(np.int64), (1.0, 1.0)
-    img = _read_nifti(path)
-    data = np.asarray(img.dataobj)
-    if data.ndim == 4:  # multilabel stored channels-last
-        data = np.moveaxis(data, -1, 0)
-    spatial = data.ndim if data.ndim <= 3 else 3
-    return np.rint(data).astype(np.int64), tuple(float(z) for z in img.header.get_zooms()[:spatial])
+    vol = read_volume(path, as_label=True)
+    data = np.moveaxis(vol.data, -1, 0) if vol.components > 1 or vol.data.ndim == 4 else vol.data
+    return np.rint(data).astype(np.int64), vol.spacing
 
 
 def label_files(folder: Path) -> dict[str, Path]:
+    """Readable label files of a folder by case id (probability maps, ``*_probs``, left out)."""
     if not folder.is_dir():
         raise DataError(f"folder {str(folder)!r} does not exist")
     found = {}
-    for file in sorted(folder.iterdir()):
-        parsed = _stem(file)
+    for file in _readable_files(folder):
+        parsed = split_suffix(file)
         if parsed is not None and not parsed[0].endswith("_probs"):
             found[parsed[0]] = file
     return found

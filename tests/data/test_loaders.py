@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 
-from semiseg.config import AugmentConfig
-from semiseg.data.loaders import PatchSampler, StoredCase, _window, default_patch_size, normalize_image
+from semiseg.data.loaders import Augmentation, PatchSampler, StoredCase, _window, default_patch_size, normalize_image
 
 
 def _store():
@@ -31,7 +30,7 @@ def test_window_pads_outside():
 @pytest.mark.parametrize("dim", [2, 3])
 def test_batches_shapes_views_and_determinism(dim):
     patch = [16, 16] if dim == 2 else [8, 8, 4]
-    kw = dict(dim=dim, patch_size=patch, batch_size=3, augment=AugmentConfig(), views=("weak", "strong"), seed=1)
+    kw = dict(dim=dim, patch_size=patch, batch_size=3, augment=Augmentation(), views=("weak", "strong"), seed=1)
     a, b = PatchSampler(_store(), **kw), PatchSampler(_store(), **kw)
     ba, bb = a.next_batch(), b.next_batch()
     assert ba["image"].shape == (3, 1, *patch) and ba["label"].shape == (3, *patch)
@@ -44,7 +43,7 @@ def test_batches_shapes_views_and_determinism(dim):
 
 
 def test_foreground_sampling_hits_foreground():
-    s = PatchSampler(_store(), dim=2, patch_size=[8, 8], batch_size=16, augment=AugmentConfig(flip=False),
+    s = PatchSampler(_store(), dim=2, patch_size=[8, 8], batch_size=16, augment=Augmentation(flip=False),
                      foreground_fraction=1.0, seed=0)
     labels = s.next_batch()["label"]
     assert all(lab.any() for lab in labels)
@@ -59,7 +58,7 @@ def test_default_patch_size():
 def test_restrict_draws_from_the_subset_only():
     base = _store()[0]
     store = [StoredCase(cid, base.image, None, base.fg_points[:0]) for cid in ("a", "b", "c")]
-    s = PatchSampler(store, dim=2, patch_size=[8, 8], batch_size=32, augment=AugmentConfig(), seed=0)
+    s = PatchSampler(store, dim=2, patch_size=[8, 8], batch_size=32, augment=Augmentation(), seed=0)
     s.restrict(["c", "a"])
     assert set(s.next_batch()["case_ids"]) == {"a", "c"}
     s.restrict(None)

@@ -9,7 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from semiseg.data.sources import nnunet
+from semiseg.data.io import volume
+from semiseg.data.sources import detect_source, open_dataset
 from semiseg.data.sources.nnunet import open_nnunet
 from semiseg.errors import DataError
 
@@ -159,6 +160,27 @@ def test_decathlon_v1_json_with_4d_images(tmp_path: Path) -> None:
     np.testing.assert_allclose(case.spacing, SPACING, rtol=1e-6)
 
 
+def test_decathlon_has_its_own_source_name_and_nnunet_keeps_opening_it(tmp_path: Path) -> None:
+    root = tmp_path / "Task03"
+    save_nifti(root / "imagesTr" / "liver_001.nii.gz", image_array(0))
+    save_nifti(root / "labelsTr" / "liver_001.nii.gz", label_array(0))
+    meta = {
+        "modality": {"0": "CT"},
+        "labels": {"0": "background", "1": "liver", "2": "tumour"},
+        "training": [{"image": "./imagesTr/liver_001.nii.gz", "label": "./labelsTr/liver_001.nii.gz"}],
+    }
+    (root / "dataset.json").write_text(json.dumps(meta))
+    by_name, by_nnunet = open_dataset("decathlon", root), open_dataset("nnunet", root)
+    assert detect_source(root) == "nnunet"
+    assert [r.case_id for r in by_name.cases] == [r.case_id for r in by_nnunet.cases] == ["liver_001"]
+    a, b = by_name.cases[0].load(), by_nnunet.cases[0].load()
+    np.testing.assert_array_equal(a.label, b.label)
+    assert a.meta == b.meta and a.meta["source"] == "msd"
+    v2 = make_v2(tmp_path / "v2")
+    with pytest.raises(DataError, match="nnU-Net v2 folder: use source nnunet"):
+        open_dataset("decathlon", v2)
+
+
 def test_decathlon_missing_label_file_is_named(tmp_path: Path) -> None:
     root = tmp_path / "Task02"
     save_nifti(root / "imagesTr" / "la_003.nii.gz", image_array(0))
@@ -212,7 +234,7 @@ def test_natural_image_png_holds_all_rgb_channels_in_one_file(tmp_path: Path) ->
 def test_other_formats_without_simpleitk_give_a_clear_error(tmp_path: Path, monkeypatch) -> None:
     root = make_v2(tmp_path / "ds", labelled=(), channels=1, ending=".mha")
     (root / "imagesTr" / "m_0000.mha").write_bytes(b"not read")
-    monkeypatch.setattr(nnunet, "_import_sitk", lambda: None)
+    monkeypatch.setattr(volume, "_import_sitk", lambda: None)
     with pytest.raises(DataError, match=r"m_0000\.mha.*SimpleITK"):
         open_nnunet(root)
 

@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 
-from semiseg.config import SplitConfig
 from semiseg.data.case import Case, CaseRef, DatasetSpec
 from semiseg.data.splits import load_split, make_split, save_split
 from semiseg.errors import DataError
@@ -19,47 +18,52 @@ def _spec(n_labelled=12, n_unlabelled=3, test_refs=0):
 
 
 def test_disjoint_and_complete():
-    split = make_split(_spec(), SplitConfig(labelled=2, val=2, test=3), seed=0)
+    split = make_split(_spec(), labelled=2, val=2, test=3, seed=0)
     sets = [set(split[k]) for k in ("labelled", "unlabelled", "val", "test")]
     assert sum(map(len, sets)) == 15 and len(set.union(*sets)) == 15
     assert len(split["labelled"]) == 2 and len(split["test"]) == 3 and "c100" in split["unlabelled"]
 
 
 def test_budgets_are_nested_and_test_fixed():
-    small = make_split(_spec(), SplitConfig(labelled=1, val=2, test=3), seed=4)
-    large = make_split(_spec(), SplitConfig(labelled="all", val=2, test=3), seed=4)
+    small = make_split(_spec(), labelled=1, val=2, test=3, seed=4)
+    large = make_split(_spec(), labelled="all", val=2, test=3, seed=4)
     assert set(small["labelled"]) < set(large["labelled"]) and small["test"] == large["test"]
     assert len(large["labelled"]) == 7 and large["unlabelled"] == ["c100", "c101", "c102"]
 
 
 def test_seed_changes_split_fraction_budget():
-    a = make_split(_spec(), SplitConfig(labelled=0.5, val=1, test=1), seed=0)
-    b = make_split(_spec(), SplitConfig(labelled=0.5, val=1, test=1), seed=1)
+    a = make_split(_spec(), labelled=0.5, val=1, test=1, seed=0)
+    b = make_split(_spec(), labelled=0.5, val=1, test=1, seed=1)
     assert len(a["labelled"]) == 5 and a["test"] != b["test"]
 
 
 def test_explicit_test_set_is_used():
-    split = make_split(_spec(test_refs=2), SplitConfig(labelled=1, val=1, test=5), seed=0)
+    split = make_split(_spec(test_refs=2), labelled=1, val=1, test=5, seed=0)
     assert split["test"] == ["c200", "c201"]
 
 
 @pytest.mark.parametrize(
     ("cfg", "match"),
     [
-        (SplitConfig(labelled=20, val=2, test=3), "only 7 labelled cases remain"),
-        (SplitConfig(labelled=1, val=2, test=0), "no test cases"),
-        (SplitConfig(labelled=0, val=2, test=2), "at least one labelled"),
-        (SplitConfig(labelled=1, val=6, test=6), "too few"),
+        (dict(labelled=20, val=2, test=3), "only 7 labelled cases remain"),
+        (dict(labelled=1, val=2, test=0), "no test cases"),
+        (dict(labelled=0, val=2, test=2), "at least one labelled"),
+        (dict(labelled=1, val=6, test=6), "too few"),
     ],
 )
 def test_impossible_splits(cfg, match):
     with pytest.raises(DataError, match=match):
-        make_split(_spec(), cfg, seed=0)
+        make_split(_spec(), **cfg, seed=0)
+
+
+def test_unlabelled_count_keeps_the_first_of_the_rest():
+    split = make_split(_spec(), labelled=2, val=2, test=3, unlabelled=2, seed=0)
+    assert split["unlabelled"] == make_split(_spec(), labelled=2, val=2, test=3, seed=0)["unlabelled"][:2]
 
 
 def test_save_load_and_unknown_ids(tmp_path):
     spec = _spec()
-    split = make_split(spec, SplitConfig(labelled=2, val=1, test=1), seed=0)
+    split = make_split(spec, labelled=2, val=1, test=1, seed=0)
     save_split(split, tmp_path / "s.json")
     assert load_split(tmp_path / "s.json", spec) == split
     split["test"].append("ghost")

@@ -18,6 +18,7 @@ from semiseg.errors import ConfigError, DataError
 SOURCES: dict[str, str] = {
     "auto": "detect the layout of `path` among the folder layouts below",
     "nnunet": "nnU-Net v2 folder (dataset.json, imagesTr/, labelsTr/) or Medical Segmentation Decathlon v1",
+    "decathlon": "Medical Segmentation Decathlon v1 folder (dataset.json with modality and training lists)",
     "folder2d": "2D PNG/JPEG/BMP/TIFF images in images/ with masks of the same name in masks/",
     "acdc": "SSL4MIS ACDC h5 files: data/{case}.h5, data/slices/, train_slices.list/val.list/test.list",
     "la": "SSL4MIS left atrium h5 files: {case}/mri_norm2.h5 with train.list/test.list",
@@ -28,6 +29,7 @@ SOURCES: dict[str, str] = {
 # name -> (module, function, needs a path)
 _DISPATCH: dict[str, tuple[str, str, bool]] = {
     "nnunet": ("semiseg.data.sources.nnunet", "open_nnunet", True),
+    "decathlon": ("semiseg.data.sources.decathlon", "open_decathlon", True),
     "folder2d": ("semiseg.data.sources.folder2d", "open_folder2d", True),
     "acdc": ("semiseg.data.sources.h5", "open_acdc", True),
     "la": ("semiseg.data.sources.h5", "open_la", True),

@@ -1,9 +1,4 @@
-"""Built-in demo dataset: virtual subjects warped from the MNI ICBM152 2009a template shipped with nilearn.
-
-Why it exists: the project needs a real-anatomy 3D task that runs on a laptop without any download,
-whose labels (grey / white matter) are exact by construction, and where a few labelled subjects are
-not enough because the subjects come from scanner "sites" that look different. Everything is seeded
-and cached on disk as NIfTI, so the same arguments always give the same files.
+"""The demo brain's generator: the MNI template warped per subject and scanned at a simulated site.
 
 Pipeline per subject (all geometry in world millimetres, one interpolation from the 1 mm template):
 
@@ -13,37 +8,30 @@ Pipeline per subject (all geometry in world millimetres, one interpolation from 
 2. Acquisition effects of the subject's site (jittered per subject): a monotone contrast remap that
    keeps the tissue order, a gamma curve, a multiplicative bias field, blur, Rician noise, then a
    per-subject percentile normalisation.
+
+Every draw comes from ``numpy`` generators seeded by (seed, stream, subject), so a subject's bytes do
+not depend on how many subjects are generated or in which order.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import importlib.resources
-import json
-import os
-import uuid
-from dataclasses import asdict, dataclass
-from functools import lru_cache, partial
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
-from tqdm.auto import tqdm
 
-from semiseg.data.case import Case, CaseRef, DatasetSpec
+from semiseg.data.io import read_volume
 from semiseg.errors import ConfigError, DataError
 
-FORMAT_VERSION = 1  # bump whenever the generator's output changes, so old caches are not trusted
-DATASET_NAME = "demo_brain"
-CLASS_NAMES = ["background", "grey matter", "white matter"]
 TEMPLATE_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
     "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
     "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
 }
+CLASS_NAMES = ["background", "grey matter", "white matter"]  # label values 0, 1, 2 of the argmax
 _INSTALL_HINT = 'the demo brain needs nilearn, which ships the MNI template: pip install "semiseg[demo]"'
 _MARGIN_MM = 8.0  # room around the brain so that enlarged / shifted subjects stay inside the grid
 _FOREGROUND = 0.05  # fraction of the T1 maximum that defines the brain bounding box
@@ -57,7 +45,7 @@ class DemoDifficulty:
     """Every knob of the generator; the cache key hashes all of them, so changing one regenerates.
 
     Site effects are given as ranges; each site sits at a fixed position inside every range (see
-    ``_SITE_ARCHETYPES``) and each subject jitters around its site's position.
+    ``SITE_ARCHETYPES``) and each subject jitters around its site's position.
     """
 
     n_sites: int = 4  # subject i belongs to site i % n_sites
@@ -92,7 +80,7 @@ def _check(ok: bool, message: str) -> None:
 
 
 @dataclass(frozen=True)
-class _SiteLevels:
+class SiteLevels:
     """Where a site sits inside each knob's range: gamma in [-1, 1] (log scale), the others in [0, 1]."""
 
     name: str
@@ -104,11 +92,11 @@ class _SiteLevels:
 
 
 # Deliberately different sites, so that one or two labelled subjects cover one or two looks only.
-_SITE_ARCHETYPES = (
-    _SiteLevels("near-template", gamma=0.0, contrast_loss=0.0, bias=0.1, blur=0.0, noise=0.1),
-    _SiteLevels("low-contrast noisy", gamma=0.4, contrast_loss=1.0, bias=0.2, blur=0.2, noise=1.0),
-    _SiteLevels("bias-field blurry", gamma=0.2, contrast_loss=0.3, bias=1.0, blur=1.0, noise=0.3),
-    _SiteLevels("gamma-compressed", gamma=-1.0, contrast_loss=0.6, bias=0.3, blur=0.4, noise=0.5),
+SITE_ARCHETYPES = (
+    SiteLevels("near-template", gamma=0.0, contrast_loss=0.0, bias=0.1, blur=0.0, noise=0.1),
+    SiteLevels("low-contrast noisy", gamma=0.4, contrast_loss=1.0, bias=0.2, blur=0.2, noise=1.0),
+    SiteLevels("bias-field blurry", gamma=0.2, contrast_loss=0.3, bias=1.0, blur=1.0, noise=0.3),
+    SiteLevels("gamma-compressed", gamma=-1.0, contrast_loss=0.6, bias=0.3, blur=0.4, noise=0.5),
 )
 
 
@@ -129,7 +117,7 @@ class SubjectEffects:
 
 
 @dataclass(frozen=True)
-class _Template:
+class Template:
     """The template, pre-smoothed for one output spacing, and the output grid."""
 
     t1: np.ndarray  # float32 in [0, 1], 1 mm
@@ -143,75 +131,7 @@ class _Template:
     wm_level: float
 
 
-# ----------------------------------------------------------------------------------------- public API
-
-
-def _as_difficulty(value: DemoDifficulty | dict | None) -> DemoDifficulty:
-    """Accept the knobs as a mapping too, so a YAML config can set them (data.options.difficulty)."""
-    if value is None or isinstance(value, DemoDifficulty):
-        return value or DemoDifficulty()
-    known = {f.name for f in dataclasses.fields(DemoDifficulty)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise ConfigError(f"data.options.difficulty: unknown keys {unknown}; valid: {sorted(known)}")
-    return DemoDifficulty(**value)
-
-
-def open_demo_brain(
-    *,
-    n_subjects: int = 20,
-    spacing_mm: float = 2.0,
-    seed: int = 0,
-    cache_dir: str | None = None,
-    difficulty: DemoDifficulty | dict | None = None,
-    progress: bool = True,
-) -> DatasetSpec:
-    """Build (or reuse from the cache) ``n_subjects`` labelled virtual brains and list them."""
-    difficulty = _as_difficulty(difficulty)
-    _check_args(n_subjects, spacing_mm)
-    template_dir = _template_dir()
-    params = _params(n_subjects, spacing_mm, seed, difficulty)
-    root = _cache_root(cache_dir) / _cache_key(params)
-    effects = [_draw_effects(seed, i, difficulty) for i in range(n_subjects)]
-    _ensure_generated(root, params, difficulty, effects, template_dir, progress)
-    refs = [_subject_ref(root, i, spacing_mm, effects[i].site) for i in range(n_subjects)]
-    return DatasetSpec(name=DATASET_NAME, dim=3, channels=1, label_mode="multiclass",
-                       class_names=list(CLASS_NAMES), cases=refs, root=str(root))
-
-
-def demo_brain_info() -> str:
-    """A one-paragraph description of the demo dataset for the README and the CLI."""
-    sites = ", ".join(s.name for s in _SITE_ARCHETYPES)
-    return (
-        "demo_brain: virtual T1-weighted brains built from the MNI ICBM152 2009a symmetric template "
-        "(1 mm, skull-stripped) and its grey/white-matter probability maps, which ship inside the nilearn "
-        "package, so nothing is downloaded. Each subject is the template under a random smooth "
-        "deformation (a small affine - a few degrees, about 8 % scaling, a few mm shift - plus a "
-        "coarse-grid displacement field of a few mm), resampled to the requested spacing (2 mm by "
-        "default, about 81x99x86 voxels). Labels are background (incl. CSF), grey matter and white "
-        "matter, taken from the argmax of the warped probability maps. Subject i is scanned at site "
-        f"i % n_sites; the default four sites ({sites}) differ in a monotone contrast remap that keeps "
-        "tissue order, gamma, bias-field strength, blur and noise, and subjects jitter around their "
-        "site; intensities are then normalised to the 1st-99th percentile. Every knob is in "
-        "DemoDifficulty; results are seeded and cached as NIfTI under $SEMISEG_CACHE/demo_brain or "
-        "~/.cache/semiseg/demo_brain."
-    )
-
-
-# ------------------------------------------------------------------------------ arguments and cache
-
-
-def _check_args(n_subjects: int, spacing_mm: float) -> None:
-    if not isinstance(n_subjects, int | np.integer) or n_subjects < 1:
-        raise ConfigError(f"demo brain: n_subjects must be a positive integer, got {n_subjects!r}")
-    if not 1.0 <= spacing_mm <= 8.0:
-        raise ConfigError(
-            f"demo brain: spacing_mm must be between 1 and 8 (the template is 1 mm; coarser loses the "
-            f"cortex), got {spacing_mm!r}"
-        )
-
-
-def _template_dir() -> Path:
+def find_template_dir() -> Path:
     """Folder of the template files inside the installed nilearn package."""
     try:
         folder = importlib.resources.files("nilearn") / "datasets" / "data"
@@ -224,123 +144,23 @@ def _template_dir() -> Path:
     return Path(str(folder))
 
 
-def _params(n_subjects: int, spacing_mm: float, seed: int, difficulty: DemoDifficulty) -> dict[str, Any]:
-    return {"format_version": FORMAT_VERSION, "n_subjects": int(n_subjects), "spacing_mm": float(spacing_mm),
-            "seed": int(seed), "difficulty": asdict(difficulty)}
-
-
-def _cache_key(params: dict[str, Any]) -> str:
-    """Hash of every input of the generator, so a changed knob never reuses stale files."""
-    text = json.dumps(params, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _cache_root(cache_dir: str | None) -> Path:
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("SEMISEG_CACHE")
-    if env:
-        return Path(env).expanduser() / DATASET_NAME
-    return Path.home() / ".cache" / "semiseg" / DATASET_NAME
-
-
-def _paths(root: Path, i: int) -> tuple[Path, Path]:
-    stem = f"subject_{i:03d}"
-    return root / f"{stem}_image.nii.gz", root / f"{stem}_label.nii.gz"
-
-
-def _ensure_generated(root: Path, params: dict[str, Any], difficulty: DemoDifficulty,
-                      effects: list[SubjectEffects], template_dir: Path, progress: bool) -> None:
-    """Write whatever is missing; files only ever appear complete, so existing ones are trusted."""
-    missing = [i for i in range(len(effects)) if not all(p.is_file() for p in _paths(root, i))]
-    meta_path = root / "meta.json"
-    if not missing and meta_path.is_file():
-        return
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataError(f"cannot create the demo brain cache folder {root}: {err}; "
-                        "pass cache_dir= or set SEMISEG_CACHE to a writable folder") from err
-    template = _load_template(template_dir, params["spacing_mm"])
-    for i in tqdm(missing, desc="demo_brain: generating subjects", unit="subject", disable=not progress):
-        image, label = _synthesise(template, difficulty, params["seed"], i, effects[i])
-        image_path, label_path = _paths(root, i)
-        _save_nifti(image, template.grid_affine, image_path, np.float32)
-        _save_nifti(label, template.grid_affine, label_path, np.uint8)
-    _write_meta(meta_path, params, effects, template)
-
-
-def _write_meta(path: Path, params: dict[str, Any], effects: list[SubjectEffects],
-                template: _Template) -> None:
-    n_sites = params["difficulty"]["n_sites"]
-    meta = {
-        **params,
-        "name": DATASET_NAME,
-        "template": "MNI ICBM152 2009a nonlinear symmetric (nilearn package data)",
-        "class_names": CLASS_NAMES,
-        "shape": list(template.grid_shape),
-        "affine": template.grid_affine.tolist(),
-        "sites": [asdict(_site_levels(params["seed"], k)) | {"index": k} for k in range(n_sites)],
-        "subjects": [{"case_id": f"subject_{i:03d}", **asdict(e)} for i, e in enumerate(effects)],
-    }
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
-
-
-def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path, dtype: type) -> None:
-    image = nib.Nifti1Image(array.astype(dtype, copy=False), affine)
-    image.set_data_dtype(dtype)
-    image.header.set_xyzt_units("mm")
-    _atomic_write(path, lambda tmp: nib.save(image, tmp))
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write to a unique temp name in the same folder, then rename, so readers never see half a file."""
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix  # nibabel picks gzip by name
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _subject_ref(root: Path, i: int, spacing_mm: float, site: int) -> CaseRef:
-    image_path, label_path = _paths(root, i)
-    load = partial(_load_subject, f"subject_{i:03d}", image_path, label_path, float(spacing_mm), site)
-    return CaseRef(case_id=f"subject_{i:03d}", has_label=True, origin=f"{image_path} + {label_path.name}",
-                   load=load)
-
-
-def _load_subject(case_id: str, image_path: Path, label_path: Path, spacing_mm: float, site: int) -> Case:
-    try:
-        image_nii = nib.load(image_path)
-        image = np.asarray(image_nii.dataobj, dtype=np.float32)[None]
-        label = np.asarray(nib.load(label_path).dataobj).astype(np.uint8)
-    except Exception as err:
-        raise DataError(f"cannot read demo brain file for {case_id} in {image_path.parent}: {err}; "
-                        "delete that folder to regenerate it") from err
-    return Case(case_id=case_id, image=image, label=label, spacing=(spacing_mm,) * 3,
-                affine=np.asarray(image_nii.affine, dtype=np.float64), meta={"site": site})
-
-
 # ----------------------------------------------------------------------------------- random draws
 
 
-def _site_levels(seed: int, site: int) -> _SiteLevels:
+def site_levels(seed: int, site: int) -> SiteLevels:
     """The designed archetypes first; any further sites get seeded random positions."""
-    if site < len(_SITE_ARCHETYPES):
-        return _SITE_ARCHETYPES[site]
+    if site < len(SITE_ARCHETYPES):
+        return SITE_ARCHETYPES[site]
     rng = np.random.default_rng([seed, 1, site])
     gamma, *rest = rng.uniform([-1, 0, 0, 0, 0], 1)
-    return _SiteLevels(f"random site {site}", float(gamma), *map(float, rest))
+    return SiteLevels(f"random site {site}", float(gamma), *map(float, rest))
 
 
-def _draw_effects(seed: int, i: int, d: DemoDifficulty) -> SubjectEffects:
+def draw_effects(seed: int, i: int, d: DemoDifficulty) -> SubjectEffects:
     """Cheap parameter draw, separate from synthesis so meta.json never needs the images."""
     rng = np.random.default_rng([seed, 0, i])  # per subject: subject i is the same for any n_subjects
     site = i % d.n_sites
-    levels = _site_levels(seed, site)
+    levels = site_levels(seed, site)
 
     def jittered(position: float, low: float = 0.0) -> float:
         return float(np.clip(position + d.jitter * rng.standard_normal(), low, 1.0))
@@ -366,7 +186,7 @@ def _triple(values: np.ndarray) -> tuple[float, float, float]:
 # ------------------------------------------------------------------------------------- template
 
 
-def _load_template(template_dir: Path, spacing_mm: float) -> _Template:
+def load_template(template_dir: Path, spacing_mm: float) -> Template:
     """Template at float precision, smoothed so that downsampling to ``spacing_mm`` does not alias."""
     stored, affine = _read_template(template_dir)
     voxel_mm = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
@@ -376,7 +196,7 @@ def _load_template(template_dir: Path, spacing_mm: float) -> _Template:
     maps = {k: _as_probability(stored[k][crop]) for k in ("gm", "wm")}
     grid_affine, grid_shape = _output_grid(affine, voxel_mm, t1, spacing_mm)
     smooth = {k: ndimage.gaussian_filter(v, sigma) for k, v in (("t1", t1), *maps.items())}
-    return _Template(
+    return Template(
         t1=smooth["t1"], gm=smooth["gm"], wm=smooth["wm"], affine=affine, grid_affine=grid_affine,
         grid_shape=grid_shape, spacing_mm=spacing_mm,
         gm_level=float(np.median(t1[maps["gm"] > _PURE_TISSUE])),
@@ -414,12 +234,12 @@ def _read_template(template_dir: Path) -> tuple[dict[str, np.ndarray], np.ndarra
     volumes = {}
     for key, name in TEMPLATE_FILES.items():
         try:
-            nii = nib.load(template_dir / name)
-            volumes[key] = np.asanyarray(nii.dataobj)
-        except Exception as err:
-            raise DataError(f"cannot read template file {template_dir / name}: {err}; reinstall nilearn") from err
+            volume = read_volume(template_dir / name, as_label=True)  # the stored dtype, not float
+        except DataError as err:
+            raise DataError(f"{err}; reinstall nilearn") from err
+        volumes[key] = volume.data
         volumes[key].setflags(write=False)
-    return volumes, nii.affine
+    return volumes, volume.affine
 
 
 def _as_probability(data: np.ndarray) -> np.ndarray:
@@ -444,10 +264,10 @@ def _output_grid(affine: np.ndarray, voxel_mm: np.ndarray, t1: np.ndarray,
 # ------------------------------------------------------------------------------------ synthesis
 
 
-def _synthesise(template: _Template, d: DemoDifficulty, seed: int, i: int,
+def synthesise(template: Template, d: DemoDifficulty, seed: int, i: int,
                 effects: SubjectEffects) -> tuple[np.ndarray, np.ndarray]:
     """Warp the template for subject i and apply its site's acquisition; returns (image, label)."""
-    rng = np.random.default_rng([seed, 2, i])  # fields and noise: a stream apart from _draw_effects
+    rng = np.random.default_rng([seed, 2, i])  # fields and noise: a stream apart from draw_effects
     displacement = _displacement(rng, template, d)
     coords = _sampling_coords(template, effects, displacement)
     del displacement
@@ -457,7 +277,7 @@ def _synthesise(template: _Template, d: DemoDifficulty, seed: int, i: int,
     return _acquire(rng, t1, template, effects), label
 
 
-def _displacement(rng: np.random.Generator, template: _Template, d: DemoDifficulty) -> np.ndarray:
+def _displacement(rng: np.random.Generator, template: Template, d: DemoDifficulty) -> np.ndarray:
     """Smooth non-linear displacement (mm, world axes): random vectors on a coarse grid, spline-upsampled."""
     extent_mm = (np.array(template.grid_shape) - 1) * template.spacing_mm
     n_ctrl = tuple(max(2, round(e / d.warp_spacing_mm) + 1) for e in extent_mm)
@@ -481,7 +301,7 @@ def _spline_weights(n_out: int, n_ctrl: int) -> np.ndarray:
     return ndimage.zoom(np.eye(n_ctrl, dtype=np.float32), (n_out / n_ctrl, 1), order=3, mode="nearest")
 
 
-def _sampling_coords(template: _Template, effects: SubjectEffects,
+def _sampling_coords(template: Template, effects: SubjectEffects,
                      displacement: np.ndarray) -> np.ndarray:
     """Template voxel coordinates to read for each output voxel (pull-back through the deformation)."""
     shape = template.grid_shape
@@ -509,7 +329,7 @@ def _rotation(angles_deg: tuple[float, float, float]) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def _acquire(rng: np.random.Generator, t1: np.ndarray, template: _Template,
+def _acquire(rng: np.random.Generator, t1: np.ndarray, template: Template,
              effects: SubjectEffects) -> np.ndarray:
     """Site look: contrast remap, gamma, bias field, blur, Rician noise, robust normalisation."""
     x = _contrast_remap(np.clip(t1, 0.0, 1.0), template, effects.contrast) ** effects.gamma
@@ -524,18 +344,18 @@ def _acquire(rng: np.random.Generator, t1: np.ndarray, template: _Template,
     return ((x - low) / max(float(high - low), 1e-6)).astype(np.float32)
 
 
-def _contrast_knots(template: _Template, contrast: float) -> tuple[list[float], list[float]]:
+def _contrast_knots(template: Template, contrast: float) -> tuple[list[float], list[float]]:
     """Piecewise-linear, strictly increasing remap that scales the GM-WM gap about its midpoint."""
     mid = (template.gm_level + template.wm_level) / 2
     half_gap = (template.wm_level - template.gm_level) / 2 * contrast
     return [0.0, template.gm_level, template.wm_level, 1.0], [0.0, mid - half_gap, mid + half_gap, 1.0]
 
 
-def _contrast_remap(x: np.ndarray, template: _Template, contrast: float) -> np.ndarray:
+def _contrast_remap(x: np.ndarray, template: Template, contrast: float) -> np.ndarray:
     xp, fp = _contrast_knots(template, contrast)
     return np.interp(x, xp, fp).astype(np.float32)
 
 
-def _remapped_wm_level(template: _Template, effects: SubjectEffects) -> float:
+def _remapped_wm_level(template: Template, effects: SubjectEffects) -> float:
     """White-matter intensity after remap and gamma: the reference the noise level is relative to."""
     return _contrast_knots(template, effects.contrast)[1][2] ** effects.gamma
