@@ -88,8 +88,12 @@ def load_experiment(path: str | Path) -> Experiment:
         protocol=as_overrides(raw.get("protocol") or {}, f"{file}: protocol"),
         entries=tuple(_entry(item, f"{file}: methods[{i}]") for i, item in enumerate(raw["methods"])),
         path=file,
-        sha256=hashlib.sha256(file.read_bytes()).hexdigest(),
+        sha256=file_sha256(file),
     )
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def git_commit() -> str | None:
