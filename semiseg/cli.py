@@ -54,14 +54,17 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true")
 
     cmp_ = sub.add_parser("compare", help="train several methods × seeds on one protocol and tabulate them")
-    cmp_.add_argument("--methods", required=True,
-                      help="comma-separated entries: a method name, or label=method:key=value:train.steps=N")
-    cmp_.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds (default 0,1,2)")
-    cmp_.add_argument("--name", required=True, help="comparison folder under output.root")
+    cmp_.add_argument("experiment", nargs="?", help="experiment file (experiments/<name>.yaml)")
+    cmp_.add_argument("--methods",
+                      help="without a file: comma-separated entries, a method name or label=method:key=value")
+    cmp_.add_argument("--seeds", help="comma-separated run seeds (default: the file's, else 0,1,2)")
+    cmp_.add_argument("--name", help="comparison folder under output.root (default: the file's name)")
     cmp_.add_argument("--config", help="YAML config shared by every run")
     cmp_.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="config override shared by every run (repeatable)")
-    cmp_.add_argument("--jobs", type=int, default=1, help="runs trained in parallel (CPU threads are split)")
+    cmp_.add_argument("--jobs", type=int, help="runs trained in parallel (default: the file's, else 1)")
+    cmp_.add_argument("--publish", action="store_true",
+                      help="copy compare.json and compare.md to results/<name>/ (read by docs/results.md)")
     cmp_.add_argument("--quiet", action="store_true")
 
     data = sub.add_parser("data", help="dataset tools")
@@ -152,18 +155,36 @@ def _evaluate_run(args: argparse.Namespace) -> None:
     print(f"report: {Path(args.run) / 'report.md'}")
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise SemisegError(f"--seeds must be comma-separated integers, got {text!r}") from None
+
+
 def _compare(args: argparse.Namespace) -> None:
     from semiseg.compare import compare, parse_entry, split_entries
+    from semiseg.experiments import load_experiment, publish
 
-    entries = [parse_entry(text) for text in split_entries(args.methods)]
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise SemisegError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
-    root = compare(args.config, args.overrides, entries, seeds, name=args.name, jobs=args.jobs,
-                   progress=not args.quiet)
+    if args.experiment:
+        if args.methods:
+            raise SemisegError("give an experiment file or --methods, not both")
+        exp = load_experiment(args.experiment)
+        entries, protocol, name = list(exp.entries), list(exp.protocol), args.name or exp.name
+        seeds = _seeds(args.seeds) if args.seeds else list(exp.seeds)
+        jobs = args.jobs or exp.jobs
+    elif args.methods and args.name:
+        exp, protocol, name, jobs = None, [], args.name, args.jobs or 1
+        entries = [parse_entry(text) for text in split_entries(args.methods)]
+        seeds = _seeds(args.seeds or "0,1,2")
+    else:
+        raise SemisegError("compare needs an experiment file (experiments/<name>.yaml) or --methods and --name")
+    root = compare(args.config, [*protocol, *args.overrides], entries, seeds, name=name, jobs=jobs,
+                   progress=not args.quiet, experiment=exp)
     print((root / "compare.md").read_text())
     print(f"tables: {root / 'compare.md'}, {root / 'compare.csv'}")
+    if args.publish:
+        print(f"published: {publish(root, Path('results') / name)}")
 
 
 def _data_check(args: argparse.Namespace) -> int:

@@ -32,6 +32,11 @@ from semiseg.eval.stats import paired_p, seed_mean_std
 CONFIG_SECTIONS = ("data.", "split.", "model.", "train.", "eval.", "output.", "method.", "seed")
 
 
+def yaml_value(value: Any) -> str:
+    """A value as the right-hand side of ``key=value``, so ``load_config`` parses it back to itself."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
 @dataclass(frozen=True)
 class Entry:
     """One row of the comparison: a label, a registered method, its options and config overrides."""
@@ -42,8 +47,7 @@ class Entry:
     overrides: tuple[str, ...] = ()
 
     def config_overrides(self) -> list[str]:
-        opts = [f"method.{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
-                for k, v in self.options.items()]
+        opts = [f"method.{k}={yaml_value(v)}" for k, v in self.options.items()]
         return [f"train.method={self.method}", *opts, *self.overrides]
 
 
@@ -114,18 +118,29 @@ def _train_one(cfg: Config, progress: bool) -> str:
     return "trained"
 
 
+def with_job_threads(configs: dict[tuple[str, int], Config], jobs: int) -> dict[tuple[str, int], Config]:
+    """Parallel runs share the CPU cores; a ``train.threads`` the protocol states explicitly is kept."""
+    if jobs <= 1:
+        return configs
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    return {key: cfg if cfg.train.threads is not None else
+            cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": threads})})
+            for key, cfg in configs.items()}
+
+
 def compare(base_file: str | None, overrides: Sequence[str], entries: Sequence[Entry], seeds: Sequence[int], *,
-            name: str, jobs: int = 1, progress: bool = True) -> Path:
-    """Train what is missing, then write ``compare.md``, ``compare.csv`` and ``compare.json``."""
+            name: str, jobs: int = 1, progress: bool = True, experiment: Any = None) -> Path:
+    """Train what is missing, then write ``compare.md``, ``compare.csv`` and ``compare.json``.
+
+    ``experiment`` (a ``semiseg.experiments.Experiment``) is recorded in the stamp of ``compare.json``.
+    """
     if not entries or not seeds:
         raise ConfigError("compare needs at least one method and one seed")
     configs = run_configs(base_file, overrides, entries, seeds, name)
     root = Path(next(iter(configs.values())).output.root) / name
     root.mkdir(parents=True, exist_ok=True)
     if jobs > 1:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        todo = {key: cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": threads})})
-                for key, cfg in configs.items()}
+        todo = with_job_threads(configs, jobs)
         with ProcessPoolExecutor(jobs) as pool:
             futures = {pool.submit(_train_one, cfg, False): key for key, cfg in todo.items()}
             for future in as_completed(futures):
@@ -136,8 +151,15 @@ def compare(base_file: str | None, overrides: Sequence[str], entries: Sequence[E
             print(f"== {label} seed {seed}", flush=True)
             _train_one(cfg, progress)
     results = collect(root, entries, seeds)
-    write_outputs(root, results, entries, seeds, configs)
+    write_outputs(root, results, entries, seeds, configs, _stamp(experiment, configs))
     return root
+
+
+def _stamp(experiment: Any, configs: dict[tuple[str, int], Config]) -> dict[str, Any]:
+    from semiseg.engine.device import resolve_device
+    from semiseg.experiments import stamp
+
+    return stamp(experiment, resolve_device(next(iter(configs.values())).train.device).type)
 
 
 def _case_rows(run_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
@@ -203,15 +225,16 @@ def format_markdown(rows: list[dict[str, Any]], reference: str) -> str:
 
 
 def write_outputs(root: Path, results: dict[str, Any], entries: Sequence[Entry], seeds: Sequence[int],
-                  configs: dict[tuple[str, int], Config]) -> None:
+                  configs: dict[tuple[str, int], Config], stamp: dict[str, Any] | None = None) -> None:
     rows = summary_rows(results, entries)
     with (root / "compare.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     (root / "compare.json").write_text(json.dumps(
-        {"seeds": list(seeds), "entries": [e.__dict__ | {"overrides": list(e.overrides)} for e in entries],
-         "rows": rows}, indent=2, default=str))
+        {"stamp": stamp, "seeds": list(seeds),
+         "entries": [e.__dict__ | {"overrides": list(e.overrides)} for e in entries], "rows": rows},
+        indent=2, default=str))
     first = configs[(entries[0].label, seeds[0])]
     header = (f"# Comparison `{root.name}`\n\ndata: {first.data.source}, labelled: {first.split.labelled}, "
               f"model: {first.model.dim}D {first.model.arch} {first.model.widths}, steps: {first.train.steps}, "

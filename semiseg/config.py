@@ -23,29 +23,32 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    source: str = "demo_brain"  # auto | nnunet | folder2d | acdc | la | phantom | demo_brain
-    path: str | None = None  # dataset folder (not needed for demo_brain / phantom)
-    options: dict[str, Any] = Field(default_factory=dict)  # source-specific keyword arguments
-    normalize: Literal["zscore", "minmax", "none"] = "zscore"
+    source: str = Field("demo_brain", description="auto | nnunet | folder2d | acdc | la | phantom | demo_brain")
+    path: str | None = Field(None, description="dataset folder (not needed for demo_brain / phantom)")
+    options: dict[str, Any] = Field(default_factory=dict, description="source-specific keyword arguments")
+    normalize: Literal["zscore", "minmax", "none"] = Field("zscore",
+        description="intensity normalisation per case and channel")
 
 
 class SplitConfig(Strict):
     """How cases are divided. Counts are numbers of cases; floats in (0, 1) are fractions."""
 
-    labelled: int | float | Literal["all"] = 2
-    val: int | float = 2
-    test: int | float = 6
-    unlabelled: int | float | Literal["rest"] = "rest"
-    seed: int | None = None  # defaults to the run seed
-    file: str | None = None  # reuse a saved split JSON (every method of a comparison should)
+    labelled: int | float | Literal["all"] = Field(2, description="labelled training cases; all: full supervision")
+    val: int | float = Field(2, description="validation cases (best checkpoint selection)")
+    test: int | float = Field(6, description="test cases, drawn first so they do not depend on the budget")
+    unlabelled: int | float | Literal["rest"] = Field("rest",
+        description="unlabelled training cases; rest: every remaining case")
+    seed: int | None = Field(None, description="defaults to the run seed")
+    file: str | None = Field(None, description="reuse a saved split JSON (every method of a comparison should)")
 
 
 class ModelConfig(Strict):
-    arch: str = "unet"
-    dim: Literal[2, 3] = 2  # 2: train on slices (of 3D volumes); 3: train on 3D patches
-    widths: list[int] = Field(default_factory=lambda: [16, 32, 64, 128])
-    norm: Literal["batch", "instance", "group", "none"] = "batch"
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    arch: str = Field("unet", description="network architecture")
+    dim: Literal[2, 3] = Field(2, description="2: train on slices (of 3D volumes); 3: train on 3D patches")
+    widths: list[int] = Field(default_factory=lambda: [16, 32, 64, 128],
+        description="channels per U-Net level, finest first")
+    norm: Literal["batch", "instance", "group", "none"] = Field("batch", description="normalisation layer")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability in the U-Net blocks")
 
     @field_validator("widths")
     @classmethod
@@ -56,58 +59,61 @@ class ModelConfig(Strict):
 
 
 class AugmentConfig(Strict):
-    flip: bool = True  # random flips along the spatial axes of a slice / patch
-    intensity: bool = True  # random intensity scale and shift
+    flip: bool = Field(True, description="random flips along the spatial axes of a slice / patch")
+    intensity: bool = Field(True, description="random intensity scale and shift")
     strong_noise: float = 0.1  # std of the Gaussian noise of the "strong" view
     strong_gamma: float = 0.3  # log-range of the gamma change of the "strong" view
 
 
 class TrainConfig(Strict):
-    method: str = "supervised"
-    steps: int = Field(1000, gt=0)
-    batch_size: int = Field(8, gt=0)  # labelled samples per step
-    unlabelled_batch_size: int = Field(8, ge=0)  # unlabelled samples per step (methods that use them)
-    patch_size: list[int] | None = None  # None: 2D whole slices padded; 3D 64³
-    foreground_fraction: float = Field(0.5, ge=0.0, le=1.0)  # share of labelled samples centred on foreground
-    optimizer: Literal["sgd", "adam", "adamw"] = "adamw"
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    momentum: float = 0.9
-    schedule: Literal["poly", "cosine", "constant"] = "cosine"
-    warmup_steps: int = Field(50, ge=0)
-    grad_clip: float | None = 12.0
-    loss: Literal["dice", "ce", "dice_ce"] = "dice_ce"
-    include_background: bool = False  # multiclass Dice loss over foreground classes only
-    amp: Literal["auto", "on", "off"] = "auto"  # auto: on when CUDA is present
-    val_every: int = Field(200, gt=0)
-    log_every: int = Field(10, gt=0)
-    device: str = "auto"  # auto | cpu | cuda | cuda:1 ...
-    threads: int | None = None  # torch CPU threads (None: torch's default)
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    method: str = Field("supervised", description="registered method name (semiseg methods lists them)")
+    steps: int = Field(1000, gt=0, description="optimiser steps of the run")
+    batch_size: int = Field(8, gt=0, description="labelled samples per step")
+    unlabelled_batch_size: int = Field(8, ge=0, description="unlabelled samples per step (methods that use them)")
+    patch_size: list[int] | None = Field(None, description="None: 2D whole slices padded; 3D 64³")
+    foreground_fraction: float = Field(0.5, ge=0.0, le=1.0,
+        description="share of labelled samples centred on foreground")
+    optimizer: Literal["sgd", "adam", "adamw"] = Field("adamw",
+        description="one optimiser over every trainable network")
+    lr: float = Field(3e-3, gt=0, description="peak learning rate")
+    weight_decay: float = Field(1e-4, ge=0, description="optimiser weight decay")
+    momentum: float = Field(0.9, description="SGD momentum")
+    schedule: Literal["poly", "cosine", "constant"] = Field("cosine",
+        description="learning-rate schedule after warm-up")
+    warmup_steps: int = Field(50, ge=0, description="linear learning-rate warm-up steps")
+    grad_clip: float | None = Field(12.0, description="gradient-norm clip (None: no clipping)")
+    loss: Literal["dice", "ce", "dice_ce"] = Field("dice_ce", description="supervised loss shared by every method")
+    include_background: bool = Field(False, description="multiclass Dice loss over foreground classes only")
+    amp: Literal["auto", "on", "off"] = Field("auto", description="auto: on when CUDA is present")
+    val_every: int = Field(200, gt=0, description="steps between validations (and best/last checkpoints)")
+    log_every: int = Field(10, gt=0, description="steps between log.csv rows")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:1 ...")
+    threads: int | None = Field(None, description="torch CPU threads (None: torch's default)")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="data augmentation of training samples")
 
 
 class EvalConfig(Strict):
-    overlap: float = Field(0.5, ge=0.0, lt=1.0)  # 3D sliding-window overlap
-    sw_batch_size: int = Field(4, gt=0)  # windows (3D) or slices (2D) per forward pass
-    save_predictions: bool = True  # write test predictions into the run folder
-    save_probabilities: bool = False
-    report_cases: int = Field(4, ge=0)  # cases drawn in the overlay figure
+    overlap: float = Field(0.5, ge=0.0, lt=1.0, description="3D sliding-window overlap")
+    sw_batch_size: int = Field(4, gt=0, description="windows (3D) or slices (2D) per forward pass")
+    save_predictions: bool = Field(True, description="write test predictions into the run folder")
+    save_probabilities: bool = Field(False, description="also write test probability maps")
+    report_cases: int = Field(4, ge=0, description="cases drawn in the overlay figure")
 
 
 class OutputConfig(Strict):
-    root: str = "runs"
-    name: str | None = None  # run folder name; default <time>_<method>_<source>
+    root: str = Field("runs", description="folder that holds run folders")
+    name: str | None = Field(None, description="run folder name; default <time>_<method>_<source>")
 
 
 class Config(Strict):
-    seed: int = 0
-    data: DataConfig = Field(default_factory=DataConfig)
-    split: SplitConfig = Field(default_factory=SplitConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    method: dict[str, Any] = Field(default_factory=dict)  # the chosen method's hyper-parameters
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    output: OutputConfig = Field(default_factory=OutputConfig)
+    seed: int = Field(0, description="run seed: initialisation, sampling and (by default) the split")
+    data: DataConfig = Field(default_factory=DataConfig, description="where the cases come from")
+    split: SplitConfig = Field(default_factory=SplitConfig, description="how cases are divided")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the network")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="the training loop")
+    method: dict[str, Any] = Field(default_factory=dict, description="the chosen method's hyper-parameters")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="test evaluation and prediction")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="where run folders go")
 
     @model_validator(mode="after")
     def _patch_dims(self) -> Config:

@@ -1,5 +1,7 @@
 """The console script: clear one-line errors, never a traceback, for user mistakes."""
 
+import hashlib
+import json
 import runpy
 import sys
 
@@ -114,3 +116,24 @@ def test_evaluate_grid_errors_are_one_line(tmp_path, capsys, flag, value, match)
     assert main(["evaluate", "--run", str(tmp_path), "--robustness", flag, value]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and match in err and "Traceback" not in err
+
+
+def test_compare_runs_an_experiment_file_stamps_and_publishes_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    experiment = tmp_path / "tiny.yaml"
+    experiment.write_text(
+        "name: tiny\nseeds: [0, 1]\njobs: 1\n"
+        "protocol: {data.source: phantom, split.test: 2, train.steps: 2, train.val_every: 2, model.widths: [4, 8],"
+        " eval.save_predictions: false, train.threads: 1}\n"
+        "methods: [supervised, {label: mt, method: mean_teacher, options: {weight: 0.5}}]\n")
+    assert main(["compare", str(experiment), "--seeds", "1", "--quiet", "--publish"]) == 0
+    result = json.loads((tmp_path / "runs" / "tiny" / "compare.json").read_text())
+    assert result["seeds"] == [1]  # the command line overrides the file's seeds
+    assert result["stamp"]["experiment"] == {"path": str(experiment),
+                                             "sha256": hashlib.sha256(experiment.read_bytes()).hexdigest()}
+    assert result["stamp"]["machine"]["device"] == "cpu"
+    assert (tmp_path / "runs" / "tiny" / "mt-s1" / "config.yaml").read_text().count("weight: 0.5") == 1
+    assert (tmp_path / "results" / "tiny" / "compare.md").read_text() == (
+        tmp_path / "runs" / "tiny" / "compare.md").read_text()
+    assert main(["compare", str(experiment), "--methods", "cps"]) == 2
+    assert "not both" in capsys.readouterr().err

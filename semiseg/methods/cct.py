@@ -11,6 +11,9 @@ all of them are perturbed (``perturb_skips``); perturbing only the bottleneck wo
 decoders bypass the perturbation through the skips. The perturbations are the prediction-free ones of
 CCT (F-Noise = ``uniform_noise``, F-Drop = ``feature_dropout``, DropOut = ``spatial_dropout``; plus
 ``gaussian_noise``); the prediction-guided ones (VAT, object/context masking, guided cutout) are not ported.
+
+Defaults: three auxiliary decoders; F-Noise U(−0.3, 0.3), F-Drop with γ ∈ U(0.7, 0.9), spatial dropout 0.5;
+weight 30, sigmoid ramp over 10 % of the run; the main decoder predicts at test time.
 """
 
 from __future__ import annotations

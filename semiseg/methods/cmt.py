@@ -16,6 +16,12 @@ Table 4's ablation is configuration: ``architecture`` "sts" (two students + teac
 student + teacher: MT with hard labels) or "ss" (two students: CPS); ``cps`` / ``mts`` switch the terms.
 ``teacher_update="code"`` reproduces the authors' code, whose teacher follows 0.99·student1 +
 0.01·student2 instead of the average, with ``teacher_supervised=False`` (their teacher has no loss).
+
+Why ``shared_body`` is the default: averaging two independently initialised students gives a teacher that
+predicts nothing (Dice 0.000 on the demo after 600 steps); averaging weights needs a common start. The paper's
+EMA with α = 0.999 assumes tens of thousands of iterations: over a few hundred steps the warmed-up EMA is a
+running mean of the students' whole trajectory from random initialisation. Set ``ema_decay=0.99`` for short
+runs (the authors' code uses 0.99 with ``teacher_update=code``).
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """Cross pseudo supervision (Chen et al., 2021): two differently initialised networks, each trained on
-the other's hard pseudo labels (cross-entropy, constant weight λ = 1.5 as in the paper)."""
+the other's hard pseudo labels (cross-entropy, constant weight λ = 1.5 as in the paper).
+
+Defaults: cross-entropy, λ = 1.5 constant from step 0, on labelled and unlabelled images; ``net1`` predicts at
+test time.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,9 @@
 """CutMix consistency for segmentation (French et al., 2020): the student sees two unlabelled images
-mixed by a box mask and must match the EMA teacher's predictions mixed by the same box."""
+mixed by a box mask and must match the EMA teacher's predictions mixed by the same box.
+
+Defaults: one box covering 25–50 % of the image, MSE consistency, weight 1, sigmoid ramp; the EMA teacher
+predicts at test time.
+"""
 
 from __future__ import annotations
 

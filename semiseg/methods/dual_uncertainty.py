@@ -25,6 +25,19 @@ also supervised on labelled data (``aux_supervised``), since a decoder trained b
 meaningless at the start of stage 3; the snapshots are frozen networks, so they are checkpointed with the run.
 The curriculum (stage, snapshots taken, ranking) is method state; the ranking is also written to
 ``artifacts/ranking.json`` in the run folder.
+
+How the stages run in the engine. Stage 1 pre-trains for ``stage_starts[0]`` of ``train.steps`` and keeps K
+frozen snapshots at the ``snapshots`` fractions of that stage. Before the first step of stage 3 the engine hands
+the method every unlabelled case whole (all slices in 2D, the sliding window in 3D); Eq. 1's sample-level
+uncertainty is the mean squared difference of each earlier snapshot's prediction from the last one's,
+averaged over the K−1 pairs; cases are sorted ascending. Stage 3 draws unlabelled batches from the reliable
+cases only; at ``stage_starts[1]`` the frozen copy is refreshed and every unlabelled case is used. The stage,
+snapshots and ranking are method state, so ``--resume`` in the middle of stage 3 keeps the same reliable set
+without re-ranking. D and exp(−D)·L + D are ``semiseg.ssl.rectification``, shared with ``urpc``.
+
+Defaults: stages at 1/3 and 2/3 of the run; snapshots at 0.5, 0.75 and 1.0 of pre-training; reliable 50 %;
+weight 1; ``variant=st_ss_unrc``. On 2D slices of one brain-phantom family the unlabelled subjects are alike
+(Eq. 1 spans 0.0217 … 0.0317 over 11 demo subjects), so sorting and rectification add little there.
 """
 
 from __future__ import annotations

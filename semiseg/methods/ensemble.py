@@ -6,6 +6,8 @@ to be the main source of diversity. Prediction averages the members' probabiliti
 logits whose softmax (multiclass) or sigmoid (multilabel) is that average, so every consumer of logits
 (validation, evaluation, ``predict``) sees the ensemble. ``predict_samples`` returns the members themselves
 for mean and variance maps, like SegPL-VI's threshold samples.
+
+Defaults: M = 5 members.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ on the strong view with (binary) cross-entropy averaged over the pixels that are
 The weak pass runs under ``no_grad``; labelled and strong images then share one training pass.
 ``strong_augment: false`` is Lee's (2013) Pseudo-Label instead: the weak view's confident labels train that
 same view, from the same (single) pass, the "Pseudolabel τ" baseline of the RPG paper.
+
+Defaults: τ 0.95, 2 RandAugment operations per image, CutOut on, weight 1. ``strong_augment=false`` with
+``tau=0.8`` or ``0.95`` gives the RPG paper's Pseudo-Label baselines.
 """
 
 from __future__ import annotations

@@ -1,5 +1,11 @@
 """Mean Teacher (Tarvainen & Valpola, 2017): an EMA teacher's predictions on a noisy copy of the
-unlabelled images are the consistency target of the student (MSE of probabilities, ramped weight)."""
+unlabelled images are the consistency target of the student (MSE of probabilities, ramped weight).
+
+Defaults: weight 0.1, sigmoid ramp over 40 % of the run, EMA decay 0.99, input noise σ 0.1 clipped at 0.2.
+The teacher is declared as an EMA network and updated by the engine after every optimiser update; its decay
+warms up as min(1 − 1/(t+1), decay), as in the authors' code, so the teacher never sticks near its random
+initialisation. The teacher predicts at test time (``predict_with``).
+"""
 
 from __future__ import annotations
 

@@ -22,6 +22,16 @@ unlabelled images and both losses form one update.
 ``StepOut.followup``) an unsupervised one. The engine has one optimiser, so the paper's separate learning rates
 become ``unsupervised_lr_scale``, a factor on the unsupervised loss: exactly lr_u / lr_s for plain SGD, the
 same ratio blended by momentum for SGD with momentum, and nearly no effect under Adam/AdamW (scale-invariant).
+
+Why students use the running statistics: normalising the student passes with their own batch statistics
+(and leaving the running ones to the clean path) taught the network a consistency that holds only under
+batch normalisation of the perturbed features, and its eval-mode predictions collapsed (best Dice 0.312 ±
+0.025 on the demo, one class everywhere on some slices). With the running statistics, as the clean path uses
+at test time (``student_norm=running``; ``batch`` keeps the old behaviour), validation Dice after 300 steps went
+from 0.16 to 0.66 on seed 0.
+
+Defaults: weight 20, linear ramp over 50 % of the run, T 0.5, all layers; ``temperature=null`` switches
+sharpening off; ``label_pooling`` max (paper) or avg shrinks the labels 2× per level for Eq. 4.
 """
 
 from __future__ import annotations

@@ -4,6 +4,11 @@ Composition, not a copy: an ``RPG`` and a ``FixMatch`` instance built from this 
 One training pass over [labelled; weak unlabelled] gives Eq. 8 (supervised + reference-guided terms) and,
 detached, the weak-view probabilities FixMatch thresholds (Eqs. 9-10); a second training pass over the
 strong view gives the FixMatch term.
+
+Defaults: those of ``rpg`` and ``fixmatch``, both unlabelled terms with weight 1 (``weight``,
+``fixmatch_weight``). Both terms lean towards background (CutOut labels its box background; the RPG term
+carries W's background bias), and on the demo with one labelled case RPG⁺ collapses late in training;
+halving both weights softens the collapse without removing it (``experiments/reference_ablation_multiclass.yaml``).
 """
 
 from __future__ import annotations

@@ -22,6 +22,20 @@ Any pseudo-label source plugs into the same EM step: ``pseudo_labels: reference`
 from reference-guided matching (RPG paper, Eqs. 1-7, ``semiseg.ssl.reference``) on the penultimate features
 of the same pass instead of from the prediction, with RPG's W as the per-pixel weight of the M-step loss
 (``weighting: false``: unweighted nearest-reference labels).
+
+How the EM step runs. The E-step's pseudo labels are per channel p > T in multilabel mode and the argmax in
+multiclass mode; the unlabelled/labelled ratio is ``train.unlabelled_batch_size / train.batch_size`` (paper:
+2–10). SegPL-VI's φ follows footnote 4 (average pooling, 3×3 conv + norm + ReLU, two 1×1 convs); in multiclass
+mode T is a confidence threshold on max_k p_k. With the paper's hard comparison φ learns from the KL only and
+stays at the prior N(0.5, 0.1) (``threshold_mode=hard``, default); ``straight_through`` keeps the hard forward
+value but lets the pseudo-label term train φ; ``soft`` uses sigmoid((p − T)/τ). The KL's pull (∝ 1/σ_β²)
+dominates at α = 0.05, so use ``kl_weight=0.01`` to let the data move T. μ, σ and the sampled T are logged and
+plotted in the report (``figures/threshold.png``); at test time S = 5 threshold samples give the mean
+prediction and its uncertainty.
+
+Defaults: α (``weight``) 0.05 (the paper's CARVE setting is 1.0), T 0.5, no warm-up. The reference-guided
+options (``pool_size``, ``reference_size``, ``k``, ``k_fraction``, ``weighting``) are one shared block
+(``ReferenceOptions``) with the matcher in ``semiseg.ssl.reference``, so another consumer needs only the call.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ The student is fine-tuned across rounds, not re-initialised: the loop's single o
 schedule span the whole run, so a fresh student in a late round would start at an already-decayed learning
 rate. The current round lives in ``state_dict`` (and the teacher's weights in the checkpoint), so resuming
 mid-round neither re-snapshots nor loses the teacher.
+
+Defaults: 2 rounds after 40 % of the run supervised; the student, not the frozen teacher, predicts at test
+time.
 """
 
 from __future__ import annotations

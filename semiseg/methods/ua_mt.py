@@ -6,6 +6,9 @@ below a threshold that ramps from ``threshold_start`` to ``threshold_end`` times
 entropy. The usual code writes that bound as ln 2 whatever the class count; here it is ln C (multiclass)
 or K ln 2 (multilabel), so the threshold means the same share of "maximally unsure" for any task. The
 consistency target is the mean of the T teacher predictions.
+
+Defaults: T = 8 teacher passes, run as one batch; the threshold ramps from 0.75 to 1 × ln C (K ln 2 in
+multilabel mode) instead of the usual fixed ln 2.
 """
 
 from __future__ import annotations

@@ -4,13 +4,26 @@ Each iteration makes two updates. Step 1 is CMT on the batch. Step 2 builds UMIX
 the uncertainty U^m is the entropy of the mean of its and the teacher's softmax (Eq. 8); on a grid of
 regions the top-k most uncertain regions by U¹ (by U²) receive the top-k most certain ones by U² (by
 U¹) — in the labelled images and labels and in the unlabelled images and the teacher's pseudo labels,
-then runs CMT again on them. Following the paper's footnote, a UCMT run of N steps makes 2N updates:
-compare it with other methods at half their step count.
+then runs CMT again on them. Following the paper's footnote 3, a UCMT run of N steps makes 2N updates:
+compare it with other methods at half their step count. The second update is chained through
+``StepOut.followup`` and runs after the first update and the EMA, as in Algorithm 1.
 
-Two deliberate choices, both documented in the README: the uncertainty maps come from step 1's
-predictions (as in the authors' code) rather than from three more passes after the update; regions
-exchange places (``umix="exchange"``, the paper's "replace") unless ``umix="copy"`` reproduces the code,
-where certain regions are copied and stay in place too.
+Defaults: k = 2, 16 regions per axis in 2D (8 in 3D), regions exchanged.
+
+Paper vs authors' code. Two places differ, and both are options:
+
+* The paper's teacher is the EMA of the students' *average* (Eq. 6, ``teacher_update=paper``, default); the
+  code follows 0.99·student1 + 0.01·student2 (``teacher_update=code``) and gives the teacher no supervised
+  loss (``teacher_supervised=false``; Eq. 3 and Algorithm 1 train all three).
+* The paper *replaces* uncertain regions by certain ones; the code copies the certain regions so they stay in
+  place too, and the second copy can overwrite the first (``umix=copy``). The default ``umix=exchange`` swaps
+  each uncertain/certain pair, so every region appears once.
+
+The authors' code as a whole is ``teacher_update=code``, ``teacher_supervised=false``, ``umix=copy`` and
+``ema_decay=0.99`` (the ``ucmt_code`` entry of ``experiments/teachers.yaml``); ``ucmt`` alone is the paper
+(α = 0.999). Two further choices: the uncertainty maps of step 2 come from step 1's predictions (as in the
+code; Algorithm 1 would recompute three passes after the update), and the students share a random body and
+differ in their heads (``student_init=shared_body``, see ``cmt``).
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ Adaptation to this U-Net: the pyramid is the decoder levels 0 … K (the bottlen
 ``include_bottleneck``, or when the network has a single decoder level, as a pyramid needs two scales). The
 authors' code measures D_s as KL(p̄ ‖ p_s) (``kl_direction=mean_to_scale``) and perturbs the auxiliary
 features with dropout and noise; neither is the default here.
+
+Defaults: λ 0.1, Gaussian ramp over the whole run, ``kl_direction=scale_to_mean`` (``mean_to_scale`` is the
+authors' code), every scale supervised.
 """
 
 from __future__ import annotations

@@ -1,0 +1,65 @@
+"""The generated pages of docs/ are what the code generates now: docs and code cannot drift apart."""
+
+import json
+import shutil
+from pathlib import Path
+
+from semiseg.docs import GENERATED, field_comment, generate, main, stale_pages, type_name, write_pages
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_committed_docs_equal_a_fresh_generation(tmp_path):
+    pages = generate(REPO)
+    write_pages(pages, tmp_path)
+    differ = [rel for rel, text in pages.items() if (REPO / "docs" / rel).read_text() != (tmp_path / rel).read_text()]
+    assert not differ, f"docs/ is stale ({differ}); regenerate with: python -m semiseg.docs"
+    assert main(["--check"]) == 0
+
+
+def test_check_lists_edited_missing_and_orphaned_pages(tmp_path, capsys):
+    pages = generate(REPO)
+    write_pages(pages, tmp_path)
+    (tmp_path / "configuration.md").write_text("edited by hand\n")
+    (tmp_path / "methods" / "cps.md").unlink()
+    (tmp_path / "methods" / "gone.md").write_text(GENERATED + "a method that no longer exists\n")
+    (tmp_path / "notes.md").write_text("hand-written pages are left alone\n")
+    assert stale_pages(pages, tmp_path) == ["configuration.md", "methods/cps.md", "methods/gone.md"]
+    assert main(["--out", str(tmp_path), "--check"]) == 1
+    assert "stale:" in capsys.readouterr().out
+    assert main(["--out", str(tmp_path)]) == 0
+    assert stale_pages(pages, tmp_path) == [] and (tmp_path / "notes.md").is_file()
+
+
+def test_every_method_and_config_key_has_a_page_entry():
+    from semiseg.config import Config
+    from semiseg.methods import available_methods
+
+    pages = generate(REPO)
+    for name, cls in available_methods().items():
+        page = pages[f"methods/{name}.md"]
+        assert cls.summary in page
+        assert all(f"| `{key}` |" in page for key in cls.Config.model_fields)
+    train_keys = Config.model_fields["train"].annotation.model_fields
+    assert all(f"`train.{key}`" in pages["configuration.md"] for key in train_keys)
+
+
+def test_field_comments_come_from_the_source_beside_or_above_the_field():
+    from semiseg.methods.cps import CPSConfig
+    from semiseg.methods.fixmatch import FixMatchConfig
+
+    assert field_comment(FixMatchConfig, "tau") != ""
+    assert type_name(CPSConfig.model_fields["predict_with"].annotation).startswith('"net1"')
+
+
+def test_results_page_shows_published_comparisons_with_their_stamp(tmp_path):
+    shutil.copytree(REPO / "experiments", tmp_path / "experiments")
+    published = tmp_path / "results" / "teachers"
+    published.mkdir(parents=True)
+    stamp = {"experiment": {"path": "experiments/teachers.yaml", "sha256": "0" * 64}, "commit": "abc123",
+             "machine": {"platform": "Linux", "cpus": 2, "torch": "2.13.0", "device": "cpu"}}
+    (published / "compare.json").write_text(json.dumps({"stamp": stamp, "rows": []}))
+    (published / "compare.md").write_text("# Comparison `teachers`\n\n| method | Dice |\n|---|---|\n| cps | 0.5 |\n")
+    page = generate(tmp_path)["results.md"]
+    assert "## teachers" in page and "| cps | 0.5 |" in page and "`abc123`" in page
+    assert "(the file has changed since)" in page and "2 CPUs, torch 2.13.0, device cpu" in page

@@ -1,0 +1,83 @@
+"""Every experiment file resolves to exactly the runs the old shell scripts trained."""
+
+from pathlib import Path
+
+import pytest
+
+from semiseg.compare import parse_entry, run_configs, split_entries, with_job_threads
+from semiseg.errors import ConfigError
+from semiseg.experiments import load_experiment
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def _protocol(widths: str = "[8,16,32,64]") -> list[str]:
+    """benchmarks/protocol.sh's --set list (its --jobs 2 is the JOBS below)."""
+    return ["split.labelled=1", f"model.widths={widths}", "train.steps=600", "train.val_every=200",
+            "train.batch_size=4", "train.unlabelled_batch_size=4"]
+
+
+REF = "reference_size=32:k_fraction=0.57"
+REFERENCE = (f"supervised,pl080=fixmatch:strong_augment=false:tau=0.8,pl095=fixmatch:strong_augment=false:tau=0.95,"
+             f"nearest=rpg:weighting=false:{REF},fixmatch,rpg=rpg:{REF},rpg_plus=rpg_plus:{REF}")
+PHANTOMS = ["data.source=phantom", "data.options={label_mode: multilabel, num_classes: 4, n_cases: 40}"]
+WIDE = "[16,32,64,128]"
+
+# name → (seeds, --set overrides, --methods) of the `semiseg compare` calls in benchmarks/compare_*.sh
+OLD_COMMANDS = {
+    "teachers": ("0,1,2", _protocol(), "supervised,mean_teacher,ua_mt,cps,cutmix,cmt,ucmt=ucmt:train.steps=300,"
+                 "ucmt_code=ucmt:teacher_update=code:teacher_supervised=false:umix=copy:ema_decay=0.99:"
+                 "train.steps=300"),
+    "pseudo_labels": ("0,1,2", _protocol(), "supervised,segpl,segpl_vi=segpl_vi:threshold_mode=hard,"
+                      "segpl_vi_grad=segpl_vi:threshold_mode=straight_through:kl_weight=0.01,self_training"),
+    "dual_uncertainty": ("0,1,2", _protocol(), "supervised,st=dual_uncertainty:variant=st,"
+                         "st_ss=dual_uncertainty:variant=st_ss,st_ss_unrc=dual_uncertainty,urpc"),
+    "must_cct": ("0,1,2", _protocol(),
+                 "supervised,multiscale_supervised,cct,must_no_sharpening=must:temperature=null,must"),
+    "must_layers": ("0", _protocol(), "layer_0=must:consistency_layers=[0],layer_1=must:consistency_layers=[1],"
+                    "layer_bottleneck=must:consistency_layers=[-1],"
+                    "layers_0_1_bottleneck=must:consistency_layers=[0,1,-1],all=must"),
+    "reference_multiclass": ("0,1,2", _protocol(), REFERENCE),
+    "reference_multilabel": ("0,1,2", _protocol() + PHANTOMS, REFERENCE),
+    "reference_wide_multiclass": ("0,1,2", _protocol(WIDE), REFERENCE),
+    "reference_wide_multilabel": ("0,1,2", _protocol(WIDE) + PHANTOMS, REFERENCE),
+    "reference_ablation_multiclass": ("0,1,2", _protocol(), "supervised,rpg_k10=rpg:reference_size=32:k_fraction=0.1,"
+                                      f"rpg_plus_half=rpg_plus:{REF}:weight=0.5:fixmatch_weight=0.5"),
+}
+OLD_JOBS = 2
+
+
+def _dumps(configs):
+    return {key: cfg.model_dump() for key, cfg in configs.items()}
+
+
+def test_every_experiment_file_has_its_old_command():
+    assert sorted(p.stem for p in EXPERIMENTS.glob("*.yaml")) == sorted(OLD_COMMANDS)
+
+
+@pytest.mark.parametrize("name", sorted(OLD_COMMANDS))
+def test_experiment_resolves_to_the_old_scripts_runs(name, monkeypatch):
+    seeds, overrides, methods = OLD_COMMANDS[name]
+    monkeypatch.setattr("os.cpu_count", lambda: 2)  # the 2-core machine the old scripts ran on
+    old = with_job_threads(run_configs(None, overrides, [parse_entry(t) for t in split_entries(methods)],
+                                       [int(s) for s in seeds.split(",")], name), OLD_JOBS)
+    exp = load_experiment(EXPERIMENTS / f"{name}.yaml")
+    assert (exp.name, exp.jobs, list(exp.seeds)) == (name, OLD_JOBS, [int(s) for s in seeds.split(",")])
+    monkeypatch.setattr("os.cpu_count", lambda: 16)  # the explicit train.threads: 1 holds on any machine
+    new = with_job_threads(run_configs(None, exp.protocol, exp.entries, exp.seeds, exp.name), exp.jobs)
+    assert list(new) == list(old)
+    assert _dumps(new) == _dumps(old)
+    assert all(cfg.train.threads == 1 for cfg in new.values())
+
+
+def test_experiment_file_errors_name_the_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("methods: [supervised]\nseed: [0]\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown keys \['seed'\]"):
+        load_experiment(bad)
+    bad.write_text("methods: [{label: x, method: cps, option: {}}]\n")
+    with pytest.raises(ConfigError, match=r"methods\[0\]: unknown keys \['option'\]"):
+        load_experiment(bad)
+    bad.write_text("methods: [cps]\nseeds: 0\n")
+    with pytest.raises(ConfigError, match="list of integers"):
+        load_experiment(bad)
