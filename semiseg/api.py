@@ -139,7 +139,7 @@ def _build_data(cfg: Config, spec: DatasetSpec, split: dict[str, Any], method_cl
                                seed=cfg.seed * 7919 + 1, **sampler_args)
     unl_sampler = None
     if unlabelled and train.unlabelled_batch_size > 0:
-        unl_sampler = PatchSampler(unlabelled, batch_size=train.unlabelled_batch_size, views=method_cls.views,
+        unl_sampler = PatchSampler(unlabelled, batch_size=train.unlabelled_batch_size,
                                    seed=cfg.seed * 7919 + 2, **sampler_args)
     return TrainingData(lab_sampler, unl_sampler, val), patch
 
