@@ -37,7 +37,7 @@ from semiseg.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
 from semiseg.engine.device import amp_enabled, autocast
 from semiseg.errors import ConfigError, SemisegError
 from semiseg.eval.inference import predict_case_probs, predict_slices, predict_volume, probs_to_label
-from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, WholeCase
+from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, StepOut, WholeCase
 from semiseg.nets import build_network
 from semiseg.ssl.ema import ema_update
 
@@ -270,10 +270,7 @@ class Trainer:
         if self.data.unlabelled is not None:
             unlabelled = to_batch(self.data.unlabelled.next_batch(), self.device, self.ctx.label_mode)
         with autocast(self.amp, self.device):
-            if self.method.uses_unlabelled and unlabelled is None:
-                out = self.method.supervised_step(self.nets, labelled, progress)
-            else:
-                out = self.method.training_step(self.nets, labelled, unlabelled, progress)
+            out = self._method_step(labelled, unlabelled, progress)
         row: dict[str, float] = {"loss": 0.0}
         for update in range(_MAX_UPDATES_PER_STEP):
             prefix = f"u{update + 1}_" if update else ""
@@ -289,6 +286,12 @@ class Trainer:
             raise SemisegError(f"method {self.method.name!r} chained more than {_MAX_UPDATES_PER_STEP} updates")
         self.scheduler.step()
         return row
+
+    def _method_step(self, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
+        """The method's step; a method that uses unlabelled data gets its supervised step when there is none."""
+        if self.method.uses_unlabelled and unlabelled is None:
+            return self.method.supervised_step(self.nets, labelled, progress)
+        return self.method.training_step(self.nets, labelled, unlabelled, progress)
 
     def _prepare_unlabelled(self, progress: Progress) -> None:
         """The curriculum's optional pass over whole unlabelled cases, then its subset for this step's batch."""

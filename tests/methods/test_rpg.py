@@ -95,7 +95,7 @@ def test_segpl_takes_pseudo_labels_from_the_reference_matcher():
     nets = {"model": FixedNet(logits, FEATURES)}
     options = {"pseudo_labels": "reference", "k": 2, "weight": 1.0}
     method = get_method("segpl")(_ctx(loss="dice"), options)
-    target, weight, _, logs = method.reference_e_step(FEATURES, lab, method.reference())
+    target, weight, _, logs = method.reference_e_step(FEATURES[:1], lab, FEATURES[1:], method.reference())
     assert target.flatten().tolist() == EXPECTED_LABELS
     assert weight.flatten().tolist() == pytest.approx(EXPECTED_W, abs=1e-5)
     out = method.training_step(nets, lab, unl, Progress(0, 10))
