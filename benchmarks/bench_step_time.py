@@ -8,7 +8,8 @@ Everything is measured in one run, on the same network, batch and device, so the
 across machines even when the seconds are not. A method's bound is the network work one of its steps really
 does, counted by ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matrix products, forward and
 backward, every update of the step), priced at the seconds per FLOP of a bare forward + backward pass of the
-shared network over the labelled + unlabelled batch, plus one optimiser step per trainable network and update.
+shared network over the batch the method feeds it (labelled + unlabelled, or labelled only), measured next to the
+method's steps, plus one optimiser step per trainable network and update.
 So a partial pass counts as partial (CCT's auxiliary decoders, MuST's students, the second decoder of
 dual-uncertainty self-training), a pass under ``no_grad`` counts its forward only, and a method counts for the
 stage it is in. The work is counted on a step at the progress fraction ``--at`` (default 0.9, where every ramp
@@ -158,13 +159,13 @@ class Bench:
         return total
 
 
-def seconds_per_flop(setting: Setting, repeats: int) -> float:
-    """Price of network work: a bare forward + backward of the shared network over labelled + unlabelled images."""
+def seconds_per_flop(setting: Setting, rows: int, repeats: int) -> float:
+    """Price of network work: a bare forward + backward of the shared network over ``rows`` images."""
     cfg = setting.config("supervised")
     torch.manual_seed(0)
     net = build_network(cfg.model.arch, spatial_dims=setting.dim, in_channels=1, out_channels=setting.classes,
                         **network_options(cfg)).to(setting.device).train()
-    x = torch.randn(setting.batch + setting.unlabelled_batch, 1, *setting.patch, device=setting.device)
+    x = torch.randn(rows, 1, *setting.patch, device=setting.device)
 
     def bare_pass() -> None:
         net(x).float().square().mean().backward()
@@ -172,13 +173,15 @@ def seconds_per_flop(setting: Setting, repeats: int) -> float:
     return timed(bare_pass, repeats, setting.device) / flops(bare_pass)
 
 
-def measure(name: str, setting: Setting, at: float, repeats: int, rate: float,
-            options: dict | None = None) -> tuple[float, float]:
-    """Median step seconds at progress ``at`` and the bound of the work counted on a step of that stage."""
+def measure(name: str, setting: Setting, at: float, repeats: int, options: dict | None = None) -> tuple[float, float]:
+    """Median step seconds at progress ``at`` and the bound of the work counted on a step of that stage.
+
+    The price per FLOP is measured right after the method's steps, on the batch its step feeds the network
+    (labelled + unlabelled, or labelled only), so a slow phase of a shared machine hits both sides alike.
+    """
     bench = Bench(name, setting, options)
     start = round(at * TOTAL_STEPS)
     counted, updates = bench.work(Progress(start, TOTAL_STEPS))
-    bound = counted * rate + updates * bench.optimiser_seconds(repeats)
     index = {"step": start}
 
     def one_step() -> None:
@@ -187,7 +190,10 @@ def measure(name: str, setting: Setting, at: float, repeats: int, rate: float,
 
     if start + repeats + 2 > TOTAL_STEPS:
         raise SystemExit(f"--at {at} leaves fewer than {repeats + 2} of {TOTAL_STEPS} steps to time")
-    return timed(one_step, repeats, setting.device), bound
+    step = timed(one_step, repeats, setting.device)
+    rows = setting.batch + (setting.unlabelled_batch if bench.method.uses_unlabelled else 0)
+    bound = counted * seconds_per_flop(setting, rows, repeats) + updates * bench.optimiser_seconds(repeats)
+    return step, bound
 
 
 def parse_variant(text: str) -> tuple[str, str, dict]:
@@ -234,14 +240,13 @@ def main() -> None:
     setting = parse_setting(args)
     torch.manual_seed(0)
     variants = [(m, m, {}) for m in args.methods.split(",") if m] + [parse_variant(v) for v in args.variant]
-    rate = seconds_per_flop(setting, args.repeats)
-    base, _ = measure("supervised", setting, args.at, args.repeats, rate)
+    base, _ = measure("supervised", setting, args.at, args.repeats)
     print(f"device={setting.device} dim={setting.dim} widths={list(setting.widths)} batch={setting.batch}"
           f"+{setting.unlabelled_batch} patch={list(setting.patch)} classes={setting.classes} at={args.at} "
           f"threads={torch.get_num_threads()} supervised step {base * 1e3:.1f} ms")
     print(f"{'method':<22}{'step ms':>9}{'÷ supervised':>14}{'bound ms':>10}{'÷ bound':>9}")
     for label, name, options in variants:
-        step, bound = measure(name, setting, args.at, args.repeats, rate, options)
+        step, bound = measure(name, setting, args.at, args.repeats, options)
         print(f"{label:<22}{step * 1e3:>9.1f}{step / base:>14.2f}{bound * 1e3:>10.1f}{step / bound:>9.2f}")
 
 
