@@ -52,8 +52,7 @@ def batches(args: argparse.Namespace) -> tuple[Batch, Batch]:
     image = torch.randn(args.batch, 1, *spatial, generator=g)
     label = torch.randint(0, args.classes, (args.batch, *spatial), generator=g)
     unl = torch.randn(args.batch, 1, *spatial, generator=g)
-    strong = unl + 0.1 * torch.randn(unl.shape, generator=g)
-    return Batch(image, label, {"weak": image}), Batch(unl, None, {"weak": unl, "strong": strong})
+    return Batch(image, label), Batch(unl)
 
 
 def gflops(fn: object) -> float:

@@ -9,6 +9,7 @@ and inside every checkpoint.
 from __future__ import annotations
 
 import difflib
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,11 +59,25 @@ class ModelConfig(Strict):
         return value
 
 
+# Keys of the loader's former "strong" view, which no method asked for; old run folders still hold them.
+_REMOVED_AUGMENT_KEYS = ("strong_noise", "strong_gamma")
+
+
 class AugmentConfig(Strict):
     flip: bool = Field(True, description="random flips along the spatial axes of a slice / patch")
     intensity: bool = Field(True, description="random intensity scale and shift")
-    strong_noise: float = 0.1  # std of the Gaussian noise of the "strong" view
-    strong_gamma: float = 0.3  # log-range of the gamma change of the "strong" view
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_removed_keys(cls, data: Any) -> Any:
+        """Accept the removed strong-view keys with a warning, so old ``config.yaml`` files still resume."""
+        if not isinstance(data, dict) or not any(k in data for k in _REMOVED_AUGMENT_KEYS):
+            return data
+        found = [k for k in _REMOVED_AUGMENT_KEYS if k in data]
+        keys = ", ".join(f"train.augment.{k}" for k in found)
+        warnings.warn(f"{keys}: removed (the loader builds no strong view; methods that need one build it "
+                      "themselves, e.g. fixmatch's method.n_ops and method.ops), ignored", FutureWarning, stacklevel=2)
+        return {k: v for k, v in data.items() if k not in _REMOVED_AUGMENT_KEYS}
 
 
 class TrainConfig(Strict):

@@ -1,11 +1,11 @@
-"""From cases to training batches: normalisation, in-memory stores, 2D slice and 3D patch sampling, views.
+"""From cases to training batches: normalisation, in-memory stores, 2D slice and 3D patch sampling.
 
 Training samples are drawn with replacement from a seeded ``numpy`` generator whose state is part of the
 checkpoint, so ``--resume`` continues with exactly the batches an uninterrupted run would have seen.
 2D training on 3D volumes samples slices along the last axis; a 2D case is treated as a volume of one
 slice, so both take the same path. Augmentation is deliberately light and geometric changes are applied
-to image and label alike; the "strong" view only perturbs intensities of the already-augmented sample,
-so weak and strong views stay pixel-aligned for consistency losses.
+to image and label alike. Methods that need a strongly augmented view build it on the device from the batch
+(``semiseg.ssl.strong_augment``), so it stays pixel-aligned with the pseudo labels they make.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ class Augmentation:
 
     flip: bool = True  # random flips along the spatial axes of a slice / patch
     intensity: bool = True  # random intensity scale and shift
-    strong_noise: float = 0.1  # std of the Gaussian noise of the "strong" view
-    strong_gamma: float = 0.3  # log-range of the gamma change of the "strong" view
 
 
 def normalize_image(image: np.ndarray, mode: str) -> np.ndarray:
@@ -118,7 +116,7 @@ def _window(array: np.ndarray, starts: Sequence[int], patch: Sequence[int]) -> n
 
 
 class PatchSampler:
-    """Draws batches of 2D slices or 3D patches (and their views) from a store."""
+    """Draws batches of 2D slices or 3D patches from a store."""
 
     def __init__(
         self,
@@ -128,14 +126,13 @@ class PatchSampler:
         patch_size: Sequence[int],
         batch_size: int,
         augment: Augmentation,
-        views: Sequence[str] = ("weak",),
         foreground_fraction: float = 0.0,
         seed: int = 0,
     ) -> None:
         if not store:
             raise ValueError("PatchSampler needs at least one case")
         self.store, self.dim, self.patch = list(store), dim, list(patch_size)
-        self.batch_size, self.augment, self.views = batch_size, augment, tuple(views)
+        self.batch_size, self.augment = batch_size, augment
         self.foreground_fraction = foreground_fraction
         self.rng = np.random.default_rng(seed)
         self.pool, self._pool_ids = self.store, None
@@ -180,16 +177,8 @@ class PatchSampler:
         scale, shift = self.rng.normal(1.0, 0.1), self.rng.normal(0.0, 0.1)
         return image * scale + shift
 
-    def _strong(self, image: np.ndarray) -> np.ndarray:
-        """Intensity-only perturbation: gamma on the min-max range plus Gaussian noise."""
-        lo, hi = image.min(), image.max()
-        unit = (image - lo) / max(hi - lo, 1e-6)
-        gamma = np.exp(self.rng.uniform(-self.augment.strong_gamma, self.augment.strong_gamma))
-        out = unit**gamma * (hi - lo) + lo
-        return out + self.rng.normal(0.0, self.augment.strong_noise, size=image.shape).astype(np.float32)
-
     def next_batch(self) -> dict[str, Any]:
-        images, labels, ids, strong = [], [], [], []
+        images, labels, ids = [], [], []
         for _ in range(self.batch_size):
             image, label, case_id = self._sample_one()
             if self.augment.flip:
@@ -199,13 +188,8 @@ class PatchSampler:
             images.append(np.ascontiguousarray(image, dtype=np.float32))
             labels.append(None if label is None else np.ascontiguousarray(label))
             ids.append(case_id)
-            if "strong" in self.views:
-                strong.append(self._strong(images[-1]).astype(np.float32))
-        batch: dict[str, Any] = {"image": np.stack(images), "case_ids": ids, "views": {}}
-        batch["label"] = None if labels[0] is None else np.stack(labels)
-        if strong:
-            batch["views"]["strong"] = np.stack(strong)
-        return batch
+        label = None if labels[0] is None else np.stack(labels)
+        return {"image": np.stack(images), "label": label, "case_ids": ids}
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state}

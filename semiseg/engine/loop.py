@@ -5,10 +5,13 @@ updates EMA networks, validates every ``val_every`` steps on whole validation vo
 Dice), keeps the best and the last checkpoint, logs to CSV and shows a progress bar with ETA. It knows
 methods only through the ``Method`` contract.
 
-Curricula (staged self-training) use three optional parts of that contract: before a step the loop asks
-``wants_unlabelled_cases`` and, if so, hands ``on_unlabelled_cases`` every unlabelled case whole (eval mode,
-no gradients, the run's ``Inferer``); ``unlabelled_subset`` restricts the cases the unlabelled batch
-is drawn from; ``artifacts`` are written as JSON into ``artifacts/`` of the run folder with every checkpoint.
+It owns what every method would otherwise repeat: a step without an unlabelled batch
+(``train.unlabelled_batch_size=0``) is the method's ``supervised_step``, or a ``ConfigError`` before training
+for methods that cannot run without one; the CSV log keeps every key a step ever reports (the file is
+rewritten with the union of the columns when a new key appears). A method's optional ``Curriculum`` is
+asked before each step: if it wants them, it gets every unlabelled case whole (eval mode, no gradients, the
+run's ``Inferer``); its ``subset`` restricts the cases the unlabelled batch is drawn from; its
+``artifacts`` are written as JSON into ``artifacts/`` of the run folder with every checkpoint.
 """
 
 from __future__ import annotations
@@ -33,9 +36,9 @@ from semiseg.data.loaders import PatchSampler, StoredCase
 from semiseg.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
 from semiseg.engine.device import autocast
 from semiseg.engine.inferer import Inferer
-from semiseg.errors import SemisegError
+from semiseg.errors import ConfigError, SemisegError
 from semiseg.eval.labels import probs_to_label
-from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, WholeCase
+from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, StepOut, WholeCase
 from semiseg.nets import build_network
 from semiseg.ssl.ema import ema_update
 
@@ -127,46 +130,69 @@ def make_optimizer(cfg: Config, params: list[nn.Parameter]) -> torch.optim.Optim
     return cls(params, lr=train.lr, weight_decay=train.weight_decay)
 
 
+def check_unlabelled_batch(method: Method | type[Method], unlabelled_batch_size: int) -> None:
+    """Refuse, before anything runs, a method that has no step without an unlabelled batch when there is none."""
+    if method.needs_unlabelled_batch and unlabelled_batch_size == 0:
+        raise ConfigError(
+            f"method {method.name!r} needs an unlabelled batch in every step (its losses compare networks on "
+            "unlabelled images), but train.unlabelled_batch_size is 0; set train.unlabelled_batch_size to 1 or "
+            "more, or train with method 'supervised'"
+        )
+
+
 def to_batch(raw: dict[str, Any], device: torch.device, label_mode: str) -> Batch:
     image = torch.from_numpy(raw["image"]).to(device)
     label = None
     if raw["label"] is not None:
         label = torch.from_numpy(raw["label"]).to(device)
         label = label.long() if label_mode == "multiclass" else label.float()
-    views = {"weak": image, **{k: torch.from_numpy(v).to(device) for k, v in raw["views"].items()}}
-    return Batch(image=image, label=label, views=views, case_ids=raw["case_ids"])
+    return Batch(image=image, label=label, case_ids=raw["case_ids"])
 
 
 class CsvLog:
-    """A wide CSV: one row per logged step; columns fixed by the first row.
+    """A wide CSV, one row per logged step, with a column for every key any row reported.
 
-    On resume the rows before the checkpoint's step are kept and ``elapsed_before`` holds their last
-    ``elapsed_s``, so training time keeps counting across interruptions.
+    A key first reported late (a term that starts with a curriculum stage) adds a column: the file is
+    rewritten with the union of the columns, earlier rows left empty there, so ``csv.DictReader`` reads it
+    as usual. On resume the rows before the checkpoint's step are kept and ``elapsed_before`` holds their
+    last ``elapsed_s``, so training time keeps counting across interruptions.
     """
 
     def __init__(self, path: Path, keep_before_step: int | None = None) -> None:
-        self.path, self.fields, self.elapsed_before = path, None, 0.0
+        self.path, self.fields, self.elapsed_before = path, [], 0.0
         if keep_before_step is not None and path.exists():
-            with path.open() as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["step"]) < keep_before_step]
+            fields, rows = self._read()
+            rows = [r for r in rows if int(r["step"]) < keep_before_step]
             if rows:
-                self.fields = list(rows[0])
+                self.fields = fields
                 self._write(rows, mode="w")
                 self.elapsed_before = float(rows[-1].get("elapsed_s") or 0.0)
 
+    def _read(self) -> tuple[list[str], list[dict[str, Any]]]:
+        with self.path.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            return list(reader.fieldnames or []), rows
+
     def _write(self, rows: list[dict[str, Any]], mode: str) -> None:
         with self.path.open(mode, newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")
+            writer = csv.DictWriter(fh, fieldnames=self.fields)
             if mode == "w":
                 writer.writeheader()
             writer.writerows(rows)
 
     def append(self, row: dict[str, Any]) -> None:
-        if self.fields is None:
+        if not self.fields:
             self.fields = list(row) + (["val_dice"] if "val_dice" not in row else [])
             self._write([row], mode="w")
-        else:
+            return
+        new = [key for key in row if key not in self.fields]
+        if not new:
             self._write([row], mode="a")
+            return
+        _, rows = self._read()
+        self.fields += new
+        self._write([*rows, row], mode="w")
 
 
 class Trainer:
@@ -185,6 +211,7 @@ class Trainer:
     ) -> None:
         self.cfg, self.method, self.ctx, self.data = cfg, method, ctx, data
         self.run_dir, self.describe, self.show_progress = run_dir, describe, progress
+        check_unlabelled_batch(method, 0 if data.unlabelled is None else data.unlabelled.batch_size)
         self.nets, self.inferer, self.device = nets, inferer, inferer.device
         self.specs = method.networks()
         params = trainable_parameters(self.nets, self.specs)
@@ -228,7 +255,8 @@ class Trainer:
 
     def save(self, which: str) -> None:
         save_checkpoint(self.state(), self.run_dir / "checkpoints" / f"{which}.pt")
-        for name, record in self.method.artifacts().items():
+        curriculum = self.method.curriculum()
+        for name, record in (curriculum.artifacts() if curriculum is not None else {}).items():
             path = self.run_dir / "artifacts" / f"{name}.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(record, indent=1) + "\n")
@@ -244,7 +272,7 @@ class Trainer:
         if self.data.unlabelled is not None:
             unlabelled = to_batch(self.data.unlabelled.next_batch(), self.device, self.ctx.label_mode)
         with autocast(self.amp, self.device):
-            out = self.method.training_step(self.nets, labelled, unlabelled, progress)
+            out = self._method_step(labelled, unlabelled, progress)
         row: dict[str, float] = {"loss": 0.0}
         for update in range(_MAX_UPDATES_PER_STEP):
             prefix = f"u{update + 1}_" if update else ""
@@ -259,19 +287,27 @@ class Trainer:
         else:
             raise SemisegError(f"method {self.method.name!r} chained more than {_MAX_UPDATES_PER_STEP} updates")
         self.scheduler.step()
-        self.method.on_step_end(self.nets, progress)
         return row
 
+    def _method_step(self, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
+        """The method's step; a method that uses unlabelled data gets its supervised step when there is none."""
+        if self.method.uses_unlabelled and unlabelled is None:
+            return self.method.supervised_step(self.nets, labelled, progress)
+        return self.method.training_step(self.nets, labelled, unlabelled, progress)
+
     def _prepare_unlabelled(self, progress: Progress) -> None:
-        """The method's optional pass over whole unlabelled cases, then its subset for this step's batch."""
-        if self.method.wants_unlabelled_cases(progress):
+        """The curriculum's optional pass over whole unlabelled cases, then its subset for this step's batch."""
+        curriculum = self.method.curriculum()
+        if curriculum is None:
+            return
+        if curriculum.wants_cases(progress):
             for net in self.nets.values():
                 net.eval()
             store = self.data.unlabelled.store if self.data.unlabelled is not None else []
             with torch.no_grad():
-                self.method.on_unlabelled_cases(self.nets, (self._whole_case(c) for c in store), progress)
+                curriculum.on_cases(self.nets, (self._whole_case(c) for c in store), progress)
         if self.data.unlabelled is not None:
-            self.data.unlabelled.restrict(self.method.unlabelled_subset(progress))
+            self.data.unlabelled.restrict(curriculum.subset(progress))
 
     def _whole_case(self, case: StoredCase) -> WholeCase:
         volume = torch.from_numpy(case.image).to(self.device)

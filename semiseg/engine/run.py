@@ -34,7 +34,7 @@ from semiseg.data.splits import load_split, make_split, refs_by_id, save_split
 from semiseg.engine.checkpoint import load_checkpoint
 from semiseg.engine.device import amp_enabled, resolve_device
 from semiseg.engine.inferer import Inferer, network_divisor
-from semiseg.engine.loop import Trainer, TrainingData, build_nets
+from semiseg.engine.loop import Trainer, TrainingData, build_nets, check_unlabelled_batch
 from semiseg.errors import ConfigError, DataError, SemisegError
 from semiseg.eval.run_evaluation import EvaluationOptions, RunFacts, evaluate_checkpoints
 from semiseg.losses import supervised_loss
@@ -134,7 +134,7 @@ def _build_data(cfg: Config, spec: DatasetSpec, split: dict[str, Any], method_cl
                                seed=cfg.seed * 7919 + 1, **sampler_args)
     unl_sampler = None
     if unlabelled and train.unlabelled_batch_size > 0:
-        unl_sampler = PatchSampler(unlabelled, batch_size=train.unlabelled_batch_size, views=method_cls.views,
+        unl_sampler = PatchSampler(unlabelled, batch_size=train.unlabelled_batch_size,
                                    seed=cfg.seed * 7919 + 2, **sampler_args)
     return TrainingData(lab_sampler, unl_sampler, val), patch
 
@@ -221,6 +221,7 @@ class Run:
         _set_threads(cfg)
         method_cls = get_method(cfg.train.method)
         method_cls.parse_options(cfg.method)  # fail on bad method keys before touching data
+        check_unlabelled_batch(method_cls, cfg.train.unlabelled_batch_size)
         device = resolve_device(cfg.train.device)
         spec = open_configured_dataset(cfg)
         _check_dims(cfg, spec)

@@ -21,11 +21,11 @@ from semiseg.methods import (  # noqa: F401
 )
 from semiseg.methods.base import (
     Batch,
+    Curriculum,
     Method,
     MethodConfig,
     MethodContext,
     NetSpec,
-    Pass,
     Progress,
     StepOut,
     WholeCase,
@@ -34,11 +34,11 @@ from semiseg.methods.registry import available_methods, get_method, register
 
 __all__ = [
     "Batch",
+    "Curriculum",
     "Method",
     "MethodConfig",
     "MethodContext",
     "NetSpec",
-    "Pass",
     "Progress",
     "StepOut",
     "WholeCase",

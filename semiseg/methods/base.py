@@ -1,9 +1,11 @@
 """The small contract every method implements, and the value types that cross it.
 
 A method reads like its paper: which networks it needs (``networks``), the loss terms of one step
-(``training_step``), what happens after the optimiser step (``on_step_end``) and which network predicts
-at test time (``predict``). It never runs a loop, touches files or picks a device: the engine does that
-and hands it tensors already on the right device.
+(``training_step``) and which network predicts at test time (``predict``). It never runs a loop, touches
+files or picks a device. The engine owns the plumbing every method would otherwise repeat: the step without
+an unlabelled batch (``supervised_step``, or a ``ConfigError`` before training for methods that set
+``needs_unlabelled_batch``), EMA of declared teachers, chained updates, logging every key a step reports.
+A staged method may return a ``Curriculum`` (a pass over whole unlabelled cases, a subset to draw from).
 """
 
 from __future__ import annotations
@@ -52,13 +54,12 @@ class Batch:
     """A training batch on the engine's device.
 
     ``label`` is ``None`` for unlabelled batches; multiclass labels are ``(B, *spatial)`` long,
-    multilabel ``(B, K, *spatial)`` float. ``views`` holds the augmented versions a method asked for
-    (``"weak"`` is ``image`` itself; ``"strong"`` adds intensity perturbations on the same geometry).
+    multilabel ``(B, K, *spatial)`` float. ``image`` is the loader's (weakly augmented) view; methods that
+    need a strong view build it on the device (``semiseg.ssl.strong_augment``).
     """
 
     image: Tensor
     label: Tensor | None = None
-    views: dict[str, Tensor] = field(default_factory=dict)
     case_ids: list[str] = field(default_factory=list)
 
 
@@ -71,21 +72,6 @@ class Progress:
     def fraction(self) -> float:
         """Share of training done, in [0, 1]; ramps read this."""
         return min(1.0, self.step / max(1, self.total_steps))
-
-
-@dataclass(frozen=True)
-class Pass:
-    """One network pass a training step cannot avoid, for the cost bound in ``benchmarks/``.
-
-    ``batch`` is "labelled", "unlabelled" or "both" (the two concatenated); ``grad`` says whether it is
-    a forward + backward or a forward under ``no_grad``; ``repeat`` multiplies the batch (UA-MT's T passes
-    run as one batch ``repeat`` times as large).
-    """
-
-    net: str
-    batch: str
-    grad: bool
-    repeat: int = 1
 
 
 @dataclass
@@ -141,14 +127,46 @@ class MethodConfig(BaseModel):
 Nets = dict[str, nn.Module]
 
 
+class Curriculum(ABC):
+    """A staged method's say over the unlabelled data (e.g. sample sorting in dual-uncertainty self-training).
+
+    Before each step the engine asks ``wants_cases``; if so it hands ``on_cases`` every unlabelled case whole
+    (nets in eval mode, no gradients, the run's own 2D/3D inference). ``subset`` then restricts the cases
+    the step's unlabelled batch is drawn from; ``artifacts`` are written as JSON into ``artifacts/`` of the
+    run folder with every checkpoint. Its state belongs in the method's ``state_dict``.
+    """
+
+    @abstractmethod
+    def wants_cases(self, progress: Progress) -> bool:
+        """Whether the engine must call ``on_cases`` before this step."""
+
+    @abstractmethod
+    def on_cases(self, nets: Nets, cases: Iterable[WholeCase], progress: Progress) -> None:
+        """A pass over every unlabelled case before the step (e.g. ranking them)."""
+
+    @abstractmethod
+    def subset(self, progress: Progress) -> Sequence[str] | None:
+        """Case ids this step's unlabelled batch is drawn from (None: every unlabelled case).
+
+        Asked before each batch is drawn, so it must follow from ``progress`` and the method state alone;
+        that makes ``--resume`` draw from the same subset without the engine storing it.
+        """
+
+    def artifacts(self) -> dict[str, Any]:
+        """JSON-able records, written to ``artifacts/<name>.json`` in the run folder at each checkpoint."""
+        return {}
+
+
 class Method(ABC):
     """Base class: subclasses define ``training_step``; the defaults give one network, no state."""
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     Config: ClassVar[type[MethodConfig]] = MethodConfig
-    views: ClassVar[tuple[str, ...]] = ("weak",)
     uses_unlabelled: ClassVar[bool] = False
+    # True for methods whose every loss compares networks on unlabelled images (teachers, co-training):
+    # without an unlabelled batch they have no step, and the engine refuses to start.
+    needs_unlabelled_batch: ClassVar[bool] = False
 
     def __init__(self, ctx: MethodContext, options: dict[str, Any] | None = None) -> None:
         self.ctx = ctx
@@ -174,39 +192,20 @@ class Method(ABC):
 
     @abstractmethod
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
-        """The loss terms of one step; ``unlabelled`` is None for methods that do not use unlabelled data."""
+        """The loss terms of one step.
 
-    def supervised_step(self, model: nn.Module, labelled: Batch, logs: dict[str, float] | None = None) -> StepOut:
-        """The labelled term alone: the supervised baseline's step, and any method's when it has nothing unlabelled."""
-        return StepOut(losses={"sup": self.ctx.supervised_loss(model(labelled.image), labelled.label)}, logs=logs or {})
-
-    def passes(self) -> list[Pass]:
-        """The network passes one step needs at least (benchmarks compare step time with their sum)."""
-        return [Pass("model", "labelled", grad=True)]
-
-    def on_step_end(self, nets: Nets, progress: Progress) -> None:
-        """Hook after the optimiser step (EMA of ``NetSpec.ema_of`` nets is done by the engine)."""
-        return None
-
-    def wants_unlabelled_cases(self, progress: Progress) -> bool:
-        """Whether the engine must call ``on_unlabelled_cases`` before this step (curricula; default never)."""
-        return False
-
-    def on_unlabelled_cases(self, nets: Nets, cases: Iterable[WholeCase], progress: Progress) -> None:
-        """A pass over every unlabelled case before the step, nets in eval mode, no gradients (e.g. ranking)."""
-        return None
-
-    def unlabelled_subset(self, progress: Progress) -> Sequence[str] | None:
-        """Case ids this step's unlabelled batch is drawn from (None: every unlabelled case).
-
-        Asked before each batch is drawn, so it must follow from ``progress`` and the method state alone;
-        that makes ``--resume`` draw from the same subset without the engine storing it.
+        ``unlabelled`` is a batch for every method that ``uses_unlabelled`` (the engine calls ``supervised_step``
+        instead when a step has none) and None for the others.
         """
-        return None
 
-    def artifacts(self) -> dict[str, Any]:
-        """JSON-able records the engine writes to ``artifacts/<name>.json`` in the run folder at each checkpoint."""
-        return {}
+    def supervised_step(self, nets: Nets, labelled: Batch, progress: Progress) -> StepOut:
+        """The labelled term alone: the supervised baseline's step, and the engine's for a step without an
+        unlabelled batch. Methods whose labelled term differs (deep supervision, extra decoders) override it."""
+        return StepOut(losses={"sup": self.ctx.supervised_loss(nets["model"](labelled.image), labelled.label)})
+
+    def curriculum(self) -> Curriculum | None:
+        """The method's curriculum over unlabelled cases (None: every step draws from all of them)."""
+        return None
 
     def predict(self, nets: Nets, x: Tensor) -> Tensor:
         """Logits used at test time."""

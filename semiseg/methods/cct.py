@@ -18,6 +18,7 @@ weight 30, sigmoid ramp over 10 % of the run; the main decoder predicts at test 
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -25,10 +26,11 @@ from pydantic import Field, field_validator
 from torch import Tensor
 
 from semiseg.methods._options import RampedWeight, RampKind
-from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Pass, Progress, StepOut
+from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.registry import register
 from semiseg.nets.unet import UNet
 from semiseg.ssl.consistency import probability_mse
+from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.perturbations import PerturbationName, fixed_hook
 from semiseg.ssl.pseudo_labels import probabilities
 
@@ -74,29 +76,23 @@ class CCT(Method):
         aux = [self.cfg.aux_upsample] * len(self.cfg.perturbations)
         return {"model": NetSpec(overrides={"aux_decoders": aux})}
 
-    def passes(self) -> list[Pass]:
-        if self.cfg.weight == 0:
-            return [Pass("model", "labelled", grad=True)]
-        # Each auxiliary decoder is counted as a full pass although it reuses the encoder: a loose bound.
-        aux = [Pass("model", "unlabelled", grad=True)] * len(self.cfg.perturbations)
-        return [Pass("model", "both", grad=True), *aux]
-
-    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         net, w = nets["model"], self.cfg.weight_at(progress)
         logs = {"consistency_weight": w}
-        if unlabelled is None or w == 0:  # the term stays in the log (as 0) unless it is switched off
-            losses = {"sup": self.ctx.supervised_loss(net(labelled.image), labelled.label)}
-            if self.cfg.weight > 0:
-                losses["consistency"] = labelled.image.new_zeros(())
-            return StepOut(losses, logs)
-        n = labelled.image.shape[0]
-        skips = net.encode(torch.cat([labelled.image, unlabelled.image]))
-        main = net.head(net.decode(skips)[0])
-        sup = self.ctx.supervised_loss(main[:n], labelled.label)
-        aux = self.aux_logits(net, [s[n:] for s in skips])
+        if w == 0:  # no unlabelled term: the auxiliary decoders and the unlabelled images are not needed
+            return StepOut(self.supervised_step(nets, labelled, progress).losses, logs)
+        (_, main_l), (skips_u, main_u) = joint_forward(partial(self.main_pass, net), labelled.image, unlabelled.image)
+        sup = self.ctx.supervised_loss(main_l, labelled.label)
+        aux = self.aux_logits(net, skips_u)
         mode = self.ctx.label_mode
-        cons = cross_consistency(probabilities(main[n:], mode), [probabilities(a, mode) for a in aux])
+        cons = cross_consistency(probabilities(main_u, mode), [probabilities(a, mode) for a in aux])
         return StepOut({"sup": sup, "consistency": w * cons}, logs)
+
+    @staticmethod
+    def main_pass(net: UNet, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """The shared encoder's features and the main decoder's logits, from one pass."""
+        skips = net.encode(x)
+        return skips, net.head(net.decode(skips)[0])
 
     def aux_logits(self, net: UNet, skips: list[Tensor]) -> list[Tensor]:
         """Each auxiliary decoder's logits on its perturbed copy of the (unlabelled) encoder features."""

@@ -34,8 +34,9 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from semiseg.methods._options import RampedWeight, RampKind
-from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Pass, Progress, StepOut
+from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.registry import register
+from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import hard_labels, probabilities
 
 TEACHER_WEIGHTS = {"paper": (0.5, 0.5), "code": (0.99, 0.01)}
@@ -70,7 +71,7 @@ class CMTOutputs:
     """What one pass of the three nets leaves behind (UCMT's UMIX reads the probabilities)."""
 
     losses: dict[str, Tensor]
-    student_probs: dict[str, Tensor]  # net name → (B_l + B_u, K, …) detached probabilities
+    student_probs: dict[str, tuple[Tensor, Tensor]]  # net name → detached probabilities (labelled, unlabelled)
     teacher_probs_l: Tensor | None
     teacher_probs_u: Tensor | None
     teacher_pseudo_u: Tensor | None
@@ -95,22 +96,15 @@ class CMTCore:
                                        ema_decay=self.cfg.ema_decay, ema_weights=weights, init_seed_offset=3)
         return specs
 
-    def passes(self) -> list[Pass]:
-        plan = [Pass(s, "both", grad=True) for s in self.students]
-        if self.has_teacher:
-            plan += [Pass("teacher", "labelled", grad=self.cfg.teacher_supervised),
-                     Pass("teacher", "unlabelled", grad=False)]
-        return plan
-
     def prediction_net(self) -> str:
         return "teacher" if self.has_teacher else "student1"
 
     def step(self, nets: Nets, x_l: Tensor, y_l: Tensor, x_u: Tensor, weight: float,
              teacher_pseudo_u: Tensor | None = None, need_teacher_l: bool = False) -> CMTOutputs:
         """Losses on one batch; ``teacher_pseudo_u`` replaces the teacher's pass on x_u (UMIX step)."""
-        mode, loss, n = self.ctx.label_mode, self.ctx.loss(self.cfg.loss), x_l.shape[0]
-        logits = {s: nets[s](torch.cat([x_l, x_u])) for s in self.students}
-        sup = sum(loss(out[:n], y_l) for out in logits.values())
+        mode, loss = self.ctx.label_mode, self.ctx.loss(self.cfg.loss)
+        logits = {s: joint_forward(nets[s], x_l, x_u) for s in self.students}
+        sup = sum(loss(out_l, y_l) for out_l, _ in logits.values())
         teacher_l = teacher_u = None
         if self.has_teacher:
             if self.cfg.teacher_supervised:
@@ -125,7 +119,7 @@ class CMTCore:
                     teacher_u = probabilities(nets["teacher"](x_u), mode)
                 teacher_pseudo_u = hard_labels(teacher_u, mode)
         losses = {"sup": sup}
-        unl = {s: out[n:] for s, out in logits.items()}
+        unl = {s: out_u for s, (_, out_u) in logits.items()}
         if self.cfg.cps:
             (a, la), (b, lb) = unl.items()
             pseudo_a = hard_labels(probabilities(la, mode), mode)
@@ -133,7 +127,7 @@ class CMTCore:
             losses["cps"] = weight * (loss(la, pseudo_b) + loss(lb, pseudo_a))
         if self.cfg.mts:
             losses["mts"] = weight * sum(loss(out, teacher_pseudo_u) for out in unl.values())
-        probs = {s: probabilities(out.detach(), mode) for s, out in logits.items()}
+        probs = {s: tuple(probabilities(out.detach(), mode) for out in pair) for s, pair in logits.items()}
         return CMTOutputs(losses, probs, teacher_l, teacher_u, teacher_pseudo_u)
 
 
@@ -143,6 +137,7 @@ class CMT(Method):
     summary = "Collaborative mean teacher: two students co-train (CPS) under an EMA teacher of their average."
     Config = CMTConfig
     uses_unlabelled = True
+    needs_unlabelled_batch = True
     cfg: CMTConfig
 
     def __init__(self, ctx: MethodContext, options: dict[str, Any] | None = None) -> None:
@@ -152,11 +147,7 @@ class CMT(Method):
     def networks(self) -> dict[str, NetSpec]:
         return self.core.networks()
 
-    def passes(self) -> list[Pass]:
-        return self.core.passes()
-
-    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
-        assert unlabelled is not None
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         weight = self.cfg.weight_at(progress)
         out = self.core.step(nets, labelled.image, labelled.label, unlabelled.image, weight)
         return StepOut(losses=out.losses, logs={"unsup_weight": weight})

@@ -14,7 +14,7 @@ from pydantic import Field
 from torch import Tensor
 
 from semiseg.methods._options import RampedWeight, RampKind
-from semiseg.methods.base import Batch, Method, Nets, NetSpec, Pass, Progress, StepOut
+from semiseg.methods.base import Batch, Method, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.registry import register
 from semiseg.ssl.pseudo_labels import hard_labels, probabilities
 
@@ -33,18 +33,15 @@ class CPS(Method):
     summary = "Cross pseudo supervision: two differently initialised nets teach each other with hard labels."
     Config = CPSConfig
     uses_unlabelled = True
+    needs_unlabelled_batch = True
     cfg: CPSConfig
 
     def networks(self) -> dict[str, NetSpec]:
         return {"net1": NetSpec(init_seed_offset=1), "net2": NetSpec(init_seed_offset=2)}
 
-    def passes(self) -> list[Pass]:
-        return [Pass("net1", "both", grad=True), Pass("net2", "both", grad=True)]
-
-    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
-        assert unlabelled is not None
-        n = labelled.image.shape[0]
-        x = torch.cat([labelled.image, unlabelled.image])
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
+        # Not ``joint_forward``: the cross term may read every row, so both nets keep their logits whole.
+        n, x = labelled.image.shape[0], torch.cat([labelled.image, unlabelled.image])
         logits1, logits2 = nets["net1"](x), nets["net2"](x)
         sup = sum(self.ctx.supervised_loss(logits[:n], labelled.label) for logits in (logits1, logits2))
         start = 0 if self.cfg.on_labelled else n

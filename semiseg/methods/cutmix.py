@@ -35,8 +35,7 @@ class CutMix(MeanTeacher):
     Config = CutMixConfig
     cfg: CutMixConfig
 
-    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
-        assert unlabelled is not None
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         mode, x = self.ctx.label_mode, unlabelled.image
         with torch.no_grad():
             teacher_probs = probabilities(nets["teacher"](x), mode)

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -52,18 +53,19 @@ from torch import Tensor, nn
 
 from semiseg.methods.base import (
     Batch,
+    Curriculum,
     Method,
     MethodConfig,
     MethodContext,
     Nets,
     NetSpec,
-    Pass,
     Progress,
     StepOut,
     WholeCase,
 )
 from semiseg.methods.registry import register
 from semiseg.nets.unet import UNet
+from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import hard_labels, probabilities
 from semiseg.ssl.rectification import cross_entropy_map, rectified_loss
 from semiseg.ssl.uncertainty import kl_divergence
@@ -148,7 +150,7 @@ class DualUncertainty(Method):
     def __init__(self, ctx: MethodContext, options: dict[str, Any] | None = None) -> None:
         super().__init__(ctx, options)
         self.stage, self.snapshots_taken = 1, 0
-        self.ranking: dict[str, Any] | None = None
+        self.sorting = SampleSorting(self) if self.sorts else None
 
     @property
     def sorts(self) -> bool:
@@ -167,14 +169,6 @@ class DualUncertainty(Method):
         nets = {"model": NetSpec(overrides=arch), "teacher": NetSpec(overrides=arch, trainable=False)}
         return nets | {name: NetSpec(overrides=arch, trainable=False) for name in self.snapshot_names}
 
-    def passes(self) -> list[Pass]:
-        """The passes of stages 3 and 4 (pre-training needs the labelled half only). The second decoder is
-        counted as a whole pass although it reuses the encoder, so the bound is loose for ``st_ss_unrc``."""
-        passes = [Pass("model", "both", grad=True), Pass("teacher", "unlabelled", grad=False)]
-        if self.rectifies:
-            passes.append(Pass("model", "both" if self.cfg.aux_supervised else "unlabelled", grad=True))
-        return passes
-
     # -- the curriculum ----------------------------------------------------------------------
     def stage_starts(self, total_steps: int) -> tuple[int, int]:
         return round(total_steps * self.cfg.stage_starts[0]), round(total_steps * self.cfg.stage_starts[1])
@@ -189,7 +183,7 @@ class DualUncertainty(Method):
         return [round(f * start3) for f in self.cfg.snapshots]
 
     @torch.no_grad()
-    def _advance(self, nets: Nets, progress: Progress) -> None:
+    def advance(self, nets: Nets, progress: Progress) -> None:
         """Take the snapshots that are due and, at a stage boundary, freeze the student as the labeller.
 
         Idempotent within a step, so the case pass and the training step may both call it."""
@@ -202,54 +196,40 @@ class DualUncertainty(Method):
             nets["teacher"].load_state_dict(nets["model"].state_dict())
             self.stage = target
 
-    def wants_unlabelled_cases(self, progress: Progress) -> bool:
-        return self.sorts and self.ranking is None and self.stage_at(progress) == 3
-
-    def on_unlabelled_cases(self, nets: Nets, cases: Iterable[WholeCase], progress: Progress) -> None:
-        """Stage 2: rank every unlabelled case by Eq. 1 over the K snapshots (eval mode, whole cases)."""
-        self._advance(nets, progress)
-        *earlier, last = [nets[name] for name in self.snapshot_names]
-        scores = {}
-        for case in cases:
-            last_probs = case.probabilities(last)
-            scores[case.case_id] = sample_uncertainty((case.probabilities(net) for net in earlier), last_probs)
-        self.ranking = {
-            **rank_cases(scores, self.cfg.reliable_fraction),
-            "step": progress.step,
-            "snapshot_steps": self.snapshot_steps(progress.total_steps),
-        }
-
-    def unlabelled_subset(self, progress: Progress) -> Sequence[str] | None:
-        if self.ranking is None or not self.ranking["reliable"] or self.stage_at(progress) != 3:
-            return None
-        return self.ranking["reliable"]
-
-    def artifacts(self) -> dict[str, Any]:
-        return {} if self.ranking is None else {"ranking": self.ranking}
+    def curriculum(self) -> Curriculum | None:
+        return self.sorting
 
     # -- one step ----------------------------------------------------------------------------
-    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
-        self._advance(nets, progress)
-        model, n = nets["model"], labelled.image.shape[0]
-        use_unlabelled = self.stage > 1 and unlabelled is not None
-        x = torch.cat([labelled.image, unlabelled.image]) if use_unlabelled else labelled.image
-        main, aux = self._decoders(model, x)
-        losses = {"sup": self.ctx.supervised_loss(main[:n], labelled.label)}
-        if aux is not None and self.cfg.aux_supervised:
-            losses["sup_aux"] = self.ctx.supervised_loss(aux[:n], labelled.label)
+    def supervised_step(self, nets: Nets, labelled: Batch, progress: Progress) -> StepOut:
+        """Pre-training (Eq. 5), and any step without an unlabelled batch; snapshots and stages still advance."""
+        self.advance(nets, progress)
+        main, aux = self._decoders(nets["model"], labelled.image)
+        return StepOut(self._supervised_terms(main, aux, labelled), {"stage": float(self.stage)})
+
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
+        self.advance(nets, progress)
+        if self.stage == 1:
+            return self.supervised_step(nets, labelled, progress)
+        (main_l, aux_l), (main_u, aux_u) = joint_forward(partial(self._decoders, nets["model"]), labelled.image,
+                                                         unlabelled.image)
+        losses = self._supervised_terms(main_l, aux_l, labelled)
         logs = {"stage": float(self.stage)}
-        if not use_unlabelled:  # pre-training: the term stays in the log as 0
-            losses["unsup"] = main.new_zeros(())
-            return StepOut(losses, logs | ({"pixel_uncertainty": 0.0} if self.rectifies else {}))
         target = self._pseudo_labels(nets["teacher"], unlabelled.image)
-        ce = cross_entropy_map(main[n:], target, self.ctx.label_mode)  # Eq. 3, per pixel
-        if aux is None:
+        ce = cross_entropy_map(main_u, target, self.ctx.label_mode)  # Eq. 3, per pixel
+        if aux_u is None:
             losses["unsup"] = self.cfg.weight * ce.mean()
             return StepOut(losses, logs)
         mode = self.ctx.label_mode
-        d = kl_divergence(probabilities(main[n:], mode), probabilities(aux[n:], mode), mode)  # Eq. 2
+        d = kl_divergence(probabilities(main_u, mode), probabilities(aux_u, mode), mode)  # Eq. 2
         losses["unsup"] = self.cfg.weight * rectified_loss(ce, d)  # Eq. 4
         return StepOut(losses, logs | {"pixel_uncertainty": float(d.detach().mean())})
+
+    def _supervised_terms(self, main: Tensor, aux: Tensor | None, labelled: Batch) -> dict[str, Tensor]:
+        """Eq. 5 for the main decoder and, with ``aux_supervised``, for the interpolation decoder too."""
+        losses = {"sup": self.ctx.supervised_loss(main, labelled.label)}
+        if aux is not None and self.cfg.aux_supervised:
+            losses["sup_aux"] = self.ctx.supervised_loss(aux, labelled.label)
+        return losses
 
     def _decoders(self, model: UNet, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """Main (transposed-conv) logits and, for the full method, the interpolation decoder's, one encoder pass."""
@@ -264,6 +244,10 @@ class DualUncertainty(Method):
         return hard_labels(probabilities(teacher(image), self.ctx.label_mode), self.ctx.label_mode)
 
     # -- state -------------------------------------------------------------------------------
+    @property
+    def ranking(self) -> dict[str, Any] | None:
+        return None if self.sorting is None else self.sorting.ranking
+
     def state_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, "snapshots_taken": self.snapshots_taken, "ranking": self.ranking}
 
@@ -272,4 +256,40 @@ class DualUncertainty(Method):
         if set(state) != expected:
             raise ValueError(f"dual_uncertainty expects its state {sorted(expected)}, got {sorted(state)}")
         self.stage, self.snapshots_taken = int(state["stage"]), int(state["snapshots_taken"])
-        self.ranking = state["ranking"]
+        if self.sorting is not None:
+            self.sorting.ranking = state["ranking"]
+
+
+class SampleSorting(Curriculum):
+    """Stage 2 of Algorithm 1: rank every unlabelled case once, when stage 3 begins; stage 3 then draws its
+    unlabelled batches from the reliable cases only. The ranking is also the run's ``artifacts/ranking.json``."""
+
+    def __init__(self, method: DualUncertainty) -> None:
+        self.method = method
+        self.ranking: dict[str, Any] | None = None
+
+    def wants_cases(self, progress: Progress) -> bool:
+        return self.ranking is None and self.method.stage_at(progress) == 3
+
+    def on_cases(self, nets: Nets, cases: Iterable[WholeCase], progress: Progress) -> None:
+        """Eq. 1 over the K snapshots for every case (eval mode, whole cases), then the ranking (Sec. 3.1)."""
+        method = self.method
+        method.advance(nets, progress)  # the last snapshot is due now
+        *earlier, last = [nets[name] for name in method.snapshot_names]
+        scores = {}
+        for case in cases:
+            last_probs = case.probabilities(last)
+            scores[case.case_id] = sample_uncertainty((case.probabilities(net) for net in earlier), last_probs)
+        self.ranking = {
+            **rank_cases(scores, method.cfg.reliable_fraction),
+            "step": progress.step,
+            "snapshot_steps": method.snapshot_steps(progress.total_steps),
+        }
+
+    def subset(self, progress: Progress) -> Sequence[str] | None:
+        if self.ranking is None or not self.ranking["reliable"] or self.method.stage_at(progress) != 3:
+            return None
+        return self.ranking["reliable"]
+
+    def artifacts(self) -> dict[str, Any]:
+        return {} if self.ranking is None else {"ranking": self.ranking}

@@ -16,7 +16,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from semiseg.methods.base import Batch, Method, MethodConfig, Nets, NetSpec, Pass, Progress, StepOut
+from semiseg.methods.base import Batch, Method, MethodConfig, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.registry import register
 from semiseg.ssl.pseudo_labels import probabilities
 
@@ -48,9 +48,6 @@ class Ensemble(Method):
 
     def networks(self) -> dict[str, NetSpec]:
         return {name: NetSpec(init_seed_offset=i) for i, name in enumerate(self.member_names)}
-
-    def passes(self) -> list[Pass]:
-        return [Pass(name, "labelled", grad=True) for name in self.member_names]
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
         loss = self.ctx.supervised_loss

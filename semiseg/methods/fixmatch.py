@@ -23,8 +23,9 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from semiseg.losses import ce_loss
-from semiseg.methods.base import Batch, Method, MethodConfig, Nets, Pass, Progress, StepOut
+from semiseg.methods.base import Batch, Method, MethodConfig, Nets, Progress, StepOut
 from semiseg.methods.registry import register
+from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import probabilities
 from semiseg.ssl.strong_augment import GEOMETRIC_OPS, INTENSITY_OPS, StrongAugment, strong_augment
 
@@ -87,11 +88,6 @@ class FixMatch(Method):
     uses_unlabelled = True
     cfg: FixMatchConfig
 
-    def passes(self) -> list[Pass]:
-        if not self.cfg.strong_augment:
-            return [Pass("model", "both", grad=True)]
-        return [Pass("model", "unlabelled", grad=False), Pass("model", "both", grad=True)]
-
     def term(self, logits: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, float]:
         """The unlabelled loss on pseudo labels and the share of pixels it keeps (logged as ``confident``)."""
         return masked_ce(logits, target, mask, self.ctx.label_mode), float(mask.mean())
@@ -111,18 +107,16 @@ class FixMatch(Method):
         target, mask = weak_targets(probabilities(logits_weak, self.ctx.label_mode), self.ctx.label_mode, self.cfg.tau)
         return self.term(logits_weak, target, mask)
 
-    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
-        model, n = nets["model"], labelled.image.shape[0]
-        if unlabelled is None:
-            return self.supervised_step(model, labelled)
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
+        model = nets["model"]
         if self.cfg.strong_augment:
             with torch.no_grad():
                 probs_weak = probabilities(model(unlabelled.image), self.ctx.label_mode)
             x, target, mask = self.strong_view(unlabelled.image, probs_weak)
-            logits = model(torch.cat([labelled.image, x]))
-            unsup, kept = self.term(logits[n:], target, mask)
+            logits_l, logits_strong = joint_forward(model, labelled.image, x)
+            unsup, kept = self.term(logits_strong, target, mask)
         else:
-            logits = model(torch.cat([labelled.image, unlabelled.image]))
-            unsup, kept = self.weak_term(logits[n:])
-        losses = {"sup": self.ctx.supervised_loss(logits[:n], labelled.label), "unsup": self.cfg.weight * unsup}
+            logits_l, logits_weak = joint_forward(model, labelled.image, unlabelled.image)
+            unsup, kept = self.weak_term(logits_weak)
+        losses = {"sup": self.ctx.supervised_loss(logits_l, labelled.label), "unsup": self.cfg.weight * unsup}
         return StepOut(losses=losses, logs={"confident": kept})

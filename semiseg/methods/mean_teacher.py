@@ -16,9 +16,10 @@ from pydantic import Field
 from torch import Tensor
 
 from semiseg.methods._options import RampedWeight
-from semiseg.methods.base import Batch, Method, Nets, NetSpec, Pass, Progress, StepOut
+from semiseg.methods.base import Batch, Method, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.registry import register
 from semiseg.ssl.consistency import input_noise, probability_mse
+from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import probabilities
 
 
@@ -36,23 +37,19 @@ class MeanTeacher(Method):
     summary = "EMA teacher on noisy unlabelled images; MSE consistency of probabilities, sigmoid ramp."
     Config = MeanTeacherConfig
     uses_unlabelled = True
+    needs_unlabelled_batch = True
     cfg: MeanTeacherConfig
 
     def networks(self) -> dict[str, NetSpec]:
         return {"student": NetSpec(),
                 "teacher": NetSpec(trainable=False, ema_of=("student",), ema_decay=self.cfg.ema_decay)}
 
-    def passes(self) -> list[Pass]:
-        return [Pass("student", "both", grad=True), Pass("teacher", "unlabelled", grad=False)]
-
     def student_forward(self, nets: Nets, labelled: Batch, unlabelled_images: Tensor) -> tuple[Tensor, Tensor]:
         """Supervised loss and the student's logits on the unlabelled images, from one batched pass."""
-        n = labelled.image.shape[0]
-        logits = nets["student"](torch.cat([labelled.image, unlabelled_images]))
-        return self.ctx.supervised_loss(logits[:n], labelled.label), logits[n:]
+        logits_l, logits_u = joint_forward(nets["student"], labelled.image, unlabelled_images)
+        return self.ctx.supervised_loss(logits_l, labelled.label), logits_u
 
-    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
-        assert unlabelled is not None
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         sup, student_logits = self.student_forward(nets, labelled, unlabelled.image)
         student_probs = probabilities(student_logits, self.ctx.label_mode)
         with torch.no_grad():

@@ -47,10 +47,11 @@ from torch import Tensor
 
 from semiseg.errors import ConfigError
 from semiseg.methods._options import RampedWeight, RampKind
-from semiseg.methods.base import Batch, Method, MethodConfig, MethodContext, Nets, NetSpec, Pass, Progress, StepOut
+from semiseg.methods.base import Batch, Method, MethodConfig, MethodContext, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.registry import register
 from semiseg.nets.unet import NetOutput, UNet, frozen_norm_stats, running_norm_stats
 from semiseg.ssl.consistency import probability_mse
+from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.perturbations import PerturbationName, StochasticPerturbation
 from semiseg.ssl.pseudo_labels import probabilities, sharpen
 
@@ -195,9 +196,13 @@ class MultiscaleSupervised(Method):
         return multiscale_supervised_loss(scales, label, self.ctx.supervised_loss, self.ctx.label_mode,
                                           self.ctx.num_classes, self.cfg.label_pooling)
 
-    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
+    def supervised_step(self, nets: Nets, labelled: Batch, progress: Progress) -> StepOut:
+        """Eq. 4 on the labelled batch."""
         out = nets["model"](labelled.image, return_scales=True)
         return StepOut(losses={"sup": self.supervised(out.scales, labelled.label)})
+
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
+        return self.supervised_step(nets, labelled, progress)
 
 
 @register
@@ -213,53 +218,37 @@ class MuST(MultiscaleSupervised):
         super().__init__(ctx, options)
         self.spm = StochasticPerturbation(self.cfg.perturbations)
 
-    def passes(self) -> list[Pass]:
-        # The students re-run every decoder layer and the bottleneck block on the unlabelled batch, counted
-        # as one more pass although the encoder levels above the bottleneck are shared with the teacher.
-        if self.cfg.weight == 0:
-            return [Pass("model", "labelled", grad=True)]
-        if self.cfg.alternate:
-            return [Pass("model", "labelled", grad=True), *[Pass("model", "unlabelled", grad=True)] * 2]
-        return [Pass("model", "both", grad=True), Pass("model", "unlabelled", grad=True)]
-
     # -- one step ------------------------------------------------------------------------------
-    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         net, w = nets["model"], self.cfg.weight_at(progress)
         if self.cfg.weight == 0:  # multi-scale supervised only: unlabelled data untouched
-            return super().training_step(nets, labelled, None, progress)
-        if self.cfg.alternate and unlabelled is not None:
+            return self.supervised_step(nets, labelled, progress)
+        if self.cfg.alternate:
             followup = partial(self._unsupervised_update, net, unlabelled, w)
-            return StepOut({"sup": self._supervised_only(net, labelled)}, followup=followup)
-        if unlabelled is None or w == 0:
-            zero = labelled.image.new_zeros(())
-            return StepOut({"sup": self._supervised_only(net, labelled), "consistency": zero},
-                           {"consistency_weight": w})
-        n = labelled.image.shape[0]
-        out = net(torch.cat([labelled.image, unlabelled.image]), return_scales=True)  # one teacher pass for both
-        sup = self.supervised([s[:n] for s in out.scales], labelled.label)
-        return StepOut({"sup": sup, "consistency": w * self.consistency(net, out, slice(n, None))},
-                       {"consistency_weight": w})
-
-    def _supervised_only(self, net: UNet, labelled: Batch) -> Tensor:
-        return self.supervised(net(labelled.image, return_scales=True).scales, labelled.label)
+            return StepOut(self.supervised_step(nets, labelled, progress).losses, followup=followup)
+        if w == 0:  # the ramp has not started: no pass over the unlabelled images
+            return StepOut(self.supervised_step(nets, labelled, progress).losses, {"consistency_weight": w})
+        # one teacher pass for both batches
+        out_l, out_u = joint_forward(partial(net, return_scales=True), labelled.image, unlabelled.image)
+        sup = self.supervised(out_l.scales, labelled.label)
+        return StepOut({"sup": sup, "consistency": w * self.consistency(net, out_u)}, {"consistency_weight": w})
 
     def _unsupervised_update(self, net: UNet, unlabelled: Batch, w: float) -> StepOut:
         """The alternating scheme's second update; its lr ratio is a loss scale (exact for plain SGD)."""
-        cons = self.consistency(net, net(unlabelled.image, return_scales=True), slice(0, None))
+        cons = self.consistency(net, net(unlabelled.image, return_scales=True))
         return StepOut({"consistency": w * self.cfg.unsupervised_lr_scale * cons}, {"consistency_weight": w})
 
-    def consistency(self, net: UNet, teacher: NetOutput, rows: slice) -> Tensor:
-        """L_MSC (Eq. 3) of the batch rows ``rows`` of a teacher pass."""
+    def consistency(self, net: UNet, teacher: NetOutput) -> Tensor:
+        """L_MSC (Eq. 3) of a teacher pass over unlabelled images."""
         layers = resolve_layers(self.cfg.consistency_layers, net.num_layers)
-        students = self.student_logits(net, teacher, rows, layers)
+        students = self.student_logits(net, teacher, layers)
         mode, temp = self.ctx.label_mode, self.cfg.temperature
-        targets = [consistency_target(teacher.scales[k][rows], mode, temp) for k in layers]
+        targets = [consistency_target(teacher.scales[k], mode, temp) for k in layers]
         return multiscale_consistency(targets, [probabilities(students[k], mode) for k in layers])
 
-    def student_logits(self, net: UNet, teacher: NetOutput, rows: slice, layers: Sequence[int]) -> dict[int, Tensor]:
+    def student_logits(self, net: UNet, teacher: NetOutput, layers: Sequence[int]) -> dict[int, Tensor]:
         """f̃_k = (a_k ∘ g_k)(z̃_k) for each layer k, z̃_k built from the teacher's inputs to g_k (Sec. 2.2)."""
-        enc = [h[rows] for h in teacher.encoder_features]
-        dec = [d[rows] for d in teacher.decoder_features]
+        enc, dec = teacher.encoder_features, teacher.decoder_features
         top, out = net.num_layers - 1, {}
         with (frozen_norm_stats if self.cfg.student_norm == "batch" else running_norm_stats)(net):
             for k in layers:

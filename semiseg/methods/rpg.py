@@ -30,15 +30,17 @@ k = 50–57 % was tuned on JSRT, whose structures fill much of the image; on dat
 
 from __future__ import annotations
 
-import torch
+from functools import partial
+
 from pydantic import Field
 from torch import Tensor
 
 from semiseg.losses import ce_loss
 from semiseg.methods._options import ReferenceOptions
-from semiseg.methods.base import Batch, Method, Nets, Pass, Progress, StepOut
+from semiseg.methods.base import Batch, Method, Nets, Progress, StepOut
 from semiseg.methods.registry import register
 from semiseg.nets.unet import NetOutput
+from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.reference import reference_pseudo_labels
 
 
@@ -63,27 +65,22 @@ class RPG(Method):
     uses_unlabelled = True
     cfg: RPGConfig
 
-    def passes(self) -> list[Pass]:
-        return [Pass("model", "both", grad=True)]
+    def forward(self, nets: Nets, labelled: Batch, unlabelled_images: Tensor) -> tuple[NetOutput, NetOutput]:
+        """One pass over [labelled; unlabelled] with the penultimate features, split into the two parts."""
+        return joint_forward(partial(nets["model"], return_features=True), labelled.image, unlabelled_images)
 
-    def forward(self, nets: Nets, labelled: Batch, unlabelled_images: Tensor) -> NetOutput:
-        """One pass over [labelled; unlabelled] with the penultimate features."""
-        return nets["model"](torch.cat([labelled.image, unlabelled_images]), return_features=True)
-
-    def terms(self, out: NetOutput, labelled: Batch) -> tuple[dict[str, Tensor], dict[str, float]]:
+    def terms(self, out_l: NetOutput, out_u: NetOutput, labelled: Batch) -> tuple[dict[str, Tensor], dict[str, float]]:
         """Eq. 8's two terms from a pass over [labelled; unlabelled], and what the matching looked like."""
-        n = labelled.image.shape[0]
-        assert out.features is not None
         ref = reference_pseudo_labels(
-            out.features[:n],
+            out_l.features,
             labelled.label,
-            out.features[n:],
+            out_u.features,
             label_mode=self.ctx.label_mode,
             num_classes=self.ctx.num_classes,
             settings=self.cfg.reference_settings(),
         )
-        unsup = expected_weighted_ce(out.logits[n:], ref.target, ref.weight, self.ctx.label_mode)
-        losses = {"sup": self.ctx.supervised_loss(out.logits[:n], labelled.label), "rpg": self.cfg.weight * unsup}
+        unsup = expected_weighted_ce(out_u.logits, ref.target, ref.weight, self.ctx.label_mode)
+        losses = {"sup": self.ctx.supervised_loss(out_l.logits, labelled.label), "rpg": self.cfg.weight * unsup}
         logs = {
             "rpg_w_mean": float(ref.weight.mean()),
             "rpg_pool": float(len(ref.pool)),
@@ -91,8 +88,6 @@ class RPG(Method):
         }
         return losses, logs
 
-    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
-        if unlabelled is None:  # train.unlabelled_batch_size=0: nothing to label
-            return self.supervised_step(nets["model"], labelled)
-        losses, logs = self.terms(self.forward(nets, labelled, unlabelled.image), labelled)
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
+        losses, logs = self.terms(*self.forward(nets, labelled, unlabelled.image), labelled)
         return StepOut(losses=losses, logs=logs)

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import Field
 
 from semiseg.methods._options import ReferenceOptions
-from semiseg.methods.base import Batch, Method, MethodContext, Nets, Pass, Progress, StepOut
+from semiseg.methods.base import Batch, Method, MethodContext, Nets, Progress, StepOut
 from semiseg.methods.fixmatch import FixMatch, FixMatchOptions
 from semiseg.methods.registry import register
 from semiseg.methods.rpg import RPG, RPGConfig
@@ -44,16 +44,10 @@ class RPGPlus(Method):
         self.rpg = RPG(ctx, {key: values[key] for key in RPGConfig.model_fields})
         self.fixmatch = FixMatch(ctx, {key: values[key] for key in FixMatchOptions.model_fields})
 
-    def passes(self) -> list[Pass]:
-        strong = [Pass("model", "unlabelled", grad=True)] if self.cfg.strong_augment else []
-        return [Pass("model", "both", grad=True), *strong]
-
-    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
-        if unlabelled is None:
-            return self.rpg.training_step(nets, labelled, None, progress)
-        out = self.rpg.forward(nets, labelled, unlabelled.image)
-        losses, logs = self.rpg.terms(out, labelled)
-        logits_weak = out.logits[labelled.image.shape[0] :]
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
+        out_l, out_u = self.rpg.forward(nets, labelled, unlabelled.image)
+        losses, logs = self.rpg.terms(out_l, out_u, labelled)
+        logits_weak = out_u.logits
         if self.cfg.strong_augment:
             probs_weak = probabilities(logits_weak.detach(), self.ctx.label_mode)
             fixmatch, kept = self.fixmatch.strong_term(nets["model"], unlabelled.image, probs_weak)

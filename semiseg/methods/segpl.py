@@ -41,6 +41,7 @@ options (``pool_size``, ``reference_size``, ``k``, ``k_fraction``, ``weighting``
 from __future__ import annotations
 
 from abc import abstractmethod
+from functools import partial
 from typing import Literal
 
 import torch
@@ -48,8 +49,9 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from semiseg.methods._options import RampedWeight, RampKind, ReferenceOptions
-from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Pass, Progress, StepOut
+from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.registry import register
+from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import confidence_mask, hard_labels, probabilities
 from semiseg.ssl.reference import ReferenceSettings, reference_pseudo_labels
 from semiseg.ssl.thresholds import (
@@ -102,9 +104,6 @@ class _PseudoLabelling(Method):
     uses_unlabelled = True
     cfg: PseudoLabelConfig
 
-    def passes(self) -> list[Pass]:
-        return [Pass("model", "both", grad=True)]
-
     @abstractmethod
     def e_step(self, nets: Nets, probs_u: Tensor) -> EStep:
         """Pseudo labels of the unlabelled batch from its detached probabilities, plus extra loss terms and logs."""
@@ -113,26 +112,23 @@ class _PseudoLabelling(Method):
         """Settings of reference-guided pseudo labels when they replace ``e_step`` (None: they do not)."""
         return None
 
-    def reference_e_step(self, features: Tensor, labelled: Batch, settings: ReferenceSettings) -> EStep:
+    def reference_e_step(self, features_l: Tensor, labelled: Batch, features_u: Tensor,
+                         settings: ReferenceSettings) -> EStep:
         """E-step from reference matching: nearest-reference labels, W as the pixel weight (RPG, Eqs. 1-7)."""
-        n = labelled.image.shape[0]
-        ref = reference_pseudo_labels(features[:n], labelled.label, features[n:], label_mode=self.ctx.label_mode,
+        ref = reference_pseudo_labels(features_l, labelled.label, features_u, label_mode=self.ctx.label_mode,
                                       num_classes=self.ctx.num_classes, settings=settings)
         weight = ref.weight if settings.weighting else None
         return ref.target, weight, {}, {"reference_w_mean": ref.weight.mean()}
 
-    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
-        if unlabelled is None:  # train.unlabelled_batch_size=0: nothing to pseudo-label
-            return self.supervised_step(nets["model"], labelled)
-        n, settings = labelled.image.shape[0], self.reference()
-        x = torch.cat([labelled.image, unlabelled.image])
-        out = nets["model"](x) if settings is None else nets["model"](x, return_features=True)
-        logits = out if settings is None else out.logits
-        logits_l, logits_u = logits[:n], logits[n:]
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
+        settings, model = self.reference(), nets["model"]
         if settings is None:
+            logits_l, logits_u = joint_forward(model, labelled.image, unlabelled.image)
             target, weight, extra, logs = self.e_step(nets, probabilities(logits_u.detach(), self.ctx.label_mode))
         else:
-            target, weight, extra, logs = self.reference_e_step(out.features, labelled, settings)
+            out_l, out_u = joint_forward(partial(model, return_features=True), labelled.image, unlabelled.image)
+            logits_l, logits_u = out_l.logits, out_u.logits
+            target, weight, extra, logs = self.reference_e_step(out_l.features, labelled, out_u.features, settings)
         losses = {
             "sup": self.ctx.supervised_loss(logits_l, labelled.label),
             "unsup": self.cfg.weight_at(progress) * self.ctx.loss(self.cfg.loss)(logits_u, target, weight=weight),

@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from semiseg.methods.base import Batch, Method, MethodConfig, MethodContext, Nets, NetSpec, Pass, Progress, StepOut
+from semiseg.methods.base import Batch, Method, MethodConfig, MethodContext, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.registry import register
+from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import confidence_mask, hard_labels, probabilities
 
 
@@ -53,10 +54,6 @@ class SelfTraining(Method):
     def networks(self) -> dict[str, NetSpec]:
         return {"model": NetSpec(), "teacher": NetSpec(trainable=False)}
 
-    def passes(self) -> list[Pass]:
-        """The passes of a pseudo-labelling round (round 0 needs only the labelled half)."""
-        return [Pass("model", "both", grad=True), Pass("teacher", "unlabelled", grad=False)]
-
     def round_starts(self, total_steps: int) -> list[int]:
         """First step of rounds 1 … ``rounds``: after ``supervised_fraction``, then evenly spaced."""
         f0, rounds = self.cfg.supervised_fraction, self.cfg.rounds
@@ -74,20 +71,23 @@ class SelfTraining(Method):
             nets["teacher"].load_state_dict(nets["model"].state_dict())
             self.round = target
 
-    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
+    def supervised_step(self, nets: Nets, labelled: Batch, progress: Progress) -> StepOut:
+        """Round 0, and any step without an unlabelled batch: the labelled term; rounds still advance."""
         self._advance(nets, progress)
-        logs = {"round": float(self.round)}
-        model = nets["model"]
-        if self.round == 0 or unlabelled is None:
-            return self.supervised_step(model, labelled, logs)
-        n = labelled.image.shape[0]
-        logits = model(torch.cat([labelled.image, unlabelled.image]))
+        out = super().supervised_step(nets, labelled, progress)
+        return StepOut(out.losses, logs={"round": float(self.round)})
+
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
+        self._advance(nets, progress)
+        if self.round == 0:
+            return self.supervised_step(nets, labelled, progress)
+        logits_l, logits_u = joint_forward(nets["model"], labelled.image, unlabelled.image)
         target, mask = self._pseudo_labels(nets["teacher"], unlabelled.image)
         losses = {
-            "sup": self.ctx.supervised_loss(logits[:n], labelled.label),
-            "unsup": self.cfg.weight * self.ctx.supervised_loss(logits[n:], target, mask=mask),
+            "sup": self.ctx.supervised_loss(logits_l, labelled.label),
+            "unsup": self.cfg.weight * self.ctx.supervised_loss(logits_u, target, mask=mask),
         }
-        return StepOut(losses=losses, logs=logs)
+        return StepOut(losses=losses, logs={"round": float(self.round)})
 
     @torch.no_grad()
     def _pseudo_labels(self, teacher: torch.nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

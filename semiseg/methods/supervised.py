@@ -16,4 +16,4 @@ class Supervised(Method):
     summary = "Labelled data only (Dice + CE by default); the lower bound every method must beat."
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
-        return self.supervised_step(nets["model"], labelled)
+        return self.supervised_step(nets, labelled, progress)

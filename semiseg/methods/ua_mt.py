@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from semiseg.methods.base import Batch, Nets, Pass, Progress, StepOut
+from semiseg.methods.base import Batch, Nets, Progress, StepOut
 from semiseg.methods.mean_teacher import MeanTeacher, MeanTeacherConfig
 from semiseg.methods.registry import register
 from semiseg.ssl.consistency import input_noise, probability_mse
@@ -38,11 +38,7 @@ class UAMT(MeanTeacher):
     Config = UAMTConfig
     cfg: UAMTConfig
 
-    def passes(self) -> list[Pass]:
-        return [Pass("student", "both", grad=True), Pass("teacher", "unlabelled", grad=False, repeat=self.cfg.passes)]
-
-    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
-        assert unlabelled is not None
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         sup, student_logits = self.student_forward(nets, labelled, unlabelled.image)
         student_probs = probabilities(student_logits, self.ctx.label_mode)
         t = self.cfg.passes

@@ -34,7 +34,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from semiseg.errors import ConfigError
-from semiseg.methods.base import Batch, Nets, Pass, Progress, StepOut
+from semiseg.methods.base import Batch, Nets, Progress, StepOut
 from semiseg.methods.cmt import CMT, CMTConfig, CMTOutputs
 from semiseg.methods.registry import register
 from semiseg.ssl.mixing import umix
@@ -64,11 +64,6 @@ class UCMT(CMT):
     Config = UCMTConfig
     cfg: UCMTConfig
 
-    def passes(self) -> list[Pass]:
-        step1 = self.core.passes()
-        step2 = [p for p in step1 if p.batch != "unlabelled"]  # the teacher's pseudo labels are mixed
-        return step1 + step2
-
     def grid(self, spatial: tuple[int, ...]) -> list[int]:
         per_axis = self.cfg.grid or DEFAULT_GRID[len(spatial)]
         grid = [min(per_axis, size) for size in spatial]
@@ -78,8 +73,7 @@ class UCMT(CMT):
                               f"of a {list(spatial)} patch; lower it or raise method.grid")
         return grid
 
-    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
-        assert unlabelled is not None
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         weight = self.cfg.weight_at(progress)
         out = self.core.step(nets, labelled.image, labelled.label, unlabelled.image, weight, need_teacher_l=True)
         return StepOut(losses=out.losses, logs={"unsup_weight": weight},
@@ -87,13 +81,13 @@ class UCMT(CMT):
 
     def umix_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, first: CMTOutputs, weight: float) -> StepOut:
         """Algorithm 1, lines 10–17: uncertainty maps, UMIX, and CMT on the mixed samples."""
-        mode, n = self.ctx.label_mode, labelled.image.shape[0]
+        mode = self.ctx.label_mode
         grid = self.grid(tuple(labelled.image.shape[2:]))
-        s1, s2 = first.student_probs["student1"], first.student_probs["student2"]
-        u1_l = mean_prediction_entropy([s1[:n], first.teacher_probs_l], mode)
-        u2_l = mean_prediction_entropy([s2[:n], first.teacher_probs_l], mode)
-        u1_u = mean_prediction_entropy([s1[n:], first.teacher_probs_u], mode)
-        u2_u = mean_prediction_entropy([s2[n:], first.teacher_probs_u], mode)
+        (s1_l, s1_u), (s2_l, s2_u) = first.student_probs["student1"], first.student_probs["student2"]
+        u1_l = mean_prediction_entropy([s1_l, first.teacher_probs_l], mode)
+        u2_l = mean_prediction_entropy([s2_l, first.teacher_probs_l], mode)
+        u1_u = mean_prediction_entropy([s1_u, first.teacher_probs_u], mode)
+        u2_u = mean_prediction_entropy([s2_u, first.teacher_probs_u], mode)
         options = {"k": self.cfg.top_k, "grid": grid, "mode": self.cfg.umix}
         x_l, y_l = umix([labelled.image, labelled.label], u1_l, u2_l, **options)
         x_u, pseudo_u = umix([unlabelled.image, first.teacher_pseudo_u], u1_u, u2_u, **options)

@@ -24,16 +24,18 @@ authors' code), every scale supervised.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import Tensor
+from torch import Tensor, nn
 
 from semiseg.methods._options import RampedWeight, RampKind
-from semiseg.methods.base import Batch, Method, Nets, NetSpec, Pass, Progress, StepOut
+from semiseg.methods.base import Batch, Method, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.registry import register
+from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import probabilities
 from semiseg.ssl.rectification import rectified_loss
 from semiseg.ssl.uncertainty import kl_divergence
@@ -88,23 +90,30 @@ class URPC(Method):
     def networks(self) -> dict[str, NetSpec]:
         return {"model": NetSpec(overrides={"scale_heads": True})}
 
-    def passes(self) -> list[Pass]:
-        return [Pass("model", "both", grad=True)]
-
     def pyramid(self, scales: Sequence[Tensor], size: Sequence[int]) -> list[Tensor]:
         """Full-resolution logits of the pyramid's scales (``scales`` as ``NetOutput.scales``, bottleneck last)."""
         levels = scales if self.cfg.include_bottleneck or len(scales) < 3 else scales[:-1]
         return [upsample_logits(s, size) for s in levels]
 
-    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
-        n = labelled.image.shape[0]
-        x = labelled.image if unlabelled is None else torch.cat([labelled.image, unlabelled.image])
-        scales = self.pyramid(nets["model"](x, return_scales=True).scales, x.shape[2:])
+    def pyramid_pass(self, net: nn.Module, x: Tensor) -> list[Tensor]:
+        """The pyramid of one forward pass over ``x``."""
+        return self.pyramid(net(x, return_scales=True).scales, x.shape[2:])
+
+    def supervised(self, scales: Sequence[Tensor], label: Tensor) -> Tensor:
+        """``train.loss`` averaged over the supervised scales (all of them with deep supervision)."""
         supervised = scales if self.cfg.deep_supervision else scales[:1]
-        losses = {"sup": torch.stack([self.ctx.supervised_loss(s[:n], labelled.label) for s in supervised]).mean()}
+        return torch.stack([self.ctx.supervised_loss(s, label) for s in supervised]).mean()
+
+    def supervised_step(self, nets: Nets, labelled: Batch, progress: Progress) -> StepOut:
+        return StepOut({"sup": self.supervised(self.pyramid_pass(nets["model"], labelled.image), labelled.label)})
+
+    def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
+        forward = partial(self.pyramid_pass, nets["model"])
+        scales_l, scales_u = joint_forward(forward, labelled.image, unlabelled.image)
+        losses = {"sup": self.supervised(scales_l, labelled.label)}
         w = self.cfg.weight_at(progress)
-        if unlabelled is not None and self.cfg.weight > 0:
+        if self.cfg.weight > 0:
             mode = self.ctx.label_mode
-            probs = [probabilities(s[n:], mode) for s in scales]
+            probs = [probabilities(s, mode) for s in scales_u]
             losses["consistency"] = w * pyramid_consistency(probs, mode, self.cfg.kl_direction)
         return StepOut(losses, {"consistency_weight": w})

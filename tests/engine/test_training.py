@@ -8,7 +8,8 @@ import torch
 
 from semiseg import api
 from semiseg.config import load_config
-from semiseg.errors import SemisegError
+from semiseg.errors import ConfigError, SemisegError
+from semiseg.methods import available_methods
 
 
 def _cfg(tmp_path, *extra, dim=2):
@@ -124,3 +125,48 @@ def test_csv_log_keeps_counting_elapsed_time_across_a_resume(tmp_path):
     assert resumed.elapsed_before == 3.0
     assert [line.split(",")[0] for line in path.read_text().splitlines()[1:]] == ["10", "20"]
     assert CsvLog(tmp_path / "new.csv", keep_before_step=5).elapsed_before == 0.0
+
+
+def test_csv_log_keeps_a_key_first_reported_late_and_resumes(tmp_path):
+    from semiseg.engine.loop import CsvLog
+
+    path = tmp_path / "log.csv"
+    log = CsvLog(path)
+    for step in range(10, 130, 10):
+        log.append({"step": step, "loss": 1.0, **({"late": step / 10} if step >= 100 else {})})
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["late"] for r in rows] == [""] * 9 + ["10.0", "11.0", "12.0"]
+    resumed = CsvLog(path, keep_before_step=110)  # rows before the checkpoint's step, late key included
+    resumed.append({"step": 110, "loss": 2.0, "later": 1.0})
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == list(range(10, 120, 10))
+    assert rows[-2]["late"] == "10.0" and rows[-1]["later"] == "1.0" and rows[0]["later"] == ""
+
+
+@pytest.mark.parametrize("name", sorted(available_methods()))
+def test_no_unlabelled_batch_trains_or_is_a_config_error(tmp_path, name):
+    """train.unlabelled_batch_size=0: the engine runs the method's supervised step, or refuses before training."""
+    cfg = _cfg(tmp_path, f"train.method={name}", "train.unlabelled_batch_size=0", "train.steps=3")
+    try:
+        result = api.train(cfg, progress=False, evaluate=False)
+    except ConfigError as exc:
+        assert available_methods()[name].needs_unlabelled_batch
+        assert "train.unlabelled_batch_size" in str(exc)
+        return
+    assert not available_methods()[name].needs_unlabelled_batch and result.fit["steps"] == 3
+    with (result.run_dir / "log.csv").open() as fh:
+        assert all(float(r["loss"]) > 0 for r in csv.DictReader(fh))
+
+
+def test_old_run_folder_with_removed_augment_keys_resumes(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        api.train(_cfg(tmp_path), progress=False, evaluate=False, on_step=_interrupt_at(2))
+    config = tmp_path / "run" / "config.yaml"
+    old_keys = "  augment:\n    strong_noise: 0.1\n    strong_gamma: 0.3\n"  # written before the strong view went
+    config.write_text(config.read_text().replace("  augment:\n", old_keys))
+    assert "strong_gamma" in config.read_text()
+    with pytest.warns(FutureWarning, match="train.augment.strong_noise"):
+        resumed = api.resume(tmp_path / "run", progress=False, evaluate=False)
+    assert resumed.fit["steps"] == 6

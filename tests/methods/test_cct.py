@@ -5,7 +5,7 @@ import torch
 
 from semiseg.api import supervised_loss
 from semiseg.errors import ConfigError
-from semiseg.methods import Batch, MethodContext, Pass, Progress, available_methods
+from semiseg.methods import Batch, MethodContext, Progress, available_methods
 from semiseg.methods.cct import cross_consistency
 from semiseg.nets import UNet
 
@@ -28,7 +28,7 @@ def _batches(dims=2, n=2):
     image = torch.randn(n, 1, *([16] * dims), generator=g)
     label = torch.randint(0, K, (n, *([16] * dims)), generator=g)
     unl = torch.randn(n, 1, *([16] * dims), generator=g)
-    return Batch(image, label, {"weak": image}), Batch(unl, None, {"weak": unl})
+    return Batch(image, label), Batch(unl)
 
 
 def test_cross_consistency_by_hand():
@@ -41,7 +41,6 @@ def test_cross_consistency_by_hand():
 def test_one_auxiliary_decoder_per_perturbation():
     method = _method({"perturbations": ["uniform_noise", "gaussian_noise"], "aux_upsample": "interp"})
     assert method.networks()["model"].overrides == {"aux_decoders": ["interp", "interp"]}
-    assert method.passes() == [Pass("model", "both", grad=True)] + [Pass("model", "unlabelled", grad=True)] * 2
     assert _net(method).num_decoders == 3
 
 
@@ -86,8 +85,8 @@ def test_ramp_and_no_unlabelled_batch():
     assert method.cfg.weight_at(Progress(5, 100)) == pytest.approx(30.0 * math.exp(-5.0 * 0.25))
     assert method.cfg.weight_at(Progress(10, 100)) == pytest.approx(30.0)
     lab, _ = _batches()
-    out = method.training_step({"model": _net(method)}, lab, None, Progress(5, 10))
-    assert out.losses["sup"] > 0 and float(out.losses["consistency"]) == 0.0
+    out = method.supervised_step({"model": _net(method)}, lab, Progress(5, 10))
+    assert set(out.losses) == {"sup"} and out.losses["sup"] > 0
 
 
 def test_bad_options():
@@ -101,4 +100,4 @@ def test_zero_weight_is_supervised_only():
     method = _method({"weight": 0})
     lab, unl = _batches()
     out = method.training_step({"model": _net(method)}, lab, unl, Progress(5, 10))
-    assert set(out.losses) == {"sup"} and method.passes() == [Pass("model", "labelled", grad=True)]
+    assert set(out.losses) == {"sup"}

@@ -29,9 +29,8 @@ def _batches(dims, label_mode, with_label=True):
         label = torch.randint(0, K, (2, *([8] * dims)), generator=g)
     else:
         label = (torch.rand((2, K, *([8] * dims)), generator=g) > 0.5).float()
-    strong = image + 0.1 * torch.randn(shape, generator=g)
-    lab = Batch(image, label, {"weak": image}, ["a", "b"])
-    unl = Batch(image.flip(-1), None, {"weak": image.flip(-1), "strong": strong.flip(-1)}, ["c", "d"])
+    lab = Batch(image, label, ["a", "b"])
+    unl = Batch(image.flip(-1), None, ["c", "d"])
     return lab, unl
 
 

@@ -14,7 +14,7 @@ from semiseg.config import load_config
 from semiseg.engine.loop import build_nets
 from semiseg.errors import ConfigError
 from semiseg.methods import Batch, MethodContext, Progress, WholeCase, get_method
-from semiseg.methods.dual_uncertainty import DualUncertainty, rank_cases, sample_uncertainty
+from semiseg.methods.dual_uncertainty import DualUncertainty, SampleSorting, rank_cases, sample_uncertainty
 from semiseg.ssl.rectification import cross_entropy_map
 
 
@@ -72,15 +72,16 @@ def test_ranking_puts_agreeing_snapshots_first():
     agree = _fake_case("agree", {id(s): confident for s in snaps})
     disagree = _fake_case("disagree", {id(snaps[0]): uniform, id(snaps[1]): uniform, id(snaps[2]): confident})
     progress = Progress(40, 100)  # stage 3 starts at step 33
-    assert method.wants_unlabelled_cases(progress)
-    method.on_unlabelled_cases(nets, [disagree, agree], progress)
+    curriculum = method.curriculum()
+    assert curriculum.wants_cases(progress)
+    curriculum.on_cases(nets, [disagree, agree], progress)
     assert method.ranking["order"] == ["agree", "disagree"]
     assert method.ranking["uncertainty"]["disagree"] == pytest.approx(0.16)  # (0.4² + 0.4²)/2 for both pairs
     assert method.ranking["reliable"] == ["agree"]
-    assert not method.wants_unlabelled_cases(progress)  # ranked once
-    assert method.unlabelled_subset(progress) == ["agree"]
-    assert method.unlabelled_subset(Progress(70, 100)) is None  # stage 4: every case
-    assert method.artifacts()["ranking"]["reliable"] == ["agree"]
+    assert not curriculum.wants_cases(progress)  # ranked once
+    assert curriculum.subset(progress) == ["agree"]
+    assert curriculum.subset(Progress(70, 100)) is None  # stage 4: every case
+    assert curriculum.artifacts()["ranking"]["reliable"] == ["agree"]
 
 
 # -- stages -----------------------------------------------------------------------------------
@@ -97,7 +98,7 @@ def test_stages_snapshots_and_teacher():
     method, nets = _setup({"stage_starts": [0.3, 0.6], "snapshots": [0.5, 1.0]})
     lab, unl = _batches()
     out = method.training_step(nets, lab, unl, Progress(10, 100))
-    assert out.losses["unsup"].item() == 0.0 and out.logs["stage"] == 1.0 and method.snapshots_taken == 0
+    assert "unsup" not in out.losses and out.logs["stage"] == 1.0 and method.snapshots_taken == 0
     method.training_step(nets, lab, unl, Progress(15, 100))
     assert method.snapshots_taken == 1 and same_weights(nets["snapshot0"], nets["model"])
     nudge(nets["model"])
@@ -114,8 +115,7 @@ def test_stages_snapshots_and_teacher():
 
 def test_variants_build_what_they_need():
     st, st_nets = _setup({"variant": "st"})
-    assert set(st_nets) == {"model", "teacher"} and not st.wants_unlabelled_cases(Progress(40, 100))
-    assert st.unlabelled_subset(Progress(40, 100)) is None
+    assert set(st_nets) == {"model", "teacher"} and st.curriculum() is None  # no sample sorting
     ss, ss_nets = _setup({"variant": "st_ss"})
     assert set(ss_nets) == {"model", "teacher", "snapshot0", "snapshot1", "snapshot2"}
     assert ss_nets["model"].num_decoders == 1
@@ -157,11 +157,11 @@ def test_state_round_trip_keeps_the_curriculum():
     method, nets = _setup()
     snaps = [nets[name] for name in method.snapshot_names]
     probs = torch.full((2, 1, 1, 1), 0.5)
-    method.on_unlabelled_cases(nets, [_fake_case("u0", {id(s): probs for s in snaps})], Progress(40, 100))
+    method.curriculum().on_cases(nets, [_fake_case("u0", {id(s): probs for s in snaps})], Progress(40, 100))
     restored, _ = _setup()
     restored.load_state_dict(method.state_dict())
     assert restored.stage == 3 and restored.snapshots_taken == 3 and restored.ranking == method.ranking
-    assert not restored.wants_unlabelled_cases(Progress(41, 100))
+    assert not restored.curriculum().wants_cases(Progress(41, 100))
     with pytest.raises(ValueError, match="stage"):
         restored.load_state_dict({"round": 1})
 
@@ -206,7 +206,7 @@ def _cfg(root, dim=2, steps=9):
 def recorder(monkeypatch):
     """Counts ranking passes and records the case ids of every unlabelled batch."""
     calls = {"rankings": 0, "unlabelled": []}
-    rank, step = DualUncertainty.on_unlabelled_cases, DualUncertainty.training_step
+    rank, step = SampleSorting.on_cases, DualUncertainty.training_step
 
     def on_cases(self, nets, cases, progress):
         calls["rankings"] += 1
@@ -216,7 +216,7 @@ def recorder(monkeypatch):
         calls["unlabelled"].append((progress.step, list(unlabelled.case_ids)))
         return step(self, nets, labelled, unlabelled, progress)
 
-    monkeypatch.setattr(DualUncertainty, "on_unlabelled_cases", on_cases)
+    monkeypatch.setattr(SampleSorting, "on_cases", on_cases)
     monkeypatch.setattr(DualUncertainty, "training_step", training_step)
     return calls
 
@@ -227,7 +227,8 @@ def test_all_stages_end_to_end(tmp_path, recorder, dim):
     with (run / "log.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert [float(r["stage"]) for r in rows] == [1, 1, 1, 3, 3, 3, 4, 4, 4]
-    assert all(r["pixel_uncertainty"] != "" for r in rows)
+    # logged from stage 3 on: a key first reported late still gets its column
+    assert [r["pixel_uncertainty"] != "" for r in rows] == [False] * 3 + [True] * 6
     ranking = json.loads((run / "artifacts" / "ranking.json").read_text())
     split = json.loads((run / "split.json").read_text())
     assert sorted(ranking["order"]) == sorted(split["unlabelled"]) and len(ranking["reliable"]) == 2  # ⌈3/2⌉

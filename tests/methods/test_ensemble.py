@@ -44,7 +44,6 @@ def test_members_start_different_and_train_independently():
     assert set(out.losses) == {"member0", "member1", "member2"}
     grads = torch.autograd.grad(out.losses["member1"], list(nets["member0"].parameters()), allow_unused=True)
     assert all(g is None for g in grads)
-    assert [p.net for p in method.passes()] == ["member0", "member1", "member2"]
 
 
 def test_member_count_is_validated():

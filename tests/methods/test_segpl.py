@@ -165,4 +165,4 @@ def test_vi_monte_carlo_prediction(label_mode, dims):
 def test_without_unlabelled_batch_only_the_supervised_term():
     method, nets = _vi("multiclass", "hard")
     lab, _ = _batches("multiclass")
-    assert set(method.training_step(nets, lab, None, Progress(0, 10)).losses) == {"sup"}
+    assert set(method.supervised_step(nets, lab, Progress(0, 10)).losses) == {"sup"}

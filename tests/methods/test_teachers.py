@@ -29,7 +29,7 @@ def batches(dims=2, n=2, size=16):
     image = torch.randn(n, 1, *([size] * dims), generator=g)
     label = torch.randint(0, K, (n, *([size] * dims)), generator=g)
     unl = torch.randn(n, 1, *([size] * dims), generator=g)
-    return Batch(image, label, {"weak": image}), Batch(unl, None, {"weak": unl})
+    return Batch(image, label), Batch(unl)
 
 
 def test_ema_update_warms_up_then_uses_the_decay():

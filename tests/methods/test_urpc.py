@@ -95,7 +95,7 @@ def test_training_step_wiring():
         cons = pyramid_consistency([s[2:].softmax(1) for s in pyramid], "multiclass")
     assert out.losses["sup"].item() == pytest.approx(sup.item(), rel=1e-5)
     assert out.losses["consistency"].item() == pytest.approx(w * cons.item(), rel=1e-4)
-    assert set(method.training_step(nets, lab, None, progress).losses) == {"sup"}
+    assert set(method.supervised_step(nets, lab, progress).losses) == {"sup"}
     plain, plain_nets = _setup("[4, 8, 16]", {"deep_supervision": False})
     plain_nets["model"].load_state_dict(nets["model"].state_dict())
     with torch.no_grad():
