@@ -93,14 +93,14 @@ def run_configs(base_file: str | None, overrides: Sequence[str], entries: Sequen
     labels = [e.label for e in entries]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"compare labels must be unique, got {labels}")
-    from semiseg.methods import get_method
+    from semiseg.methods import get_method, parse_method_options
 
     configs = {}
     for entry in entries:
         for seed in seeds:
             cfg = load_config(base_file, [*overrides, f"seed={seed}", *entry.config_overrides(),
                                           f"output.name={name}/{entry.label}-s{seed}"])
-            get_method(cfg.train.method).parse_options(cfg.method)
+            parse_method_options(get_method(cfg.train.method), cfg.method)
             configs[(entry.label, seed)] = cfg
     return configs
 

@@ -33,6 +33,7 @@ HAND_WRITTEN = {
     "data.md": "data sources, layouts, label modes, splits, 2D and 3D, the built-in demo",
     "protocol.md": "splits, metrics, the empty-mask rule, best vs last, the comparison protocol",
     "architecture.md": "layers, the method contract, where the code departs from the design note",
+    "adding-a-method.md": "the Method contract and a worked example (a test runs it)",
     "benchmarks.md": "speed and memory benchmarks with their commands",
     "results-archive.md": "the result tables measured before experiment files existed",
 }

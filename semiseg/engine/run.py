@@ -38,7 +38,7 @@ from semiseg.engine.loop import Trainer, TrainingData, build_nets, check_unlabel
 from semiseg.errors import ConfigError, DataError, SemisegError
 from semiseg.eval.run_evaluation import EvaluationOptions, RunFacts, evaluate_checkpoints
 from semiseg.losses import supervised_loss
-from semiseg.methods import Method, MethodContext, get_method
+from semiseg.methods import Method, MethodContext, get_method, parse_method_options
 from semiseg.methods.base import Nets
 
 RUN_ARTEFACTS = ("config.yaml", "split.json", "log.csv", "summary.json", "report.md",
@@ -220,7 +220,7 @@ class Run:
         """Assemble a new run; every config check happens before the run folder is written."""
         _set_threads(cfg)
         method_cls = get_method(cfg.train.method)
-        method_cls.parse_options(cfg.method)  # fail on bad method keys before touching data
+        parse_method_options(method_cls, cfg.method)  # fail on bad method keys before touching data
         check_unlabelled_batch(method_cls, cfg.train.unlabelled_batch_size)
         device = resolve_device(cfg.train.device)
         spec = open_configured_dataset(cfg)

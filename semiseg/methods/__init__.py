@@ -29,10 +29,12 @@ from semiseg.methods.base import (
     Progress,
     StepOut,
     WholeCase,
+    parse_method_options,
 )
 from semiseg.methods.registry import available_methods, get_method, register
 
 __all__ = [
+    "parse_method_options",
     "Batch",
     "Curriculum",
     "Method",

@@ -170,22 +170,7 @@ class Method(ABC):
 
     def __init__(self, ctx: MethodContext, options: dict[str, Any] | None = None) -> None:
         self.ctx = ctx
-        self.cfg = self.parse_options(options or {})
-
-    @classmethod
-    def parse_options(cls, options: dict[str, Any]) -> MethodConfig:
-        try:
-            return cls.Config.model_validate(options)
-        except ValidationError as exc:
-            msgs = []
-            for err in exc.errors():
-                key = "method." + ".".join(str(p) for p in err["loc"])
-                if err["type"] == "extra_forbidden":
-                    valid = ", ".join(cls.Config.model_fields) or "none"
-                    msgs.append(f"unknown key {key!r} for method {cls.name!r} (valid: {valid})")
-                else:
-                    msgs.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
-            raise ConfigError("; ".join(msgs)) from None
+        self.cfg = parse_method_options(type(self), options or {})
 
     def networks(self) -> dict[str, NetSpec]:
         return {"model": NetSpec()}
@@ -226,3 +211,19 @@ class Method(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state:
             raise ValueError(f"{self.name} has no state but the checkpoint holds {sorted(state)}")
+
+
+def parse_method_options(method: type[Method], options: dict[str, Any]) -> MethodConfig:
+    """``method.*`` validated by the method's ``Config``; one ``ConfigError`` naming every bad key."""
+    try:
+        return method.Config.model_validate(options)
+    except ValidationError as exc:
+        msgs = []
+        for err in exc.errors():
+            key = "method." + ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                valid = ", ".join(method.Config.model_fields) or "none"
+                msgs.append(f"unknown key {key!r} for method {method.name!r} (valid: {valid})")
+            else:
+                msgs.append(f"{key}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigError("; ".join(msgs)) from None
