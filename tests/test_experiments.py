@@ -23,9 +23,11 @@ REFERENCE = (f"supervised,pl080=fixmatch:strong_augment=false:tau=0.8,pl095=fixm
 PHANTOMS = ["data.source=phantom", "data.options={label_mode: multilabel, num_classes: 4, n_cases: 40}"]
 WIDE = "[16,32,64,128]"
 
-# name → (seeds, --set overrides, --methods) of the `semiseg compare` calls in benchmarks/compare_*.sh
+# name → (seeds, --set overrides, --methods) of the `semiseg compare` calls in benchmarks/compare_*.sh; a default
+# that changed since is written out as the value the old command ran with (UCMT's umix was "exchange").
 OLD_COMMANDS = {
-    "teachers": ("0,1,2", _protocol(), "supervised,mean_teacher,ua_mt,cps,cutmix,cmt,ucmt=ucmt:train.steps=300,"
+    "teachers": ("0,1,2", _protocol(), "supervised,mean_teacher,ua_mt,cps,cutmix,cmt,"
+                 "ucmt=ucmt:umix=exchange:train.steps=300,"
                  "ucmt_code=ucmt:teacher_update=code:teacher_supervised=false:umix=copy:ema_decay=0.99:"
                  "train.steps=300"),
     "pseudo_labels": ("0,1,2", _protocol(), "supervised,segpl,segpl_vi=segpl_vi:threshold_mode=hard,"

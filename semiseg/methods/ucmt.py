@@ -8,22 +8,29 @@ then runs CMT again on them. Following the paper's footnote 3, a UCMT run of N s
 compare it with other methods at half their step count. The second update is chained through
 ``StepOut.followup`` and runs after the first update and the EMA, as in Algorithm 1.
 
-Defaults: k = 2, 16 regions per axis in 2D (8 in 3D), regions exchanged.
+Defaults: k = 2, 16 regions per axis in 2D (8 in 3D), uncertain regions replaced by certain ones.
 
 Paper vs authors' code. Two places differ, and both are options:
 
 * The paper's teacher is the EMA of the students' *average* (Eq. 6, ``teacher_update=paper``, default); the
   code follows 0.99·student1 + 0.01·student2 (``teacher_update=code``) and gives the teacher no supervised
   loss (``teacher_supervised=false``; Eq. 3 and Algorithm 1 train all three).
-* The paper *replaces* uncertain regions by certain ones; the code copies the certain regions so they stay in
-  place too, and the second copy can overwrite the first (``umix=copy``). The default ``umix=exchange`` swaps
-  each uncertain/certain pair, so every region appears once.
+* UMIX. The paper *replaces* the top-k uncertain regions by the top-k certain ones (``umix=replace``,
+  default): a certain region is copied over an uncertain one and also stays where it was, and every region is
+  read from the image as it was before the mix. The code does the same with one indexed assignment per map,
+  but pairs the i-th most uncertain region with the (k − i + 1)-th most certain one (its sort order):
+  ``umix=code``. Two older forms stay for runs made with them: ``umix=exchange`` swaps each pair, so the
+  uncertain content the method means to drop stays in the image (the default before the paper's form was
+  implemented); ``umix=copy`` applied the code's copies one pair at a time, so a later pair could read a
+  region an earlier one had overwritten.
 
-The authors' code as a whole is ``teacher_update=code``, ``teacher_supervised=false``, ``umix=copy`` and
-``ema_decay=0.99`` (the ``ucmt_code`` entry of ``experiments/teachers.yaml``); ``ucmt`` alone is the paper
-(α = 0.999). Two further choices: the uncertainty maps of step 2 come from step 1's predictions (as in the
-code; Algorithm 1 would recompute three passes after the update), and the students share a random body and
-differ in their heads (``student_init=shared_body``, see ``cmt``).
+The authors' code as a whole is ``teacher_update=code``, ``teacher_supervised=false``, ``umix=code`` and
+``ema_decay=0.99``; ``ucmt`` alone is the paper (α = 0.999). ``experiments/teachers.yaml`` pins
+``umix=exchange`` and ``umix=copy``, the forms its archived table was measured with.
+
+Two further choices: the uncertainty maps of step 2 come from step 1's predictions (as in the code;
+Algorithm 1 would recompute three passes after the update), and the students share a random body and differ in
+their heads (``student_init=shared_body``, see ``cmt``).
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ DEFAULT_GRID = {2: 16, 3: 8}  # regions per axis: 1/16 of the side in 2D (r = 16
 class UCMTConfig(CMTConfig):
     top_k: int = Field(2, ge=1)
     grid: int | None = Field(None, ge=1, description="regions per axis; default 16 in 2D, 8 in 3D")
-    umix: Literal["exchange", "copy"] = "exchange"
+    umix: Literal["replace", "code", "exchange", "copy"] = "replace"
 
     @model_validator(mode="after")
     def _needs_both_students_and_teacher(self) -> UCMTConfig:

@@ -1,4 +1,4 @@
-"""Mixing samples: CutMix boxes and UMIX's uncertainty-guided region exchange (UCMT, Section 3.4).
+"""Mixing samples: CutMix boxes and UMIX's uncertainty-guided region replacement (UCMT, Section 3.4).
 
 Everything works on (B, C, *spatial) tensors with 2 or 3 spatial axes, so images, one-hot or multilabel
 maps and probabilities are mixed by the same functions; ``umix`` also takes (B, *spatial) label maps.
@@ -107,29 +107,42 @@ def region_scores(uncertainty: Tensor, grid: Sequence[int]) -> Tensor:
     return regions.flatten(2).mean(dim=2)
 
 
-def umix_source_map(scores1: Tensor, scores2: Tensor, k: int, mode: str = "exchange") -> Tensor:
+UMIX_MODES = ("replace", "code", "exchange", "copy")
+
+
+def umix_source_map(scores1: Tensor, scores2: Tensor, k: int, mode: str = "replace") -> Tensor:
     """(B, R) index map: output region j is filled with input region ``map[:, j]``.
 
     The top-k most uncertain regions by U¹ receive the top-k most certain regions by U², and the top-k
-    most uncertain by U² the top-k most certain by U¹ (the i-th most uncertain pairs with the i-th most
-    certain).
+    most uncertain by U² the top-k most certain by U¹.
 
-    * ``mode="exchange"`` (the paper's default here): each pair swaps places, applied in order as
-      transpositions of a permutation, so every region of the input appears exactly once in the output.
-    * ``mode="copy"`` (the authors' code): the certain region is copied over the uncertain one and also
-      stays where it was; copies happen in place, U¹'s pairs first, so U²'s copies read the already
-      mixed image and may overwrite U¹'s.
+    * ``"replace"`` (the paper, Section 3.4, default): each uncertain region is replaced by a certain one,
+      which also stays where it was; the i-th most uncertain takes the i-th most certain. Every region is read
+      from the image as it was before the mix. A region among the most uncertain of both maps takes U²'s pair
+      (written last, as in the authors' code).
+    * ``"code"`` (the authors' code): the same replacement, with their pairing — one descending sort per map,
+      the uncertain regions its first k entries and the certain ones its last k, so the i-th most uncertain
+      takes the (k − i + 1)-th most certain.
+    * ``"exchange"``: each pair swaps places (applied in order as transpositions of a permutation), so every
+      input region appears exactly once and the uncertain content stays in the image.
+    * ``"copy"``: the implementation of the authors' code before reads were fixed: pairs applied one at a time
+      in place, U¹'s first, so a later pair may read a region an earlier one overwrote. Kept only so runs and
+      tables made with it reproduce; use ``"code"``.
     """
-    if mode not in ("exchange", "copy"):
-        raise ValueError(f"UMIX mode must be 'exchange' or 'copy', got {mode!r}")
+    if mode not in UMIX_MODES:
+        raise ValueError(f"UMIX mode must be one of {', '.join(UMIX_MODES)}; got {mode!r}")
     b, r = scores1.shape
     if not 1 <= k <= r // 2:
         raise ValueError(f"UMIX top-k must be between 1 and half the number of regions ({r // 2}), got {k}")
-    uncertain1, certain1 = scores1.argsort(dim=1, descending=True)[:, :k], scores1.argsort(dim=1)[:, :k]
-    uncertain2, certain2 = scores2.argsort(dim=1, descending=True)[:, :k], scores2.argsort(dim=1)[:, :k]
+    (uncertain1, certain1), (uncertain2, certain2) = (_extremes(s, k, mode) for s in (scores1, scores2))
     source = torch.arange(r, device=scores1.device).repeat(b, 1)
+    pairs = ((uncertain1, certain2), (uncertain2, certain1))
+    if mode in ("replace", "code"):
+        for uncertain, certain in pairs:  # values are input indices: every read sees the unmixed image
+            source.scatter_(1, uncertain, certain)
+        return source
     rows = torch.arange(b, device=scores1.device)
-    for uncertain, certain in ((uncertain1, certain2), (uncertain2, certain1)):
+    for uncertain, certain in pairs:
         for i in range(k):
             u, c = uncertain[:, i], certain[:, i]
             from_c = source[rows, c].clone()
@@ -137,6 +150,14 @@ def umix_source_map(scores1: Tensor, scores2: Tensor, k: int, mode: str = "excha
                 source[rows, c] = source[rows, u]
             source[rows, u] = from_c
     return source
+
+
+def _extremes(scores: Tensor, k: int, mode: str) -> tuple[Tensor, Tensor]:
+    """(B, k) most uncertain regions (most uncertain first) and (B, k) most certain ones, in the mode's order."""
+    descending = scores.argsort(dim=1, descending=True)
+    if mode == "code":  # the authors' code: idx[:k] and idx[-k:] of one descending sort
+        return descending[:, :k], descending[:, -k:]
+    return descending[:, :k], scores.argsort(dim=1)[:, :k]
 
 
 def apply_region_map(x: Tensor, source: Tensor, grid: Sequence[int]) -> Tensor:
@@ -148,7 +169,7 @@ def apply_region_map(x: Tensor, source: Tensor, grid: Sequence[int]) -> Tensor:
 
 def umix(
     tensors: Sequence[Tensor], uncertainty1: Tensor, uncertainty2: Tensor, *, k: int, grid: Sequence[int],
-    mode: str = "exchange",
+    mode: str = "replace",
 ) -> list[Tensor]:
     """UMIX(X, U¹, U²; k, grid) applied with one region map to every tensor (image, label, …).
 

@@ -77,7 +77,7 @@ def test_umix_moves_labels_with_images_and_keeps_label_layout():
     image, u1, u2 = _hand_made_2d()
     label = image[:, 0].long()  # (B, H, W) multiclass map equal to the region ids
     onehot = torch.nn.functional.one_hot(label, 4).movedim(-1, 1).float()
-    mixed_image, mixed_label, mixed_onehot = umix([image, label, onehot], u1, u2, k=1, grid=[2, 2])
+    mixed_image, mixed_label, mixed_onehot = umix([image, label, onehot], u1, u2, k=1, grid=[2, 2], mode="exchange")
     assert mixed_label.shape == label.shape and mixed_label.dtype == torch.long
     assert torch.equal(mixed_label, mixed_image[:, 0].long())
     assert torch.equal(mixed_onehot.argmax(1), mixed_label)
@@ -88,7 +88,7 @@ def test_umix_3d_hand_made():
     image = torch.arange(8.0).reshape(1, 1, 2, 2, 2)
     u1 = torch.tensor([0.9, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.0]).reshape(1, 2, 2, 2)  # uncertain 0, certain 7
     u2 = torch.tensor([0.5, 0.1, 0.2, 0.3, 0.4, 0.9, 0.6, 0.7]).reshape(1, 2, 2, 2)  # uncertain 5, certain 1
-    (mixed,) = umix([image], u1, u2, k=1, grid=[2, 2, 2])
+    (mixed,) = umix([image], u1, u2, k=1, grid=[2, 2, 2], mode="exchange")
     # swap(0, 1) then swap(5, 7): [1, 0, 2, 3, 4, 7, 6, 5]
     assert mixed.flatten().tolist() == [1.0, 0.0, 2.0, 3.0, 4.0, 7.0, 6.0, 5.0]
 
@@ -133,3 +133,54 @@ def test_box_masks_area_and_mix():
     m = torch.zeros(1, 4, 4, dtype=torch.bool)
     m[0, :2] = True
     assert mix(a, b, m)[0, :, :2].eq(1).all() and mix(a, b, m)[0, :, 2:].eq(0).all()
+
+
+# -- the paper's replacement and the authors' code: every read sees the unmixed image -----------------------
+
+
+def test_umix_replace_is_the_default_and_keeps_certain_regions_in_place():
+    image, u1, u2 = _hand_made_2d()
+    (mixed,) = umix([image], u1, u2, k=1, grid=[2, 2])
+    # U¹'s most uncertain region 0 ← U²'s most certain region 3; U²'s most uncertain region 2 ← U¹'s most
+    # certain region 1; regions 1 and 3 also stay where they are.
+    assert _region_values(mixed) == [3.0, 1.0, 1.0, 3.0]
+
+
+def test_umix_replace_reads_the_unmixed_image_when_a_region_is_uncertain_and_certain():
+    # Region 3 is U¹'s second most uncertain AND U²'s most certain; region 2 is U¹'s second most certain AND
+    # U²'s most uncertain; region 0 is the most uncertain of both. U¹ uncertain [0, 3] take U² certain [3, 1]
+    # (i-th with i-th); U² uncertain [2, 0] take U¹ certain [1, 2]; U²'s pairs are written last.
+    scores1 = torch.tensor([[0.9, 0.0, 0.2, 0.8, 0.3, 0.4]])  # uncertain 0, 3 · certain 1, 2
+    scores2 = torch.tensor([[0.8, 0.2, 0.9, 0.0, 0.5, 0.4]])  # uncertain 2, 0 · certain 3, 1
+    # U¹ pairs: 0 ← 3, 3 ← 1. U² pairs (written last): 2 ← 1, 0 ← 2 — region 2 is read before it is overwritten.
+    assert umix_source_map(scores1, scores2, 2, "replace").tolist() == [[2, 1, 1, 1, 4, 5]]
+    # The old in-place form chains: region 3 is read after it took region 1, region 2 after it took region 1.
+    assert umix_source_map(scores1, scores2, 2, "copy").tolist() == [[1, 1, 1, 1, 4, 5]]
+
+
+def test_umix_code_pairs_the_ith_most_uncertain_with_the_k_minus_i_plus_first_most_certain():
+    scores1 = torch.tensor([[0.9, 0.0, 0.2, 0.8, 0.3, 0.4]])  # descending: 0, 3, 5, 4, 2, 1
+    scores2 = torch.tensor([[0.8, 0.2, 0.9, 0.0, 0.5, 0.4]])  # descending: 2, 0, 4, 5, 1, 3
+    # The code: img[x1[:2]] = img[x2[-2:]] → regions 0, 3 ← 1, 3; then img[x2[:2]] = img[x1[-2:]] → 2, 0 ← 2, 1.
+    # The second assignment reads regions 2 and 1, which the first did not write: the unmixed image.
+    assert umix_source_map(scores1, scores2, 2, "code").tolist() == [[1, 1, 2, 3, 4, 5]]
+
+
+def test_umix_code_equals_an_independent_transcription_of_the_authors_assignments():
+    g = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        scores1, scores2 = torch.rand(3, 16, generator=g), torch.rand(3, 16, generator=g)
+        image = torch.rand(3, 2, 16, generator=g)  # (B, C, L): regions as the last axis, like nn.Unfold
+        expected = image.clone()
+        _, x1 = torch.sort(scores1, dim=1, descending=True)
+        _, x2 = torch.sort(scores2, dim=1, descending=True)
+        for i in range(3):  # the authors' loop, k = 3
+            expected[i, :, x1[i, :3]] = expected[i, :, x2[i, -3:]]
+            expected[i, :, x2[i, :3]] = expected[i, :, x1[i, -3:]]
+        source = umix_source_map(scores1, scores2, 3, "code")
+        assert torch.equal(image.gather(2, source[:, None, :].expand(-1, 2, -1)), expected)
+
+
+def test_umix_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="replace, code, exchange, copy"):
+        umix_source_map(torch.rand(1, 4), torch.rand(1, 4), 1, "swap")
