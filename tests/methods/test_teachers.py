@@ -220,10 +220,15 @@ def test_ucmt_second_update_trains_on_umix_samples(monkeypatch):
     second = out.followup()
     assert second.followup is None and set(second.losses) == {"sup", "cps", "mts"}
     (lab_in, lab_mixed, kw), (unl_in, unl_mixed, _) = calls
-    assert kw == {"k": 1, "grid": [4, 4], "mode": "exchange"}
+    assert kw == {"k": 1, "grid": [4, 4], "mode": "replace"}  # the paper's UMIX by default
     assert lab_in[0] is lab.image and lab_in[1] is lab.label and unl_in[0] is unl.image
-    assert not torch.equal(lab_mixed[0], lab.image)  # two 4×4 regions moved in every image
-    assert torch.equal(lab_mixed[0].flatten().sort()[0], lab.image.flatten().sort()[0])  # exchange: a permutation
+    assert not torch.equal(lab_mixed[0], lab.image)  # uncertain 4×4 regions replaced in every image
+    regions = lab_mixed[0].unfold(-2, 4, 4).unfold(-2, 4, 4).flatten(-2)  # (B, C, 4, 4, 16): the 16 regions
+    originals = lab.image.unfold(-2, 4, 4).unfold(-2, 4, 4).flatten(-2)
+    for b in range(regions.shape[0]):  # replacement copies regions of the input: each is one of them
+        for i in range(4):
+            for j in range(4):
+                assert any(torch.equal(regions[b, :, i, j], originals[b, :, p, q]) for p in range(4) for q in range(4))
 
 
 def test_ucmt_rejects_ablation_settings_and_too_large_k():
