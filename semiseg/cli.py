@@ -63,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--pred", help="folder of predicted label files")
     ev.add_argument("--gt", help="folder of ground-truth label files (same names as --pred)")
     ev.add_argument("--classes", help="comma-separated class names, background first (with --pred/--gt)")
-    ev.add_argument("--label-mode", default="multiclass", choices=["multiclass", "multilabel"])
+    ev.add_argument("--label-mode", default="multiclass", choices=["multiclass", "multilabel"],
+                    help="with --pred/--gt: one label per voxel (default) or one binary channel per class")
     ev.add_argument("--csv", help="write the per-case rows here (with --pred/--gt)")
     ev.add_argument("--robustness", action="store_true",
                     help="with --run: Dice against OOD mix-up strength γ and FGSM step ε (tables + curves)")
