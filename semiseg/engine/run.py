@@ -146,6 +146,7 @@ class _RunFolderUndo:
     Only this call's work is removed: a folder it created, or (in a folder that existed) the run files it wrote.
     """
 
+    root: Path
     root_created: Path | None
     existing_names: set[str]
 
@@ -156,14 +157,16 @@ class _RunFolderUndo:
             top = root.absolute()
             while not top.parent.exists():
                 top = top.parent
-            return cls(top, set())
-        return cls(None, {p.name for p in root.iterdir()})
+            return cls(root, top, set())
+        return cls(root, None, {p.name for p in root.iterdir()})
 
     def undo(self, run_dir: Path) -> None:
-        if self.root_created is not None:
+        # output.name may hold a sub-folder (or be absolute: then only the run files go)
+        first = run_dir.relative_to(self.root).parts[0] if run_dir.is_relative_to(self.root) else None
+        if self.root_created is not None and first is not None:
             shutil.rmtree(self.root_created, ignore_errors=True)
-        elif run_dir.name not in self.existing_names:
-            shutil.rmtree(run_dir, ignore_errors=True)
+        elif first is not None and first not in self.existing_names:
+            shutil.rmtree(self.root / first, ignore_errors=True)
         else:  # the user's folder: prepare_run_dir emptied it of run files, so those present are this call's
             for target in (run_dir / name for name in RUN_ARTEFACTS):
                 shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
