@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -111,9 +112,7 @@ def _train(args: argparse.Namespace, started: list[Path]) -> None:
     from semiseg import api
     from semiseg.config import load_config
 
-    def on_start(run_dir: Path) -> None:
-        _announce(run_dir, started)
-
+    on_start = partial(_announce, started=started)
     if args.resume:
         if args.config or args.overrides or args.method or args.data or args.output:
             raise SemisegError("--resume takes everything from the run folder; drop --config/--set/--method/--data")
