@@ -6,20 +6,29 @@ assembles a run once and keeps it in memory from training to evaluation (see its
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from semiseg.config import Config
-from semiseg.engine.run import Run
+from semiseg.engine.run import Run, require_run
 from semiseg.errors import DataError, SemisegError
 from semiseg.eval.evaluate import score_case, summarize
-from semiseg.eval.io import label_files, read_inputs, read_label_file, write_label, write_probabilities
+from semiseg.eval.io import (
+    input_case_ids,
+    label_files,
+    read_inputs,
+    read_label_file,
+    write_label,
+    write_probabilities,
+)
 from semiseg.eval.labels import probs_to_label
 from semiseg.eval.robustness import DEFAULT_EPSILONS, DEFAULT_GAMMAS
 from semiseg.eval.run_evaluation import EvaluationOptions
 from semiseg.losses import supervised_loss
+from semiseg.paths import check_writable_dir
 
 if TYPE_CHECKING:
     from semiseg.engine.run import LoadedModel
@@ -42,53 +51,68 @@ def train(
     progress: bool = True,
     evaluate: bool = True,
     on_step: Callable[[int], None] | None = None,
+    on_start: Callable[[Path], None] | None = None,
 ) -> RunResult:
-    """Train ``cfg.train.method`` on the configured data, then evaluate and report."""
-    return _fit_and_evaluate(Run.build(cfg, overwrite=overwrite, progress=progress), evaluate, on_step)
+    """Train ``cfg.train.method`` on the configured data, then evaluate and report.
+
+    ``on_start`` receives the run folder once it exists, before the first step (the CLI prints it).
+    """
+    return _fit_and_evaluate(Run.build(cfg, overwrite=overwrite, progress=progress), evaluate, on_step, on_start)
 
 
 def resume(run_dir: str | Path, *, progress: bool = True, evaluate: bool = True,
-           on_step: Callable[[int], None] | None = None) -> RunResult:
+           on_step: Callable[[int], None] | None = None, on_start: Callable[[Path], None] | None = None) -> RunResult:
     """Continue an interrupted run from its ``last.pt`` exactly where it stopped."""
-    return _fit_and_evaluate(Run.resume(run_dir, progress=progress), evaluate, on_step)
+    return _fit_and_evaluate(Run.resume(run_dir, progress=progress), evaluate, on_step, on_start)
 
 
-def _fit_and_evaluate(run: Run, evaluate: bool, on_step: Callable[[int], None] | None) -> RunResult:
+def _fit_and_evaluate(run: Run, evaluate: bool, on_step: Callable[[int], None] | None,
+                      on_start: Callable[[Path], None] | None = None) -> RunResult:
+    if on_start is not None:
+        on_start(run.run_dir)
     fit = run.fit(on_step=on_step)
     return RunResult(run.run_dir, run.evaluate() if evaluate else {}, fit)
 
 
-def load_model(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> LoadedModel:
-    """One checkpoint of a trained run, ready to predict."""
-    return Run.load_model(run_dir, checkpoint, device)
+def load_model(run_dir: str | Path, checkpoint: str = "best", device: str = "auto",
+               threads: int | None = None) -> LoadedModel:
+    """One checkpoint of a trained run, ready to predict (``best`` falls back to ``last`` before validation)."""
+    return Run.load_model(run_dir, checkpoint, device, threads)
 
 
 def evaluate_run(run_dir: str | Path, *, checkpoints: tuple[str, ...] = ("best", "last"), progress: bool = True,
                  robustness: bool = False, uncertainty: bool = False,
                  gammas: tuple[float, ...] = DEFAULT_GAMMAS, epsilons: tuple[float, ...] = DEFAULT_EPSILONS,
-                 samples: int = 5) -> dict[str, Any]:
+                 samples: int = 5, threads: int | None = None) -> dict[str, Any]:
     """Evaluate the run's checkpoints on its test split; write metrics, summary, predictions and report.
 
     ``robustness`` adds Dice against the OOD mix-up strength γ and the FGSM step ε; ``uncertainty`` adds
     Brier/ECE of the (Monte-Carlo mean, ``samples`` draws where the method samples) prediction and writes
     uncertainty maps to ``uncertainty/``. Both use the first checkpoint only (``best`` by default).
+    ``threads`` overrides the run's ``train.threads``; a run without ``best.pt`` is evaluated on ``last``.
     """
     options = EvaluationOptions(checkpoints=checkpoints, robustness=robustness, uncertainty=uncertainty,
                                 gammas=gammas, epsilons=epsilons, samples=samples)
-    return Run.open(run_dir, progress=progress).evaluate(options)
+    return Run.open(run_dir, progress=progress, threads=threads).evaluate(options)
 
 
 def predict(run_dir: str | Path, input_path: str | Path, output_dir: str | Path, *, checkpoint: str = "best",
-            save_probabilities: bool = False, device: str = "auto", overwrite: bool = False) -> list[Path]:
-    """Segment every image in ``input_path``; outputs keep the input's geometry (NIfTI affine / PNG size)."""
+            save_probabilities: bool = False, device: str = "auto", overwrite: bool = False,
+            threads: int | None = None) -> list[Path]:
+    """Segment every image in ``input_path``; outputs keep the input's geometry (NIfTI affine / PNG size).
+
+    The output folder is checked before the model and the images are loaded, so a clash fails at once.
+    """
     output = Path(output_dir)
-    model = Run.load_model(run_dir, checkpoint, device)
-    cases = read_inputs(input_path, model.info["channels"])
-    clashes = [c.case_id for c in cases if any(output.glob(f"{c.case_id}.*"))]
+    require_run(Path(run_dir))
+    check_writable_dir(output, "--output")
+    clashes = [cid for cid in input_case_ids(input_path) if any(output.glob(f"{glob.escape(cid)}.*"))]
     if clashes and not overwrite:
         raise SemisegError(
             f"{output} already holds predictions for {clashes[:3]}; pass --overwrite or another --output"
         )
+    model = Run.load_model(run_dir, checkpoint, device, threads)
+    cases = read_inputs(input_path, model.info["channels"])
     written = []
     for case in cases:
         probs = model.probabilities(case)

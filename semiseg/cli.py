@@ -1,20 +1,35 @@
 """The ``semiseg`` console script: thin wrappers over ``semiseg.api``.
 
-User mistakes (``SemisegError``) are printed as one line without a traceback and exit with status 2.
+User mistakes (``SemisegError``, or an ``OSError`` on a path the user gave) are printed as one line without a
+traceback and exit with status 2; any other exception is a bug and keeps its traceback. Only the standard
+library is imported up front, so ``--help``, ``methods`` and ``config`` answer without loading torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from semiseg import __version__
 from semiseg.errors import SemisegError
+
+# argparse attributes that hold a path the user typed: an OSError on one of them is the user's to fix
+_PATH_ARGUMENTS = ("config", "data", "output", "resume", "run", "input", "pred", "gt", "csv", "path", "experiment")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semiseg", description="Semi-supervised medical image segmentation.")
+    parser.add_argument("--version", action="version", version=f"semiseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a method (default: supervised on the built-in brain demo)")
@@ -32,17 +47,25 @@ def _parser() -> argparse.ArgumentParser:
     pred.add_argument("--run", required=True, help="run folder")
     pred.add_argument("--input", required=True, help="NIfTI/PNG file or folder")
     pred.add_argument("--output", required=True, help="folder for the predictions")
-    pred.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    pred.add_argument("--checkpoint", default="best", choices=["best", "last"],
+                      help="best on validation (default; last when the run has no best.pt yet) or the last one")
     pred.add_argument("--probabilities", action="store_true", help="also save class probabilities")
-    pred.add_argument("--overwrite", action="store_true")
-    pred.add_argument("--device", default="auto")
+    pred.add_argument("--overwrite", action="store_true",
+                      help="replace predictions already in --output for the same cases (other files stay)")
+    pred.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    pred.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: the run's train.threads)")
 
     ev = sub.add_parser("evaluate", help="metrics of a run on its test split, or of a prediction folder")
-    ev.add_argument("--run", help="run folder: evaluates best and last checkpoints on the test split")
+    ev.add_argument("--run", help="run folder: evaluates its checkpoints on the test split")
+    ev.add_argument("--checkpoint", default="both", choices=["best", "last", "both"],
+                    help="with --run: which checkpoints (default both; best falls back to last without best.pt)")
+    ev.add_argument("--threads", type=_positive_int,
+                    help="with --run: torch CPU threads (default: the run's train.threads)")
     ev.add_argument("--pred", help="folder of predicted label files")
     ev.add_argument("--gt", help="folder of ground-truth label files (same names as --pred)")
     ev.add_argument("--classes", help="comma-separated class names, background first (with --pred/--gt)")
-    ev.add_argument("--label-mode", default="multiclass", choices=["multiclass", "multilabel"])
+    ev.add_argument("--label-mode", default="multiclass", choices=["multiclass", "multilabel"],
+                    help="with --pred/--gt: one label per voxel (default) or one binary channel per class")
     ev.add_argument("--csv", help="write the per-case rows here (with --pred/--gt)")
     ev.add_argument("--robustness", action="store_true",
                     help="with --run: Dice against OOD mix-up strength γ and FGSM step ε (tables + curves)")
@@ -51,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--gammas", help="comma-separated γ in [0, 1] (default 0,0.2,0.4,0.6,0.8,1)")
     ev.add_argument("--epsilons", help="comma-separated FGSM ε >= 0 (default 0,0.01,0.02,0.05,0.1,0.2)")
     ev.add_argument("--samples", type=int, default=5, help="Monte-Carlo samples for --uncertainty (default 5)")
-    ev.add_argument("--quiet", action="store_true")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
 
     cmp_ = sub.add_parser("compare", help="train several methods × seeds on one protocol and tabulate them")
     cmp_.add_argument("experiment", nargs="?", help="experiment file (experiments/<name>.yaml)")
@@ -65,10 +88,11 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--jobs", type=int, help="runs trained in parallel (default: the file's, else 1)")
     cmp_.add_argument("--publish", action="store_true",
                       help="copy compare.json and compare.md to results/<name>/ (read by docs/results.md)")
-    cmp_.add_argument("--quiet", action="store_true")
+    cmp_.add_argument("--quiet", action="store_true", help="no progress bars")
 
     data = sub.add_parser("data", help="dataset tools")
-    data_sub = data.add_subparsers(dest="data_command", required=True)
+    data.set_defaults(print_data_help=data.print_help)
+    data_sub = data.add_subparsers(dest="data_command", metavar="{check}")
     check = data_sub.add_parser("check", help="validate a dataset and print a summary")
     check.add_argument("path", help="dataset folder ('demo' for the built-in brain demo)")
     check.add_argument("--source", default="auto", help="auto, nnunet, folder2d, acdc, la, demo_brain, phantom")
@@ -78,14 +102,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train(args: argparse.Namespace) -> None:
+def _announce(run_dir: Path, started: list[Path]) -> None:
+    """Say where the run lives before training starts (and remember it for the Ctrl-C message)."""
+    started.append(run_dir)
+    print(f"run folder: {run_dir}", flush=True)
+
+
+def _train(args: argparse.Namespace, started: list[Path]) -> None:
     from semiseg import api
     from semiseg.config import load_config
 
+    on_start = partial(_announce, started=started)
     if args.resume:
         if args.config or args.overrides or args.method or args.data or args.output:
             raise SemisegError("--resume takes everything from the run folder; drop --config/--set/--method/--data")
-        result = api.resume(args.resume, progress=not args.quiet)
+        result = api.resume(args.resume, progress=not args.quiet, on_start=on_start)
     else:
         overrides = list(args.overrides)
         if args.method:
@@ -96,7 +127,7 @@ def _train(args: argparse.Namespace) -> None:
             out = Path(args.output)
             overrides += [f"output.root={out.parent}", f"output.name={out.name}"]
         cfg = load_config(args.config, overrides)
-        result = api.train(cfg, overwrite=args.overwrite, progress=not args.quiet)
+        result = api.train(cfg, overwrite=args.overwrite, progress=not args.quiet, on_start=on_start)
     print(f"\nrun folder: {result.run_dir}")
     print(_short_table(result.summary))
     print(f"report: {result.run_dir / 'report.md'}")
@@ -142,8 +173,9 @@ def _evaluate_run(args: argparse.Namespace) -> None:
     from semiseg.eval.robustness import format_robustness_table
     from semiseg.eval.uncertainty import format_uncertainty_table
 
-    summary = api.evaluate_run(args.run, progress=not args.quiet, robustness=args.robustness,
-                               uncertainty=args.uncertainty, samples=args.samples,
+    checkpoints = ("best", "last") if args.checkpoint == "both" else (args.checkpoint,)
+    summary = api.evaluate_run(args.run, checkpoints=checkpoints, progress=not args.quiet, robustness=args.robustness,
+                               uncertainty=args.uncertainty, samples=args.samples, threads=args.threads,
                                **_levels(args.gammas, "gammas"), **_levels(args.epsilons, "epsilons"))
     print(_short_table(summary))
     saved = json.loads((Path(args.run) / "summary.json").read_text())
@@ -198,30 +230,60 @@ def _data_check(args: argparse.Namespace) -> int:
 
 
 def _methods() -> None:
-    from semiseg.methods import available_methods
+    from semiseg.method_catalog import BUILTIN_METHODS  # a static table: no torch import
 
-    methods = available_methods()
-    width = max(len(n) for n in methods)
-    for name, cls in methods.items():
-        print(f"{name:<{width}}  {cls.summary}")
+    width = max(len(n) for n in BUILTIN_METHODS)
+    for name, (_, summary) in BUILTIN_METHODS.items():
+        print(f"{name:<{width}}  {summary}")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from semiseg import api
+
+    files = api.predict(args.run, args.input, args.output, checkpoint=args.checkpoint,
+                        save_probabilities=args.probabilities, device=args.device, overwrite=args.overwrite,
+                        threads=args.threads)
+    print(f"wrote {len(files)} file(s) to {args.output}")
+
+
+def _user_path_error(exc: OSError, args: argparse.Namespace) -> str | None:
+    """The one-line message for an ``OSError`` on (or inside, or above) a path the user gave; None otherwise."""
+    given = [Path(value).absolute() for name in _PATH_ARGUMENTS if isinstance(value := getattr(args, name, None), str)]
+    for filename in (exc.filename, exc.filename2):
+        if filename is None:
+            continue
+        failed = Path(filename).absolute()
+        if any(failed == p or failed.is_relative_to(p) or p.is_relative_to(failed) for p in given):
+            return f"{filename}: {exc.strerror or exc}; check that the path exists, is a folder where one is " \
+                   "expected, and is readable/writable, or choose another"
+    return None
+
+
+def _interrupted(args: argparse.Namespace, started: list[Path]) -> str:
+    if args.command != "train":
+        return "\ninterrupted"
+    if not started:
+        return "\ninterrupted before training started; no run folder was kept"
+    return (f"\ninterrupted; the last checkpoint was saved in {started[-1]}: continue with "
+            f"'semiseg train --resume {started[-1]}'")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    started: list[Path] = []  # the run folder, once train has made it
     try:
         if args.command == "train":
-            _train(args)
+            _train(args, started)
         elif args.command == "predict":
-            from semiseg import api
-
-            files = api.predict(args.run, args.input, args.output, checkpoint=args.checkpoint,
-                                save_probabilities=args.probabilities, device=args.device, overwrite=args.overwrite)
-            print(f"wrote {len(files)} file(s) to {args.output}")
+            _predict(args)
         elif args.command == "evaluate":
             _evaluate(args)
         elif args.command == "compare":
             _compare(args)
         elif args.command == "data":
+            if args.data_command is None:
+                args.print_data_help()
+                return 0
             return _data_check(args)
         elif args.command == "methods":
             _methods()
@@ -232,9 +294,14 @@ def main(argv: list[str] | None = None) -> int:
     except SemisegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        message = _user_path_error(exc, args)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("\ninterrupted; the last checkpoint was saved: continue with 'semiseg train --resume <run folder>'",
-              file=sys.stderr)
+        print(_interrupted(args, started), file=sys.stderr)
         return 130
     return 0
 

@@ -103,8 +103,17 @@ class TrainConfig(Strict):
     val_every: int = Field(200, gt=0, description="steps between validations (and best/last checkpoints)")
     log_every: int = Field(10, gt=0, description="steps between log.csv rows")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:1 ...")
-    threads: int | None = Field(None, description="torch CPU threads (None: torch's default)")
+    threads: int | None = Field(None, description="torch CPU threads, at least 1 (None: torch's default); "
+                                "predict and evaluate use the run's value too")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="data augmentation of training samples")
+
+    @field_validator("threads")
+    @classmethod
+    def _threads(cls, value: int | None) -> int | None:
+        """0 and negative counts are rejected rather than ignored: torch would fail on them, or run its default."""
+        if value is not None and value < 1:
+            raise ValueError("must be a positive number of CPU threads, or null for torch's default")
+        return value
 
 
 class EvalConfig(Strict):
@@ -159,8 +168,8 @@ def _describe(error: dict, root: type[BaseModel]) -> str:
         close = difflib.get_close_matches(key, _valid_keys(root), n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return f"unknown config key {key!r}{hint}"
-    value = error.get("input")
-    return f"config key {key!r}: {error['msg']} (got {value!r})" if key else f"config: {error['msg']}"
+    value, msg = error.get("input"), error["msg"].removeprefix("Value error, ")
+    return f"config key {key!r}: {msg} (got {value!r})" if key else f"config: {msg}"
 
 
 def validate_config(raw: dict[str, Any]) -> Config:

@@ -381,7 +381,8 @@ class Trainer:
                     log.append({"step": self.step, "lr": self.scheduler.get_last_lr()[0], **row,
                                 "elapsed_s": round(time.perf_counter() - start_time, 3)})
                 bar.update(1)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", val_dice=f"{val_score:.3f}")
+                shown_dice = "–" if math.isnan(val_score) else f"{val_score:.3f}"  # no validation yet
+                bar.set_postfix(loss=f"{row['loss']:.3f}", val_dice=shown_dice)
                 if on_step is not None:
                     on_step(self.step)
         except KeyboardInterrupt:

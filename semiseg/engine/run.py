@@ -15,9 +15,10 @@ A run folder holds everything about one training run::
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from semiseg.eval.run_evaluation import EvaluationOptions, RunFacts, evaluate_ch
 from semiseg.losses import supervised_loss
 from semiseg.methods import Method, MethodContext, get_method, parse_method_options
 from semiseg.methods.base import Nets
+from semiseg.paths import check_writable_dir
 
 RUN_ARTEFACTS = ("config.yaml", "split.json", "log.csv", "summary.json", "report.md",
                  "checkpoints", "metrics", "figures", "predictions", "uncertainty", "artifacts")
@@ -112,6 +114,72 @@ def _check_patch(cfg: Config, divisor: int) -> None:
             f"train.patch_size={cfg.train.patch_size} must be multiples of {divisor} "
             f"(the network's divisor, 2 ** (len(model.widths) - 1) for model.widths={cfg.model.widths})"
         )
+    _check_patch_minimum(cfg, divisor)
+
+
+def _check_patch_minimum(cfg: Config, divisor: int) -> None:
+    """Every size at least the divisor, and a normalised bottleneck of more than one voxel.
+
+    The deepest level sees ``patch / divisor`` voxels per axis; batch, instance and group norm cannot
+    normalise a single voxel in training (torch fails at the first step), so the network needs two there.
+    """
+    patch = cfg.train.patch_size
+    if not patch:
+        return
+    bottleneck = int(np.prod([p // divisor for p in patch]))
+    needed = 1 if cfg.model.norm == "none" else 2
+    if min(patch) >= divisor and bottleneck >= needed:
+        return
+    smallest = [divisor] * cfg.model.dim if needed == 1 else [divisor] * (cfg.model.dim - 1) + [2 * divisor]
+    raise ConfigError(
+        f"train.patch_size={patch} is too small for model.widths={cfg.model.widths} ({len(cfg.model.widths)} levels, "
+        f"divisor {divisor}): the smallest valid patch is {smallest} (each size a multiple of {divisor}"
+        + ("" if needed == 1 else f", more than one voxel at the deepest level for model.norm={cfg.model.norm}")
+        + "); raise train.patch_size or use fewer model.widths"
+    )
+
+
+@dataclass
+class _RunFolderUndo:
+    """What ``Run.build`` created in the output folder, so a run that fails before its first step leaves nothing.
+
+    Only this call's work is removed: a folder it created, or (in a folder that existed) the run files it wrote.
+    """
+
+    root: Path
+    root_created: Path | None
+    existing_names: set[str]
+
+    @classmethod
+    def before(cls, cfg: Config) -> _RunFolderUndo:
+        root = Path(cfg.output.root)
+        if not root.exists():
+            top = root.absolute()
+            while not top.parent.exists():
+                top = top.parent
+            return cls(root, top, set())
+        return cls(root, None, {p.name for p in root.iterdir()})
+
+    def undo(self, run_dir: Path) -> None:
+        # output.name may hold a sub-folder (or be absolute: then only the run files go)
+        first = run_dir.relative_to(self.root).parts[0] if run_dir.is_relative_to(self.root) else None
+        if self.root_created is not None and first is not None:
+            shutil.rmtree(self.root_created, ignore_errors=True)
+        elif first is not None and first not in self.existing_names:
+            shutil.rmtree(self.root / first, ignore_errors=True)
+        else:  # the user's folder: prepare_run_dir emptied it of run files, so those present are this call's
+            for target in (run_dir / name for name in RUN_ARTEFACTS):
+                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+
+
+def checkpoint_to_use(run_dir: Path, name: str) -> str:
+    """``name``, or ``last`` with a notice when a run stopped before its first validation has no ``best.pt``."""
+    folder = run_dir / "checkpoints"
+    if name == "best" and not (folder / "best.pt").is_file() and (folder / "last.pt").is_file():
+        print(f"note: {run_dir} has no best.pt (stopped before its first validation); using last.pt",
+              file=sys.stderr)
+        return "last"
+    return name
 
 
 def _build_data(cfg: Config, spec: DatasetSpec, split: dict[str, Any], method_cls: type[Method], divisor: int,
@@ -214,11 +282,13 @@ class Run:
     device: torch.device
     progress: bool = True
     trainer: Trainer | None = None
+    undo: _RunFolderUndo | None = None  # set by build: a failure before the first step removes the new run
 
     @classmethod
     def build(cls, cfg: Config, *, overwrite: bool = False, progress: bool = True) -> Run:
         """Assemble a new run; every config check happens before the run folder is written."""
         _set_threads(cfg)
+        check_writable_dir(Path(cfg.output.root) / (cfg.output.name or ""), "output folder")
         method_cls = get_method(cfg.train.method)
         parse_method_options(method_cls, cfg.method)  # fail on bad method keys before touching data
         check_unlabelled_batch(method_cls, cfg.train.unlabelled_batch_size)
@@ -230,11 +300,17 @@ class Run:
         split = load_split(cfg.split.file, spec) if cfg.split.file else make_split(
             spec, labelled=cfg.split.labelled, val=cfg.split.val, test=cfg.split.test,
             unlabelled=cfg.split.unlabelled, seed=cfg.split.seed if cfg.split.seed is not None else cfg.seed)
+        undo = _RunFolderUndo.before(cfg)
         run_dir = prepare_run_dir(cfg, overwrite)
-        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-        save_split(split, run_dir / "split.json")
-        run = cls(cfg, run_dir, spec, split, device, progress)
-        run.trainer = run._trainer(method, nets)
+        try:
+            (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+            save_split(split, run_dir / "split.json")
+            run = cls(cfg, run_dir, spec, split, device, progress)
+            run.trainer = run._trainer(method, nets)
+        except BaseException:
+            undo.undo(run_dir)
+            raise
+        run.undo = undo
         return run
 
     @classmethod
@@ -252,22 +328,32 @@ class Run:
         return run
 
     @classmethod
-    def open(cls, run_dir: str | Path, *, progress: bool = True) -> Run:
-        """A finished run folder, to evaluate its checkpoints (no training data is loaded)."""
+    def open(cls, run_dir: str | Path, *, progress: bool = True, threads: int | None = None) -> Run:
+        """A finished run folder, to evaluate its checkpoints (no training data is loaded).
+
+        Uses the run's ``train.threads`` (``threads`` overrides it) and its inference settings.
+        """
         run_dir = Path(run_dir)
         require_run(run_dir)
         cfg = validate_config(read_yaml(run_dir / "config.yaml"))
+        _set_threads(cfg, threads)
         spec = open_configured_dataset(cfg)
         return cls(cfg, run_dir, spec, load_split(run_dir / "split.json", spec), resolve_device(cfg.train.device),
                    progress)
 
     @staticmethod
-    def load_model(run_dir: str | Path, checkpoint: str = "best", device: str = "auto") -> LoadedModel:
-        """One checkpoint of a run folder, ready to predict; needs neither the dataset nor the config file."""
+    def load_model(run_dir: str | Path, checkpoint: str = "best", device: str = "auto",
+                   threads: int | None = None) -> LoadedModel:
+        """One checkpoint of a run folder, ready to predict; needs neither the dataset nor the config file.
+
+        Predicts with the run's ``train.threads`` (``threads`` overrides it) and its inference settings.
+        """
         run_dir = Path(run_dir)
         require_run(run_dir)
         dev = resolve_device(device)
-        return LoadedModel.from_checkpoint(load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt", dev), dev)
+        state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint_to_use(run_dir, checkpoint)}.pt", dev)
+        _set_threads(validate_config(state["config"]), threads)
+        return LoadedModel.from_checkpoint(state, dev)
 
     def _trainer(self, method: Method, nets: Nets) -> Trainer:
         data, patch = _build_data(self.cfg, self.dataset, self.split, type(method), network_divisor(nets.values()),
@@ -282,13 +368,19 @@ class Run:
         """Train until ``train.steps`` (from where a resumed run stopped)."""
         if self.trainer is None:
             raise SemisegError(f"{self.run_dir}: this run was opened for evaluation; build or resume it to train")
-        return self.trainer.fit(on_step=on_step)
+        try:
+            return self.trainer.fit(on_step=on_step)
+        except Exception:
+            if self.undo is not None and self.trainer.step == 0:
+                self.undo.undo(self.run_dir)
+            raise
 
     def evaluate(self, options: EvaluationOptions | None = None) -> dict[str, Any]:
         """Evaluate the checkpoints on the test split; write metrics, summary, predictions and report."""
         options = options or EvaluationOptions()
-        states = {name: load_checkpoint(self.run_dir / "checkpoints" / f"{name}.pt", self.device)
-                  for name in options.checkpoints}
+        names = tuple(dict.fromkeys(checkpoint_to_use(self.run_dir, name) for name in options.checkpoints))
+        options = replace(options, checkpoints=names)
+        states = {name: load_checkpoint(self.run_dir / "checkpoints" / f"{name}.pt", self.device) for name in names}
         models = {name: LoadedModel.from_checkpoint(state, self.device) for name, state in states.items()}
         best = dict(self.trainer.best) if self.trainer is not None else _best_of(self.run_dir, states)
         refs = refs_by_id(self.dataset)
@@ -308,9 +400,11 @@ class Run:
                         save_predictions=cfg.eval.save_predictions, save_probabilities=cfg.eval.save_probabilities)
 
 
-def _set_threads(cfg: Config) -> None:
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+def _set_threads(cfg: Config, threads: int | None = None) -> None:
+    """``threads`` (a ``--threads`` option) or the run's ``train.threads``; None of both keeps torch's default."""
+    chosen = threads or cfg.train.threads
+    if chosen:
+        torch.set_num_threads(chosen)
 
 
 def _method_and_nets(cfg: Config, spec: DatasetSpec, device: torch.device) -> tuple[Method, Nets]:
@@ -322,5 +416,7 @@ def _method_and_nets(cfg: Config, spec: DatasetSpec, device: torch.device) -> tu
 
 def _best_of(run_dir: Path, states: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The best-on-validation record, from the best checkpoint (already loaded when it is evaluated)."""
-    state = states.get("best") or load_checkpoint(run_dir / "checkpoints" / "best.pt")
-    return dict(state["best"])
+    best_file = run_dir / "checkpoints" / "best.pt"
+    if "best" in states or not best_file.is_file():  # without best.pt, last.pt holds the record so far
+        return dict(states.get("best", next(iter(states.values())))["best"])
+    return dict(load_checkpoint(best_file)["best"])

@@ -80,6 +80,20 @@ def _image2d_case(path: Path, stem: str, channels: int) -> Case:
 def read_inputs(path: str | Path, channels: int) -> list[Case]:
     """Every case in a file or folder of volume (NIfTI, SimpleITK formats) or 2D image files."""
     root = Path(path)
+    groups, images_2d = _group_inputs(root)
+    cases = [_volume_case(cid, sorted(fs), channels) for cid, fs in sorted(groups.items())]
+    cases += [_image2d_case(p, stem, channels) for p, stem in images_2d]
+    return cases
+
+
+def input_case_ids(path: str | Path) -> list[str]:
+    """The case ids ``read_inputs`` would give, without reading any image (to check the output folder first)."""
+    groups, images_2d = _group_inputs(Path(path))
+    return sorted(groups) + [stem for _, stem in images_2d]
+
+
+def _group_inputs(root: Path) -> tuple[dict[str, list[Path]], list[tuple[Path, str]]]:
+    """Volume files grouped by case id (nnU-Net channel files share one) and the 2D image files."""
     if not root.exists():
         raise DataError(f"input {str(root)!r} does not exist; give an image file or a folder of them")
     groups: dict[str, list[Path]] = defaultdict(list)
@@ -94,11 +108,9 @@ def read_inputs(path: str | Path, channels: int) -> list[Case]:
             continue
         match = _CHANNEL.match(stem)
         groups[match["case"] if match else stem].append(file)  # nnU-Net channel files share a case id
-    cases = [_volume_case(cid, sorted(fs), channels) for cid, fs in sorted(groups.items())]
-    cases += [_image2d_case(p, stem, channels) for p, stem in images_2d]
-    if not cases:
+    if not groups and not images_2d:
         raise DataError(f"no image files found in {str(root)!r}; readable endings: {describe_suffixes()}")
-    return cases
+    return groups, images_2d
 
 
 def _is_image2d(case: Case) -> bool:

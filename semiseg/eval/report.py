@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from semiseg.eval.evaluate import format_table
 from semiseg.eval.robustness import format_robustness_table
@@ -49,24 +50,40 @@ def _take(array: np.ndarray, index: int) -> np.ndarray:
     return array if index == -1 else array[..., index]
 
 
-def overlay_figure(examples: list[dict[str, Any]], label_mode: str, path: Path) -> None:
-    """Rows of (image, ground truth, prediction) for a few cases."""
+def _legend_handles(class_names: list[str], label_mode: str) -> list[Patch]:
+    """One coloured patch per foreground class, in the colours ``_label_rgb`` draws them."""
+    named = list(enumerate(class_names))[1:] if label_mode == "multiclass" else [
+        (k + 1, name) for k, name in enumerate(class_names)]
+    return [Patch(color=_COLOURS[k % len(_COLOURS)], alpha=0.45, label=name) for k, name in named]
+
+
+def _overlay_titles(ex: dict[str, Any], index: int) -> list[str]:
+    """Titles naming the case, the slice shown (3D) and the checkpoint that predicted."""
+    where = "" if index == -1 else f", slice {index}"
+    checkpoint = f"{ex['checkpoint']} checkpoint, " if ex.get("checkpoint") else ""
+    return [f"{ex['case_id']}: image{where}", "ground truth", f"prediction ({checkpoint}Dice {ex['dice']:.3f})"]
+
+
+def overlay_figure(examples: list[dict[str, Any]], label_mode: str, path: Path,
+                   class_names: list[str] | None = None) -> None:
+    """Rows of (image, ground truth, prediction) for a few cases, with a legend of the class colours."""
     if not examples:
         return
-    fig, axes = _subplots(len(examples), 3, figsize=(9, 3 * len(examples)), squeeze=False)
+    fig, axes = _subplots(len(examples), 3, figsize=(9, 3 * len(examples) + 0.4), squeeze=False)
     for row, ex in zip(axes, examples, strict=True):
         ndim = ex["image"].ndim - 1
         index = _middle_slice(ex["image"], ndim, ex["gt"], label_mode)
         image = _take(ex["image"][0], index)
-        for ax, (title, overlay) in zip(row, [("image", None), ("ground truth", ex["gt"]), ("prediction", ex["pred"])],
-                                        strict=True):
+        for ax, title, overlay in zip(row, _overlay_titles(ex, index), [None, ex["gt"], ex["pred"]], strict=True):
             ax.imshow(image.T, cmap="gray", origin="lower")
             if overlay is not None:
                 ax.imshow(np.transpose(_label_rgb(_take(overlay, index), label_mode), (1, 0, 2)), origin="lower")
-            ax.set_title(f"{ex['case_id']}: {title}" + (f" (Dice {ex['dice']:.3f})" if title == "prediction" else ""),
-                         fontsize=8)
+            ax.set_title(title, fontsize=8)
             ax.axis("off")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.4 / fig.get_figheight() if class_names else 0, 1, 1))
+    if class_names:
+        handles = _legend_handles(class_names, label_mode)
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
     fig.savefig(path, dpi=100)
 
 
@@ -172,6 +189,7 @@ def _extra_sections(figures: Path, label_mode: str, robustness: dict[str, Any] |
 def write_report(
     run_dir: Path, *, summary: dict[str, Any], info: dict[str, Any], examples: list[dict[str, Any]], label_mode: str,
     robustness: dict[str, Any] | None = None, uncertainty: dict[str, Any] | None = None,
+    class_names: list[str] | None = None,
 ) -> Path:
     """Write ``report.md`` and its figures into ``run_dir``; returns the report path.
 
@@ -180,7 +198,7 @@ def write_report(
     """
     figures = run_dir / "figures"
     figures.mkdir(exist_ok=True)
-    overlay_figure(examples, label_mode, figures / "overlays.png")
+    overlay_figure(examples, label_mode, figures / "overlays.png", class_names)
     has_curves = curves_figure(run_dir / "log.csv", figures / "training.png")
     lines = [f"# semiseg report: {info['method']} on {info['dataset']}", ""]
     lines += [f"- {key}: {value}" for key, value in info.items()]

@@ -142,7 +142,7 @@ def evaluate_checkpoints(models: Mapping[str, CaseModel], test_cases: Sequence[C
                 if len(examples) < facts.report_cases:
                     dice = float(np.mean([r["dice"] for r in case_rows]))
                     examples.append({"case_id": case.case_id, "image": case.image, "gt": case.label, "pred": pred,
-                                     "dice": dice})
+                                     "dice": dice, "checkpoint": name})
     write_rows(rows, run_dir / "metrics" / "per_case.csv")
     summary = summarize(rows)
     extras = extra.finish()
@@ -151,7 +151,7 @@ def evaluate_checkpoints(models: Mapping[str, CaseModel], test_cases: Sequence[C
     uncertainty_block = ({**extras["uncertainty"], "examples": extra.uncertainty_examples}
                          if "uncertainty" in extras else None)
     write_report(run_dir, summary=summary, info=facts.report_info, examples=examples, label_mode=facts.label_mode,
-                 robustness=extras.get("robustness"), uncertainty=uncertainty_block)
+                 robustness=extras.get("robustness"), uncertainty=uncertainty_block, class_names=facts.class_names)
     return summary
 
 
