@@ -154,19 +154,22 @@ class CsvLog:
 
     A key first reported late (a term that starts with a curriculum stage) adds a column: the file is
     rewritten with the union of the columns, earlier rows left empty there, so ``csv.DictReader`` reads it
-    as usual. On resume the rows before the checkpoint's step are kept and ``elapsed_before`` holds their
+    as usual. On resume the rows up to and including the checkpoint's step are kept (the Trainer logs a step's
+    row before it saves that step's checkpoint, so the row is always there) and ``elapsed_before`` holds their
     last ``elapsed_s``, so training time keeps counting across interruptions.
     """
 
-    def __init__(self, path: Path, keep_before_step: int | None = None) -> None:
+    def __init__(self, path: Path, keep_through_step: int | None = None) -> None:
         self.path, self.fields, self.elapsed_before = path, [], 0.0
-        if keep_before_step is not None and path.exists():
+        if keep_through_step is not None and path.exists():
             fields, rows = self._read()
-            rows = [r for r in rows if int(r["step"]) < keep_before_step]
-            if rows:
-                self.fields = fields
-                self._write(rows, mode="w")
-                self.elapsed_before = float(rows[-1].get("elapsed_s") or 0.0)
+            rows = [r for r in rows if int(r["step"]) <= keep_through_step]
+            if not rows:  # nothing survives (a restart from step 0): the next append starts a fresh file
+                path.unlink()
+                return
+            self.fields = fields
+            self._write(rows, mode="w")
+            self.elapsed_before = float(rows[-1].get("elapsed_s") or 0.0)
 
     def _read(self) -> tuple[list[str], list[dict[str, Any]]]:
         with self.path.open(newline="") as fh:
@@ -365,7 +368,7 @@ class Trainer:
     def fit(self, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Train until ``train.steps``; Ctrl-C saves ``last.pt`` so ``--resume`` can continue."""
         train = self.cfg.train
-        log = CsvLog(self.run_dir / "log.csv", keep_before_step=self.step)
+        log = CsvLog(self.run_dir / "log.csv", keep_through_step=self.step)
         start_time = time.perf_counter() - log.elapsed_before
         bar = tqdm(total=train.steps, initial=self.step, desc=f"train {self.method.name}",
                    disable=not self.show_progress, dynamic_ncols=True)
@@ -374,12 +377,14 @@ class Trainer:
             while self.step < train.steps:
                 row = self.train_step()
                 self.step += 1
-                if self.step % train.val_every == 0 or self.step == train.steps:
-                    val_score = self._validate_and_save()
-                    row["val_dice"] = val_score
-                if self.step % train.log_every == 0 or "val_dice" in row:
+                checkpoint_step = self.step % train.val_every == 0 or self.step == train.steps
+                if checkpoint_step:
+                    val_score = row["val_dice"] = self.validate()
+                if self.step % train.log_every == 0 or checkpoint_step:
                     log.append({"step": self.step, "lr": self.scheduler.get_last_lr()[0], **row,
                                 "elapsed_s": round(time.perf_counter() - start_time, 3)})
+                if checkpoint_step:  # after the log row, so a resume from this checkpoint finds its row
+                    self._save_checkpoints(val_score)
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", val_dice=f"{val_score:.3f}")
                 if on_step is not None:
@@ -391,14 +396,12 @@ class Trainer:
         bar.close()
         return {"best": dict(self.best), "steps": self.step, "seconds": time.perf_counter() - start_time}
 
-    def _validate_and_save(self) -> float:
-        score = self.validate()
+    def _save_checkpoints(self, score: float) -> None:
         # Without a validation set the last checkpoint is also the best one.
         if math.isnan(score) or score > self.best["score"]:
             self.best = {"score": score, "step": self.step}
             self.save("best")
         self.save("last")
-        return score
 
 
 def mean_foreground_dice(pred: np.ndarray, label: np.ndarray, label_mode: str, num_classes: int) -> float:

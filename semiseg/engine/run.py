@@ -15,6 +15,7 @@ A run folder holds everything about one training run::
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -239,16 +240,26 @@ class Run:
 
     @classmethod
     def resume(cls, run_dir: str | Path, *, progress: bool = True) -> Run:
-        """The interrupted run in ``run_dir``, restored from its ``last.pt`` exactly where it stopped."""
+        """The interrupted run in ``run_dir``, restored from its ``last.pt`` exactly where it stopped.
+
+        A run stopped before its first checkpoint has nothing to restore: it restarts from step 0 with its
+        own config and split (the same numbers as a fresh run), and says so on stderr.
+        """
         run_dir = Path(run_dir)
+        require_run(run_dir)
         cfg = validate_config(read_yaml(run_dir / "config.yaml"))
-        state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+        last = run_dir / "checkpoints" / "last.pt"
+        state = load_checkpoint(last) if last.exists() else None
+        if state is None:
+            print(f"{run_dir}: stopped before its first checkpoint ({last} does not exist); "
+                  "restarting it from step 0", file=sys.stderr)
         _set_threads(cfg)
         spec = open_configured_dataset(cfg)
         run = cls(cfg, run_dir, spec, load_split(run_dir / "split.json", spec), resolve_device(cfg.train.device),
                   progress)
         run.trainer = run._trainer(*_method_and_nets(cfg, spec, run.device))
-        run.trainer.load_state(state)
+        if state is not None:
+            run.trainer.load_state(state)
         return run
 
     @classmethod
