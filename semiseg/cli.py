@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--classes", help="comma-separated class names, background first (with --pred/--gt)")
     ev.add_argument("--label-mode", default="multiclass", choices=["multiclass", "multilabel"])
     ev.add_argument("--csv", help="write the per-case rows here (with --pred/--gt)")
+    ev.add_argument("--ignore-geometry", action="store_true",
+                    help="with --pred/--gt: score even where spacing/affine of prediction and ground truth differ")
     ev.add_argument("--robustness", action="store_true",
                     help="with --run: Dice against OOD mix-up strength γ and FGSM step ε (tables + curves)")
     ev.add_argument("--uncertainty", action="store_true",
@@ -117,12 +119,25 @@ def _evaluate(args: argparse.Namespace) -> None:
     if not (args.pred and args.gt):
         raise SemisegError("give --run RUN, or both --pred FOLDER and --gt FOLDER")
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    rows, summary = api.evaluate_folders(args.pred, args.gt, class_names=classes, label_mode=args.label_mode)
+    notes: list[str] = []
+    rows, summary = api.evaluate_folders(args.pred, args.gt, class_names=classes, label_mode=args.label_mode,
+                                         ignore_geometry=args.ignore_geometry, on_warning=_noted(notes))
     if args.csv:
         from semiseg.eval.evaluate import write_rows
 
         write_rows(rows, Path(args.csv))
     print(_short_table(summary))
+    for note in notes:  # repeated under the table, where the user reads the result
+        print(f"warning: {note}")
+
+
+def _noted(notes: list[str]) -> Any:
+    """A warning sink that prints at once (stderr) and keeps the text for the summary."""
+    def note(message: str) -> None:
+        print(f"warning: {message}", file=sys.stderr)
+        notes.append(message)
+
+    return note
 
 
 def _levels(text: str | None, flag: str) -> dict[str, tuple[float, ...]]:

@@ -94,8 +94,15 @@ def geometry_mismatch(
     aa, ab = np.asarray(affine_a, float), np.asarray(affine_b, float)
     scale = max(1.0, float(np.abs(aa).max()), float(np.abs(ab).max()))
     if np.any(np.abs(aa - ab) > GEOMETRY_RTOL * scale):
-        return f"affine\n{np.array2string(aa, precision=4)}\nvs\n{np.array2string(ab, precision=4)}"
+        if np.allclose(aa[:3, :3], ab[:3, :3], rtol=0, atol=GEOMETRY_RTOL * scale):
+            return f"origin {_fmt_tuple(aa[:3, 3])} vs {_fmt_tuple(ab[:3, 3])}"
+        return f"axes (affine rows) {_fmt_rows(aa)} vs {_fmt_rows(ab)}"
     return None
+
+
+def _fmt_rows(affine: np.ndarray) -> str:
+    """A 4x4 affine's first three rows on one line, so the message stays one line."""
+    return "[" + "; ".join(" ".join(f"{float(v):.4g}" for v in row) for row in affine[:3]) + "]"
 
 
 def _fmt_tuple(values: Iterable[float]) -> str:
