@@ -251,6 +251,7 @@ class DatasetReport:
     intensity_max: float | None = None
     class_fraction: dict[str, float] = field(default_factory=dict)  # over labelled training cases
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # the source's notes: legal, but probably unintended
 
     @property
     def ok(self) -> bool:
@@ -293,6 +294,7 @@ def check_dataset(spec: DatasetSpec, *, progress: Callable[[str], None] | None =
         class_names=list(spec.class_names),
         declared_channels=spec.channels,
         declared_dim=spec.dim,
+        warnings=list(spec.warnings),
     )
     report.problems.extend(_structure_problems(spec))
     stats = _Stats(spec.num_classes)
@@ -399,6 +401,7 @@ def format_report(report: DatasetReport) -> str:
         lines.append(f"  intensity   : {report.intensity_min:.4g} .. {report.intensity_max:.4g}")
     if report.class_fraction:
         lines.append("  class voxels: " + ", ".join(f"{n} {f:.2%}" for n, f in report.class_fraction.items()))
+    lines.extend(f"warning: {text}" for text in report.warnings)
     if report.ok:
         lines.append("No problems found.")
     else:

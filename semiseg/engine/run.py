@@ -54,6 +54,12 @@ def open_configured_dataset(cfg: Config) -> DatasetSpec:
     return sources.open_dataset(cfg.data.source, cfg.data.path, **cfg.data.options)
 
 
+def print_dataset_warnings(spec: DatasetSpec) -> None:
+    """What the source found legal but probably unintended (e.g. images without a label), before training."""
+    for text in spec.warnings:
+        print(f"warning: {text}", file=sys.stderr)
+
+
 def dataset_info(spec: DatasetSpec) -> dict[str, Any]:
     return {"name": spec.name, "label_mode": spec.label_mode, "class_names": list(spec.class_names),
             "channels": spec.channels, "dim": spec.dim}
@@ -225,6 +231,7 @@ class Run:
         check_unlabelled_batch(method_cls, cfg.train.unlabelled_batch_size)
         device = resolve_device(cfg.train.device)
         spec = open_configured_dataset(cfg)
+        print_dataset_warnings(spec)
         _check_dims(cfg, spec)
         method, nets = _method_and_nets(cfg, spec, device)
         _check_patch(cfg, network_divisor(nets.values()))
