@@ -9,12 +9,13 @@ checkpoint ready to predict. The face (``api.py``, ``cli.py``) asks a Run and as
 A run folder holds everything about one training run::
 
     config.yaml  split.json  log.csv  checkpoints/{best,last}.pt
-    metrics/per_case.csv  summary.json  report.md  figures/*.png  predictions/
+    metrics/per_case.csv  summary.json  report.md  figures/*.png  predictions/  .semiseg-manifest.json
+
+The manifest lists the files the run wrote; ``--overwrite`` deletes those and nothing a user put there.
 """
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from semiseg.engine.checkpoint import load_checkpoint
 from semiseg.engine.device import amp_enabled, resolve_device
 from semiseg.engine.inferer import Inferer, network_divisor
 from semiseg.engine.loop import Trainer, TrainingData, build_nets, check_unlabelled_batch
+from semiseg.engine.manifest import recorded, remove_run_files
 from semiseg.errors import ConfigError, DataError, SemisegError
 from semiseg.eval.run_evaluation import EvaluationOptions, RunFacts, evaluate_checkpoints
 from semiseg.losses import supervised_loss
@@ -96,9 +98,8 @@ def prepare_run_dir(cfg: Config, overwrite: bool) -> Path:
             f"{run_dir} already holds a run ({', '.join(existing)}); choose another output.name, "
             "resume it with --resume, or pass --overwrite to replace it"
         )
-    for name in existing:  # only the run's own files; anything else the user put there stays
-        target = run_dir / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    if existing:  # only the files the run wrote (its manifest); anything the user put there stays
+        remove_run_files(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -239,8 +240,9 @@ class Run:
             spec, labelled=cfg.split.labelled, val=cfg.split.val, test=cfg.split.test,
             unlabelled=cfg.split.unlabelled, seed=cfg.split.seed if cfg.split.seed is not None else cfg.seed)
         run_dir = prepare_run_dir(cfg, overwrite)
-        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-        save_split(split, run_dir / "split.json")
+        with recorded(run_dir):
+            (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+            save_split(split, run_dir / "split.json")
         run = cls(cfg, run_dir, spec, split, device, progress)
         run.trainer = run._trainer(method, nets)
         return run
@@ -300,7 +302,8 @@ class Run:
         """Train until ``train.steps`` (from where a resumed run stopped)."""
         if self.trainer is None:
             raise SemisegError(f"{self.run_dir}: this run was opened for evaluation; build or resume it to train")
-        return self.trainer.fit(on_step=on_step)
+        with recorded(self.run_dir):
+            return self.trainer.fit(on_step=on_step)
 
     def evaluate(self, options: EvaluationOptions | None = None) -> dict[str, Any]:
         """Evaluate the checkpoints on the test split; write metrics, summary, predictions and report."""
@@ -311,7 +314,9 @@ class Run:
         best = dict(self.trainer.best) if self.trainer is not None else _best_of(self.run_dir, states)
         refs = refs_by_id(self.dataset)
         test = [refs[case_id] for case_id in self.split["test"]]
-        return evaluate_checkpoints(models, test, self._facts(best), self.run_dir, options, progress=self.progress)
+        with recorded(self.run_dir):
+            return evaluate_checkpoints(models, test, self._facts(best), self.run_dir, options,
+                                        progress=self.progress)
 
     def _facts(self, best: dict[str, Any]) -> RunFacts:
         cfg, spec, split = self.cfg, self.dataset, self.split

@@ -48,6 +48,24 @@ def test_existing_run_is_not_overwritten(tmp_path):
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
 
 
+def test_overwrite_deletes_only_what_the_run_wrote(tmp_path):
+    from semiseg.engine.manifest import record, recorded_files
+
+    first = api.train(_cfg(tmp_path), progress=False).run_dir
+    written = recorded_files(first)
+    assert {"log.csv", "checkpoints/last.pt", "metrics/per_case.csv", "report.md"} <= written
+    assert any(name.startswith("predictions/") for name in written)
+    (first / "predictions" / "mine.nii.gz").write_text("a user's file")
+    (first / "figures" / "keep").mkdir()
+    stale = first / "metrics" / "stale.csv"  # a file of the old run that the new run does not write again
+    stale.write_text("old")
+    record(first, {"metrics/stale.csv"})
+    api.train(_cfg(tmp_path, "eval.save_predictions=false"), progress=False, overwrite=True)
+    assert (first / "predictions" / "mine.nii.gz").read_text() == "a user's file"
+    assert (first / "figures" / "keep").is_dir() and not stale.exists()
+    assert sorted(p.name for p in (first / "predictions").iterdir()) == ["mine.nii.gz"]
+
+
 def _interrupt_at(step):
     def hook(current):
         if current == step:
