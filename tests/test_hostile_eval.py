@@ -100,6 +100,25 @@ def _pred_other_shape(pred: Path, gt: Path) -> list[str]:
     return [str(pred / "a.nii.gz"), str(gt / "a.nii.gz")]
 
 
+def _corrupt_gt(pred: Path, gt: Path) -> list[str]:
+    (gt / "a.nii.gz").write_bytes(b"not a nifti file")
+    return [str(gt / "a.nii.gz")]
+
+
+def _gt_folder_empty(pred: Path, gt: Path) -> list[str]:
+    for file in gt.iterdir():
+        file.rename(gt / f"{file.name}.txt")
+    return [str(gt)]
+
+
+def _multilabel_gt_not_binary(pred: Path, gt: Path) -> list[str]:
+    for folder in (pred, gt):
+        for case in ("a", "b"):
+            _save(folder / f"{case}.nii.gz", np.stack([_label() == 1, _label() == 2], axis=-1).astype(np.uint8))
+    _save(gt / "b.nii.gz", np.stack([_label(), _label()], axis=-1))
+    return [str(gt / "b.nii.gz")]
+
+
 HOSTILE: dict[str, tuple[Callable[[Path, Path], list[str]], list[str]]] = {
     "float ground truth (0.4)": (_float_gt, []),
     "NaN in ground truth": (_nan_gt, []),
@@ -110,6 +129,9 @@ HOSTILE: dict[str, tuple[Callable[[Path, Path], list[str]], list[str]]] = {
     "prediction with a flipped axis": (_pred_flipped, []),
     "ground truth without a prediction": (_pred_missing, []),
     "prediction of another shape": (_pred_other_shape, []),
+    "corrupt ground-truth file": (_corrupt_gt, []),
+    "ground-truth folder without label files": (_gt_folder_empty, []),
+    "multilabel ground truth with a value 2": (_multilabel_gt_not_binary, ["--label-mode", "multilabel"]),
 }
 
 
