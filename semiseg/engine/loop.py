@@ -19,6 +19,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -198,6 +200,36 @@ class CsvLog:
         self._write([*rows, row], mode="w")
 
 
+class _DeferredInterrupt:
+    """Hold a Ctrl-C (SIGINT) until the current step's update, log row and checkpoint are all done.
+
+    A step interrupted half-way would save a ``last.pt`` whose weights, step count and log disagree,
+    and a resumed run would differ from an uninterrupted one. A second Ctrl-C stops at once (``forced``,
+    nothing is saved). Outside the main thread nothing is deferred.
+    """
+
+    def __init__(self) -> None:
+        self.requested = self.forced = False
+        self._previous: Any = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._note)
+
+    def _note(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            self.forced = True
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def raise_if_requested(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
 class Trainer:
     def __init__(
         self,
@@ -373,8 +405,10 @@ class Trainer:
         bar = tqdm(total=train.steps, initial=self.step, desc=f"train {self.method.name}",
                    disable=not self.show_progress, dynamic_ncols=True)
         val_score = float("nan")
+        stop = _DeferredInterrupt()
         try:
             while self.step < train.steps:
+                stop.raise_if_requested()  # Ctrl-C acts between steps, so last.pt and log.csv agree
                 row = self.train_step()
                 self.step += 1
                 checkpoint_step = self.step % train.val_every == 0 or self.step == train.steps
@@ -389,10 +423,14 @@ class Trainer:
                 bar.set_postfix(loss=f"{row['loss']:.3f}", val_dice=f"{val_score:.3f}")
                 if on_step is not None:
                     on_step(self.step)
+            stop.raise_if_requested()
         except KeyboardInterrupt:
-            self.save("last")
+            if not stop.forced:  # a second Ctrl-C stops mid-step: the last consistent checkpoint stays
+                self.save("last")
             bar.close()
             raise
+        finally:
+            stop.restore()
         bar.close()
         return {"best": dict(self.best), "steps": self.step, "seconds": time.perf_counter() - start_time}
 

@@ -114,6 +114,31 @@ def test_resume_after_kill_gives_the_uninterrupted_log(tmp_path, killed_at, caps
     assert _log_without_time(resumed.run_dir) == _log_without_time(straight.run_dir)
 
 
+def test_ctrl_c_during_validation_waits_for_the_log_row_and_checkpoint(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from semiseg.engine.loop import Trainer
+
+    straight = api.train(_cfg(tmp_path / "a"), progress=False, evaluate=False)
+    validate = Trainer.validate
+
+    def validate_then_ctrl_c(self):
+        score = validate(self)
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives mid-step: must wait for the row and last.pt of step 3
+        return score
+
+    monkeypatch.setattr(Trainer, "validate", validate_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        api.train(_cfg(tmp_path / "b"), progress=False, evaluate=False)
+    monkeypatch.setattr(Trainer, "validate", validate)
+    assert torch.load(tmp_path / "b" / "run" / "checkpoints" / "last.pt", weights_only=False)["step"] == 3
+    resumed = api.resume(tmp_path / "b" / "run", progress=False, evaluate=False)
+    assert _log_without_time(resumed.run_dir) == _log_without_time(straight.run_dir)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_predict_writes_input_geometry(tmp_path):
     import nibabel as nib
     import numpy as np
