@@ -14,16 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from semiseg.config import Config
 from semiseg.engine.run import Run, require_run
-from semiseg.errors import DataError, SemisegError
-from semiseg.eval.evaluate import score_case, summarize
-from semiseg.eval.io import (
-    input_case_ids,
-    label_files,
-    read_inputs,
-    read_label_file,
-    write_label,
-    write_probabilities,
-)
+from semiseg.errors import SemisegError
+from semiseg.eval.io import input_case_ids, read_inputs, write_label, write_probabilities
 from semiseg.eval.labels import probs_to_label
 from semiseg.eval.robustness import DEFAULT_EPSILONS, DEFAULT_GAMMAS
 from semiseg.eval.run_evaluation import EvaluationOptions
@@ -123,22 +115,15 @@ def predict(run_dir: str | Path, input_path: str | Path, output_dir: str | Path,
 
 
 def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, *, class_names: list[str] | None = None,
-                     label_mode: str = "multiclass") -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Metrics of label files in ``pred_dir`` against same-named files in ``gt_dir`` (spacing from the GT)."""
-    preds, gts = label_files(Path(pred_dir)), label_files(Path(gt_dir))
-    missing = sorted(set(gts) - set(preds))
-    if missing:
-        raise DataError(f"{pred_dir} has no prediction for {missing[:5]} (ground truth in {gt_dir})")
-    if not gts:
-        raise DataError(f"{gt_dir} holds no label files (.nii.gz, .nii, .png)")
-    loaded = {cid: (read_label_file(preds[cid]), read_label_file(gts[cid])) for cid in gts}
-    if class_names is None:
-        top = max(int(max(p.max(), g.max())) for (p, _), (g, _) in loaded.values())
-        class_names = ["background"] + [f"class_{k}" for k in range(1, top + 1)]
-    rows = []
-    for cid, ((pred, _), (gt, spacing)) in loaded.items():
-        if pred.shape != gt.shape:
-            raise DataError(f"{preds[cid]} has shape {pred.shape} but {gts[cid]} has {gt.shape}")
-        rows += score_case(case_id=cid, checkpoint="given", pred=pred, probs=None, gt=gt, spacing=spacing,
-                           class_names=class_names, label_mode=label_mode)
-    return rows, summarize(rows)
+                     label_mode: str = "multiclass", ignore_geometry: bool = False,
+                     on_warning: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Metrics of label files in ``pred_dir`` against same-named files in ``gt_dir`` (spacing from the GT).
+
+    Float/NaN labels, values outside ``class_names`` and predictions on another grid than their ground
+    truth are errors naming the file (``ignore_geometry`` skips the grid check); predictions without
+    ground truth go to ``on_warning`` (default: a ``UserWarning``).
+    """
+    from semiseg.eval.folders import evaluate_folders as evaluate
+
+    return evaluate(pred_dir, gt_dir, class_names=class_names, label_mode=label_mode,
+                    ignore_geometry=ignore_geometry, on_warning=on_warning)

@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--label-mode", default="multiclass", choices=["multiclass", "multilabel"],
                     help="with --pred/--gt: one label per voxel (default) or one binary channel per class")
     ev.add_argument("--csv", help="write the per-case rows here (with --pred/--gt)")
+    ev.add_argument("--ignore-geometry", action="store_true",
+                    help="with --pred/--gt: score even where spacing/affine of prediction and ground truth differ")
     ev.add_argument("--robustness", action="store_true",
                     help="with --run: Dice against OOD mix-up strength γ and FGSM step ε (tables + curves)")
     ev.add_argument("--uncertainty", action="store_true",
@@ -83,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--seeds", help="comma-separated run seeds (default: the file's, else 0,1,2)")
     cmp_.add_argument("--name", help="comparison folder under output.root (default: the file's name)")
     cmp_.add_argument("--config", help="YAML config shared by every run")
+    cmp_.add_argument("--data", help="dataset folder for every run; shortcut for --set data.source=auto "
+                                     "--set data.path=PATH")
     cmp_.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="config override shared by every run (repeatable)")
     cmp_.add_argument("--jobs", type=int, help="runs trained in parallel (default: the file's, else 1)")
@@ -148,12 +152,25 @@ def _evaluate(args: argparse.Namespace) -> None:
     if not (args.pred and args.gt):
         raise SemisegError("give --run RUN, or both --pred FOLDER and --gt FOLDER")
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    rows, summary = api.evaluate_folders(args.pred, args.gt, class_names=classes, label_mode=args.label_mode)
+    notes: list[str] = []
+    rows, summary = api.evaluate_folders(args.pred, args.gt, class_names=classes, label_mode=args.label_mode,
+                                         ignore_geometry=args.ignore_geometry, on_warning=_noted(notes))
     if args.csv:
         from semiseg.eval.evaluate import write_rows
 
         write_rows(rows, Path(args.csv))
     print(_short_table(summary))
+    for note in notes:  # repeated under the table, where the user reads the result
+        print(f"warning: {note}")
+
+
+def _noted(notes: list[str]) -> Any:
+    """A warning sink that prints at once (stderr) and keeps the text for the summary."""
+    def note(message: str) -> None:
+        print(f"warning: {message}", file=sys.stderr)
+        notes.append(message)
+
+    return note
 
 
 def _levels(text: str | None, flag: str) -> dict[str, tuple[float, ...]]:
@@ -194,7 +211,9 @@ def _seeds(text: str) -> list[int]:
         raise SemisegError(f"--seeds must be comma-separated integers, got {text!r}") from None
 
 
-def _compare(args: argparse.Namespace) -> None:
+def _compare(args: argparse.Namespace) -> int:
+    import json
+
     from semiseg.compare import compare, parse_entry, split_entries
     from semiseg.experiments import load_experiment, publish
 
@@ -211,12 +230,32 @@ def _compare(args: argparse.Namespace) -> None:
         seeds = _seeds(args.seeds or "0,1,2")
     else:
         raise SemisegError("compare needs an experiment file (experiments/<name>.yaml) or --methods and --name")
-    root = compare(args.config, [*protocol, *args.overrides], entries, seeds, name=name, jobs=jobs,
-                   progress=not args.quiet, experiment=exp)
+    data = ["data.source=auto", f"data.path={args.data}"] if args.data else []
+    root = compare(args.config, [*protocol, *args.overrides, *data], entries, seeds, name=name, jobs=jobs,
+                   progress=not args.quiet, experiment=exp, rerun=_compare_command(args))
     print((root / "compare.md").read_text())
     print(f"tables: {root / 'compare.md'}, {root / 'compare.csv'}")
+    missing = json.loads((root / "compare.json").read_text())["missing"]
+    if missing:
+        print(f"{len(missing)} run(s) did not finish; finish them with: {_compare_command(args)}", file=sys.stderr)
+        return 1
     if args.publish:
         print(f"published: {publish(root, Path('results') / name)}")
+    return 0
+
+
+def _compare_command(args: argparse.Namespace) -> str:
+    """The command line that reruns this comparison (finished runs are reused, the others trained)."""
+    import shlex
+
+    words = ["semiseg", "compare", *([args.experiment] if args.experiment else [])]
+    for flag in ("methods", "seeds", "name", "config", "data", "jobs"):
+        value = getattr(args, flag)
+        if value is not None:
+            words += [f"--{flag}", str(value)]
+    for override in args.overrides:
+        words += ["--set", override]
+    return shlex.join(words + (["--quiet"] if args.quiet else []))
 
 
 def _data_check(args: argparse.Namespace) -> int:
@@ -279,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "evaluate":
             _evaluate(args)
         elif args.command == "compare":
-            _compare(args)
+            return _compare(args)
         elif args.command == "data":
             if args.data_command is None:
                 args.print_data_help()

@@ -14,7 +14,8 @@ import csv
 import json
 import math
 import os
-from collections import defaultdict
+import time
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -105,17 +106,55 @@ def run_configs(base_file: str | None, overrides: Sequence[str], entries: Sequen
     return configs
 
 
-def _train_one(cfg: Config, progress: bool) -> str:
+def _run_dir(cfg: Config) -> Path:
+    return Path(cfg.output.root) / str(cfg.output.name)
+
+
+def _train_one(cfg: Config, progress: bool) -> tuple[str, float]:
+    """Reuse, resume or train one run; returns what was done and the seconds it took."""
     from semiseg import api
 
-    run_dir = Path(cfg.output.root) / str(cfg.output.name)
+    run_dir, start = _run_dir(cfg), time.perf_counter()
     if (run_dir / "summary.json").is_file():
-        return "reused"
+        return "reused", 0.0
     if (run_dir / "checkpoints" / "last.pt").is_file():
         api.resume(run_dir, progress=progress)
-        return "resumed"
+        return "resumed", time.perf_counter() - start
     api.train(cfg, overwrite=True, progress=progress)
-    return "trained"
+    return "trained", time.perf_counter() - start
+
+
+def _done(label: str, seed: int, status: str, seconds: float) -> str:
+    return f"{label} seed {seed}: {status}" + (f" in {seconds:.1f} s" if status != "reused" else "")
+
+
+def _train_all(configs: dict[tuple[str, int], Config], jobs: int, progress: bool) -> dict[tuple[str, int], str]:
+    """Train what is missing; a run that fails with a user error is reported and the others go on.
+
+    Returns the failed runs with their error. Ctrl-C stops here; what finished is still tabulated.
+    """
+    failed: dict[tuple[str, int], str] = {}
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            futures = {pool.submit(_train_one, cfg, False): key
+                       for key, cfg in with_job_threads(configs, jobs).items()}
+            for future in as_completed(futures):
+                label, seed = futures[future]
+                try:
+                    print(_done(label, seed, *future.result()), flush=True)
+                except SemisegError as exc:
+                    failed[(label, seed)] = str(exc)
+                    print(f"{label} seed {seed}: failed: {exc}", flush=True)
+        return failed
+    for (label, seed), cfg in configs.items():
+        if not (_run_dir(cfg) / "summary.json").is_file():
+            print(f"== {label} seed {seed}", flush=True)
+        try:
+            print(_done(label, seed, *_train_one(cfg, progress)), flush=True)
+        except SemisegError as exc:
+            failed[(label, seed)] = str(exc)
+            print(f"{label} seed {seed}: failed: {exc}", flush=True)
+    return failed
 
 
 def with_job_threads(configs: dict[tuple[str, int], Config], jobs: int) -> dict[tuple[str, int], Config]:
@@ -129,29 +168,28 @@ def with_job_threads(configs: dict[tuple[str, int], Config], jobs: int) -> dict[
 
 
 def compare(base_file: str | None, overrides: Sequence[str], entries: Sequence[Entry], seeds: Sequence[int], *,
-            name: str, jobs: int = 1, progress: bool = True, experiment: Any = None) -> Path:
+            name: str, jobs: int = 1, progress: bool = True, experiment: Any = None,
+            rerun: str = "the same 'semiseg compare' command") -> Path:
     """Train what is missing, then write ``compare.md``, ``compare.csv`` and ``compare.json``.
 
     ``experiment`` (a ``semiseg.experiments.Experiment``) is recorded in the stamp of ``compare.json``.
+    Runs that did not finish are listed under ``missing`` in ``compare.json`` and marked in ``compare.md``
+    with ``rerun``, the command that finishes them (finished runs are reused, interrupted ones resumed).
     """
     if not entries or not seeds:
         raise ConfigError("compare needs at least one method and one seed")
     configs = run_configs(base_file, overrides, entries, seeds, name)
     root = Path(next(iter(configs.values())).output.root) / name
     root.mkdir(parents=True, exist_ok=True)
-    if jobs > 1:
-        todo = with_job_threads(configs, jobs)
-        with ProcessPoolExecutor(jobs) as pool:
-            futures = {pool.submit(_train_one, cfg, False): key for key, cfg in todo.items()}
-            for future in as_completed(futures):
-                label, seed = futures[future]
-                print(f"{label} seed {seed}: {future.result()}", flush=True)
-    else:
-        for (label, seed), cfg in configs.items():
-            print(f"== {label} seed {seed}", flush=True)
-            _train_one(cfg, progress)
-    results = collect(root, entries, seeds)
-    write_outputs(root, results, entries, seeds, configs, _stamp(experiment, configs))
+    failed: dict[tuple[str, int], str] = {}
+    try:
+        failed = _train_all(configs, jobs, progress)
+    finally:  # also after Ctrl-C or a crash: the table of what finished, with the missing runs marked
+        results = collect(root, entries, seeds)
+        missing = [{"label": label, "seed": seed, "reason": failed.get((label, seed), "not finished")}
+                   for label, seed in configs if seed not in results.get(label, {})]
+        write_outputs(root, results, entries, seeds, configs, _stamp(experiment, configs), missing=missing,
+                      rerun=rerun)
     return root
 
 
@@ -180,29 +218,32 @@ def _train_seconds(run_dir: Path) -> float:
 
 
 def collect(root: Path, entries: Sequence[Entry], seeds: Sequence[int]) -> dict[str, Any]:
+    """Per-case scores and training time of every finished run (one with a ``summary.json``)."""
     results: dict[str, Any] = {}
     for entry in entries:
         per_seed = {}
         for seed in seeds:
             run_dir = root / f"{entry.label}-s{seed}"
-            if not (run_dir / "summary.json").is_file():
-                raise SemisegError(f"{run_dir} has no summary.json; rerun 'semiseg compare' to finish it")
-            per_seed[seed] = {"cases": _case_rows(run_dir), "seconds": _train_seconds(run_dir)}
-        results[entry.label] = per_seed
+            if (run_dir / "summary.json").is_file():
+                per_seed[seed] = {"cases": _case_rows(run_dir), "seconds": _train_seconds(run_dir)}
+        if per_seed:
+            results[entry.label] = per_seed
     return results
 
 
 def summary_rows(results: dict[str, Any], entries: Sequence[Entry]) -> list[dict[str, Any]]:
+    """Two rows (best, last) per entry with at least one finished seed."""
     reference = entries[0].label
-    ref_seconds = np.mean([r["seconds"] for r in results[reference].values()])
+    ref_runs = results.get(reference, {})
+    ref_seconds = np.mean([r["seconds"] for r in ref_runs.values()]) if ref_runs else math.nan
     rows = []
-    for entry in entries:
+    for entry in (e for e in entries if e.label in results):
         runs = results[entry.label]
         for checkpoint in ("best", "last"):
             row: dict[str, Any] = {"label": entry.label, "method": entry.method, "checkpoint": checkpoint,
                                    "seeds": len(runs)}
             row.update(seed_mean_std(runs, checkpoint))
-            row["p_dice_vs_ref"] = paired_p(results, entry.label, reference, checkpoint)
+            row["p_dice_vs_ref"] = paired_p(results, entry.label, reference, checkpoint) if ref_runs else math.nan
             row["train_time_ratio"] = float(np.mean([r["seconds"] for r in runs.values()]) / ref_seconds)
             rows.append(row)
     return rows
@@ -225,18 +266,42 @@ def format_markdown(rows: list[dict[str, Any]], reference: str) -> str:
 
 
 def write_outputs(root: Path, results: dict[str, Any], entries: Sequence[Entry], seeds: Sequence[int],
-                  configs: dict[tuple[str, int], Config], stamp: dict[str, Any] | None = None) -> None:
+                  configs: dict[tuple[str, int], Config], stamp: dict[str, Any] | None = None, *,
+                  missing: Sequence[dict[str, Any]] = (), rerun: str = "the same 'semiseg compare' command") -> None:
     rows = summary_rows(results, entries)
+    columns = list(rows[0]) if rows else ["label", "method", "checkpoint", "seeds"]
     with (root / "compare.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
     (root / "compare.json").write_text(json.dumps(
         {"stamp": stamp, "seeds": list(seeds),
-         "entries": [e.__dict__ | {"overrides": list(e.overrides)} for e in entries], "rows": rows},
+         "entries": [e.__dict__ | {"overrides": list(e.overrides)} for e in entries], "rows": rows,
+         "missing": list(missing)},
         indent=2, default=str))
     first = configs[(entries[0].label, seeds[0])]
-    header = (f"# Comparison `{root.name}`\n\ndata: {first.data.source}, labelled: {first.split.labelled}, "
+    header = (f"# Comparison `{root.name}`\n\ndata: {dataset_label(first)}, labelled: {first.split.labelled}, "
               f"model: {first.model.dim}D {first.model.arch} {first.model.widths}, steps: {first.train.steps}, "
               f"seeds: {', '.join(map(str, seeds))}\n\n")
-    (root / "compare.md").write_text(header + format_markdown(rows, entries[0].label))
+    (root / "compare.md").write_text(header + format_markdown(rows, entries[0].label)
+                                     + format_missing(missing, entries, len(seeds), rerun))
+
+
+def dataset_label(cfg: Config) -> str:
+    """The dataset a reader recognises: the data folder's name (and its source), or the built-in source."""
+    if cfg.data.path:
+        return f"{Path(str(cfg.data.path)).expanduser().resolve().name} ({cfg.data.source})"
+    return cfg.data.source
+
+
+def format_missing(missing: Sequence[dict[str, Any]], entries: Sequence[Entry], n_seeds: int, rerun: str) -> str:
+    """The runs the table lacks, why, and the command that finishes them; empty when all finished."""
+    if not missing:
+        return ""
+    per_label = Counter(m["label"] for m in missing)
+    absent = [e.label for e in entries if per_label[e.label] == n_seeds]
+    lines = ["", f"**Not finished: {len(missing)} run(s)**; the table holds only the finished seeds"
+             + (f" and has no row for {', '.join(absent)}" if absent else "") + ".", ""]
+    lines += [f"- {m['label']} seed {m['seed']}: {m['reason']}" for m in missing]
+    lines += ["", f"Finish them with `{rerun}` (finished runs are reused, interrupted ones resumed).", ""]
+    return "\n".join(lines)

@@ -61,3 +61,31 @@ def test_markdown_shows_std_only_with_several_seeds():
     text = format_markdown([row("three", 3), row("one", 1)], "three")
     assert "| three | 0.500 ± 0.500 |" in text
     assert "| one | 0.500 | 0.500 |" in text
+
+
+def _tiny(tmp_path, *extra):
+    return ["compare", "--name", "part", "--seeds", "0", "--quiet", "--set", f"output.root={tmp_path}",
+            "--set", "data.source=phantom", "--set", "split.test=2", "--set", "train.steps=2",
+            "--set", "train.val_every=2", "--set", "model.widths=[4,8]", "--set", "eval.save_predictions=false",
+            *extra]
+
+
+def test_compare_tabulates_what_finished_marks_the_rest_and_says_how_to_finish(tmp_path, capsys):
+    args = _tiny(tmp_path, "--methods", "supervised,bad=supervised:split.labelled=50")
+    assert main(args) == 1
+    out, err = capsys.readouterr()
+    assert "supervised seed 0: trained in" in out and "bad seed 0: failed: split.labelled=50" in out
+    text = (tmp_path / "part" / "compare.md").read_text()
+    assert "| supervised |" in text and "| bad |" not in text
+    assert "no row for bad" in text and "- bad seed 0: split.labelled=50" in text
+    assert "Finish them with `semiseg compare --methods" in text and "did not finish" in err
+    assert json.loads((tmp_path / "part" / "compare.json").read_text())["missing"][0]["label"] == "bad"
+    assert main(args) == 1  # the finished run is reused, and says so
+    assert "supervised seed 0: reused" in capsys.readouterr().out
+
+
+def test_compare_data_option_names_the_dataset_folder(tmp_path, capsys):
+    assert main(_tiny(tmp_path, "--methods", "supervised", "--data", str(tmp_path / "my_dataset"))) == 1
+    text = (tmp_path / "part" / "compare.md").read_text()
+    assert "data: my_dataset (auto)" in text
+    assert "my_dataset: path does not exist" in text and "--data" in text

@@ -74,6 +74,7 @@ class DatasetSpec:
     test_cases: list[CaseRef] = field(default_factory=list)  # an explicit held-out test set, if the source has one
     fixed_split: dict[str, list[str]] | None = None  # split prescribed by the source (e.g. ACDC list files)
     root: str = ""
+    warnings: list[str] = field(default_factory=list)  # legal but probably unintended; data check and train print them
 
     @property
     def num_classes(self) -> int:

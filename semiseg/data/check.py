@@ -94,8 +94,15 @@ def geometry_mismatch(
     aa, ab = np.asarray(affine_a, float), np.asarray(affine_b, float)
     scale = max(1.0, float(np.abs(aa).max()), float(np.abs(ab).max()))
     if np.any(np.abs(aa - ab) > GEOMETRY_RTOL * scale):
-        return f"affine\n{np.array2string(aa, precision=4)}\nvs\n{np.array2string(ab, precision=4)}"
+        if np.allclose(aa[:3, :3], ab[:3, :3], rtol=0, atol=GEOMETRY_RTOL * scale):
+            return f"origin {_fmt_tuple(aa[:3, 3])} vs {_fmt_tuple(ab[:3, 3])}"
+        return f"axes (affine rows) {_fmt_rows(aa)} vs {_fmt_rows(ab)}"
     return None
+
+
+def _fmt_rows(affine: np.ndarray) -> str:
+    """A 4x4 affine's first three rows on one line, so the message stays one line."""
+    return "[" + "; ".join(" ".join(f"{float(v):.4g}" for v in row) for row in affine[:3]) + "]"
 
 
 def _fmt_tuple(values: Iterable[float]) -> str:
@@ -244,6 +251,7 @@ class DatasetReport:
     intensity_max: float | None = None
     class_fraction: dict[str, float] = field(default_factory=dict)  # over labelled training cases
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # the source's notes: legal, but probably unintended
 
     @property
     def ok(self) -> bool:
@@ -286,6 +294,7 @@ def check_dataset(spec: DatasetSpec, *, progress: Callable[[str], None] | None =
         class_names=list(spec.class_names),
         declared_channels=spec.channels,
         declared_dim=spec.dim,
+        warnings=list(spec.warnings),
     )
     report.problems.extend(_structure_problems(spec))
     stats = _Stats(spec.num_classes)
@@ -392,6 +401,7 @@ def format_report(report: DatasetReport) -> str:
         lines.append(f"  intensity   : {report.intensity_min:.4g} .. {report.intensity_max:.4g}")
     if report.class_fraction:
         lines.append("  class voxels: " + ", ".join(f"{n} {f:.2%}" for n, f in report.class_fraction.items()))
+    lines.extend(f"warning: {text}" for text in report.warnings)
     if report.ok:
         lines.append("No problems found.")
     else:

@@ -55,6 +55,12 @@ def _drawn(spec: DatasetSpec, val: int | float, test: int | float, seed: int) ->
     explicit_test = [c.case_id for c in spec.test_cases if c.has_label]
     n_test = 0 if explicit_test else _count(test, len(labelled), "test")
     n_val = _count(val, len(labelled), "val")
+    if not labelled:
+        where = f" ({spec.root})" if spec.root else ""
+        raise DataError(
+            f"dataset {spec.name!r}{where} has no labelled training case: {len(spec.cases)} image(s) were found "
+            "but none has a label file; add the labels (run 'semiseg data check' to see how the files were read)"
+        )
     if n_test + n_val >= len(labelled):
         raise DataError(
             f"the dataset has {len(labelled)} labelled cases, too few for split.test={n_test} and "

@@ -19,6 +19,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -154,19 +156,22 @@ class CsvLog:
 
     A key first reported late (a term that starts with a curriculum stage) adds a column: the file is
     rewritten with the union of the columns, earlier rows left empty there, so ``csv.DictReader`` reads it
-    as usual. On resume the rows before the checkpoint's step are kept and ``elapsed_before`` holds their
+    as usual. On resume the rows up to and including the checkpoint's step are kept (the Trainer logs a step's
+    row before it saves that step's checkpoint, so the row is always there) and ``elapsed_before`` holds their
     last ``elapsed_s``, so training time keeps counting across interruptions.
     """
 
-    def __init__(self, path: Path, keep_before_step: int | None = None) -> None:
+    def __init__(self, path: Path, keep_through_step: int | None = None) -> None:
         self.path, self.fields, self.elapsed_before = path, [], 0.0
-        if keep_before_step is not None and path.exists():
+        if keep_through_step is not None and path.exists():
             fields, rows = self._read()
-            rows = [r for r in rows if int(r["step"]) < keep_before_step]
-            if rows:
-                self.fields = fields
-                self._write(rows, mode="w")
-                self.elapsed_before = float(rows[-1].get("elapsed_s") or 0.0)
+            rows = [r for r in rows if int(r["step"]) <= keep_through_step]
+            if not rows:  # nothing survives (a restart from step 0): the next append starts a fresh file
+                path.unlink()
+                return
+            self.fields = fields
+            self._write(rows, mode="w")
+            self.elapsed_before = float(rows[-1].get("elapsed_s") or 0.0)
 
     def _read(self) -> tuple[list[str], list[dict[str, Any]]]:
         with self.path.open(newline="") as fh:
@@ -193,6 +198,36 @@ class CsvLog:
         _, rows = self._read()
         self.fields += new
         self._write([*rows, row], mode="w")
+
+
+class _DeferredInterrupt:
+    """Hold a Ctrl-C (SIGINT) until the current step's update, log row and checkpoint are all done.
+
+    A step interrupted half-way would save a ``last.pt`` whose weights, step count and log disagree,
+    and a resumed run would differ from an uninterrupted one. A second Ctrl-C stops at once (``forced``,
+    nothing is saved). Outside the main thread nothing is deferred.
+    """
+
+    def __init__(self) -> None:
+        self.requested = self.forced = False
+        self._previous: Any = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._note)
+
+    def _note(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            self.forced = True
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def raise_if_requested(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 class Trainer:
@@ -365,41 +400,47 @@ class Trainer:
     def fit(self, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Train until ``train.steps``; Ctrl-C saves ``last.pt`` so ``--resume`` can continue."""
         train = self.cfg.train
-        log = CsvLog(self.run_dir / "log.csv", keep_before_step=self.step)
+        log = CsvLog(self.run_dir / "log.csv", keep_through_step=self.step)
         start_time = time.perf_counter() - log.elapsed_before
         bar = tqdm(total=train.steps, initial=self.step, desc=f"train {self.method.name}",
                    disable=not self.show_progress, dynamic_ncols=True)
         val_score = float("nan")
+        stop = _DeferredInterrupt()
         try:
             while self.step < train.steps:
+                stop.raise_if_requested()  # Ctrl-C acts between steps, so last.pt and log.csv agree
                 row = self.train_step()
                 self.step += 1
-                if self.step % train.val_every == 0 or self.step == train.steps:
-                    val_score = self._validate_and_save()
-                    row["val_dice"] = val_score
-                if self.step % train.log_every == 0 or "val_dice" in row:
+                checkpoint_step = self.step % train.val_every == 0 or self.step == train.steps
+                if checkpoint_step:
+                    val_score = row["val_dice"] = self.validate()
+                if self.step % train.log_every == 0 or checkpoint_step:
                     log.append({"step": self.step, "lr": self.scheduler.get_last_lr()[0], **row,
                                 "elapsed_s": round(time.perf_counter() - start_time, 3)})
+                if checkpoint_step:  # after the log row, so a resume from this checkpoint finds its row
+                    self._save_checkpoints(val_score)
                 bar.update(1)
                 shown_dice = "–" if math.isnan(val_score) else f"{val_score:.3f}"  # no validation yet
                 bar.set_postfix(loss=f"{row['loss']:.3f}", val_dice=shown_dice)
                 if on_step is not None:
                     on_step(self.step)
+            stop.raise_if_requested()
         except KeyboardInterrupt:
-            self.save("last")
+            if not stop.forced:  # a second Ctrl-C stops mid-step: the last consistent checkpoint stays
+                self.save("last")
             bar.close()
             raise
+        finally:
+            stop.restore()
         bar.close()
         return {"best": dict(self.best), "steps": self.step, "seconds": time.perf_counter() - start_time}
 
-    def _validate_and_save(self) -> float:
-        score = self.validate()
+    def _save_checkpoints(self, score: float) -> None:
         # Without a validation set the last checkpoint is also the best one.
         if math.isnan(score) or score > self.best["score"]:
             self.best = {"score": score, "step": self.step}
             self.save("best")
         self.save("last")
-        return score
 
 
 def mean_foreground_dice(pred: np.ndarray, label: np.ndarray, label_mode: str, num_classes: int) -> float:

@@ -9,7 +9,9 @@ checkpoint ready to predict. The face (``api.py``, ``cli.py``) asks a Run and as
 A run folder holds everything about one training run::
 
     config.yaml  split.json  log.csv  checkpoints/{best,last}.pt
-    metrics/per_case.csv  summary.json  report.md  figures/*.png  predictions/
+    metrics/per_case.csv  summary.json  report.md  figures/*.png  predictions/  .semiseg-manifest.json
+
+The manifest lists the files the run wrote; ``--overwrite`` deletes those and nothing a user put there.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from semiseg.engine.checkpoint import load_checkpoint
 from semiseg.engine.device import amp_enabled, resolve_device
 from semiseg.engine.inferer import Inferer, network_divisor
 from semiseg.engine.loop import Trainer, TrainingData, build_nets, check_unlabelled_batch
+from semiseg.engine.manifest import recorded, remove_run_files
 from semiseg.errors import ConfigError, DataError, SemisegError
 from semiseg.eval.run_evaluation import EvaluationOptions, RunFacts, evaluate_checkpoints
 from semiseg.losses import supervised_loss
@@ -53,6 +56,12 @@ RUN_ARTEFACTS = ("config.yaml", "split.json", "log.csv", "summary.json", "report
 
 def open_configured_dataset(cfg: Config) -> DatasetSpec:
     return sources.open_dataset(cfg.data.source, cfg.data.path, **cfg.data.options)
+
+
+def print_dataset_warnings(spec: DatasetSpec) -> None:
+    """What the source found legal but probably unintended (e.g. images without a label), before training."""
+    for text in spec.warnings:
+        print(f"warning: {text}", file=sys.stderr)
 
 
 def dataset_info(spec: DatasetSpec) -> dict[str, Any]:
@@ -91,9 +100,8 @@ def prepare_run_dir(cfg: Config, overwrite: bool) -> Path:
             f"{run_dir} already holds a run ({', '.join(existing)}); choose another output.name, "
             "resume it with --resume, or pass --overwrite to replace it"
         )
-    for name in existing:  # only the run's own files; anything else the user put there stays
-        target = run_dir / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    if existing:  # only the files the run wrote (its manifest); anything the user put there stays
+        remove_run_files(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -294,6 +302,7 @@ class Run:
         check_unlabelled_batch(method_cls, cfg.train.unlabelled_batch_size)
         device = resolve_device(cfg.train.device)
         spec = open_configured_dataset(cfg)
+        print_dataset_warnings(spec)
         _check_dims(cfg, spec)
         method, nets = _method_and_nets(cfg, spec, device)
         _check_patch(cfg, network_divisor(nets.values()))
@@ -303,8 +312,9 @@ class Run:
         undo = _RunFolderUndo.before(cfg)
         run_dir = prepare_run_dir(cfg, overwrite)
         try:
-            (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-            save_split(split, run_dir / "split.json")
+            with recorded(run_dir):
+                (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+                save_split(split, run_dir / "split.json")
             run = cls(cfg, run_dir, spec, split, device, progress)
             run.trainer = run._trainer(method, nets)
         except BaseException:
@@ -315,16 +325,26 @@ class Run:
 
     @classmethod
     def resume(cls, run_dir: str | Path, *, progress: bool = True) -> Run:
-        """The interrupted run in ``run_dir``, restored from its ``last.pt`` exactly where it stopped."""
+        """The interrupted run in ``run_dir``, restored from its ``last.pt`` exactly where it stopped.
+
+        A run stopped before its first checkpoint has nothing to restore: it restarts from step 0 with its
+        own config and split (the same numbers as a fresh run), and says so on stderr.
+        """
         run_dir = Path(run_dir)
+        require_run(run_dir)
         cfg = validate_config(read_yaml(run_dir / "config.yaml"))
-        state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+        last = run_dir / "checkpoints" / "last.pt"
+        state = load_checkpoint(last) if last.exists() else None
+        if state is None:
+            print(f"{run_dir}: stopped before its first checkpoint ({last} does not exist); "
+                  "restarting it from step 0", file=sys.stderr)
         _set_threads(cfg)
         spec = open_configured_dataset(cfg)
         run = cls(cfg, run_dir, spec, load_split(run_dir / "split.json", spec), resolve_device(cfg.train.device),
                   progress)
         run.trainer = run._trainer(*_method_and_nets(cfg, spec, run.device))
-        run.trainer.load_state(state)
+        if state is not None:
+            run.trainer.load_state(state)
         return run
 
     @classmethod
@@ -369,7 +389,8 @@ class Run:
         if self.trainer is None:
             raise SemisegError(f"{self.run_dir}: this run was opened for evaluation; build or resume it to train")
         try:
-            return self.trainer.fit(on_step=on_step)
+            with recorded(self.run_dir):
+                return self.trainer.fit(on_step=on_step)
         except Exception:
             if self.undo is not None and self.trainer.step == 0:
                 self.undo.undo(self.run_dir)
@@ -385,7 +406,9 @@ class Run:
         best = dict(self.trainer.best) if self.trainer is not None else _best_of(self.run_dir, states)
         refs = refs_by_id(self.dataset)
         test = [refs[case_id] for case_id in self.split["test"]]
-        return evaluate_checkpoints(models, test, self._facts(best), self.run_dir, options, progress=self.progress)
+        with recorded(self.run_dir):
+            return evaluate_checkpoints(models, test, self._facts(best), self.run_dir, options,
+                                        progress=self.progress)
 
     def _facts(self, best: dict[str, Any]) -> RunFacts:
         cfg, spec, split = self.cfg, self.dataset, self.split

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from semiseg.data.case import Case
+from semiseg.data.check import integer_label
 from semiseg.data.io import (
     Volume,
     atomic_write,
@@ -157,17 +159,38 @@ def nifti_affine(case: Case) -> np.ndarray:
     return affine
 
 
-def read_label_file(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    """A label map and its spacing (1 mm per pixel for 2D images, whose 0/255 binary masks mean 0/1).
+@dataclass(frozen=True)
+class LabelFile:
+    """A label map read for scoring, with the grid it lives on (no affine for 2D images)."""
 
-    Multilabel volumes (channels on a 4th axis or as vector pixels) come back channels first.
+    path: Path
+    data: np.ndarray  # int64; multilabel channels first
+    spacing: tuple[float, ...]
+    affine: np.ndarray | None
+
+
+def read_label(path: Path) -> LabelFile:
+    """A label file as integer class indices; NaN or non-integer values are an error naming the file.
+
+    Labels are never rounded: a float label holding 0.4 was resampled with interpolation, and rounding
+    it would score a different segmentation than the one in the file. 2D images count 1 mm per pixel
+    (0/255 binary masks mean 0/1); multilabel volumes (a 4th axis or vector pixels) come back channels first.
     """
     parsed = split_suffix(path)
-    if parsed and parsed[2] == "image2d":
-        return binary_mask_to_index(read_mask(path)).astype(np.int64), (1.0, 1.0)
-    vol = read_volume(path, as_label=True)
+    try:
+        if parsed and parsed[2] == "image2d":
+            return LabelFile(path, binary_mask_to_index(read_mask(path)).astype(np.int64), (1.0, 1.0), None)
+        vol = read_volume(path, as_label=True)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc})") from exc
     data = np.moveaxis(vol.data, -1, 0) if vol.components > 1 or vol.data.ndim == 4 else vol.data
-    return np.rint(data).astype(np.int64), vol.spacing
+    return LabelFile(path, integer_label(data, str(path)).astype(np.int64), vol.spacing, vol.affine)
+
+
+def read_label_file(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+    """A label map and its spacing (see ``read_label``)."""
+    label = read_label(path)
+    return label.data, label.spacing
 
 
 def label_files(folder: Path) -> dict[str, Path]:

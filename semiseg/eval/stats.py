@@ -25,6 +25,8 @@ def paired_p(results: dict[str, Any], label: str, reference: str, checkpoint: st
         return math.nan
     a, b = [], []
     for seed, run in results[label].items():
+        if seed not in results[reference]:  # a seed the reference has not finished pairs with nothing
+            continue
         ref_cases = results[reference][seed]["cases"][checkpoint]
         for case, metrics in run["cases"][checkpoint].items():
             a.append(metrics["dice"])

@@ -328,3 +328,39 @@ def test_broken_structure_fails_at_open(tmp_path: Path, breakage, pattern: str) 
 def test_missing_root_folder(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="nope: folder not found"):
         open_nnunet(tmp_path / "nope")
+
+
+# --------------------------------------------------------------------------------------------------
+# what is legal but probably unintended
+
+
+def test_images_without_label_are_unlabelled_and_named_by_data_check(tmp_path: Path, capsys) -> None:
+    from semiseg import cli
+
+    root = make_v2(tmp_path / "ds", labelled=("c1", "c2"), unlabelled=("c3", "c4", "c5"), channels=1)
+    spec = open_nnunet(root)
+    assert [c.case_id for c in spec.unlabelled] == ["c3", "c4", "c5"]
+    cli.main(["data", "check", str(root)])
+    out = capsys.readouterr().out
+    assert "warning: 3 image(s) in imagesTr have no label and are used as unlabelled: c3, c4, c5; move them to " \
+           "imagesUnlabelled/" in out
+
+
+@pytest.mark.parametrize(("declared", "warned"), [(2, False), (5, False), (4, True)])
+def test_num_training_must_agree_with_what_was_found(tmp_path: Path, declared: int, warned: bool) -> None:
+    root = make_v2(tmp_path / "ds", labelled=("c1", "c2"), unlabelled=("c3", "c4", "c5"), channels=1)
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": declared}))
+    notes = [w for w in open_nnunet(root).warnings if "numTraining is 4" in w]
+    assert bool(notes) == warned
+
+
+@pytest.mark.parametrize("link", ["loop", "broken"])
+def test_a_dead_symlink_is_reported_as_what_it_is(tmp_path: Path, link: str) -> None:
+    root = make_v2(tmp_path / "ds", labelled=("c1", "c2"), channels=1)
+    image = root / "imagesTr" / "c2_0000.nii.gz"
+    image.unlink()
+    image.symlink_to(image if link == "loop" else tmp_path / "gone.nii.gz")
+    with pytest.raises(DataError, match="symlink loop" if link == "loop" else "broken symlink") as info:
+        open_nnunet(root)
+    assert str(image) in str(info.value) and "has no image" not in str(info.value)

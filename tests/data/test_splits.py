@@ -70,3 +70,9 @@ def test_save_load_and_unknown_ids(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(split))
     with pytest.raises(DataError, match="ghost"):
         load_split(tmp_path / "bad.json", spec)
+
+
+def test_no_label_at_all_names_the_true_cause():
+    with pytest.raises(DataError, match="no labelled training case: 3 image") as info:
+        make_split(_spec(n_labelled=0), labelled=1, val=1, test=1, seed=0)
+    assert "lower split" not in str(info.value)

@@ -63,3 +63,11 @@ def test_the_face_imports_only_the_run_from_the_engine():
         assert engine <= {"semiseg.engine.run"}, face
     api_modules = _imported_modules(package / "api.py")
     assert not [m for m in api_modules if m.startswith(("semiseg.data", "semiseg.methods"))]
+
+
+def test_build_prints_the_sources_warnings_before_training(tmp_path, monkeypatch, capsys):
+    spec = run_module.open_configured_dataset(_cfg(tmp_path))
+    spec.warnings.append("2 image(s) in imagesTr have no label and are used as unlabelled: c7, c8")
+    monkeypatch.setattr(run_module, "open_configured_dataset", lambda cfg: spec)
+    Run.build(_cfg(tmp_path), progress=False)
+    assert "warning: 2 image(s) in imagesTr have no label and are used as unlabelled: c7, c8" in capsys.readouterr().err

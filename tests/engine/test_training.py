@@ -48,6 +48,24 @@ def test_existing_run_is_not_overwritten(tmp_path):
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
 
 
+def test_overwrite_deletes_only_what_the_run_wrote(tmp_path):
+    from semiseg.engine.manifest import record, recorded_files
+
+    first = api.train(_cfg(tmp_path), progress=False).run_dir
+    written = recorded_files(first)
+    assert {"log.csv", "checkpoints/last.pt", "metrics/per_case.csv", "report.md"} <= written
+    assert any(name.startswith("predictions/") for name in written)
+    (first / "predictions" / "mine.nii.gz").write_text("a user's file")
+    (first / "figures" / "keep").mkdir()
+    stale = first / "metrics" / "stale.csv"  # a file of the old run that the new run does not write again
+    stale.write_text("old")
+    record(first, {"metrics/stale.csv"})
+    api.train(_cfg(tmp_path, "eval.save_predictions=false"), progress=False, overwrite=True)
+    assert (first / "predictions" / "mine.nii.gz").read_text() == "a user's file"
+    assert (first / "figures" / "keep").is_dir() and not stale.exists()
+    assert sorted(p.name for p in (first / "predictions").iterdir()) == ["mine.nii.gz"]
+
+
 def _interrupt_at(step):
     def hook(current):
         if current == step:
@@ -66,6 +84,59 @@ def test_resume_continues_exactly(tmp_path, dim):
     a = torch.load(straight.run_dir / "checkpoints" / "last.pt", weights_only=False)["nets"]["model"]
     b = torch.load(resumed.run_dir / "checkpoints" / "last.pt", weights_only=False)["nets"]["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _log_without_time(resumed.run_dir) == _log_without_time(straight.run_dir)
+
+
+def _log_without_time(run_dir):
+    """Every row and column of log.csv except the wall-clock one."""
+    with (run_dir / "log.csv").open() as fh:
+        return [{k: v for k, v in row.items() if k != "elapsed_s"} for row in csv.DictReader(fh)]
+
+
+def _killed_at(step):
+    """Stop like ``kill -9``: no Ctrl-C handler runs, so only what was already on disk stays."""
+    def hook(current):
+        if current == step:
+            raise SystemExit("killed")
+
+    return hook
+
+
+@pytest.mark.parametrize("killed_at", [2, 5])  # before the first checkpoint (step 3), and after it
+def test_resume_after_kill_gives_the_uninterrupted_log(tmp_path, killed_at, capsys):
+    straight = api.train(_cfg(tmp_path / "a"), progress=False, evaluate=False)
+    with pytest.raises(SystemExit):
+        api.train(_cfg(tmp_path / "b"), progress=False, evaluate=False, on_step=_killed_at(killed_at))
+    resumed = api.resume(tmp_path / "b" / "run", progress=False, evaluate=False)
+    assert _log_without_time(resumed.run_dir) == _log_without_time(straight.run_dir)
+    assert ("restarting it from step 0" in capsys.readouterr().err) == (killed_at < 3)
+    api.resume(resumed.run_dir, progress=False, evaluate=False)  # a finished run: nothing to do, nothing lost
+    assert _log_without_time(resumed.run_dir) == _log_without_time(straight.run_dir)
+
+
+def test_ctrl_c_during_validation_waits_for_the_log_row_and_checkpoint(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from semiseg.engine.loop import Trainer
+
+    straight = api.train(_cfg(tmp_path / "a"), progress=False, evaluate=False)
+    validate = Trainer.validate
+
+    def validate_then_ctrl_c(self):
+        score = validate(self)
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives mid-step: must wait for the row and last.pt of step 3
+        return score
+
+    monkeypatch.setattr(Trainer, "validate", validate_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        api.train(_cfg(tmp_path / "b"), progress=False, evaluate=False)
+    monkeypatch.setattr(Trainer, "validate", validate)
+    assert torch.load(tmp_path / "b" / "run" / "checkpoints" / "last.pt", weights_only=False)["step"] == 3
+    resumed = api.resume(tmp_path / "b" / "run", progress=False, evaluate=False)
+    assert _log_without_time(resumed.run_dir) == _log_without_time(straight.run_dir)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_predict_writes_input_geometry(tmp_path):
@@ -121,10 +192,10 @@ def test_csv_log_keeps_counting_elapsed_time_across_a_resume(tmp_path):
     log = CsvLog(path)
     for step, elapsed in [(10, 1.5), (20, 3.0), (30, 4.5)]:
         log.append({"step": step, "loss": 1.0, "elapsed_s": elapsed})
-    resumed = CsvLog(path, keep_before_step=25)
+    resumed = CsvLog(path, keep_through_step=25)
     assert resumed.elapsed_before == 3.0
     assert [line.split(",")[0] for line in path.read_text().splitlines()[1:]] == ["10", "20"]
-    assert CsvLog(tmp_path / "new.csv", keep_before_step=5).elapsed_before == 0.0
+    assert CsvLog(tmp_path / "new.csv", keep_through_step=5).elapsed_before == 0.0
 
 
 def test_csv_log_keeps_a_key_first_reported_late_and_resumes(tmp_path):
@@ -137,7 +208,7 @@ def test_csv_log_keeps_a_key_first_reported_late_and_resumes(tmp_path):
     with path.open() as fh:
         rows = list(csv.DictReader(fh))
     assert [r["late"] for r in rows] == [""] * 9 + ["10.0", "11.0", "12.0"]
-    resumed = CsvLog(path, keep_before_step=110)  # rows before the checkpoint's step, late key included
+    resumed = CsvLog(path, keep_through_step=100)  # rows through the checkpoint's step, late key included
     resumed.append({"step": 110, "loss": 2.0, "later": 1.0})
     with path.open() as fh:
         rows = list(csv.DictReader(fh))

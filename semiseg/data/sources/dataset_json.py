@@ -7,7 +7,9 @@ they list cases and store channels; each gives ``Layout`` its own image reader, 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -143,7 +145,21 @@ def require_dir(folder: Path, hint: str) -> Path:
 
 
 def visible_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    """The folder's visible files; a symlink that resolves to nothing is an error, not a missing file."""
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    for path in entries:
+        if path.is_symlink() and not path.exists():
+            raise DataError(f"{path}: {_dead_link(path)}; fix or remove the link")
+    return [p for p in entries if p.is_file()]
+
+
+def _dead_link(path: Path) -> str:
+    try:
+        path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symlink loop (the link points back to itself)"
+    return f"is a broken symlink (its target {os.readlink(path)!r} does not exist)"
 
 
 def dataset_dim(paths: list[Path], msd_channels: int | None = None) -> int:
