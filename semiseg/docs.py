@@ -35,6 +35,7 @@ HAND_WRITTEN = {
     "architecture.md": "layers, the method contract, where the code departs from the design note",
     "benchmarks.md": "speed and memory benchmarks with their commands",
     "results-archive.md": "the result tables measured before experiment files existed",
+    "suggest.md": "the annotation loop: train, suggest what to label next, label, train --init-from",
 }
 CONSTRAINTS = (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤"))
 

@@ -91,8 +91,9 @@ def test_suggest_ranks_the_unlabelled_cases_and_writes_its_report(supervised_run
     out = supervised_run / "suggest"
     rows = list(csv.DictReader((out / "suggest.csv").open()))
     assert [r["case_id"] for r in rows] == [c.case_id for c in ranked] and len(rows) == 2
-    assert list(rows[0]) == ["rank", "case_id", "score", "slice", "volume_mm3_class_1", "volume_mm3_class_2"] or \
-        list(rows[0])[:4] == ["rank", "case_id", "score", "slice"]
+    class_names = api.load_model(supervised_run).info["class_names"]
+    assert list(rows[0]) == ["rank", "case_id", "score", "slice", *[f"volume_mm3_{c}" for c in class_names[1:]]]
+    assert all(float(r[f"volume_mm3_{c}"]) >= 0 for r in rows for c in class_names[1:])
     assert float(rows[0]["score"]) >= float(rows[1]["score"]) > 0
     assert (out / "figures" / f"{ranked[0].case_id}.png").is_file()
     assert f"figures/{ranked[0].case_id}.png" in (out / "suggest.md").read_text()
@@ -116,3 +117,41 @@ def test_errors_unknown_score_unsupported_score_and_nothing_to_rank(supervised_r
     with pytest.raises(SemisegError, match="pass --input"):
         api.suggest(no_unlabelled, progress=False)
     assert main(["suggest", "--run", str(supervised_run), "--score", "disagreement", "--quiet"]) == 2
+
+
+def test_a_folder_of_images_with_a_near_copy_is_ranked_and_diversity_moves_the_copy_down(supervised_run, tmp_path):
+    nib = pytest.importorskip("nibabel")
+    from semiseg.data.sources import open_dataset
+
+    refs = open_dataset("phantom", None, n_cases=6, dim=3, seed=0).cases
+    folder = tmp_path / "images"
+    folder.mkdir()
+    first = refs[0].load().image[0]
+    for name, image in [("a", first), ("a_copy", first + 1e-3), ("b", refs[1].load().image[0]),
+                        ("c", refs[2].load().image[0])]:
+        nib.save(nib.Nifti1Image(image.astype(np.float32), np.eye(4)), str(folder / f"{name}.nii.gz"))
+    plain = [c.case_id for c in api.suggest(supervised_run, input_path=folder, output=tmp_path / "p", progress=False)]
+    assert sorted(plain) == ["a", "a_copy", "b", "c"] and abs(plain.index("a") - plain.index("a_copy")) == 1
+    diverse = [c.case_id for c in api.suggest(supervised_run, input_path=folder, output=tmp_path / "d",
+                                              diversity=10.0, progress=False)]
+    assert diverse[-1] in ("a", "a_copy") and diverse != plain
+
+
+def test_which_methods_have_disagreement():
+    from semiseg.engine.run import method_context
+    from semiseg.engine.suggest import members
+    from semiseg.methods import get_method
+
+    cfg = load_config(None, ["data.source=phantom"])
+    ctx = method_context(cfg, {"label_mode": "multiclass", "class_names": ["bg", "a"], "channels": 1})
+
+    def make(name, **options):
+        return get_method(name)(ctx, options)
+
+    assert members(make("supervised")) is None
+    assert members(make("ensemble", members=3)) == (["member0", "member1", "member2"], None)
+    assert members(make("cmt")) == (["student1", "student2", "teacher"], "teacher")
+    dual = make("dual_uncertainty")
+    assert members(dual) is None  # no snapshots yet
+    dual.snapshots_taken = len(dual.snapshot_names)
+    assert members(dual) == (dual.snapshot_names, dual.snapshot_names[-1])
