@@ -97,9 +97,11 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
-    rows = [run_seed(root, int(s), args.add, args.score) for s in args.seeds.split(",")]
-    (root / "results.json").write_text(json.dumps(rows, indent=2))
-    (root / "results.md").write_text(table(rows, args.score) + "\n")
+    rows = []
+    for seed in args.seeds.split(","):  # the tables are rewritten after every seed, so a stopped run keeps them
+        rows.append(run_seed(root, int(seed), args.add, args.score))
+        (root / "results.json").write_text(json.dumps(rows, indent=2))
+        (root / "results.md").write_text(table(rows, args.score) + "\n")
     print(table(rows, args.score))
 
 
