@@ -92,10 +92,11 @@ def supported_scores(model: LoadedModel) -> dict[str, str]:
 def _require(model: LoadedModel, score: str) -> str:
     supported = supported_scores(model)
     if score not in supported:
-        raise SemisegError(
-            f"score {score!r} needs Monte-Carlo samples or several predicting nets, which this "
-            f"{model.method.name!r} run does not have; it supports: {', '.join(supported)}"
-            + (" (mutual_info/threshold_variance come with model.dropout > 0)" if score != "disagreement" else ""))
+        needs = ("several predicting nets (cps, cmt, ucmt, ensemble, dual_uncertainty after its snapshots)"
+                 if score == "disagreement" else
+                 "Monte-Carlo samples (segpl_vi, ensemble, or a run trained with model.dropout > 0)")
+        raise SemisegError(f"score {score!r} needs {needs}, which this {model.method.name!r} run does not have; "
+                           f"it supports: {', '.join(supported)}")
     return supported[score]
 
 
