@@ -25,8 +25,8 @@ from semiseg.paths import check_writable_dir
 if TYPE_CHECKING:
     from semiseg.engine.run import LoadedModel
 
-__all__ = ["RunResult", "evaluate_folders", "evaluate_run", "load_model", "predict", "resume", "supervised_loss",
-           "train"]
+__all__ = ["RunResult", "evaluate_folders", "evaluate_run", "load_model", "predict", "resume", "suggest",
+           "supervised_loss", "train"]
 
 
 @dataclass
@@ -112,6 +112,17 @@ def predict(run_dir: str | Path, input_path: str | Path, output_dir: str | Path,
         if save_probabilities:
             written.append(write_probabilities(case, probs, output))
     return written
+
+
+def suggest(run_dir: str | Path, *, score: str = "entropy", top: int = 5, region: str = "volume",
+            diversity: float = 0.0, samples: int = 8, input_path: str | Path | None = None,
+            output: str | Path | None = None, checkpoint: str = "best", device: str = "auto",
+            overwrite: bool = False, progress: bool = True) -> list[Any]:
+    """Rank the run's unlabelled cases (or ``input_path``'s images) by ``score``; write ``suggest.csv``,
+    ``suggest.md`` and pictures into ``output`` (default ``<run>/suggest/``). See docs/suggest.md."""
+    return Run.suggest(run_dir, score=score, top=top, region=region, diversity=diversity, samples=samples,
+                       input_path=input_path, output=output, checkpoint=checkpoint, device=device,
+                       overwrite=overwrite, progress=progress)
 
 
 def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, *, class_names: list[str] | None = None,

@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--output", help="run folder (default runs/<time>_<method>_<source>)")
     train.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
     train.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
+    train.add_argument("--init-from", metavar="RUN",
+                       help="start from a trained run's weights (shortcut for --set model.init_from=RUN)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
     pred = sub.add_parser("predict", help="segment images with a trained run")
@@ -54,6 +56,21 @@ def _parser() -> argparse.ArgumentParser:
                       help="replace predictions already in --output for the same cases (other files stay)")
     pred.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     pred.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: the run's train.threads)")
+
+    sug = sub.add_parser("suggest", help="rank unlabelled cases by what a label would teach the model")
+    sug.add_argument("--run", required=True, help="run folder")
+    sug.add_argument("--top", type=int, default=5, help="cases shown with pictures in suggest.md (default 5)")
+    sug.add_argument("--score", default="entropy", help="entropy | mutual_info | disagreement | threshold_variance")
+    sug.add_argument("--input", help="rank the images of this folder instead of the run's unlabelled cases")
+    sug.add_argument("--diversity", type=float, default=0.0,
+                     help="weight of the penalty on similarity to cases ranked above (0: score only)")
+    sug.add_argument("--region", default="volume", help="average the score over the volume or the foreground")
+    sug.add_argument("--samples", type=int, default=8, help="Monte-Carlo samples where the method samples")
+    sug.add_argument("--output", help="report folder (default <run>/suggest)")
+    sug.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    sug.add_argument("--overwrite", action="store_true")
+    sug.add_argument("--device", default="auto")
+    sug.add_argument("--quiet", action="store_true")
 
     ev = sub.add_parser("evaluate", help="metrics of a run on its test split, or of a prediction folder")
     ev.add_argument("--run", help="run folder: evaluates its checkpoints on the test split")
@@ -118,8 +135,9 @@ def _train(args: argparse.Namespace, started: list[Path]) -> None:
 
     on_start = partial(_announce, started=started)
     if args.resume:
-        if args.config or args.overrides or args.method or args.data or args.output:
-            raise SemisegError("--resume takes everything from the run folder; drop --config/--set/--method/--data")
+        if args.config or args.overrides or args.method or args.data or args.output or args.init_from:
+            raise SemisegError("--resume takes everything from the run folder; "
+                               "drop --config/--set/--method/--data/--init-from")
         result = api.resume(args.resume, progress=not args.quiet, on_start=on_start)
     else:
         overrides = list(args.overrides)
@@ -127,6 +145,8 @@ def _train(args: argparse.Namespace, started: list[Path]) -> None:
             overrides.append(f"train.method={args.method}")
         if args.data:
             overrides += ["data.source=auto", f"data.path={args.data}"]
+        if args.init_from:
+            overrides.append(f"model.init_from={args.init_from}")
         if args.output:
             out = Path(args.output)
             overrides += [f"output.root={out.parent}", f"output.name={out.name}"]
@@ -258,6 +278,17 @@ def _compare_command(args: argparse.Namespace) -> str:
     return shlex.join(words + (["--quiet"] if args.quiet else []))
 
 
+def _suggest(args: argparse.Namespace) -> None:
+    from semiseg import api
+
+    ranked = api.suggest(args.run, score=args.score, top=args.top, region=args.region, diversity=args.diversity,
+                         samples=args.samples, input_path=args.input, output=args.output, checkpoint=args.checkpoint,
+                         device=args.device, overwrite=args.overwrite, progress=not args.quiet)
+    for rank, case in enumerate(ranked[: args.top], start=1):
+        print(f"{rank:>3}  {case.case_id}  {args.score} {case.score:.4g}")
+    print(f"report: {Path(args.output or Path(args.run) / 'suggest') / 'suggest.md'}")
+
+
 def _data_check(args: argparse.Namespace) -> int:
     from semiseg.data.check import check_dataset, format_report
     from semiseg.data.sources import open_dataset
@@ -317,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
             _predict(args)
         elif args.command == "evaluate":
             _evaluate(args)
+        elif args.command == "suggest":
+            _suggest(args)
         elif args.command == "compare":
             return _compare(args)
         elif args.command == "data":

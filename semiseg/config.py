@@ -50,6 +50,8 @@ class ModelConfig(Strict):
         description="channels per U-Net level, finest first")
     norm: Literal["batch", "instance", "group", "none"] = Field("batch", description="normalisation layer")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout probability in the U-Net blocks")
+    init_from: str | None = Field(None, description="run folder whose best weights start every net "
+                                  "(fine-tuning after new labels; train --init-from)")
 
     @field_validator("widths")
     @classmethod

@@ -36,6 +36,7 @@ HAND_WRITTEN = {
     "adding-a-method.md": "the Method contract and a worked example (a test runs it)",
     "benchmarks.md": "speed and memory benchmarks with their commands",
     "results-archive.md": "the result tables measured before experiment files existed",
+    "suggest.md": "the annotation loop: train, suggest what to label next, label, train --init-from",
 }
 CONSTRAINTS = (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤"))
 

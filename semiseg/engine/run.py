@@ -36,6 +36,7 @@ from semiseg.data.loaders import Augmentation, PatchSampler, default_patch_size,
 from semiseg.data.splits import load_split, make_split, refs_by_id, save_split
 from semiseg.engine.checkpoint import load_checkpoint
 from semiseg.engine.device import amp_enabled, resolve_device
+from semiseg.engine.finetune import init_from_run
 from semiseg.engine.inferer import Inferer, network_divisor
 from semiseg.engine.loop import Trainer, TrainingData, build_nets, check_unlabelled_batch
 from semiseg.engine.manifest import recorded, remove_run_files
@@ -305,6 +306,8 @@ class Run:
         print_dataset_warnings(spec)
         _check_dims(cfg, spec)
         method, nets = _method_and_nets(cfg, spec, device)
+        if cfg.model.init_from:
+            init_from_run(nets, method, cfg.model.init_from)
         _check_patch(cfg, network_divisor(nets.values()))
         split = load_split(cfg.split.file, spec) if cfg.split.file else make_split(
             spec, labelled=cfg.split.labelled, val=cfg.split.val, test=cfg.split.test,
@@ -374,6 +377,14 @@ class Run:
         state = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint_to_use(run_dir, checkpoint)}.pt", dev)
         _set_threads(validate_config(state["config"]), threads)
         return LoadedModel.from_checkpoint(state, dev)
+
+    @staticmethod
+    def suggest(run_dir: str | Path, **kwargs: Any) -> list[Any]:
+        """Rank the run's unlabelled cases by what a label would teach it (``semiseg.engine.suggest``)."""
+        from semiseg.engine.suggest import suggest_run
+
+        require_run(Path(run_dir))
+        return suggest_run(Path(run_dir), **kwargs)
 
     def _trainer(self, method: Method, nets: Nets) -> Trainer:
         data, patch = _build_data(self.cfg, self.dataset, self.split, type(method), network_divisor(nets.values()),

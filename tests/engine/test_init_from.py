@@ -1,0 +1,51 @@
+"""train --init-from: a new run starts from a trained run's weights, or says why it cannot."""
+
+import pytest
+import torch
+
+from semiseg.cli import main
+from semiseg.config import load_config
+from semiseg.engine.checkpoint import load_checkpoint
+from semiseg.engine.run import Run
+from semiseg.errors import ConfigError
+
+
+def _cfg(tmp_path, name, *extra):
+    return load_config(None, [
+        "data.source=phantom", "data.options={n_cases: 6, dim: 2, seed: 0}", "split.labelled=2", "split.val=1",
+        "split.test=1", "model.widths=[4, 8]", "train.steps=2", "train.val_every=2", "train.batch_size=2",
+        "train.unlabelled_batch_size=2", "train.warmup_steps=1", f"output.root={tmp_path}", f"output.name={name}",
+        *extra])
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    root = tmp_path_factory.mktemp("src")
+    Run.build(_cfg(root, "src"), progress=False).fit()
+    return root / "src"
+
+
+def _assert_same(net, weights):
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, weights[key]), key
+
+
+def test_init_from_gives_the_source_weights_to_same_named_and_predicting_nets(source, tmp_path):
+    weights = load_checkpoint(source / "checkpoints" / "best.pt")["nets"]["model"]
+    fresh = Run.build(_cfg(tmp_path, "fresh", "seed=5"), progress=False).trainer.nets["model"]
+    assert not all(torch.equal(v, weights[k]) for k, v in fresh.state_dict().items())
+    run = Run.build(_cfg(tmp_path, "tuned", "seed=5", f"model.init_from={source}"), progress=False)
+    _assert_same(run.trainer.nets["model"], weights)
+    cps = Run.build(_cfg(tmp_path, "cps", "train.method=cps", f"model.init_from={source}"), progress=False)
+    for name in ("net1", "net2"):
+        _assert_same(cps.trainer.nets[name], weights)
+    assert run.fit()["steps"] == 2
+
+
+def test_init_from_a_run_with_other_widths_or_no_run_is_a_clear_error(source, tmp_path):
+    with pytest.raises(ConfigError, match="net 'model' of method 'supervised' does not match"):
+        Run.build(_cfg(tmp_path, "wide", "model.widths=[4, 16]", f"model.init_from={source}"), progress=False)
+    with pytest.raises(ConfigError, match="give a trained run folder"):
+        Run.build(_cfg(tmp_path, "none", f"model.init_from={tmp_path / 'nothing'}"), progress=False)
+    assert not (tmp_path / "wide").exists()
+    assert main(["train", "--resume", str(source), "--init-from", str(source)]) == 2
