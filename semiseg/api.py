@@ -6,7 +6,7 @@ assembles a run once and keeps it in memory from training to evaluation (see its
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,8 +15,7 @@ from semiseg.config import Config
 from semiseg.engine.run import Run
 from semiseg.errors import DataError, SemisegError
 from semiseg.eval.evaluate import score_case, summarize
-from semiseg.eval.io import label_files, read_inputs, read_label_file, write_label, write_probabilities
-from semiseg.eval.labels import probs_to_label
+from semiseg.eval.io import label_files, read_label_file
 from semiseg.eval.robustness import DEFAULT_EPSILONS, DEFAULT_GAMMAS
 from semiseg.eval.run_evaluation import EvaluationOptions
 from semiseg.losses import supervised_loss
@@ -24,8 +23,8 @@ from semiseg.losses import supervised_loss
 if TYPE_CHECKING:
     from semiseg.engine.run import LoadedModel
 
-__all__ = ["RunResult", "evaluate_folders", "evaluate_run", "load_model", "predict", "resume", "supervised_loss",
-           "train"]
+__all__ = ["RunResult", "evaluate_folders", "evaluate_run", "export", "load_model", "predict", "resume",
+           "supervised_loss", "train"]
 
 
 @dataclass
@@ -66,36 +65,58 @@ def load_model(run_dir: str | Path, checkpoint: str = "best", device: str = "aut
 def evaluate_run(run_dir: str | Path, *, checkpoints: tuple[str, ...] = ("best", "last"), progress: bool = True,
                  robustness: bool = False, uncertainty: bool = False,
                  gammas: tuple[float, ...] = DEFAULT_GAMMAS, epsilons: tuple[float, ...] = DEFAULT_EPSILONS,
-                 samples: int = 5) -> dict[str, Any]:
+                 samples: int = 5, tta: bool = False) -> dict[str, Any]:
     """Evaluate the run's checkpoints on its test split; write metrics, summary, predictions and report.
 
     ``robustness`` adds Dice against the OOD mix-up strength γ and the FGSM step ε; ``uncertainty`` adds
     Brier/ECE of the (Monte-Carlo mean, ``samples`` draws where the method samples) prediction and writes
     uncertainty maps to ``uncertainty/``. Both use the first checkpoint only (``best`` by default).
+    ``tta`` predicts every case as the mean over flips of the spatial axes.
     """
     options = EvaluationOptions(checkpoints=checkpoints, robustness=robustness, uncertainty=uncertainty,
-                                gammas=gammas, epsilons=epsilons, samples=samples)
+                                gammas=gammas, epsilons=epsilons, samples=samples, tta=tta)
     return Run.open(run_dir, progress=progress).evaluate(options)
 
 
-def predict(run_dir: str | Path, input_path: str | Path, output_dir: str | Path, *, checkpoint: str = "best",
-            save_probabilities: bool = False, device: str = "auto", overwrite: bool = False) -> list[Path]:
-    """Segment every image in ``input_path``; outputs keep the input's geometry (NIfTI affine / PNG size)."""
-    output = Path(output_dir)
-    model = Run.load_model(run_dir, checkpoint, device)
-    cases = read_inputs(input_path, model.info["channels"])
-    clashes = [c.case_id for c in cases if any(output.glob(f"{c.case_id}.*"))]
-    if clashes and not overwrite:
-        raise SemisegError(
-            f"{output} already holds predictions for {clashes[:3]}; pass --overwrite or another --output"
-        )
-    written = []
-    for case in cases:
-        probs = model.probabilities(case)
-        written.append(write_label(case, probs_to_label(probs, model.info["label_mode"]), output))
-        if save_probabilities:
-            written.append(write_probabilities(case, probs, output))
-    return written
+def predict(run_dir: str | Path | Sequence[str | Path] | None, input_path: str | Path, output_dir: str | Path, *,
+            checkpoint: str = "best", save_probabilities: bool = False, device: str = "auto", overwrite: bool = False,
+            tta: bool = False, model_dir: str | Path | None = None) -> list[Path]:
+    """Segment every image in ``input_path``; outputs keep the input's geometry (NIfTI affine / PNG size).
+
+    Several runs form an ensemble: their probabilities are averaged and the members' disagreement is written
+    next to each prediction. ``model_dir`` predicts from an export (``semiseg export``) instead of a run;
+    ``tta`` averages over flips of the spatial axes.
+    """
+    from semiseg.engine.export import ExportedModel
+    from semiseg.engine.predict import Ensemble, predict_files
+
+    if (model_dir is None) == (not run_dir):
+        raise SemisegError("predict needs --run RUN (repeatable: an ensemble) or --model EXPORT_DIR, not both")
+    if model_dir is not None:
+        model: Any = ExportedModel.load(model_dir, device, tta=tta)
+    else:
+        runs = [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
+        members = [Run.load_model(r, checkpoint, device).with_tta(tta) for r in runs]
+        model = members[0] if len(members) == 1 else Ensemble(members, [str(r) for r in runs])
+    return predict_files(model, input_path, Path(output_dir), save_probabilities=save_probabilities,
+                         overwrite=overwrite)
+
+
+def export(run_dir: str | Path, fmt: str = "torchscript", *, checkpoint: str = "best",
+           output_dir: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Write the run's predicting network as TorchScript or ONNX plus ``export.json``; returns the folder."""
+    from semiseg.engine.export import FORMATS, SIDECAR, describe_export, export_model, training_spacing
+
+    if fmt not in FORMATS:
+        raise SemisegError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
+    run_dir = Path(run_dir)
+    out = Path(output_dir) if output_dir is not None else run_dir / "export" / fmt
+    if (out / SIDECAR).exists() and not overwrite:
+        raise SemisegError(f"{out} already holds an export; pass --overwrite or another --output")
+    model = Run.load_model(run_dir, checkpoint, "cpu")
+    spacing = training_spacing(Run.open(run_dir, progress=False))
+    export_model(model, describe_export(model, fmt, checkpoint, run_dir, spacing), out)
+    return out
 
 
 def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, *, class_names: list[str] | None = None,

@@ -28,8 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    pred = sub.add_parser("predict", help="segment images with a trained run")
-    pred.add_argument("--run", required=True, help="run folder")
+    pred = sub.add_parser("predict", help="segment images with a trained run, an ensemble of runs or an export")
+    pred.add_argument("--run", action="append", default=[],
+                      help="run folder; repeat it for an ensemble (mean probabilities + an uncertainty map)")
+    pred.add_argument("--model", help="export folder written by 'semiseg export' (instead of --run)")
+    pred.add_argument("--tta", action="store_true", help="average over flips of the spatial axes")
     pred.add_argument("--input", required=True, help="NIfTI/PNG file or folder")
     pred.add_argument("--output", required=True, help="folder for the predictions")
     pred.add_argument("--checkpoint", default="best", choices=["best", "last"])
@@ -51,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--gammas", help="comma-separated γ in [0, 1] (default 0,0.2,0.4,0.6,0.8,1)")
     ev.add_argument("--epsilons", help="comma-separated FGSM ε >= 0 (default 0,0.01,0.02,0.05,0.1,0.2)")
     ev.add_argument("--samples", type=int, default=5, help="Monte-Carlo samples for --uncertainty (default 5)")
+    ev.add_argument("--tta", action="store_true", help="with --run: average predictions over flips of the axes")
     ev.add_argument("--quiet", action="store_true")
 
     cmp_ = sub.add_parser("compare", help="train several methods × seeds on one protocol and tabulate them")
@@ -72,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
     check = data_sub.add_parser("check", help="validate a dataset and print a summary")
     check.add_argument("path", help="dataset folder ('demo' for the built-in brain demo)")
     check.add_argument("--source", default="auto", help="auto, nnunet, folder2d, acdc, la, demo_brain, phantom")
+
+    exp = sub.add_parser("export", help="write a run's network as TorchScript or ONNX with its preprocessing")
+    exp.add_argument("--run", required=True, help="run folder")
+    exp.add_argument("--format", default="torchscript", choices=["torchscript", "onnx"])
+    exp.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    exp.add_argument("--output", help="export folder (default <run>/export/<format>)")
+    exp.add_argument("--overwrite", action="store_true")
 
     sub.add_parser("methods", help="list the registered methods")
     sub.add_parser("config", help="print the default configuration as YAML")
@@ -143,7 +154,7 @@ def _evaluate_run(args: argparse.Namespace) -> None:
     from semiseg.eval.uncertainty import format_uncertainty_table
 
     summary = api.evaluate_run(args.run, progress=not args.quiet, robustness=args.robustness,
-                               uncertainty=args.uncertainty, samples=args.samples,
+                               uncertainty=args.uncertainty, samples=args.samples, tta=args.tta,
                                **_levels(args.gammas, "gammas"), **_levels(args.epsilons, "epsilons"))
     print(_short_table(summary))
     saved = json.loads((Path(args.run) / "summary.json").read_text())
@@ -215,8 +226,15 @@ def main(argv: list[str] | None = None) -> int:
             from semiseg import api
 
             files = api.predict(args.run, args.input, args.output, checkpoint=args.checkpoint,
-                                save_probabilities=args.probabilities, device=args.device, overwrite=args.overwrite)
+                                save_probabilities=args.probabilities, device=args.device, overwrite=args.overwrite,
+                                tta=args.tta, model_dir=args.model)
             print(f"wrote {len(files)} file(s) to {args.output}")
+        elif args.command == "export":
+            from semiseg import api
+
+            out = api.export(args.run, args.format, checkpoint=args.checkpoint, output_dir=args.output,
+                             overwrite=args.overwrite)
+            print(f"exported to {out} (sidecar: {out / 'export.json'})")
         elif args.command == "evaluate":
             _evaluate(args)
         elif args.command == "compare":

@@ -14,6 +14,7 @@ A run folder holds everything about one training run::
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from collections.abc import Callable
@@ -42,7 +43,8 @@ from semiseg.methods import Method, MethodContext, get_method
 from semiseg.methods.base import Nets
 
 RUN_ARTEFACTS = ("config.yaml", "split.json", "log.csv", "summary.json", "report.md",
-                 "checkpoints", "metrics", "figures", "predictions", "uncertainty", "artifacts")
+                 "checkpoints", "metrics", "figures", "predictions", "uncertainty", "artifacts",
+                 "export", "tensorboard")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -167,6 +169,10 @@ class LoadedModel:
         inferer = make_inferer(cfg, info["label_mode"], device, nets, state["patch_size"])
         return cls(cfg, method, nets, info, state["patch_size"], inferer)
 
+    def with_tta(self, tta: bool = True) -> LoadedModel:
+        """The same model predicting with (or without) flip test-time augmentation."""
+        return dataclasses.replace(self, inferer=dataclasses.replace(self.inferer, tta=tta))
+
     @property
     def divisor(self) -> int:
         return self.inferer.divisor
@@ -289,20 +295,26 @@ class Run:
         options = options or EvaluationOptions()
         states = {name: load_checkpoint(self.run_dir / "checkpoints" / f"{name}.pt", self.device)
                   for name in options.checkpoints}
-        models = {name: LoadedModel.from_checkpoint(state, self.device) for name, state in states.items()}
+        models = {name: LoadedModel.from_checkpoint(state, self.device).with_tta(options.tta)
+                  for name, state in states.items()}
         best = dict(self.trainer.best) if self.trainer is not None else _best_of(self.run_dir, states)
         refs = refs_by_id(self.dataset)
         test = [refs[case_id] for case_id in self.split["test"]]
-        return evaluate_checkpoints(models, test, self._facts(best), self.run_dir, options, progress=self.progress)
+        return evaluate_checkpoints(models, test, self._facts(best, options), self.run_dir, options,
+                                    progress=self.progress)
 
-    def _facts(self, best: dict[str, Any]) -> RunFacts:
+    def _facts(self, best: dict[str, Any], options: EvaluationOptions) -> RunFacts:
         cfg, spec, split = self.cfg, self.dataset, self.split
         header = {"method": cfg.train.method, "dataset": spec.name, "test_cases": len(split["test"]),
                   "best_step": best["step"], "best_val_dice": best["score"]}
+        if options.tta:
+            header["tta"] = "flips"
         info = {"method": cfg.train.method, "dataset": spec.name, "labelled cases": len(split["labelled"]),
                 "unlabelled cases": len(split["unlabelled"]), "test cases": len(split["test"]),
                 "model": f"{cfg.model.dim}D {cfg.model.arch} widths {cfg.model.widths}", "steps": cfg.train.steps,
                 "best checkpoint": f"step {best['step']} (val Dice {best['score']:.3f})", "seed": cfg.seed}
+        if options.tta:
+            info["test-time augmentation"] = "mean over flips of the spatial axes"
         return RunFacts(label_mode=spec.label_mode, class_names=list(spec.class_names), summary_header=header,
                         report_info=info, report_cases=cfg.eval.report_cases,
                         save_predictions=cfg.eval.save_predictions, save_probabilities=cfg.eval.save_probabilities)
