@@ -104,7 +104,15 @@ class TrainConfig(Strict):
     log_every: int = Field(10, gt=0, description="steps between log.csv rows")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:1 ...")
     threads: int | None = Field(None, description="torch CPU threads (None: torch's default)")
+    tensorboard: Literal["auto", "on", "off"] = Field("auto",
+        description="TensorBoard events in <run>/tensorboard (auto: when installed); log.csv stays the record")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="data augmentation of training samples")
+
+    @field_validator("amp", "tensorboard", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: Any) -> Any:
+        """YAML reads a bare ``on``/``off`` (``--set train.tensorboard=on``) as a boolean; mean the word."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class EvalConfig(Strict):

@@ -36,6 +36,7 @@ from semiseg.data.loaders import PatchSampler, StoredCase
 from semiseg.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
 from semiseg.engine.device import autocast
 from semiseg.engine.inferer import Inferer
+from semiseg.engine.tensorboard import OVERLAY_CASES, TensorBoardLog
 from semiseg.errors import ConfigError, SemisegError
 from semiseg.eval.labels import probs_to_label
 from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, StepOut, WholeCase
@@ -222,6 +223,8 @@ class Trainer:
         self.params = params
         self.step = 0
         self.best = {"score": -math.inf, "step": -1}
+        self.tensorboard: TensorBoardLog | None = None
+        self._overlays: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -354,11 +357,14 @@ class Trainer:
             return float("nan")
         for net in self.nets.values():
             net.eval()
+        self._overlays = []
         scores = [self._case_dice(case) for case in self.data.val]
         return float(np.mean(scores))
 
     def _case_dice(self, case: StoredCase) -> float:
         pred = probs_to_label(self.inferer.probabilities(self._predict, case.image), self.ctx.label_mode)
+        if self.tensorboard is not None and len(self._overlays) < OVERLAY_CASES:
+            self._overlays.append((case.case_id, case.image, case.label, pred))
         return mean_foreground_dice(pred, case.label, self.ctx.label_mode, self.ctx.num_classes)
 
     # -- the loop ------------------------------------------------------------------------------
@@ -370,6 +376,7 @@ class Trainer:
         bar = tqdm(total=train.steps, initial=self.step, desc=f"train {self.method.name}",
                    disable=not self.show_progress, dynamic_ncols=True)
         val_score = float("nan")
+        self.tensorboard = TensorBoardLog.open(train.tensorboard, self.run_dir, self.step)
         try:
             while self.step < train.steps:
                 row = self.train_step()
@@ -378,8 +385,8 @@ class Trainer:
                     val_score = self._validate_and_save()
                     row["val_dice"] = val_score
                 if self.step % train.log_every == 0 or "val_dice" in row:
-                    log.append({"step": self.step, "lr": self.scheduler.get_last_lr()[0], **row,
-                                "elapsed_s": round(time.perf_counter() - start_time, 3)})
+                    self._log(log, {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **row,
+                                    "elapsed_s": round(time.perf_counter() - start_time, 3)})
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", val_dice=f"{val_score:.3f}")
                 if on_step is not None:
@@ -388,8 +395,19 @@ class Trainer:
             self.save("last")
             bar.close()
             raise
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
         bar.close()
         return {"best": dict(self.best), "steps": self.step, "seconds": time.perf_counter() - start_time}
+
+    def _log(self, log: CsvLog, row: dict[str, Any]) -> None:
+        """One ``log.csv`` row, mirrored (with the validation overlays) to TensorBoard when it is on."""
+        log.append(row)
+        if self.tensorboard is not None:
+            self.tensorboard.scalars(row)
+            if "val_dice" in row:
+                self.tensorboard.overlays(self._overlays, self.step, self.ctx.label_mode)
 
     def _validate_and_save(self) -> float:
         score = self.validate()

@@ -36,6 +36,7 @@ from semiseg.engine.checkpoint import load_checkpoint
 from semiseg.engine.device import amp_enabled, resolve_device
 from semiseg.engine.inferer import Inferer, network_divisor
 from semiseg.engine.loop import Trainer, TrainingData, build_nets, check_unlabelled_batch
+from semiseg.engine.tensorboard import check_tensorboard
 from semiseg.errors import ConfigError, DataError, SemisegError
 from semiseg.eval.run_evaluation import EvaluationOptions, RunFacts, evaluate_checkpoints
 from semiseg.losses import supervised_loss
@@ -228,6 +229,7 @@ class Run:
         method_cls = get_method(cfg.train.method)
         method_cls.parse_options(cfg.method)  # fail on bad method keys before touching data
         check_unlabelled_batch(method_cls, cfg.train.unlabelled_batch_size)
+        check_tensorboard(cfg.train.tensorboard)
         device = resolve_device(cfg.train.device)
         spec = open_configured_dataset(cfg)
         _check_dims(cfg, spec)
