@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
     train.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--dry-run", action="store_true",
+                       help="check the config, build the method and nets, print the plan; write nothing")
 
     pred = sub.add_parser("predict", help="segment images with a trained run, an ensemble of runs or an export")
     pred.add_argument("--run", action="append", default=[],
@@ -93,6 +95,9 @@ def _train(args: argparse.Namespace) -> None:
     from semiseg import api
     from semiseg.config import load_config
 
+    if args.dry_run:
+        _dry_run(args)
+        return
     if args.resume:
         if args.config or args.overrides or args.method or args.data or args.output:
             raise SemisegError("--resume takes everything from the run folder; drop --config/--set/--method/--data")
@@ -111,6 +116,20 @@ def _train(args: argparse.Namespace) -> None:
     print(f"\nrun folder: {result.run_dir}")
     print(_short_table(result.summary))
     print(f"report: {result.run_dir / 'report.md'}")
+
+
+def _dry_run(args: argparse.Namespace) -> None:
+    from semiseg.engine.plan import dry_run
+
+    if args.resume:
+        raise SemisegError("--dry-run plans a new run from --config/--set; it does not take --resume")
+    overrides = list(args.overrides) + ([f"train.method={args.method}"] if args.method else [])
+    if args.data:
+        overrides += ["data.source=auto", f"data.path={args.data}"]
+    if args.output:
+        overrides += [f"output.root={Path(args.output).parent}", f"output.name={Path(args.output).name}"]
+    print(dry_run(args.config, overrides))
+    print("dry run: nothing was written")
 
 
 def _short_table(summary: dict[str, Any]) -> str:

@@ -219,8 +219,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(file: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults ← YAML file ← ``--set`` overrides, validated strictly."""
+    """Defaults ← YAML file ← ``--set`` overrides, validated strictly (a top-level ``recipe:`` block is notes)."""
     raw: dict[str, Any] = read_yaml(file) if file else {}
+    raw.pop("recipe", None)  # a recipe's notes (paper, reported numbers, data layout) are not configuration
     for text in overrides or []:
         apply_override(raw, *parse_override(text))
     return validate_config(raw)
