@@ -13,6 +13,7 @@ from semiseg.config import load_config
 from semiseg.engine.export import ExportedModel, example_input
 from semiseg.engine.predict import Ensemble, mutual_information
 from semiseg.errors import SemisegError
+from semiseg.methods import available_methods
 
 _AFFINE = np.diag([0.9, 1.1, 2.5, 1.0])
 
@@ -165,3 +166,22 @@ def test_predict_with_tta_keeps_the_geometry(runs, scans, tmp_path):
 def test_predict_and_export_errors_are_one_line(argv, match, capsys):
     assert main(argv) == 2
     assert match in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(available_methods()))
+def test_every_method_traces_to_a_module_that_predicts_other_sizes(name):
+    """The exported module is ``method.predict`` traced: it must hold for teachers, ensembles, extra heads."""
+    from semiseg.engine.export import PredictingNetwork
+    from semiseg.engine.loop import build_nets
+    from semiseg.engine.run import method_context
+    from semiseg.methods import get_method
+
+    info = {"label_mode": "multiclass", "class_names": ["background", "a", "b"], "channels": 1}
+    cfg = load_config(None, ["model.widths=[4, 8, 16]", f"train.method={name}"])
+    method = get_method(name)(method_context(cfg, info), cfg.method)
+    nets = {k: net.eval() for k, net in build_nets(method, cfg, method.ctx, torch.device("cpu")).items()}
+    with torch.no_grad():
+        traced = torch.jit.trace(PredictingNetwork(method.predict, nets).eval(), torch.randn(1, 1, 32, 32),
+                                 check_trace=False)
+        x = torch.randn(3, 1, 20, 28)
+        np.testing.assert_allclose(traced(x).numpy(), method.predict(nets, x).numpy(), atol=1e-6)
