@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from semiseg.config import Config
 from semiseg.engine.run import Run
-from semiseg.errors import DataError, SemisegError
+from semiseg.errors import DataError
 from semiseg.eval.evaluate import score_case, summarize
 from semiseg.eval.io import label_files, read_label_file
 from semiseg.eval.robustness import DEFAULT_EPSILONS, DEFAULT_GAMMAS
@@ -23,7 +23,7 @@ from semiseg.losses import supervised_loss
 if TYPE_CHECKING:
     from semiseg.engine.run import LoadedModel
 
-__all__ = ["RunResult", "evaluate_folders", "evaluate_run", "export", "load_model", "predict", "resume",
+__all__ = ["RunResult", "evaluate_folders", "evaluate_run", "export", "load_model", "plan", "predict", "resume",
            "supervised_loss", "train"]
 
 
@@ -87,36 +87,20 @@ def predict(run_dir: str | Path | Sequence[str | Path] | None, input_path: str |
     next to each prediction. ``model_dir`` predicts from an export (``semiseg export``) instead of a run;
     ``tta`` averages over flips of the spatial axes.
     """
-    from semiseg.engine.export import ExportedModel
-    from semiseg.engine.predict import Ensemble, predict_files
-
-    if (model_dir is None) == (not run_dir):
-        raise SemisegError("predict needs --run RUN (repeatable: an ensemble) or --model EXPORT_DIR, not both")
-    if model_dir is not None:
-        model: Any = ExportedModel.load(model_dir, device, tta=tta)
-    else:
-        runs = [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
-        members = [Run.load_model(r, checkpoint, device).with_tta(tta) for r in runs]
-        model = members[0] if len(members) == 1 else Ensemble(members, [str(r) for r in runs])
-    return predict_files(model, input_path, Path(output_dir), save_probabilities=save_probabilities,
-                         overwrite=overwrite)
+    runs = [] if not run_dir else [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
+    return Run.predict(runs, input_path, output_dir, model_dir=model_dir, checkpoint=checkpoint, device=device,
+                       tta=tta, save_probabilities=save_probabilities, overwrite=overwrite)
 
 
 def export(run_dir: str | Path, fmt: str = "torchscript", *, checkpoint: str = "best",
            output_dir: str | Path | None = None, overwrite: bool = False) -> Path:
     """Write the run's predicting network as TorchScript or ONNX plus ``export.json``; returns the folder."""
-    from semiseg.engine.export import FORMATS, SIDECAR, describe_export, export_model, training_spacing
+    return Run.export(run_dir, fmt, checkpoint=checkpoint, output_dir=output_dir, overwrite=overwrite)
 
-    if fmt not in FORMATS:
-        raise SemisegError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
-    run_dir = Path(run_dir)
-    out = Path(output_dir) if output_dir is not None else run_dir / "export" / fmt
-    if (out / SIDECAR).exists() and not overwrite:
-        raise SemisegError(f"{out} already holds an export; pass --overwrite or another --output")
-    model = Run.load_model(run_dir, checkpoint, "cpu")
-    spacing = training_spacing(Run.open(run_dir, progress=False))
-    export_model(model, describe_export(model, fmt, checkpoint, run_dir, spacing), out)
-    return out
+
+def plan(config_file: str | Path | None, overrides: list[str] | None = None) -> str:
+    """The plan of a training run (``semiseg train --dry-run``): checked and built, nothing written."""
+    return Run.plan(config_file, overrides or [])
 
 
 def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, *, class_names: list[str] | None = None,

@@ -119,7 +119,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _dry_run(args: argparse.Namespace) -> None:
-    from semiseg.engine.plan import dry_run
+    from semiseg import api
 
     if args.resume:
         raise SemisegError("--dry-run plans a new run from --config/--set; it does not take --resume")
@@ -128,7 +128,7 @@ def _dry_run(args: argparse.Namespace) -> None:
         overrides += ["data.source=auto", f"data.path={args.data}"]
     if args.output:
         overrides += [f"output.root={Path(args.output).parent}", f"output.name={Path(args.output).name}"]
-    print(dry_run(args.config, overrides))
+    print(api.plan(args.config, overrides))
     print("dry run: nothing was written")
 
 

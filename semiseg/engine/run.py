@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,11 @@ from semiseg.data.loaders import Augmentation, PatchSampler, default_patch_size,
 from semiseg.data.splits import load_split, make_split, refs_by_id, save_split
 from semiseg.engine.checkpoint import load_checkpoint
 from semiseg.engine.device import amp_enabled, resolve_device
+from semiseg.engine.export import FORMATS as EXPORT_FORMATS
+from semiseg.engine.export import SIDECAR, ExportedModel, describe_export, export_model, training_spacing
 from semiseg.engine.inferer import Inferer, network_divisor
 from semiseg.engine.loop import Trainer, TrainingData, build_nets, check_unlabelled_batch
+from semiseg.engine.predict import CasePredictor, Ensemble, predict_files
 from semiseg.engine.tensorboard import check_tensorboard
 from semiseg.errors import ConfigError, DataError, SemisegError
 from semiseg.eval.run_evaluation import EvaluationOptions, RunFacts, evaluate_checkpoints
@@ -276,6 +279,43 @@ class Run:
         require_run(run_dir)
         dev = resolve_device(device)
         return LoadedModel.from_checkpoint(load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt", dev), dev)
+
+    @staticmethod
+    def predict(runs: Sequence[str | Path], input_path: str | Path, output_dir: str | Path, *,
+                model_dir: str | Path | None = None, checkpoint: str = "best", device: str = "auto", tta: bool = False,
+                save_probabilities: bool = False, overwrite: bool = False) -> list[Path]:
+        """Predict with one run, an ensemble of runs (mean + disagreement map) or an export."""
+        if (model_dir is None) == (not runs):
+            raise SemisegError("predict needs --run RUN (repeatable: an ensemble) or --model EXPORT_DIR, not both")
+        if model_dir is not None:
+            model: CasePredictor = ExportedModel.load(model_dir, device, tta=tta)
+        else:
+            members = [Run.load_model(r, checkpoint, device).with_tta(tta) for r in runs]
+            model = members[0] if len(members) == 1 else Ensemble(members, [str(r) for r in runs])
+        return predict_files(model, input_path, Path(output_dir), save_probabilities=save_probabilities,
+                             overwrite=overwrite)
+
+    @staticmethod
+    def export(run_dir: str | Path, fmt: str, *, checkpoint: str = "best", output_dir: str | Path | None = None,
+               overwrite: bool = False) -> Path:
+        """The run's predicting network as TorchScript or ONNX plus ``export.json``, in ``output_dir``."""
+        if fmt not in EXPORT_FORMATS:
+            raise SemisegError(f"export format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+        run_dir = Path(run_dir)
+        out = Path(output_dir) if output_dir is not None else run_dir / "export" / fmt
+        if (out / SIDECAR).exists() and not overwrite:
+            raise SemisegError(f"{out} already holds an export; pass --overwrite or another --output")
+        model = Run.load_model(run_dir, checkpoint, "cpu")
+        spacing = training_spacing(Run.open(run_dir, progress=False))
+        export_model(model, describe_export(model, fmt, checkpoint, run_dir, spacing), out)
+        return out
+
+    @staticmethod
+    def plan(config_file: str | Path | None, overrides: list[str]) -> str:
+        """What ``semiseg train`` would do with this config (``--dry-run``); writes nothing."""
+        from semiseg.engine.plan import dry_run  # plan.py builds on this module
+
+        return dry_run(config_file, overrides)
 
     def _trainer(self, method: Method, nets: Nets) -> Trainer:
         data, patch = _build_data(self.cfg, self.dataset, self.split, type(method), network_divisor(nets.values()),
