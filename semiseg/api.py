@@ -6,26 +6,22 @@ assembles a run once and keeps it in memory from training to evaluation (see its
 
 from __future__ import annotations
 
-import glob
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from semiseg.config import Config
-from semiseg.engine.run import Run, require_run
-from semiseg.errors import SemisegError
-from semiseg.eval.io import input_case_ids, read_inputs, write_label, write_probabilities
-from semiseg.eval.labels import probs_to_label
+from semiseg.engine.run import Run
 from semiseg.eval.robustness import DEFAULT_EPSILONS, DEFAULT_GAMMAS
 from semiseg.eval.run_evaluation import EvaluationOptions
 from semiseg.losses import supervised_loss
-from semiseg.paths import check_writable_dir
 
 if TYPE_CHECKING:
     from semiseg.engine.run import LoadedModel
 
-__all__ = ["RunResult", "evaluate_folders", "evaluate_run", "load_model", "predict", "resume", "suggest",
+__all__ = ["RunResult", "evaluate_folders", "evaluate_run", "export", "load_model", "plan", "predict", "resume",
+           "suggest",
            "supervised_loss", "train"]
 
 
@@ -75,43 +71,44 @@ def load_model(run_dir: str | Path, checkpoint: str = "best", device: str = "aut
 def evaluate_run(run_dir: str | Path, *, checkpoints: tuple[str, ...] = ("best", "last"), progress: bool = True,
                  robustness: bool = False, uncertainty: bool = False,
                  gammas: tuple[float, ...] = DEFAULT_GAMMAS, epsilons: tuple[float, ...] = DEFAULT_EPSILONS,
-                 samples: int = 5, threads: int | None = None) -> dict[str, Any]:
+                 samples: int = 5, threads: int | None = None, tta: bool = False) -> dict[str, Any]:
     """Evaluate the run's checkpoints on its test split; write metrics, summary, predictions and report.
 
     ``robustness`` adds Dice against the OOD mix-up strength γ and the FGSM step ε; ``uncertainty`` adds
     Brier/ECE of the (Monte-Carlo mean, ``samples`` draws where the method samples) prediction and writes
     uncertainty maps to ``uncertainty/``. Both use the first checkpoint only (``best`` by default).
-    ``threads`` overrides the run's ``train.threads``; a run without ``best.pt`` is evaluated on ``last``.
+    ``threads`` overrides the run's ``train.threads``; a run without ``best.pt`` is evaluated on ``last``;
+    ``tta`` predicts every case as the mean over flips of the spatial axes.
     """
     options = EvaluationOptions(checkpoints=checkpoints, robustness=robustness, uncertainty=uncertainty,
-                                gammas=gammas, epsilons=epsilons, samples=samples)
+                                gammas=gammas, epsilons=epsilons, samples=samples, tta=tta)
     return Run.open(run_dir, progress=progress, threads=threads).evaluate(options)
 
 
-def predict(run_dir: str | Path, input_path: str | Path, output_dir: str | Path, *, checkpoint: str = "best",
-            save_probabilities: bool = False, device: str = "auto", overwrite: bool = False,
-            threads: int | None = None) -> list[Path]:
+def predict(run_dir: str | Path | Sequence[str | Path] | None, input_path: str | Path, output_dir: str | Path, *,
+            checkpoint: str = "best", save_probabilities: bool = False, device: str = "auto", overwrite: bool = False,
+            threads: int | None = None, tta: bool = False, model_dir: str | Path | None = None) -> list[Path]:
     """Segment every image in ``input_path``; outputs keep the input's geometry (NIfTI affine / PNG size).
 
-    The output folder is checked before the model and the images are loaded, so a clash fails at once.
+    Several runs form an ensemble: their probabilities are averaged and the members' disagreement is written
+    next to each prediction. ``model_dir`` predicts from an export (``semiseg export``) instead of a run;
+    ``tta`` averages over flips of the spatial axes. The output folder is checked before any model or image is
+    loaded, so a clash fails at once.
     """
-    output = Path(output_dir)
-    require_run(Path(run_dir))
-    check_writable_dir(output, "--output")
-    clashes = [cid for cid in input_case_ids(input_path) if any(output.glob(f"{glob.escape(cid)}.*"))]
-    if clashes and not overwrite:
-        raise SemisegError(
-            f"{output} already holds predictions for {clashes[:3]}; pass --overwrite or another --output"
-        )
-    model = Run.load_model(run_dir, checkpoint, device, threads)
-    cases = read_inputs(input_path, model.info["channels"])
-    written = []
-    for case in cases:
-        probs = model.probabilities(case)
-        written.append(write_label(case, probs_to_label(probs, model.info["label_mode"]), output))
-        if save_probabilities:
-            written.append(write_probabilities(case, probs, output))
-    return written
+    runs = [] if not run_dir else [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
+    return Run.predict(runs, input_path, output_dir, model_dir=model_dir, checkpoint=checkpoint, device=device,
+                       tta=tta, save_probabilities=save_probabilities, overwrite=overwrite, threads=threads)
+
+
+def export(run_dir: str | Path, fmt: str = "torchscript", *, checkpoint: str = "best",
+           output_dir: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Write the run's predicting network as TorchScript or ONNX plus ``export.json``; returns the folder."""
+    return Run.export(run_dir, fmt, checkpoint=checkpoint, output_dir=output_dir, overwrite=overwrite)
+
+
+def plan(config_file: str | Path | None, overrides: list[str] | None = None) -> str:
+    """The plan of a training run (``semiseg train --dry-run``): checked and built, nothing written."""
+    return Run.plan(config_file, overrides or [])
 
 
 def suggest(run_dir: str | Path, *, score: str = "entropy", top: int = 5, region: str = "volume",

@@ -44,9 +44,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--init-from", metavar="RUN",
                        help="start from a trained run's weights (shortcut for --set model.init_from=RUN)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--dry-run", action="store_true",
+                       help="check the config, build the method and nets, print the plan; write nothing")
 
-    pred = sub.add_parser("predict", help="segment images with a trained run")
-    pred.add_argument("--run", required=True, help="run folder")
+    pred = sub.add_parser("predict", help="segment images with a trained run, an ensemble of runs or an export")
+    pred.add_argument("--run", action="append", default=[],
+                      help="run folder; repeat it for an ensemble (mean probabilities + an uncertainty map)")
+    pred.add_argument("--model", help="export folder written by 'semiseg export' (instead of --run)")
+    pred.add_argument("--tta", action="store_true", help="average over flips of the spatial axes")
     pred.add_argument("--input", required=True, help="NIfTI/PNG file or folder")
     pred.add_argument("--output", required=True, help="folder for the predictions")
     pred.add_argument("--checkpoint", default="best", choices=["best", "last"],
@@ -93,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--gammas", help="comma-separated γ in [0, 1] (default 0,0.2,0.4,0.6,0.8,1)")
     ev.add_argument("--epsilons", help="comma-separated FGSM ε >= 0 (default 0,0.01,0.02,0.05,0.1,0.2)")
     ev.add_argument("--samples", type=int, default=5, help="Monte-Carlo samples for --uncertainty (default 5)")
+    ev.add_argument("--tta", action="store_true", help="with --run: average predictions over flips of the axes")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
 
     cmp_ = sub.add_parser("compare", help="train several methods × seeds on one protocol and tabulate them")
@@ -118,6 +124,13 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("path", help="dataset folder ('demo' for the built-in brain demo)")
     check.add_argument("--source", default="auto", help="auto, nnunet, folder2d, acdc, la, demo_brain, phantom")
 
+    exp = sub.add_parser("export", help="write a run's network as TorchScript or ONNX with its preprocessing")
+    exp.add_argument("--run", required=True, help="run folder")
+    exp.add_argument("--format", default="torchscript", choices=["torchscript", "onnx"])
+    exp.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    exp.add_argument("--output", help="export folder (default <run>/export/<format>)")
+    exp.add_argument("--overwrite", action="store_true")
+
     sub.add_parser("methods", help="list the registered methods")
     sub.add_parser("config", help="print the default configuration as YAML")
     return parser
@@ -133,6 +146,9 @@ def _train(args: argparse.Namespace, started: list[Path]) -> None:
     from semiseg import api
     from semiseg.config import load_config
 
+    if args.dry_run:
+        _dry_run(args)
+        return
     on_start = partial(_announce, started=started)
     if args.resume:
         if args.config or args.overrides or args.method or args.data or args.output or args.init_from:
@@ -140,21 +156,35 @@ def _train(args: argparse.Namespace, started: list[Path]) -> None:
                                "drop --config/--set/--method/--data/--init-from")
         result = api.resume(args.resume, progress=not args.quiet, on_start=on_start)
     else:
-        overrides = list(args.overrides)
-        if args.method:
-            overrides.append(f"train.method={args.method}")
-        if args.data:
-            overrides += ["data.source=auto", f"data.path={args.data}"]
-        if args.init_from:
-            overrides.append(f"model.init_from={args.init_from}")
-        if args.output:
-            out = Path(args.output)
-            overrides += [f"output.root={out.parent}", f"output.name={out.name}"]
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, _train_overrides(args))
         result = api.train(cfg, overwrite=args.overwrite, progress=not args.quiet, on_start=on_start)
     print(f"\nrun folder: {result.run_dir}")
     print(_short_table(result.summary))
     print(f"report: {result.run_dir / 'report.md'}")
+
+
+def _train_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` overrides plus what the shortcuts (--method, --data, --init-from, --output) stand for."""
+    overrides = list(args.overrides)
+    if args.method:
+        overrides.append(f"train.method={args.method}")
+    if args.data:
+        overrides += ["data.source=auto", f"data.path={args.data}"]
+    if args.init_from:
+        overrides.append(f"model.init_from={args.init_from}")
+    if args.output:
+        out = Path(args.output)
+        overrides += [f"output.root={out.parent}", f"output.name={out.name}"]
+    return overrides
+
+
+def _dry_run(args: argparse.Namespace) -> None:
+    from semiseg import api
+
+    if args.resume:
+        raise SemisegError("--dry-run plans a new run from --config/--set; it does not take --resume")
+    print(api.plan(args.config, _train_overrides(args)))
+    print("dry run: nothing was written")
 
 
 def _short_table(summary: dict[str, Any]) -> str:
@@ -212,7 +242,7 @@ def _evaluate_run(args: argparse.Namespace) -> None:
 
     checkpoints = ("best", "last") if args.checkpoint == "both" else (args.checkpoint,)
     summary = api.evaluate_run(args.run, checkpoints=checkpoints, progress=not args.quiet, robustness=args.robustness,
-                               uncertainty=args.uncertainty, samples=args.samples, threads=args.threads,
+                               uncertainty=args.uncertainty, samples=args.samples, threads=args.threads, tta=args.tta,
                                **_levels(args.gammas, "gammas"), **_levels(args.epsilons, "epsilons"))
     print(_short_table(summary))
     saved = json.loads((Path(args.run) / "summary.json").read_text())
@@ -312,7 +342,7 @@ def _predict(args: argparse.Namespace) -> None:
 
     files = api.predict(args.run, args.input, args.output, checkpoint=args.checkpoint,
                         save_probabilities=args.probabilities, device=args.device, overwrite=args.overwrite,
-                        threads=args.threads)
+                        threads=args.threads, tta=args.tta, model_dir=args.model)
     print(f"wrote {len(files)} file(s) to {args.output}")
 
 
@@ -346,6 +376,12 @@ def main(argv: list[str] | None = None) -> int:
             _train(args, started)
         elif args.command == "predict":
             _predict(args)
+        elif args.command == "export":
+            from semiseg import api
+
+            out = api.export(args.run, args.format, checkpoint=args.checkpoint, output_dir=args.output,
+                             overwrite=args.overwrite)
+            print(f"exported to {out} (sidecar: {out / 'export.json'})")
         elif args.command == "evaluate":
             _evaluate(args)
         elif args.command == "suggest":

@@ -107,6 +107,8 @@ class TrainConfig(Strict):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:1 ...")
     threads: int | None = Field(None, description="torch CPU threads, at least 1 (None: torch's default); "
                                 "predict and evaluate use the run's value too")
+    tensorboard: Literal["auto", "on", "off"] = Field("auto",
+        description="TensorBoard events in <run>/tensorboard (auto: when installed); log.csv stays the record")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="data augmentation of training samples")
 
     @field_validator("threads")
@@ -116,6 +118,12 @@ class TrainConfig(Strict):
         if value is not None and value < 1:
             raise ValueError("must be a positive number of CPU threads, or null for torch's default")
         return value
+
+    @field_validator("amp", "tensorboard", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: Any) -> Any:
+        """YAML reads a bare ``on``/``off`` (``--set train.tensorboard=on``) as a boolean; mean the word."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class EvalConfig(Strict):
@@ -222,8 +230,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(file: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults ← YAML file ← ``--set`` overrides, validated strictly."""
+    """Defaults ← YAML file ← ``--set`` overrides, validated strictly (a top-level ``recipe:`` block is notes)."""
     raw: dict[str, Any] = read_yaml(file) if file else {}
+    raw.pop("recipe", None)  # a recipe's notes (paper, reported numbers, data layout) are not configuration
     for text in overrides or []:
         apply_override(raw, *parse_override(text))
     return validate_config(raw)

@@ -37,6 +37,7 @@ HAND_WRITTEN = {
     "benchmarks.md": "speed and memory benchmarks with their commands",
     "results-archive.md": "the result tables measured before experiment files existed",
     "suggest.md": "the annotation loop: train, suggest what to label next, label, train --init-from",
+    "export.md": "export (TorchScript, ONNX), predict from an export, test-time augmentation, ensembles of runs",
 }
 CONSTRAINTS = (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤"))
 
@@ -218,11 +219,36 @@ def results_page(repo: Path) -> str:
     return "".join(parts)
 
 
+def recipes_page(repo: Path) -> str:
+    """The papers' recipes (``experiments/recipes/*.yaml``): a table, then each recipe's notes."""
+    import yaml
+
+    recipes = {p.stem: yaml.safe_load(p.read_text()) for p in sorted((repo / "experiments" / "recipes").glob("*.yaml"))}
+    rows = [(f"[`{name}`](#{name})", cfg["data"]["source"], f"`{cfg['train']['method']}`", cfg["recipe"]["experiment"],
+             "; ".join(f"{k}: {v}" for k, v in cfg["recipe"]["reported"].items()))
+            for name, cfg in recipes.items()]
+    parts = [GENERATED, "# The papers' recipes\n\n",
+             "One config file per experiment of the source papers, in `experiments/recipes/`, with the paper's "
+             "network size (the closest our U-Net allows), budgets, optimiser, steps and hyper-parameters. The "
+             "`recipe:` block holds the paper's reported numbers, what differs from the paper and the data layout; "
+             "the config loader ignores it. Check one with `semiseg train --config experiments/recipes/<name>.yaml "
+             "--dry-run` (it builds the method and networks and prints the plan without the data), then train it "
+             "once the public download is converted as described.\n\n",
+             table(("recipe", "source", "method", "paper's experiment", "paper's numbers"), rows)]
+    for name, cfg in recipes.items():
+        notes = cfg["recipe"]
+        parts += [f"\n## {name}\n\n", f"*{notes['paper']}* — {notes['experiment']}; metric: {notes['metric']}.\n\n",
+                  f"- **Network.** {notes['network']}\n", f"- **Differences from the paper.** {notes['differences']}\n",
+                  f"- **Data.** {notes['data']}\n"]
+    return "".join(parts)
+
+
 def index_page(methods: dict[str, type]) -> str:
     rows = [(f"[`{name}`](methods/{name}.md)", cls.summary) for name, cls in methods.items()]
     hand = [(f"[{page}]({page})", what) for page, what in HAND_WRITTEN.items()]
     generated = [("[configuration.md](configuration.md)", "every configuration key, generated from the code"),
-                 ("[results.md](results.md)", "published comparison tables with their stamps, generated")]
+                 ("[results.md](results.md)", "published comparison tables with their stamps, generated"),
+                 ("[recipes.md](recipes.md)", "the papers' experiments as config files, with their numbers, generated")]
     return "".join([GENERATED, "# semiseg documentation\n\n", table(("page", "what it holds"), hand + generated),
                     "\n## Methods\n\n", table(("method", "summary"), rows)])
 
@@ -233,7 +259,7 @@ def generate(repo: Path = REPO) -> dict[str, str]:
 
     methods = available_methods()
     pages = {"configuration.md": configuration_page(), "results.md": results_page(repo),
-             "index.md": index_page(methods)}
+             "recipes.md": recipes_page(repo), "index.md": index_page(methods)}
     pages |= {f"methods/{name}.md": method_page(name, cls) for name, cls in methods.items()}
     return pages
 

@@ -69,6 +69,7 @@ class Inferer:
     batch_size: int
     overlap: float
     amp: bool = False
+    tta: bool = False  # average over flips of the spatial axes (off in training: validation stays as it was)
 
     @cached_property
     def _window(self) -> SlidingWindowInferer:
@@ -87,7 +88,21 @@ class Inferer:
     # -- probabilities ---------------------------------------------------------------------------
     @torch.no_grad()
     def volume_probabilities(self, predictor: Predictor, volume: Tensor, label_mode: str | None = None) -> Tensor:
-        """``(K, X, Y, Z)`` probabilities of a ``(C, X, Y, Z)`` volume: 2D slice by slice, 3D sliding window."""
+        """``(K, X, Y, Z)`` probabilities of a ``(C, X, Y, Z)`` volume: 2D slice by slice, 3D sliding window.
+
+        With ``tta`` the probabilities are the mean over every flip of the network's spatial axes (X, Y for
+        a 2D model, X, Y, Z for a 3D one), each flip undone before averaging.
+        """
+        if not self.tta:
+            return self._plain_probabilities(predictor, volume, label_mode)
+        total = None
+        for axes in flip_axes(self.dim):
+            probs = self._plain_probabilities(predictor, volume.flip(axes) if axes else volume, label_mode)
+            probs = probs.flip(axes) if axes else probs
+            total = probs if total is None else total + probs
+        return total / len(flip_axes(self.dim))
+
+    def _plain_probabilities(self, predictor: Predictor, volume: Tensor, label_mode: str | None) -> Tensor:
         mode, run = label_mode or self.label_mode, self.under_amp(predictor)
         if self.dim == 2:
             chunks = [logits_to_probs(run(chunk)[crop].float(), mode) for _, chunk, crop in self._slice_chunks(volume)]
@@ -155,6 +170,12 @@ class Inferer:
         for start in range(0, slices.shape[0], self.batch_size):
             chunk, crop = pad_to_multiple(slices[start : start + self.batch_size], self.divisor)
             yield start, chunk, crop
+
+
+def flip_axes(dim: int) -> list[tuple[int, ...]]:
+    """Every subset of the spatial axes of a ``(C, X, Y, Z)`` volume a ``dim``-D network sees (identity first)."""
+    spatial = (1, 2, 3)[:dim]
+    return [tuple(a for i, a in enumerate(spatial) if mask >> i & 1) for mask in range(2**dim)]
 
 
 def network_divisor(nets: Iterable[torch.nn.Module]) -> int:

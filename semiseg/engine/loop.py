@@ -38,6 +38,7 @@ from semiseg.data.loaders import PatchSampler, StoredCase
 from semiseg.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
 from semiseg.engine.device import autocast
 from semiseg.engine.inferer import Inferer
+from semiseg.engine.tensorboard import OVERLAY_CASES, TensorBoardLog
 from semiseg.errors import ConfigError, SemisegError
 from semiseg.eval.labels import probs_to_label
 from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, StepOut, WholeCase
@@ -257,6 +258,8 @@ class Trainer:
         self.params = params
         self.step = 0
         self.best = {"score": -math.inf, "step": -1}
+        self.tensorboard: TensorBoardLog | None = None
+        self._overlays: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -389,11 +392,14 @@ class Trainer:
             return float("nan")
         for net in self.nets.values():
             net.eval()
+        self._overlays = []
         scores = [self._case_dice(case) for case in self.data.val]
         return float(np.mean(scores))
 
     def _case_dice(self, case: StoredCase) -> float:
         pred = probs_to_label(self.inferer.probabilities(self._predict, case.image), self.ctx.label_mode)
+        if self.tensorboard is not None and len(self._overlays) < OVERLAY_CASES:
+            self._overlays.append((case.case_id, case.image, case.label, pred))
         return mean_foreground_dice(pred, case.label, self.ctx.label_mode, self.ctx.num_classes)
 
     # -- the loop ------------------------------------------------------------------------------
@@ -406,6 +412,7 @@ class Trainer:
                    disable=not self.show_progress, dynamic_ncols=True)
         val_score = float("nan")
         stop = _DeferredInterrupt()
+        self.tensorboard = TensorBoardLog.open(train.tensorboard, self.run_dir, self.step)
         try:
             while self.step < train.steps:
                 stop.raise_if_requested()  # Ctrl-C acts between steps, so last.pt and log.csv agree
@@ -415,8 +422,8 @@ class Trainer:
                 if checkpoint_step:
                     val_score = row["val_dice"] = self.validate()
                 if self.step % train.log_every == 0 or checkpoint_step:
-                    log.append({"step": self.step, "lr": self.scheduler.get_last_lr()[0], **row,
-                                "elapsed_s": round(time.perf_counter() - start_time, 3)})
+                    self._log(log, {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **row,
+                                    "elapsed_s": round(time.perf_counter() - start_time, 3)})
                 if checkpoint_step:  # after the log row, so a resume from this checkpoint finds its row
                     self._save_checkpoints(val_score)
                 bar.update(1)
@@ -432,8 +439,18 @@ class Trainer:
             raise
         finally:
             stop.restore()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
         bar.close()
         return {"best": dict(self.best), "steps": self.step, "seconds": time.perf_counter() - start_time}
+
+    def _log(self, log: CsvLog, row: dict[str, Any]) -> None:
+        """One ``log.csv`` row, mirrored (with the validation overlays) to TensorBoard when it is on."""
+        log.append(row)
+        if self.tensorboard is not None:
+            self.tensorboard.scalars(row)
+            if "val_dice" in row:
+                self.tensorboard.overlays(self._overlays, self.step, self.ctx.label_mode)
 
     def _save_checkpoints(self, score: float) -> None:
         # Without a validation set the last checkpoint is also the best one.

@@ -16,10 +16,12 @@ The manifest lists the files the run wrote; ``--overwrite`` deletes those and no
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,11 +38,16 @@ from semiseg.data.loaders import Augmentation, PatchSampler, default_patch_size,
 from semiseg.data.splits import load_split, make_split, refs_by_id, save_split
 from semiseg.engine.checkpoint import load_checkpoint
 from semiseg.engine.device import amp_enabled, resolve_device
+from semiseg.engine.export import FORMATS as EXPORT_FORMATS
+from semiseg.engine.export import SIDECAR, ExportedModel, describe_export, export_model, training_spacing
 from semiseg.engine.finetune import init_from_run
 from semiseg.engine.inferer import Inferer, network_divisor
 from semiseg.engine.loop import Trainer, TrainingData, build_nets, check_unlabelled_batch
 from semiseg.engine.manifest import recorded, remove_run_files
+from semiseg.engine.predict import CasePredictor, Ensemble, predict_files
+from semiseg.engine.tensorboard import check_tensorboard
 from semiseg.errors import ConfigError, DataError, SemisegError
+from semiseg.eval.io import input_case_ids
 from semiseg.eval.run_evaluation import EvaluationOptions, RunFacts, evaluate_checkpoints
 from semiseg.losses import supervised_loss
 from semiseg.methods import Method, MethodContext, get_method, parse_method_options
@@ -48,7 +55,8 @@ from semiseg.methods.base import Nets
 from semiseg.paths import check_writable_dir
 
 RUN_ARTEFACTS = ("config.yaml", "split.json", "log.csv", "summary.json", "report.md",
-                 "checkpoints", "metrics", "figures", "predictions", "uncertainty", "artifacts")
+                 "checkpoints", "metrics", "figures", "predictions", "uncertainty", "artifacts",
+                 "export", "tensorboard")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,6 +252,10 @@ class LoadedModel:
         inferer = make_inferer(cfg, info["label_mode"], device, nets, state["patch_size"])
         return cls(cfg, method, nets, info, state["patch_size"], inferer)
 
+    def with_tta(self, tta: bool = True) -> LoadedModel:
+        """The same model predicting with (or without) flip test-time augmentation."""
+        return dataclasses.replace(self, inferer=dataclasses.replace(self.inferer, tta=tta))
+
     @property
     def divisor(self) -> int:
         return self.inferer.divisor
@@ -301,6 +313,7 @@ class Run:
         method_cls = get_method(cfg.train.method)
         parse_method_options(method_cls, cfg.method)  # fail on bad method keys before touching data
         check_unlabelled_batch(method_cls, cfg.train.unlabelled_batch_size)
+        check_tensorboard(cfg.train.tensorboard)
         device = resolve_device(cfg.train.device)
         spec = open_configured_dataset(cfg)
         print_dataset_warnings(spec)
@@ -386,6 +399,54 @@ class Run:
         require_run(Path(run_dir))
         return suggest_run(Path(run_dir), **kwargs)
 
+    @staticmethod
+    def predict(runs: Sequence[str | Path], input_path: str | Path, output_dir: str | Path, *,
+                model_dir: str | Path | None = None, checkpoint: str = "best", device: str = "auto", tta: bool = False,
+                save_probabilities: bool = False, overwrite: bool = False, threads: int | None = None) -> list[Path]:
+        """Predict with one run, an ensemble of runs (mean + disagreement map) or an export.
+
+        Runs, output folder and name clashes are checked before any model or image is loaded.
+        """
+        if (model_dir is None) == (not runs):
+            raise SemisegError("predict needs --run RUN (repeatable: an ensemble) or --model EXPORT_DIR, not both")
+        output = Path(output_dir)
+        for run in runs:
+            require_run(Path(run))
+        check_writable_dir(output, "--output")
+        clashes = [cid for cid in input_case_ids(input_path) if any(output.glob(f"{glob.escape(cid)}.*"))]
+        if clashes and not overwrite:
+            raise SemisegError(
+                f"{output} already holds predictions for {clashes[:3]}; pass --overwrite or another --output"
+            )
+        if model_dir is not None:
+            model: CasePredictor = ExportedModel.load(model_dir, device, tta=tta)
+        else:
+            members = [Run.load_model(r, checkpoint, device, threads).with_tta(tta) for r in runs]
+            model = members[0] if len(members) == 1 else Ensemble(members, [str(r) for r in runs])
+        return predict_files(model, input_path, output, save_probabilities=save_probabilities, overwrite=True)
+
+    @staticmethod
+    def export(run_dir: str | Path, fmt: str, *, checkpoint: str = "best", output_dir: str | Path | None = None,
+               overwrite: bool = False) -> Path:
+        """The run's predicting network as TorchScript or ONNX plus ``export.json``, in ``output_dir``."""
+        if fmt not in EXPORT_FORMATS:
+            raise SemisegError(f"export format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+        run_dir = Path(run_dir)
+        out = Path(output_dir) if output_dir is not None else run_dir / "export" / fmt
+        if (out / SIDECAR).exists() and not overwrite:
+            raise SemisegError(f"{out} already holds an export; pass --overwrite or another --output")
+        model = Run.load_model(run_dir, checkpoint, "cpu")
+        spacing = training_spacing(Run.open(run_dir, progress=False))
+        export_model(model, describe_export(model, fmt, checkpoint, run_dir, spacing), out)
+        return out
+
+    @staticmethod
+    def plan(config_file: str | Path | None, overrides: list[str]) -> str:
+        """What ``semiseg train`` would do with this config (``--dry-run``); writes nothing."""
+        from semiseg.engine.plan import dry_run  # plan.py builds on this module
+
+        return dry_run(config_file, overrides)
+
     def _trainer(self, method: Method, nets: Nets) -> Trainer:
         data, patch = _build_data(self.cfg, self.dataset, self.split, type(method), network_divisor(nets.values()),
                                   self.progress)
@@ -413,22 +474,27 @@ class Run:
         names = tuple(dict.fromkeys(checkpoint_to_use(self.run_dir, name) for name in options.checkpoints))
         options = replace(options, checkpoints=names)
         states = {name: load_checkpoint(self.run_dir / "checkpoints" / f"{name}.pt", self.device) for name in names}
-        models = {name: LoadedModel.from_checkpoint(state, self.device) for name, state in states.items()}
+        models = {name: LoadedModel.from_checkpoint(state, self.device).with_tta(options.tta)
+                  for name, state in states.items()}
         best = dict(self.trainer.best) if self.trainer is not None else _best_of(self.run_dir, states)
         refs = refs_by_id(self.dataset)
         test = [refs[case_id] for case_id in self.split["test"]]
         with recorded(self.run_dir):
-            return evaluate_checkpoints(models, test, self._facts(best), self.run_dir, options,
+            return evaluate_checkpoints(models, test, self._facts(best, options), self.run_dir, options,
                                         progress=self.progress)
 
-    def _facts(self, best: dict[str, Any]) -> RunFacts:
+    def _facts(self, best: dict[str, Any], options: EvaluationOptions) -> RunFacts:
         cfg, spec, split = self.cfg, self.dataset, self.split
         header = {"method": cfg.train.method, "dataset": spec.name, "test_cases": len(split["test"]),
                   "best_step": best["step"], "best_val_dice": best["score"]}
+        if options.tta:
+            header["tta"] = "flips"
         info = {"method": cfg.train.method, "dataset": spec.name, "labelled cases": len(split["labelled"]),
                 "unlabelled cases": len(split["unlabelled"]), "test cases": len(split["test"]),
                 "model": f"{cfg.model.dim}D {cfg.model.arch} widths {cfg.model.widths}", "steps": cfg.train.steps,
                 "best checkpoint": f"step {best['step']} (val Dice {best['score']:.3f})", "seed": cfg.seed}
+        if options.tta:
+            info["test-time augmentation"] = "mean over flips of the spatial axes"
         return RunFacts(label_mode=spec.label_mode, class_names=list(spec.class_names), summary_header=header,
                         report_info=info, report_cases=cfg.eval.report_cases,
                         save_predictions=cfg.eval.save_predictions, save_probabilities=cfg.eval.save_probabilities)

@@ -140,13 +140,23 @@ def write_label(case: Case, label: np.ndarray, out_dir: Path, suffix: str = "") 
 
 def write_probabilities(case: Case, probs: np.ndarray, out_dir: Path) -> Path:
     """Class probabilities as float32 volumes (classes on the last axis) or .npy for 2D image inputs."""
+    return _write_float_map(case, probs, out_dir, "probs", components=True)
+
+
+def write_uncertainty_map(case: Case, values: np.ndarray, out_dir: Path) -> Path:
+    """A ``(*spatial)`` uncertainty map next to the prediction: a float32 volume, or .npy for 2D image inputs."""
+    return _write_float_map(case, values, out_dir, "uncertainty", components=False)
+
+
+def _write_float_map(case: Case, data: np.ndarray, out_dir: Path, name: str, components: bool) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     if case.affine is None and case.ndim == 2:
-        path = out_dir / f"{case.case_id}_probs.npy"
-        atomic_write(path, lambda tmp: np.save(tmp, probs.astype(np.float32)))
+        path = out_dir / f"{case.case_id}_{name}.npy"
+        atomic_write(path, lambda tmp: np.save(tmp, data.astype(np.float32)))
         return path
-    path = out_dir / f"{case.case_id}_probs{_volume_suffix(case)}"
-    write_volume(path, np.moveaxis(probs, 0, -1), nifti_affine(case), np.float32, components=True)
+    path = out_dir / f"{case.case_id}_{name}{_volume_suffix(case)}"
+    write_volume(path, np.moveaxis(data, 0, -1) if components else data, nifti_affine(case), np.float32,
+                 components=components)
     return path
 
 

@@ -57,6 +57,7 @@ class EvaluationOptions:
     gammas: tuple[float, ...] = DEFAULT_GAMMAS
     epsilons: tuple[float, ...] = DEFAULT_EPSILONS
     samples: int = 5
+    tta: bool = False  # flip test-time augmentation of every prediction
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gammas", check_grid(self.gammas, "gammas", upper=1.0))

@@ -1,12 +1,14 @@
 """The Inferer: the same numbers as the per-call inference it replaced, and its divisor from the network."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
-from semiseg.engine.inferer import Inferer, network_divisor
+from semiseg.engine.inferer import Inferer, flip_axes, network_divisor
 from semiseg.nets import UNet
 
 
@@ -83,3 +85,40 @@ def test_amp_wraps_only_the_network():
 
     probs = inferer.probabilities(predictor, _image((1, 4, 4)))
     assert seen == [True] and probs.dtype == np.float32
+
+
+# -- test-time augmentation (flips) ---------------------------------------------------------------
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("dims", [2, 3])
+def test_tta_of_a_flip_equivariant_predictor_equals_the_plain_prediction(dims):
+    """A 1×1 convolution: flipping its input flips its output, so flip TTA must not change it."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 3, 1) if dims == 2 else torch.nn.Conv3d(1, 3, 1)
+    image = _image((1, 12, 10, 9))
+    plain = _inferer(dims, conv).probabilities(conv, image)
+    flipped = dataclasses.replace(_inferer(dims, conv), tta=True).probabilities(conv, image)
+    assert flipped.shape == plain.shape == (3, 12, 10, 9)
+    np.testing.assert_allclose(flipped, plain, atol=1e-6)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("dims", [2, 3])
+def test_tta_averages_each_flip_undone(dims):
+    net, image = _unet(dims), _image((1, 12, 10, 9))
+    inferer = _inferer(dims, net)
+    expected = np.mean([np.flip(inferer.probabilities(net, np.flip(image, axes).copy()), axes)
+                        for axes in flip_axes(dims)], axis=0)
+    got = dataclasses.replace(inferer, tta=True).probabilities(net, image)
+    assert len(flip_axes(dims)) == 2**dims and got.shape == (3, 12, 10, 9)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert not np.allclose(got, inferer.probabilities(net, image), atol=1e-4)  # a U-Net is not flip-invariant
+
+
+@torch.no_grad()
+def test_tta_keeps_a_2d_case_shape():
+    net, image = _unet(2), _image((1, 10, 13))
+    got = dataclasses.replace(_inferer(2, net), tta=True).probabilities(net, image)
+    assert got.shape == (3, 10, 13)
+    np.testing.assert_allclose(got.sum(axis=0), 1.0, atol=1e-5)

@@ -1,0 +1,163 @@
+"""Export a run's predicting network as a plain module with a sidecar, and predict from such an export.
+
+An export folder holds ``model.pt`` (TorchScript) or ``model.onnx`` and ``export.json``: everything needed to
+use the network correctly without semiseg's training code — input channels, intensity normalisation, the
+spacing it was trained at, 2D slice or 3D patch mode, the sliding-window settings, the divisor every spatial
+size must be a multiple of, the classes and label mode, and the semiseg version. The module maps a
+``(B, C, *spatial)`` normalised batch to logits; it is ``method.predict(nets, x)`` traced, so a teacher
+wrapper or an ensemble mean is part of it and the method's code is not. ``ExportedModel`` predicts whole
+cases from an export with the same ``Inferer`` geometry as the run.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from semiseg import __version__
+from semiseg.data.case import Case
+from semiseg.data.loaders import normalize_image
+from semiseg.engine.device import resolve_device
+from semiseg.engine.inferer import Inferer
+from semiseg.errors import SemisegError
+
+SIDECAR = "export.json"
+FORMATS = {"torchscript": "model.pt", "onnx": "model.onnx"}
+EXPORT_EXTRA = 'pip install "semiseg[export]"'
+
+
+class PredictingNetwork(nn.Module):
+    """``method.predict(nets, x)`` as one module: what an export traces (no method, no training wrapper)."""
+
+    def __init__(self, predict: Callable[[dict[str, nn.Module], Tensor], Tensor], nets: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.nets = nn.ModuleDict(nets)
+        self._predict = predict
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._predict(dict(self.nets.items()), x)
+
+
+def _require(module: str) -> Any:
+    try:
+        return __import__(module)
+    except ImportError:
+        raise SemisegError(f"ONNX export and prediction need the {module!r} package: {EXPORT_EXTRA}") from None
+
+
+def example_input(sidecar: dict[str, Any]) -> Tensor:
+    """A batch of one with the export's geometry: a 3D window, or a 2D slice of a few divisors."""
+    shape = sidecar["roi_size"] if sidecar["dim"] == 3 else [max(sidecar["divisor"], 16) * 2] * 2
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(1, sidecar["channels"], *shape, generator=generator)
+
+
+def describe_export(model: Any, fmt: str, checkpoint: str, run_dir: Path,
+                    spacing: list[float] | None) -> dict[str, Any]:
+    """The sidecar of a ``LoadedModel``: everything a user of the plain module must reproduce."""
+    cfg, inferer = model.cfg, model.inferer
+    return {
+        "semiseg_version": __version__, "format": fmt, "file": FORMATS[fmt], "run": str(run_dir),
+        "checkpoint": checkpoint, "method": model.method.name, "output": "logits",
+        "channels": model.info["channels"], "class_names": list(model.info["class_names"]),
+        "label_mode": model.info["label_mode"], "normalize": cfg.data.normalize, "spacing": spacing,
+        "dim": inferer.dim, "mode": "2D slices along the last axis" if inferer.dim == 2 else "3D sliding window",
+        "divisor": inferer.divisor, "roi_size": list(inferer.roi_size), "sw_batch_size": inferer.batch_size,
+        "overlap": inferer.overlap, "window_weights": "gaussian",
+    }
+
+
+def export_model(model: Any, sidecar: dict[str, Any], out_dir: Path) -> Path:
+    """Write the traced predicting network and ``export.json`` into ``out_dir``; returns the model file."""
+    module = PredictingNetwork(model.method.predict, model.nets).eval().cpu()
+    example = example_input(sidecar)
+    path = out_dir / sidecar["file"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if sidecar["format"] == "torchscript":
+        with torch.no_grad():
+            torch.jit.save(torch.jit.trace(module, example, check_trace=False), str(path))
+    else:
+        _export_onnx(module, example, path)
+    (out_dir / SIDECAR).write_text(json.dumps(sidecar, indent=1) + "\n")
+    return path
+
+
+def _export_onnx(module: nn.Module, example: Tensor, path: Path) -> None:
+    _require("onnx")
+    axes = {0: "batch", **{i: f"axis{i - 2}" for i in range(2, example.ndim)}}
+    # The TorchScript-based exporter: it keeps every spatial axis dynamic without onnxscript (the dynamo
+    # exporter would need it and explicit shape constraints); torch marks it deprecated, it still works.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(module, (example,), str(path), input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": axes, "logits": axes}, dynamo=False)
+
+
+def read_sidecar(export_dir: Path) -> dict[str, Any]:
+    file = export_dir / SIDECAR
+    if not file.is_file():
+        raise SemisegError(f"{export_dir} is not a semiseg export (no {SIDECAR}); make one with 'semiseg export'")
+    sidecar = json.loads(file.read_text())
+    if sidecar.get("format") not in FORMATS or not (export_dir / sidecar.get("file", "")).is_file():
+        raise SemisegError(f"{file}: format {sidecar.get('format')!r} or model file {sidecar.get('file')!r} "
+                           "is missing; export the run again")
+    return sidecar
+
+
+def _torchscript_predictor(path: Path, device: torch.device) -> Callable[[Tensor], Tensor]:
+    module = torch.jit.load(str(path), map_location=device).eval()
+    return module
+
+
+def _onnx_predictor(path: Path) -> Callable[[Tensor], Tensor]:
+    ort = _require("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run(x: Tensor) -> Tensor:
+        (logits,) = session.run(["logits"], {"image": x.detach().cpu().float().numpy()})
+        return torch.from_numpy(logits).to(x.device)
+
+    return run
+
+
+@dataclass
+class ExportedModel:
+    """An export ready to predict whole cases: its module, its sidecar and the run's Inferer geometry."""
+
+    info: dict[str, Any]
+    predictor: Callable[[Tensor], Tensor]
+    inferer: Inferer
+
+    @classmethod
+    def load(cls, export_dir: str | Path, device: str = "auto", tta: bool = False) -> ExportedModel:
+        export_dir = Path(export_dir)
+        info = read_sidecar(export_dir)
+        dev = resolve_device(device) if info["format"] == "torchscript" else torch.device("cpu")
+        path = export_dir / info["file"]
+        predictor = _torchscript_predictor(path, dev) if info["format"] == "torchscript" else _onnx_predictor(path)
+        inferer = Inferer(dim=info["dim"], label_mode=info["label_mode"], device=dev, divisor=info["divisor"],
+                          roi_size=tuple(info["roi_size"]), batch_size=info["sw_batch_size"],
+                          overlap=info["overlap"], tta=tta)
+        return cls(info, predictor, inferer)
+
+    def probabilities(self, case: Case) -> np.ndarray:
+        """``(K, *spatial)`` probabilities of a raw case, normalised as the run normalised its inputs."""
+        return self.inferer.probabilities(self.predictor, normalize_image(case.image, self.info["normalize"]))
+
+
+def training_spacing(run: Any) -> list[float] | None:
+    """Median spacing (mm, array axis order) of the run's labelled cases; None when its data is not here."""
+    try:
+        refs = {ref.case_id: ref for ref in run.dataset.cases}
+        spacings = [refs[case_id].load().spacing for case_id in run.split["labelled"]]
+    except (SemisegError, OSError, KeyError):
+        return None
+    return [float(s) for s in np.median(np.array(spacings, dtype=np.float64), axis=0)] if spacings else None

@@ -1,0 +1,101 @@
+"""``semiseg train --dry-run``: what a config would train, checked and printed, with nothing written.
+
+The dry run resolves the config, checks the method's options, builds the method and its networks (on the CPU,
+seeded as training would) and prints the plan: method, data, split, networks with parameter counts, steps,
+batches, patch, optimiser and schedule. The dataset is opened only to describe it: when the data folder is
+missing (a recipe on a machine without the download) the plan says so and takes the dataset's channels,
+classes and label mode from the file's ``recipe.dataset`` block instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from semiseg.config import Config, load_config, read_yaml
+from semiseg.engine.inferer import network_divisor
+from semiseg.engine.loop import build_nets, check_unlabelled_batch
+from semiseg.engine.run import _check_patch, dataset_info, method_context, open_configured_dataset
+from semiseg.engine.tensorboard import check_tensorboard
+from semiseg.errors import ConfigError, SemisegError
+from semiseg.methods import get_method
+
+_DATASET_KEYS = ("channels", "class_names", "label_mode")
+
+
+def recipe_block(file: str | Path | None) -> dict[str, Any]:
+    """The ``recipe:`` block of a config file (notes the config loader ignores), or an empty dict."""
+    block = read_yaml(file).get("recipe", {}) if file else {}
+    if not isinstance(block, dict):
+        raise ConfigError(f"{file}: 'recipe' must be a mapping (paper:, dataset:, ...), got {type(block).__name__}")
+    return block
+
+
+def _dataset(cfg: Config, recipe: dict[str, Any], file: str | Path | None) -> tuple[dict[str, Any], str]:
+    """The dataset description and a line about the data: opened when present, else from ``recipe.dataset``."""
+    try:
+        spec = open_configured_dataset(cfg)
+    except SemisegError as exc:
+        declared = recipe.get("dataset", {})
+        missing = [k for k in _DATASET_KEYS if k not in declared]
+        if missing:
+            raise SemisegError(f"{exc}\n(the dry run needs the data, or a recipe.dataset block in {file} "
+                               f"with {', '.join(_DATASET_KEYS)}; missing {', '.join(missing)})") from None
+        info = {"name": cfg.data.path or cfg.data.source, "dim": cfg.model.dim, **declared}
+        return info, f"MISSING ({exc}); channels/classes from recipe.dataset"
+    counts = f"{len(spec.labelled)} labelled, {len(spec.unlabelled)} unlabelled, {len(spec.test_cases)} test cases"
+    return dataset_info(spec), f"found: {spec.name}, {counts}"
+
+
+def dry_run(file: str | Path | None, overrides: list[str]) -> str:
+    """The plan of ``semiseg train --config FILE --set ...``; raises on every mistake training would hit first."""
+    cfg = load_config(file, overrides)
+    method_cls = get_method(cfg.train.method)
+    method_cls.parse_options(cfg.method)
+    check_unlabelled_batch(method_cls, cfg.train.unlabelled_batch_size)
+    check_tensorboard(cfg.train.tensorboard)
+    recipe = recipe_block(file)
+    info, data_line = _dataset(cfg, recipe, file)
+    torch.manual_seed(cfg.seed)
+    method = method_cls(method_context(cfg, info), cfg.method)
+    nets = build_nets(method, cfg, method.ctx, torch.device("cpu"))
+    divisor = network_divisor(nets.values())
+    _check_patch(cfg, divisor)
+    return format_plan(cfg, method, nets, info, data_line, divisor)
+
+
+def _count(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def format_plan(cfg: Config, method: Any, nets: dict[str, torch.nn.Module], info: dict[str, Any], data_line: str,
+                divisor: int) -> str:
+    train, split, specs = cfg.train, cfg.split, method.networks()
+    patch = train.patch_size or ("whole slices padded to the divisor (≤ 256)" if cfg.model.dim == 2 else
+                                 "64³ (or the volume, if smaller)")
+    rows = [f"  {name:<12} {_count(net):>12,} parameters{'' if specs[name].trainable else '  (EMA, not trained)'}"
+            for name, net in nets.items()]
+    optimiser = f"{train.optimizer}, lr {train.lr:g}, weight decay {train.weight_decay:g}" + (
+        f", momentum {train.momentum:g}" if train.optimizer == "sgd" else "")
+    lines = [
+        f"method:     {method.name} — {type(method).summary}",
+        f"options:    {method.cfg.model_dump()}",
+        f"data:       {cfg.data.source} {cfg.data.path or ''} — {data_line}",
+        f"dataset:    {info['channels']} channel(s), {info['label_mode']}, classes {info['class_names']}",
+        f"split:      labelled {split.labelled}, unlabelled {split.unlabelled}, val {split.val}, test {split.test}"
+        + (f" (from {split.file})" if split.file else ""),
+        f"model:      {cfg.model.dim}D {cfg.model.arch} widths {cfg.model.widths}, norm {cfg.model.norm}, "
+        f"divisor {divisor}",
+        "networks:", *rows,
+        f"  {'total':<12} {sum(_count(n) for n in nets.values()):>12,} parameters",
+        f"steps:      {train.steps} (validation every {train.val_every}), seed {cfg.seed}",
+        f"batch:      {train.batch_size} labelled + "
+        + (f"{train.unlabelled_batch_size} unlabelled" if method.uses_unlabelled else "no unlabelled"),
+        f"patch:      {patch}",
+        f"optimiser:  {optimiser}",
+        f"schedule:   {train.schedule} after {train.warmup_steps} warm-up steps; loss {train.loss}; amp {train.amp}",
+        f"run folder: {Path(cfg.output.root) / (cfg.output.name or '<time>_<method>_<source>')} (not written)",
+    ]
+    return "\n".join(lines)
