@@ -72,10 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     sug.add_argument("--region", default="volume", help="average the score over the volume or the foreground")
     sug.add_argument("--samples", type=int, default=8, help="Monte-Carlo samples where the method samples")
     sug.add_argument("--output", help="report folder (default <run>/suggest)")
-    sug.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    sug.add_argument("--overwrite", action="store_true")
-    sug.add_argument("--device", default="auto")
-    sug.add_argument("--quiet", action="store_true")
+    sug.add_argument("--checkpoint", default="best", choices=["best", "last"],
+                     help="which checkpoint scores the cases (default best; last when the run has no best.pt)")
+    sug.add_argument("--overwrite", action="store_true", help="replace a report already in the output folder")
+    sug.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    sug.add_argument("--quiet", action="store_true", help="no progress bars")
 
     ev = sub.add_parser("evaluate", help="metrics of a run on its test split, or of a prediction folder")
     ev.add_argument("--run", help="run folder: evaluates its checkpoints on the test split")
@@ -126,10 +127,11 @@ def _parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser("export", help="write a run's network as TorchScript or ONNX with its preprocessing")
     exp.add_argument("--run", required=True, help="run folder")
-    exp.add_argument("--format", default="torchscript", choices=["torchscript", "onnx"])
-    exp.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    exp.add_argument("--format", default="torchscript", choices=["torchscript", "onnx"],
+                     help="torchscript (default) or onnx (needs pip install \"semiseg[export]\")")
+    exp.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint (default best)")
     exp.add_argument("--output", help="export folder (default <run>/export/<format>)")
-    exp.add_argument("--overwrite", action="store_true")
+    exp.add_argument("--overwrite", action="store_true", help="replace an export already in the output folder")
 
     sub.add_parser("methods", help="list the registered methods")
     sub.add_parser("config", help="print the default configuration as YAML")

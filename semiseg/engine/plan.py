@@ -20,7 +20,7 @@ from semiseg.engine.loop import build_nets, check_unlabelled_batch
 from semiseg.engine.run import _check_patch, dataset_info, method_context, open_configured_dataset
 from semiseg.engine.tensorboard import check_tensorboard
 from semiseg.errors import ConfigError, SemisegError
-from semiseg.methods import get_method
+from semiseg.methods import get_method, parse_method_options
 
 _DATASET_KEYS = ("channels", "class_names", "label_mode")
 
@@ -53,7 +53,7 @@ def dry_run(file: str | Path | None, overrides: list[str]) -> str:
     """The plan of ``semiseg train --config FILE --set ...``; raises on every mistake training would hit first."""
     cfg = load_config(file, overrides)
     method_cls = get_method(cfg.train.method)
-    method_cls.parse_options(cfg.method)
+    parse_method_options(method_cls, cfg.method)
     check_unlabelled_batch(method_cls, cfg.train.unlabelled_batch_size)
     check_tensorboard(cfg.train.tensorboard)
     recipe = recipe_block(file)

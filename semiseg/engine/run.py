@@ -43,7 +43,7 @@ from semiseg.engine.export import SIDECAR, ExportedModel, describe_export, expor
 from semiseg.engine.finetune import init_from_run
 from semiseg.engine.inferer import Inferer, network_divisor
 from semiseg.engine.loop import Trainer, TrainingData, build_nets, check_unlabelled_batch
-from semiseg.engine.manifest import recorded, remove_run_files
+from semiseg.engine.manifest import MANIFEST, recorded, remove_run_files
 from semiseg.engine.predict import CasePredictor, Ensemble, predict_files
 from semiseg.engine.tensorboard import check_tensorboard
 from semiseg.errors import ConfigError, DataError, SemisegError
@@ -185,7 +185,7 @@ class _RunFolderUndo:
         elif first is not None and first not in self.existing_names:
             shutil.rmtree(self.root / first, ignore_errors=True)
         else:  # the user's folder: prepare_run_dir emptied it of run files, so those present are this call's
-            for target in (run_dir / name for name in RUN_ARTEFACTS):
+            for target in (run_dir / name for name in (*RUN_ARTEFACTS, MANIFEST)):
                 shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
 
 
