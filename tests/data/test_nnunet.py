@@ -154,6 +154,8 @@ def test_decathlon_v1_json_with_4d_images(tmp_path: Path) -> None:
     assert (spec.channels, spec.dim, spec.class_names) == (2, 3, ["background", "edema", "tumour"])
     assert [(r.case_id, r.has_label) for r in spec.cases] == [("brain_001", True), ("brain_002", False)]
     assert [r.case_id for r in spec.test_cases] == ["brain_100"]
+    assert spec.warnings == ["1 image(s) in imagesTr have no label and are used as unlabelled: brain_002; move "
+                             "them to imagesUnlabelled/ to silence this"]
     case = spec.cases[0].load()
     assert case.image.shape == (2, *SHAPE)
     np.testing.assert_allclose(case.image[1], image_array(1))
@@ -353,6 +355,20 @@ def test_num_training_must_agree_with_what_was_found(tmp_path: Path, declared: i
     (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": declared}))
     notes = [w for w in open_nnunet(root).warnings if "numTraining is 4" in w]
     assert bool(notes) == warned
+
+
+@pytest.mark.parametrize(("declared", "warned"), [(1, False), (2, False), (3, True)])
+def test_decathlon_num_training_must_agree_with_what_was_found(tmp_path: Path, declared: int, warned: bool) -> None:
+    root = tmp_path / "Task09"
+    for case in ("sp_001", "sp_002"):
+        save_nifti(root / "imagesTr" / f"{case}.nii.gz", image_array(0))
+    save_nifti(root / "labelsTr" / "sp_001.nii.gz", label_array(0))
+    meta = {"modality": {"0": "CT"}, "labels": {"0": "background", "1": "spleen"}, "numTraining": declared,
+            "training": [{"image": "./imagesTr/sp_001.nii.gz", "label": "./labelsTr/sp_001.nii.gz"}]}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    warnings = open_dataset("decathlon", root).warnings
+    assert any("sp_002" in w and "no label" in w for w in warnings)
+    assert any(f"numTraining is {declared}" in w for w in warnings) == warned
 
 
 @pytest.mark.parametrize("link", ["loop", "broken"])

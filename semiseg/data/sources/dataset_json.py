@@ -180,3 +180,22 @@ def dataset_dim(paths: list[Path], msd_channels: int | None = None) -> int:
     if first_error is not None:
         raise first_error
     return 3
+
+
+def imagestr_warnings(meta: dict, source: str, images: list[str], labelled: set[str]) -> list[str]:
+    """Unlabelled cases in imagesTr are legal (semi-supervised) but often a forgotten label: say so by name."""
+    warnings = []
+    unlabelled = [case for case in images if case not in labelled]
+    if unlabelled:
+        warnings.append(
+            f"{len(unlabelled)} image(s) in imagesTr have no label and are used as unlabelled: "
+            f"{', '.join(unlabelled)}; move them to imagesUnlabelled/ to silence this"
+        )
+    declared = meta.get("numTraining")
+    n_labelled = len(images) - len(unlabelled)
+    if declared is not None and declared not in (n_labelled, len(images)):
+        warnings.append(
+            f"{source}: numTraining is {declared!r} but imagesTr holds {len(images)} case(s), {n_labelled} of "
+            "them with a label in labelsTr; add the missing files or correct numTraining"
+        )
+    return warnings

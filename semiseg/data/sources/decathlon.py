@@ -23,6 +23,7 @@ from semiseg.data.sources.dataset_json import (
     case_ref,
     channel_names,
     dataset_dim,
+    imagestr_warnings,
     read_folder_json,
     visible_files,
 )
@@ -64,12 +65,16 @@ def open_decathlon_meta(
         images.append(image)
         cases.append(case_ref(CaseFiles(_strip_ending(image), (image,), label), layout, label is not None))
     ids = {ref.case_id for ref in cases}
-    cases += _unlabelled(root, ("imagesTr", *unlabelled_dirs), layout, seen, ids)
+    unlisted = _unlabelled(root, ("imagesTr",), layout, seen, ids)  # in imagesTr, not in 'training'
+    cases += unlisted + _unlabelled(root, tuple(unlabelled_dirs), layout, seen, ids)
     tests = _tests(root, meta, layout, source)
+    in_images_tr = [ref.case_id for ref in cases[: len(training)]] + [ref.case_id for ref in unlisted]
+    labelled = {ref.case_id for ref in cases[: len(training)] if ref.has_label}
     return DatasetSpec(
         name=str(meta.get("name") or root.name), dim=dataset_dim(images, len(layout.channel_names)),
         channels=len(layout.channel_names), label_mode=layout.labels.mode,
         class_names=list(layout.labels.class_names), cases=cases, test_cases=tests, root=str(root),
+        warnings=imagestr_warnings(meta, source, in_images_tr, labelled),
     )
 
 

@@ -25,6 +25,7 @@ from semiseg.data.sources.dataset_json import (
     case_ref,
     channel_names,
     dataset_dim,
+    imagestr_warnings,
     read_folder_json,
     require_dir,
     visible_files,
@@ -90,27 +91,8 @@ def _open_v2(
         name=str(meta.get("name") or root.name), dim=dataset_dim(first), channels=n,
         label_mode=layout.labels.mode, class_names=list(layout.labels.class_names),
         cases=cases, test_cases=tests, root=str(root),
-        warnings=_imagestr_warnings(meta, source, sorted(train), set(label_files)),
+        warnings=imagestr_warnings(meta, source, sorted(train), set(label_files)),
     )
-
-
-def _imagestr_warnings(meta: dict, source: str, images: list[str], labelled: set[str]) -> list[str]:
-    """Unlabelled cases in imagesTr are legal (semi-supervised) but often a forgotten label: say so by name."""
-    warnings = []
-    unlabelled = [case for case in images if case not in labelled]
-    if unlabelled:
-        warnings.append(
-            f"{len(unlabelled)} image(s) in imagesTr have no label and are used as unlabelled: "
-            f"{', '.join(unlabelled)}; move them to imagesUnlabelled/ to silence this"
-        )
-    declared = meta.get("numTraining")
-    n_labelled = len(images) - len(unlabelled)
-    if declared is not None and declared not in (n_labelled, len(images)):
-        warnings.append(
-            f"{source}: numTraining is {declared!r} but imagesTr holds {len(images)} case(s), {n_labelled} of "
-            "them with a label in labelsTr; add the missing files or correct numTraining"
-        )
-    return warnings
 
 
 def _unlabelled_v2(
