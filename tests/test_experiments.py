@@ -24,7 +24,8 @@ PHANTOMS = ["data.source=phantom", "data.options={label_mode: multilabel, num_cl
 WIDE = "[16,32,64,128]"
 
 # name → (seeds, --set overrides, --methods) of the `semiseg compare` calls in benchmarks/compare_*.sh; a default
-# that changed since is written out as the value the old command ran with (UCMT's umix was "exchange").
+# that changed since is written out as the value the old command ran with (UCMT's umix was "exchange", the
+# rectified KL was the ε form "eps").
 OLD_COMMANDS = {
     "teachers": ("0,1,2", _protocol(), "supervised,mean_teacher,ua_mt,cps,cutmix,cmt,"
                  "ucmt=ucmt:umix=exchange:train.steps=300,"
@@ -33,7 +34,8 @@ OLD_COMMANDS = {
     "pseudo_labels": ("0,1,2", _protocol(), "supervised,segpl,segpl_vi=segpl_vi:threshold_mode=hard,"
                       "segpl_vi_grad=segpl_vi:threshold_mode=straight_through:kl_weight=0.01,self_training"),
     "dual_uncertainty": ("0,1,2", _protocol(), "supervised,st=dual_uncertainty:variant=st,"
-                         "st_ss=dual_uncertainty:variant=st_ss,st_ss_unrc=dual_uncertainty,urpc"),
+                         "st_ss=dual_uncertainty:variant=st_ss,st_ss_unrc=dual_uncertainty:divergence=eps,"
+                         "urpc=urpc:divergence=eps"),
     "must_cct": ("0,1,2", _protocol(),
                  "supervised,multiscale_supervised,cct,must_no_sharpening=must:temperature=null,must"),
     "must_layers": ("0", _protocol(), "layer_0=must:consistency_layers=[0],layer_1=must:consistency_layers=[1],"

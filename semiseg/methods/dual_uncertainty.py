@@ -68,7 +68,7 @@ from semiseg.nets.unet import UNet
 from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import hard_labels, probabilities
 from semiseg.ssl.rectification import cross_entropy_map, rectified_loss
-from semiseg.ssl.uncertainty import kl_divergence
+from semiseg.ssl.uncertainty import kl_divergence, kl_divergence_logits
 
 Variant = Literal["st", "st_ss", "st_ss_unrc"]
 
@@ -123,6 +123,8 @@ class DualUncertaintyConfig(MethodConfig):
     weight: float = Field(1.0, ge=0)
     # Supervise the interpolation decoder on labelled data too (st_ss_unrc only; see the module docstring).
     aux_supervised: bool = True
+    # D of Eq. 2 from log-softmax (exact) or as p·log(q + 1e-8), which caps D near 18.4 (runs made before the fix).
+    divergence: Literal["exact", "eps"] = "exact"
 
     @field_validator("stage_starts")
     @classmethod
@@ -220,7 +222,10 @@ class DualUncertainty(Method):
             losses["unsup"] = self.cfg.weight * ce.mean()
             return StepOut(losses, logs)
         mode = self.ctx.label_mode
-        d = kl_divergence(probabilities(main_u, mode), probabilities(aux_u, mode), mode)  # Eq. 2
+        if self.cfg.divergence == "exact":
+            d = kl_divergence_logits(main_u, aux_u, mode)  # Eq. 2
+        else:
+            d = kl_divergence(probabilities(main_u, mode), probabilities(aux_u, mode), mode)
         losses["unsup"] = self.cfg.weight * rectified_loss(ce, d)  # Eq. 4
         return StepOut(losses, logs | {"pixel_uncertainty": float(d.detach().mean())})
 

@@ -38,23 +38,36 @@ from semiseg.methods.registry import register
 from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import probabilities
 from semiseg.ssl.rectification import rectified_loss
-from semiseg.ssl.uncertainty import kl_divergence
+from semiseg.ssl.uncertainty import kl_divergence, kl_from_log, log_distribution, log_mean_distribution
 
 KLDirection = Literal["scale_to_mean", "mean_to_scale"]
+Divergence = Literal["exact", "eps"]
 
 
 def pyramid_consistency(
-    scale_probs: Sequence[Tensor], label_mode: str, kl_direction: KLDirection = "scale_to_mean"
+    scale_logits: Sequence[Tensor], label_mode: str, kl_direction: KLDirection = "scale_to_mean",
+    divergence: Divergence = "exact",
 ) -> Tensor:
-    """L_urpc of same-resolution ``(B, K, *spatial)`` probabilities, one per scale (see the module docstring)."""
-    if len(scale_probs) < 2:
+    """L_urpc of same-resolution ``(B, K, *spatial)`` logits, one per scale (see the module docstring).
+
+    D_s is KL(p_s ‖ p̄) from log-probabilities (``divergence="exact"``) or from p·log(q + 1e-8) (``"eps"``, runs
+    made before the fix); the squared difference is taken on probabilities either way.
+    """
+    if len(scale_logits) < 2:
         raise ValueError("pyramid consistency needs at least two scales")
-    mean = torch.stack([p.float() for p in scale_probs]).mean(dim=0)
+    probs = [probabilities(z, label_mode).float() for z in scale_logits]
+    mean = torch.stack(probs).mean(dim=0)
+    if divergence == "exact":
+        logs = [log_distribution(z, label_mode) for z in scale_logits]
+        log_mean = log_mean_distribution(logs)
     terms = []
-    for p in scale_probs:
-        pair = (p, mean) if kl_direction == "scale_to_mean" else (mean, p)
-        d = kl_divergence(*pair, label_mode)
-        terms.append(rectified_loss((p.float() - mean).pow(2).mean(dim=1), d, normalise=True))
+    for i, p in enumerate(probs):
+        if divergence == "exact":
+            pair = (logs[i], log_mean) if kl_direction == "scale_to_mean" else (log_mean, logs[i])
+            d = kl_from_log(*pair)
+        else:
+            d = kl_divergence(*((p, mean) if kl_direction == "scale_to_mean" else (mean, p)), label_mode)
+        terms.append(rectified_loss((p - mean).pow(2).mean(dim=1), d, normalise=True))
     return torch.stack(terms).mean()
 
 
@@ -77,6 +90,8 @@ class URPCConfig(RampedWeight):
     include_bottleneck: bool = False
     # Supervise every scale (the paper) or the full-resolution output only.
     deep_supervision: bool = True
+    # D_s from log-probabilities (exact) or as p·log(q + 1e-8), which caps it near 18.4 (runs made before the fix).
+    divergence: Divergence = "exact"
 
 
 @register
@@ -114,6 +129,6 @@ class URPC(Method):
         w = self.cfg.weight_at(progress)
         if self.cfg.weight > 0:
             mode = self.ctx.label_mode
-            probs = [probabilities(s, mode) for s in scales_u]
-            losses["consistency"] = w * pyramid_consistency(probs, mode, self.cfg.kl_direction)
+            losses["consistency"] = w * pyramid_consistency(scales_u, mode, self.cfg.kl_direction,
+                                                           self.cfg.divergence)
         return StepOut(losses, {"consistency_weight": w})

@@ -22,8 +22,8 @@ def _kl(p, q):
 
 
 def test_pyramid_consistency_by_hand():
-    # pixel 0: the scales disagree; pixel 1: they agree (D = 0, squared difference 0)
-    s1, s2 = _pixels([0.8, 0.2], [0.5, 0.5]), _pixels([0.4, 0.6], [0.5, 0.5])
+    # pixel 0: the scales disagree; pixel 1: they agree (D = 0, squared difference 0). Logits = log p.
+    s1, s2 = _pixels([0.8, 0.2], [0.5, 0.5]).log(), _pixels([0.4, 0.6], [0.5, 0.5]).log()
     mean = [0.6, 0.4]
     expected = 0.0
     for p in ([0.8, 0.2], [0.4, 0.6]):
@@ -33,6 +33,7 @@ def test_pyramid_consistency_by_hand():
         expected += (w * sq / 2) / ((w + 1) / 2) + d / 2  # mean over the two pixels, normalised by mean(w)
     expected /= 2  # averaged over the S = 2 scales
     assert pyramid_consistency([s1, s2], "multiclass").item() == pytest.approx(expected, rel=1e-5)
+    assert pyramid_consistency([s1, s2], "multiclass", divergence="eps").item() == pytest.approx(expected, rel=1e-5)
     code = (
         sum(
             _kl(mean, p) / 2 + (math.exp(-_kl(mean, p)) * 0.02) / ((math.exp(-_kl(mean, p)) + 1) / 2)
@@ -48,9 +49,19 @@ def test_pyramid_consistency_by_hand():
 
 def test_pyramid_consistency_multilabel_is_finite_and_zero_when_scales_agree():
     g = torch.Generator().manual_seed(0)
-    a, b = torch.rand(2, 3, 4, 4, generator=g), torch.rand(2, 3, 4, 4, generator=g)
+    a, b = torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)
     assert pyramid_consistency([a, b], "multilabel").item() > 0
     assert pyramid_consistency([a, a, a], "multilabel").item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_pyramid_divergence_is_exact_when_a_scale_is_confidently_wrong():
+    # Two scales at logits ±30 and one at ∓30: the mean p̄ ≈ [2/3, 1/3]. D of the odd scale is
+    # KL([~0, ~1] ‖ [2/3, 1/3]) = log 3 either way; the exact and the capped form agree here, and both are finite.
+    confident = torch.tensor([30.0, -30.0]).view(1, 2, 1, 1)
+    scales = [confident, confident, -confident]
+    exact = pyramid_consistency(scales, "multiclass").item()
+    assert math.isfinite(exact)
+    assert exact == pytest.approx(pyramid_consistency(scales, "multiclass", divergence="eps").item(), rel=1e-4)
 
 
 def _setup(widths, options=None, dims=2):
@@ -92,7 +103,7 @@ def test_training_step_wiring():
         x = torch.cat([lab.image, unl.image])
         pyramid = method.pyramid(nets["model"](x, return_scales=True).scales, x.shape[2:])
         sup = sum(method.ctx.supervised_loss(s[:2], lab.label) for s in pyramid) / len(pyramid)
-        cons = pyramid_consistency([s[2:].softmax(1) for s in pyramid], "multiclass")
+        cons = pyramid_consistency([s[2:] for s in pyramid], "multiclass")
     assert out.losses["sup"].item() == pytest.approx(sup.item(), rel=1e-5)
     assert out.losses["consistency"].item() == pytest.approx(w * cons.item(), rel=1e-4)
     assert set(method.supervised_step(nets, lab, progress).losses) == {"sup"}

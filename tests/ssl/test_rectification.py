@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from semiseg.ssl.rectification import cross_entropy_map, rectified_loss
-from semiseg.ssl.uncertainty import kl_divergence
+from semiseg.ssl.uncertainty import kl_divergence, kl_divergence_logits
 
 
 def _maps(values):
@@ -55,3 +55,30 @@ def test_eq3_cross_entropy_map_by_hand():
         torch.zeros(1, 3, 2, 1), torch.tensor([1.0, 0.0, 1.0]).reshape(1, 3, 1, 1).expand(1, 3, 2, 1), "multilabel"
     )
     assert ml.flatten().tolist() == pytest.approx([math.log(2.0)] * 2)
+
+
+@pytest.mark.parametrize("scale", [4.0, 20.0, 60.0])
+def test_kl_from_logits_is_exact_at_confident_disagreeing_decoders(scale):
+    # Two decoders, logits ±scale with opposite signs: p = softmax([s, -s]), q = softmax([-s, s]).
+    # KL(p ‖ q) = (p1 − p2)·2s exactly; p·log(q + 1e-8) caps it near 18.4 and is already off at s = 4.
+    main = torch.tensor([scale, -scale]).view(1, 2, 1, 1)
+    aux = -main
+    p1 = 1 / (1 + math.exp(-2 * scale))
+    expected = (2 * p1 - 1) * 2 * scale
+    exact = kl_divergence_logits(main, aux, "multiclass")
+    assert exact.item() == pytest.approx(expected, rel=1e-6)
+    capped = kl_divergence(main.softmax(1), aux.softmax(1), "multiclass").item()
+    if scale >= 20:
+        assert capped < 18.5 < expected
+    main_ml, aux_ml = 2 * main[:, :1], 2 * aux[:, :1]  # one sigmoid channel at ±2s: the same Bernoulli pair
+    assert kl_divergence_logits(main_ml, aux_ml, "multilabel").item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_kl_from_logits_gradient_flows_at_confident_disagreement():
+    main = torch.tensor([40.0, -40.0]).view(1, 2, 1, 1).requires_grad_()
+    aux = torch.tensor([-40.0, 40.0]).view(1, 2, 1, 1)
+    kl_divergence_logits(main, aux, "multiclass").sum().backward()
+    assert main.grad.abs().sum() > 0
+    capped = torch.tensor([40.0, -40.0]).view(1, 2, 1, 1).requires_grad_()
+    kl_divergence(capped.softmax(1), aux.softmax(1), "multiclass").sum().backward()
+    assert capped.grad.abs().sum() < 1e-6  # the ε form has lost its gradient here
