@@ -53,6 +53,7 @@ from semiseg.losses import supervised_loss
 from semiseg.methods import Method, MethodContext, get_method, parse_method_options
 from semiseg.methods.base import Nets
 from semiseg.paths import check_writable_dir
+from semiseg.ssl.ema import decay_for_horizon, ema_half_life, ema_horizon
 
 RUN_ARTEFACTS = ("config.yaml", "split.json", "log.csv", "summary.json", "report.md",
                  "checkpoints", "metrics", "figures", "predictions", "uncertainty", "artifacts",
@@ -71,6 +72,17 @@ def print_dataset_warnings(spec: DatasetSpec) -> None:
     """What the source found legal but probably unintended (e.g. images without a label), before training."""
     for text in spec.warnings:
         print(f"warning: {text}", file=sys.stderr)
+
+
+def print_ema_warnings(method: Method, steps: int) -> None:
+    """Say so when a teacher's EMA looks back over more updates than the run has (it would stay near its init)."""
+    for name, spec in method.networks().items():
+        horizon = ema_horizon(spec.ema_decay)
+        if spec.ema_of and horizon > steps:
+            print(f"warning: net {name!r} of {method.name!r} is an EMA with decay {spec.ema_decay}, which averages "
+                  f"over ~{horizon:.0f} updates (half-life {ema_half_life(spec.ema_decay):.0f}), but train.steps is "
+                  f"{steps}: the teacher keeps much of its early, untrained students; train longer or lower "
+                  f"method.ema_decay (e.g. {decay_for_horizon(steps / 10):.3g}, a tenth of the run)", file=sys.stderr)
 
 
 def dataset_info(spec: DatasetSpec) -> dict[str, Any]:
@@ -319,6 +331,7 @@ class Run:
         print_dataset_warnings(spec)
         _check_dims(cfg, spec)
         method, nets = _method_and_nets(cfg, spec, device)
+        print_ema_warnings(method, cfg.train.steps)
         if cfg.model.init_from:
             init_from_run(nets, method, cfg.model.init_from)
         _check_patch(cfg, network_divisor(nets.values()))

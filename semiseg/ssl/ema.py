@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -33,3 +34,22 @@ def ema_update(
             buf.copy_(sum(wi * sb[name] for wi, sb in zip(w, src_buffers, strict=True)))
         else:
             buf.copy_(src_buffers[0][name])
+
+
+def ema_horizon(decay: float) -> float:
+    """Updates an EMA with this decay effectively averages over, 1 / (1 − α): its mean age of weights.
+
+    α = 0.99 looks back ~100 updates, α = 0.999 ~1000; a run shorter than that leaves the teacher weighted
+    towards the early, still-random students (the warm-up min(1 − 1/(t + 1), α) only shortens the first steps).
+    """
+    return 1.0 / (1.0 - decay)
+
+
+def ema_half_life(decay: float) -> float:
+    """Updates after which a weight's share in the EMA has halved: ln 2 / −ln α."""
+    return math.log(2.0) / -math.log(decay)
+
+
+def decay_for_horizon(updates: float) -> float:
+    """The α whose horizon 1 / (1 − α) is ``updates`` (e.g. a tenth of the run)."""
+    return 1.0 - 1.0 / max(updates, 1.0)
