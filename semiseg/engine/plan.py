@@ -16,11 +16,15 @@ import torch
 
 from semiseg.config import Config, load_config, read_yaml
 from semiseg.engine.inferer import network_divisor
-from semiseg.engine.loop import build_nets, check_unlabelled_batch
-from semiseg.engine.run import _check_patch, dataset_info, method_context, open_configured_dataset
-from semiseg.engine.tensorboard import check_tensorboard
+from semiseg.engine.loop import build_nets
+from semiseg.engine.run import (
+    check_method_settings,
+    check_patch,
+    dataset_info,
+    method_context,
+    open_configured_dataset,
+)
 from semiseg.errors import ConfigError, SemisegError
-from semiseg.methods import get_method, parse_method_options
 
 _DATASET_KEYS = ("channels", "class_names", "label_mode")
 
@@ -52,17 +56,14 @@ def _dataset(cfg: Config, recipe: dict[str, Any], file: str | Path | None) -> tu
 def dry_run(file: str | Path | None, overrides: list[str]) -> str:
     """The plan of ``semiseg train --config FILE --set ...``; raises on every mistake training would hit first."""
     cfg = load_config(file, overrides)
-    method_cls = get_method(cfg.train.method)
-    parse_method_options(method_cls, cfg.method)
-    check_unlabelled_batch(method_cls, cfg.train.unlabelled_batch_size)
-    check_tensorboard(cfg.train.tensorboard)
+    method_cls = check_method_settings(cfg)
     recipe = recipe_block(file)
     info, data_line = _dataset(cfg, recipe, file)
     torch.manual_seed(cfg.seed)
     method = method_cls(method_context(cfg, info), cfg.method)
     nets = build_nets(method, cfg, method.ctx, torch.device("cpu"))
     divisor = network_divisor(nets.values())
-    _check_patch(cfg, divisor)
+    check_patch(cfg, divisor)
     return format_plan(cfg, method, nets, info, data_line, divisor)
 
 

@@ -74,6 +74,18 @@ def print_dataset_warnings(spec: DatasetSpec) -> None:
         print(f"warning: {text}", file=sys.stderr)
 
 
+def check_method_settings(cfg: Config) -> type[Method]:
+    """The registered method, once its options, its unlabelled batch and the logging extras are valid.
+
+    These checks need no data, so a run (and a dry run) fails on them before touching the dataset.
+    """
+    method_cls = get_method(cfg.train.method)
+    parse_method_options(method_cls, cfg.method)
+    check_unlabelled_batch(method_cls, cfg.train.unlabelled_batch_size)
+    check_tensorboard(cfg.train.tensorboard)
+    return method_cls
+
+
 def print_ema_warnings(method: Method, steps: int) -> None:
     """Say so when a teacher's EMA looks back over more updates than the run has (it would stay near its init)."""
     for name, spec in method.networks().items():
@@ -137,7 +149,7 @@ def _check_dims(cfg: Config, spec: DatasetSpec) -> None:
         raise ConfigError(f"model.dim=3 but dataset {spec.name!r} holds 2D images; use model.dim=2")
 
 
-def _check_patch(cfg: Config, divisor: int) -> None:
+def check_patch(cfg: Config, divisor: int) -> None:
     if cfg.train.patch_size and any(p % divisor for p in cfg.train.patch_size):
         raise ConfigError(
             f"train.patch_size={cfg.train.patch_size} must be multiples of {divisor} "
@@ -322,10 +334,7 @@ class Run:
         """Assemble a new run; every config check happens before the run folder is written."""
         _set_threads(cfg)
         check_writable_dir(Path(cfg.output.root) / (cfg.output.name or ""), "output folder")
-        method_cls = get_method(cfg.train.method)
-        parse_method_options(method_cls, cfg.method)  # fail on bad method keys before touching data
-        check_unlabelled_batch(method_cls, cfg.train.unlabelled_batch_size)
-        check_tensorboard(cfg.train.tensorboard)
+        check_method_settings(cfg)
         device = resolve_device(cfg.train.device)
         spec = open_configured_dataset(cfg)
         print_dataset_warnings(spec)
@@ -334,7 +343,7 @@ class Run:
         print_ema_warnings(method, cfg.train.steps)
         if cfg.model.init_from:
             init_from_run(nets, method, cfg.model.init_from)
-        _check_patch(cfg, network_divisor(nets.values()))
+        check_patch(cfg, network_divisor(nets.values()))
         split = load_split(cfg.split.file, spec) if cfg.split.file else make_split(
             spec, labelled=cfg.split.labelled, val=cfg.split.val, test=cfg.split.test,
             unlabelled=cfg.split.unlabelled, seed=cfg.split.seed if cfg.split.seed is not None else cfg.seed)
