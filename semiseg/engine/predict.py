@@ -22,7 +22,7 @@ from semiseg.data.case import Case
 from semiseg.errors import SemisegError
 from semiseg.eval.io import read_inputs, write_label, write_probabilities, write_uncertainty_map
 from semiseg.eval.labels import probs_to_label
-from semiseg.ssl.uncertainty import entropy
+from semiseg.ssl.uncertainty import mutual_information as ssl_mutual_information
 
 _MUST_AGREE = ("class_names", "label_mode", "channels")
 
@@ -67,11 +67,8 @@ class Ensemble:
 
 
 def mutual_information(member_probs: np.ndarray, label_mode: str) -> np.ndarray:
-    """``(*spatial)`` ``H(mean) − mean_m H(p_m)`` of ``(M, K, *spatial)`` member probabilities (≥ 0, nats)."""
-    probs = torch.from_numpy(np.ascontiguousarray(member_probs))
-    of_mean = entropy(probs.mean(dim=0, keepdim=True), label_mode)[0]
-    mean_of = entropy(probs, label_mode).mean(dim=0)
-    return (of_mean - mean_of).clamp_min(0.0).numpy()
+    """``(*spatial)`` disagreement map of ``(M, K, *spatial)`` member probabilities (``ssl.uncertainty``)."""
+    return ssl_mutual_information(torch.from_numpy(np.ascontiguousarray(member_probs))[:, None], label_mode)[0].numpy()
 
 
 def predict_files(model: CasePredictor, input_path: str | Path, output: Path, *, save_probabilities: bool = False,

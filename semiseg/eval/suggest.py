@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from semiseg.eval.report import _label_rgb, _subplots, _take
-from semiseg.ssl.uncertainty import entropy
+from semiseg.ssl.uncertainty import entropy, mutual_information
 
 SCORES = ("entropy", "mutual_info", "disagreement", "threshold_variance")
 REGIONS = ("volume", "foreground")
@@ -48,9 +48,9 @@ def entropy_map(probs: np.ndarray, label_mode: str) -> np.ndarray:
 
 
 def mutual_information_map(samples: np.ndarray, label_mode: str) -> np.ndarray:
-    """``(S, K, *spatial)`` samples → H(mean) − mean_s H(sample s); clipped at 0 against rounding."""
-    expected = np.mean([entropy_map(sample, label_mode) for sample in samples], axis=0)
-    return np.clip(entropy_map(samples.mean(axis=0), label_mode) - expected, 0.0, None)
+    """``(S, K, *spatial)`` samples → H(mean) − mean_s H(sample s) (``ssl.uncertainty.mutual_information``)."""
+    stacked = torch.from_numpy(np.asarray(samples, dtype=np.float32))[:, None]
+    return mutual_information(stacked, label_mode)[0].numpy()
 
 
 def variance_map(samples: np.ndarray) -> np.ndarray:

@@ -26,6 +26,17 @@ def entropy(probs: Tensor, label_mode: str) -> Tensor:
     return -(p * torch.log(p + _EPS) + q * torch.log(q + _EPS)).sum(dim=1)
 
 
+def mutual_information(samples: Tensor, label_mode: str) -> Tensor:
+    """(S, B, K, *spatial) samples or ensemble members → (B, *spatial) H(mean) − mean_s H(s), in nats.
+
+    The part of the predictive entropy that comes from disagreement between samples (BALD): zero where every
+    sample says the same, large where confident samples contradict each other. Clipped at 0 against rounding.
+    """
+    p = samples.float()
+    expected = torch.stack([entropy(s, label_mode) for s in p]).mean(dim=0)
+    return (entropy(p.mean(dim=0), label_mode) - expected).clamp_min(0.0)
+
+
 def max_entropy(num_classes: int, label_mode: str) -> float:
     """The largest value ``entropy`` can take: ln K (multiclass) or K ln 2 (multilabel)."""
     return math.log(num_classes) if label_mode == "multiclass" else num_classes * math.log(2.0)
