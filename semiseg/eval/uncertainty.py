@@ -18,12 +18,12 @@ import csv
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from PIL import Image
 
 from semiseg.data.case import Case
+from semiseg.data.io.volume import write_nifti
 from semiseg.eval.io import nifti_affine
 from semiseg.eval.metrics import brier_score, expected_calibration_error
 from semiseg.ssl.uncertainty import entropy, max_entropy, predictive_variance
@@ -128,6 +128,6 @@ def write_uncertainty_maps(case: Case, maps: dict[str, np.ndarray], out_dir: Pat
     for name, data in maps.items():
         array = np.moveaxis(data, 0, -1) if name == "mean" else data
         path = out_dir / f"{case.case_id}_{name}.nii.gz"
-        nib.save(nib.Nifti1Image(array.astype(np.float32), affine), str(path))
+        write_nifti(path, array, affine, np.float32)
         written.append(path)
     return written
