@@ -1,7 +1,9 @@
 """From cases to training batches: normalisation, in-memory stores, 2D slice and 3D patch sampling.
 
-Training samples are drawn with replacement from a seeded ``numpy`` generator whose state is part of the
-checkpoint, so ``--resume`` continues with exactly the batches an uninterrupted run would have seen.
+Training samples are drawn with replacement; sample ``i`` of the batch for step ``t`` has its own ``numpy``
+generator keyed by ``(seed, t, i)``. A batch is therefore a pure function of the step: ``--resume`` continues
+with exactly the batches an uninterrupted run would have seen, and a batch split over DDP ranks or loader
+workers is the same batch whatever the number of processes.
 2D training on 3D volumes samples slices along the last axis; a 2D case is treated as a volume of one
 slice, so both take the same path. Augmentation is deliberately light and geometric changes are applied
 to image and label alike. Methods that need a strongly augmented view build it on the device from the batch
@@ -134,7 +136,7 @@ class PatchSampler:
         self.store, self.dim, self.patch = list(store), dim, list(patch_size)
         self.batch_size, self.augment = batch_size, augment
         self.foreground_fraction = foreground_fraction
-        self.rng = np.random.default_rng(seed)
+        self.seed, self._next_step = seed, 0
         self.pool, self._pool_ids = self.store, None
 
     def restrict(self, case_ids: Sequence[str] | None) -> None:
@@ -148,51 +150,75 @@ class PatchSampler:
             raise ValueError(f"none of the cases {list(key or ())} is in this sampler's store")
         self.pool, self._pool_ids = pool, key
 
-    def _sample_one(self) -> tuple[np.ndarray, np.ndarray | None, str]:
-        case = self.pool[int(self.rng.integers(len(self.pool)))]
+    def _sample_one(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None, str]:
+        case = self.pool[int(rng.integers(len(self.pool)))]
         spatial = case.image.shape[1:]
         centre: Sequence[int | None] = [None, None, None]
-        if len(case.fg_points) and self.rng.random() < self.foreground_fraction:
-            centre = case.fg_points[int(self.rng.integers(len(case.fg_points)))].tolist()
+        if len(case.fg_points) and rng.random() < self.foreground_fraction:
+            centre = case.fg_points[int(rng.integers(len(case.fg_points)))].tolist()
         if self.dim == 2:
-            z = centre[2] if centre[2] is not None else int(self.rng.integers(spatial[2]))
-            starts = [_crop_start(spatial[a], self.patch[a], centre[a], self.rng) for a in range(2)]
+            z = centre[2] if centre[2] is not None else int(rng.integers(spatial[2]))
+            starts = [_crop_start(spatial[a], self.patch[a], centre[a], rng) for a in range(2)]
             image = _window(case.image[..., z], starts, self.patch)
             label = None if case.label is None else _window(case.label[..., z], starts, self.patch)
         else:
-            starts = [_crop_start(spatial[a], self.patch[a], centre[a], self.rng) for a in range(3)]
+            starts = [_crop_start(spatial[a], self.patch[a], centre[a], rng) for a in range(3)]
             image = _window(case.image, starts, self.patch)
             label = None if case.label is None else _window(case.label, starts, self.patch)
         return image, label, case.case_id
 
-    def _flip(self, image: np.ndarray, label: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    def _flip(
+        self, image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         for axis in range(self.dim):
-            if self.rng.random() < 0.5:
+            if rng.random() < 0.5:
                 image = np.flip(image, axis=image.ndim - self.dim + axis)
                 if label is not None:
                     label = np.flip(label, axis=label.ndim - self.dim + axis)
         return image, label
 
-    def _intensity(self, image: np.ndarray) -> np.ndarray:
-        scale, shift = self.rng.normal(1.0, 0.1), self.rng.normal(0.0, 0.1)
+    @staticmethod
+    def _intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        scale, shift = rng.normal(1.0, 0.1), rng.normal(0.0, 0.1)
         return image * scale + shift
 
-    def next_batch(self) -> dict[str, Any]:
-        images, labels, ids = [], [], []
-        for _ in range(self.batch_size):
-            image, label, case_id = self._sample_one()
-            if self.augment.flip:
-                image, label = self._flip(image, label)
-            if self.augment.intensity:
-                image = self._intensity(image)
-            images.append(np.ascontiguousarray(image, dtype=np.float32))
-            labels.append(None if label is None else np.ascontiguousarray(label))
-            ids.append(case_id)
+    def sample_generator(self, step: int, index: int) -> np.random.Generator:
+        """The generator of sample ``index`` of step ``step``'s batch (independent of every other sample)."""
+        return np.random.default_rng((self.seed % 2**63, step, index))
+
+    def draw(self, step: int, index: int) -> tuple[np.ndarray, np.ndarray | None, str]:
+        """Sample ``index`` of the batch for ``step``: an augmented image, its label (or None) and case id."""
+        rng = self.sample_generator(step, index)
+        image, label, case_id = self._sample_one(rng)
+        if self.augment.flip:
+            image, label = self._flip(image, label, rng)
+        if self.augment.intensity:
+            image = self._intensity(image, rng)
+        label = None if label is None else np.ascontiguousarray(label)
+        return np.ascontiguousarray(image, dtype=np.float32), label, case_id
+
+    def batch_at(self, step: int, indices: Sequence[int] | None = None) -> dict[str, Any]:
+        """Samples ``indices`` (default: all ``batch_size``) of the batch for ``step``, stacked.
+
+        A DDP rank or a loader worker asks for its share of the indices and gets exactly those samples of
+        the global batch.
+        """
+        drawn = [self.draw(step, i) for i in (range(self.batch_size) if indices is None else indices)]
+        if not drawn:
+            raise ValueError(f"batch_at(step={step}) was asked for no samples")
+        images, labels, ids = zip(*drawn, strict=True)
         label = None if labels[0] is None else np.stack(labels)
-        return {"image": np.stack(images), "label": label, "case_ids": ids}
+        return {"image": np.stack(images), "label": label, "case_ids": list(ids)}
+
+    def next_batch(self) -> dict[str, Any]:
+        """The batch after the last one this sampler gave (for callers without their own step count)."""
+        batch = self.batch_at(self._next_step)
+        self._next_step += 1
+        return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state}
+        return {"next_step": self._next_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = state["rng"]
+        """Restore ``next_batch``'s position (checkpoints from before keyed generators hold only ``rng``)."""
+        self._next_step = int(state.get("next_step", 0))

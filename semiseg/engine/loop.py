@@ -305,10 +305,10 @@ class Trainer:
         self._prepare_unlabelled(progress)
         for net in self.nets.values():
             net.train()
-        labelled = to_batch(self.data.labelled.next_batch(), self.device, self.ctx.label_mode)
+        labelled = to_batch(self.data.labelled.batch_at(self.step), self.device, self.ctx.label_mode)
         unlabelled = None
         if self.data.unlabelled is not None:
-            unlabelled = to_batch(self.data.unlabelled.next_batch(), self.device, self.ctx.label_mode)
+            unlabelled = to_batch(self.data.unlabelled.batch_at(self.step), self.device, self.ctx.label_mode)
         with autocast(self.amp, self.device):
             out = self._method_step(labelled, unlabelled, progress)
         row: dict[str, float] = {"loss": 0.0}

@@ -65,3 +65,24 @@ def test_restrict_draws_from_the_subset_only():
     assert set(s.next_batch()["case_ids"]) == {"a", "b", "c"}
     with pytest.raises(ValueError, match="none of the cases"):
         s.restrict(["z"])
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_a_batch_split_over_processes_is_the_same_batch(dim):
+    """Any split of a step's indices (DDP ranks, loader workers) reassembles the whole batch, in any order."""
+    patch = [16, 16] if dim == 2 else [8, 8, 4]
+    s = PatchSampler(_store(), dim=dim, patch_size=patch, batch_size=4, augment=Augmentation(), seed=3,
+                     foreground_fraction=0.5)
+    whole = s.batch_at(7)
+    halves = [s.batch_at(7, [2, 3]), s.batch_at(7, [0, 1])]
+    assert np.array_equal(np.concatenate([halves[1]["image"], halves[0]["image"]]), whole["image"])
+    assert np.array_equal(np.concatenate([halves[1]["label"], halves[0]["label"]]), whole["label"])
+    assert not np.array_equal(s.batch_at(8)["image"], whole["image"])
+
+
+def test_batches_depend_on_the_step_not_on_the_history():
+    s = PatchSampler(_store(), dim=2, patch_size=[16, 16], batch_size=2, augment=Augmentation(), seed=0)
+    later = s.batch_at(5)["image"]
+    for step in range(5):
+        s.batch_at(step)
+    assert np.array_equal(s.batch_at(5)["image"], later)
