@@ -141,7 +141,15 @@ def _parser() -> argparse.ArgumentParser:
 def _announce(run_dir: Path, started: list[Path]) -> None:
     """Say where the run lives before training starts (and remember it for the Ctrl-C message)."""
     started.append(run_dir)
-    print(f"run folder: {run_dir}", flush=True)
+    if _is_main_process():
+        print(f"run folder: {run_dir}", flush=True)
+
+
+def _is_main_process() -> bool:
+    """False on every torchrun process but rank 0, which alone prints the run's results."""
+    from semiseg.engine import distributed
+
+    return distributed.current().is_main
 
 
 def _train(args: argparse.Namespace, started: list[Path]) -> None:
@@ -160,6 +168,8 @@ def _train(args: argparse.Namespace, started: list[Path]) -> None:
     else:
         cfg = load_config(args.config, _train_overrides(args))
         result = api.train(cfg, overwrite=args.overwrite, progress=not args.quiet, on_start=on_start)
+    if not _is_main_process():
+        return
     print(f"\nrun folder: {result.run_dir}")
     print(_short_table(result.summary))
     print(f"report: {result.run_dir / 'report.md'}")

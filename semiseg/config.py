@@ -110,6 +110,8 @@ class TrainConfig(Strict):
     tensorboard: Literal["auto", "on", "off"] = Field("auto",
         description="TensorBoard events in <run>/tensorboard (auto: when installed); log.csv stays the record")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="data augmentation of training samples")
+    sync_batchnorm: bool = Field(False, description="under torchrun with several processes: BatchNorm over the global "
+                                 "batch (SyncBatchNorm, CUDA only)")
 
     @field_validator("threads")
     @classmethod

@@ -35,13 +35,14 @@ from tqdm import tqdm
 
 from semiseg.config import Config
 from semiseg.data.loaders import PatchSampler, StoredCase
+from semiseg.engine import distributed
 from semiseg.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
 from semiseg.engine.device import autocast
 from semiseg.engine.inferer import Inferer
 from semiseg.engine.tensorboard import OVERLAY_CASES, TensorBoardLog
 from semiseg.errors import ConfigError, SemisegError
 from semiseg.eval.labels import probs_to_label
-from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, StepOut, WholeCase
+from semiseg.methods.base import Batch, Curriculum, Method, MethodContext, Nets, NetSpec, Progress, StepOut, WholeCase
 from semiseg.nets import build_network
 from semiseg.ssl.ema import ema_update
 
@@ -256,6 +257,7 @@ class Trainer:
         self.amp = inferer.amp
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.device.type == "cuda")
         self.params = params
+        self.dist = distributed.current()
         self.step = 0
         self.best = {"score": -math.inf, "step": -1}
         self.tensorboard: TensorBoardLog | None = None
@@ -292,6 +294,8 @@ class Trainer:
             self.data.unlabelled.load_state_dict(state["rng"]["samplers"]["unlabelled"])
 
     def save(self, which: str) -> None:
+        if not self.dist.is_main:
+            return
         save_checkpoint(self.state(), self.run_dir / "checkpoints" / f"{which}.pt")
         curriculum = self.method.curriculum()
         for name, record in (curriculum.artifacts() if curriculum is not None else {}).items():
@@ -305,10 +309,11 @@ class Trainer:
         self._prepare_unlabelled(progress)
         for net in self.nets.values():
             net.train()
-        labelled = to_batch(self.data.labelled.batch_at(self.step), self.device, self.ctx.label_mode)
+        self.dist.seed_step(self.cfg.seed, self.step)
+        labelled = to_batch(self._batch_at(self.data.labelled), self.device, self.ctx.label_mode)
         unlabelled = None
         if self.data.unlabelled is not None:
-            unlabelled = to_batch(self.data.unlabelled.batch_at(self.step), self.device, self.ctx.label_mode)
+            unlabelled = to_batch(self._batch_at(self.data.unlabelled), self.device, self.ctx.label_mode)
         with autocast(self.amp, self.device):
             out = self._method_step(labelled, unlabelled, progress)
         row: dict[str, float] = {"loss": 0.0}
@@ -327,6 +332,10 @@ class Trainer:
         self.scheduler.step()
         return row
 
+    def _batch_at(self, sampler: PatchSampler) -> dict[str, Any]:
+        """This process's share of the step's global batch (all of it in one process)."""
+        return sampler.batch_at(self.step, self.dist.shard(sampler.batch_size))
+
     def _method_step(self, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
         """The method's step; a method that uses unlabelled data gets its supervised step when there is none."""
         if self.method.uses_unlabelled and unlabelled is None:
@@ -339,13 +348,24 @@ class Trainer:
         if curriculum is None:
             return
         if curriculum.wants_cases(progress):
+            self._curriculum_pass(curriculum, progress)
+        if self.data.unlabelled is not None:
+            self.data.unlabelled.restrict(curriculum.subset(progress))
+
+    def _curriculum_pass(self, curriculum: Curriculum, progress: Progress) -> None:
+        """The pass over whole cases, on rank 0; the other processes take its method state and nets."""
+        def on_main() -> dict[str, Any]:
             for net in self.nets.values():
                 net.eval()
             store = self.data.unlabelled.store if self.data.unlabelled is not None else []
             with torch.no_grad():
                 curriculum.on_cases(self.nets, (self._whole_case(c) for c in store), progress)
-        if self.data.unlabelled is not None:
-            self.data.unlabelled.restrict(curriculum.subset(progress))
+            return self.method.state_dict()
+
+        state = self.dist.on_main(on_main)
+        if not self.dist.is_main:
+            self.method.load_state_dict(state)
+        self.dist.broadcast_nets(self.nets.values())
 
     def _whole_case(self, case: StoredCase) -> WholeCase:
         volume = torch.from_numpy(case.image).to(self.device)
@@ -360,11 +380,13 @@ class Trainer:
         total = self._total_loss(losses)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
+        self.dist.average_gradients(self.params)
         if self.cfg.train.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.dist.average_buffers(self.nets.values())
         for name, spec in self.specs.items():
             if spec.ema_of:
                 update_ema_net(self.nets, name, spec, self.step + 1)
@@ -406,13 +428,14 @@ class Trainer:
     def fit(self, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Train until ``train.steps``; Ctrl-C saves ``last.pt`` so ``--resume`` can continue."""
         train = self.cfg.train
-        log = CsvLog(self.run_dir / "log.csv", keep_through_step=self.step)
-        start_time = time.perf_counter() - log.elapsed_before
+        main = self.dist.is_main  # only rank 0 writes the log, TensorBoard and checkpoints
+        log = CsvLog(self.run_dir / "log.csv", keep_through_step=self.step) if main else None
+        start_time = time.perf_counter() - (log.elapsed_before if log is not None else 0.0)
         bar = tqdm(total=train.steps, initial=self.step, desc=f"train {self.method.name}",
-                   disable=not self.show_progress, dynamic_ncols=True)
+                   disable=not (self.show_progress and main), dynamic_ncols=True)
         val_score = float("nan")
         stop = _DeferredInterrupt()
-        self.tensorboard = TensorBoardLog.open(train.tensorboard, self.run_dir, self.step)
+        self.tensorboard = TensorBoardLog.open(train.tensorboard, self.run_dir, self.step) if main else None
         try:
             while self.step < train.steps:
                 stop.raise_if_requested()  # Ctrl-C acts between steps, so last.pt and log.csv agree
@@ -420,7 +443,7 @@ class Trainer:
                 self.step += 1
                 checkpoint_step = self.step % train.val_every == 0 or self.step == train.steps
                 if checkpoint_step:
-                    val_score = row["val_dice"] = self.validate()
+                    val_score = row["val_dice"] = self.dist.on_main(self.validate)  # same best on every rank
                 if self.step % train.log_every == 0 or checkpoint_step:
                     self._log(log, {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **row,
                                     "elapsed_s": round(time.perf_counter() - start_time, 3)})
@@ -444,8 +467,10 @@ class Trainer:
         bar.close()
         return {"best": dict(self.best), "steps": self.step, "seconds": time.perf_counter() - start_time}
 
-    def _log(self, log: CsvLog, row: dict[str, Any]) -> None:
+    def _log(self, log: CsvLog | None, row: dict[str, Any]) -> None:
         """One ``log.csv`` row, mirrored (with the validation overlays) to TensorBoard when it is on."""
+        if log is None:  # not rank 0
+            return
         log.append(row)
         if self.tensorboard is not None:
             self.tensorboard.scalars(row)

@@ -22,6 +22,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from semiseg.data import sources
 from semiseg.data.case import Case, DatasetSpec
 from semiseg.data.loaders import Augmentation, PatchSampler, default_patch_size, load_store, normalize_image
 from semiseg.data.splits import load_split, make_split, refs_by_id, save_split
+from semiseg.engine import distributed
 from semiseg.engine.checkpoint import load_checkpoint
 from semiseg.engine.device import amp_enabled, resolve_device
 from semiseg.engine.export import FORMATS as EXPORT_FORMATS
@@ -213,6 +215,20 @@ class _RunFolderUndo:
                 shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
 
 
+def _new_run_folder(cfg: Config, overwrite: bool, split: dict[str, Any]) -> tuple[_RunFolderUndo, Path]:
+    """The run folder with its config and split (on rank 0 under torchrun); a failure leaves nothing of it."""
+    undo = _RunFolderUndo.before(cfg)
+    run_dir = prepare_run_dir(cfg, overwrite)
+    try:
+        with recorded(run_dir):
+            (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+            save_split(split, run_dir / "split.json")
+    except BaseException:
+        undo.undo(run_dir)
+        raise
+    return undo, run_dir
+
+
 def checkpoint_to_use(run_dir: Path, name: str) -> str:
     """``name``, or ``last`` with a notice when a run stopped before its first validation has no ``best.pt``."""
     folder = run_dir / "checkpoints"
@@ -335,7 +351,8 @@ class Run:
         _set_threads(cfg)
         check_writable_dir(Path(cfg.output.root) / (cfg.output.name or ""), "output folder")
         check_method_settings(cfg)
-        device = resolve_device(cfg.train.device)
+        device = distributed.join(cfg.train)
+        ctx = distributed.current()
         spec = open_configured_dataset(cfg)
         print_dataset_warnings(spec)
         _check_dims(cfg, spec)
@@ -347,18 +364,15 @@ class Run:
         split = load_split(cfg.split.file, spec) if cfg.split.file else make_split(
             spec, labelled=cfg.split.labelled, val=cfg.split.val, test=cfg.split.test,
             unlabelled=cfg.split.unlabelled, seed=cfg.split.seed if cfg.split.seed is not None else cfg.seed)
-        undo = _RunFolderUndo.before(cfg)
-        run_dir = prepare_run_dir(cfg, overwrite)
+        undo, run_dir = ctx.on_main(lambda: _new_run_folder(cfg, overwrite, split))  # one folder, rank 0 writes
         try:
-            with recorded(run_dir):
-                (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-                save_split(split, run_dir / "split.json")
             run = cls(cfg, run_dir, spec, split, device, progress)
             run.trainer = run._trainer(method, nets)
         except BaseException:
-            undo.undo(run_dir)
+            if ctx.is_main:
+                undo.undo(run_dir)
             raise
-        run.undo = undo
+        run.undo = undo if ctx.is_main else None
         return run
 
     @classmethod
@@ -377,9 +391,9 @@ class Run:
             print(f"{run_dir}: stopped before its first checkpoint ({last} does not exist); "
                   "restarting it from step 0", file=sys.stderr)
         _set_threads(cfg)
+        device = distributed.join(cfg.train)  # another number of processes works: batches are global
         spec = open_configured_dataset(cfg)
-        run = cls(cfg, run_dir, spec, load_split(run_dir / "split.json", spec), resolve_device(cfg.train.device),
-                  progress)
+        run = cls(cfg, run_dir, spec, load_split(run_dir / "split.json", spec), device, progress)
         run.trainer = run._trainer(*_method_and_nets(cfg, spec, run.device))
         if state is not None:
             run.trainer.load_state(state)
@@ -472,6 +486,8 @@ class Run:
     def _trainer(self, method: Method, nets: Nets) -> Trainer:
         data, patch = _build_data(self.cfg, self.dataset, self.split, type(method), network_divisor(nets.values()),
                                   self.progress)
+        if self.cfg.train.sync_batchnorm:
+            distributed.sync_batchnorm(nets, distributed.current())
         inferer = make_inferer(self.cfg, self.dataset.label_mode, self.device, nets, patch)
         describe = {"semiseg_version": __version__, "method": method.name, "config": self.cfg.model_dump(mode="json"),
                     "dataset": dataset_info(self.dataset), "patch_size": patch, "divisor": inferer.divisor}
@@ -483,7 +499,7 @@ class Run:
         if self.trainer is None:
             raise SemisegError(f"{self.run_dir}: this run was opened for evaluation; build or resume it to train")
         try:
-            with recorded(self.run_dir):
+            with recorded(self.run_dir) if distributed.current().is_main else nullcontext():
                 return self.trainer.fit(on_step=on_step)
         except Exception:
             if self.undo is not None and self.trainer.step == 0:
