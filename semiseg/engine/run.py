@@ -385,13 +385,14 @@ class Run:
         run_dir = Path(run_dir)
         require_run(run_dir)
         cfg = validate_config(read_yaml(run_dir / "config.yaml"))
+        device = distributed.join(cfg.train)  # another number of processes works: batches are global
+        distributed.current().barrier()  # rank 0 may still be writing the last.pt the others are about to read
         last = run_dir / "checkpoints" / "last.pt"
         state = load_checkpoint(last) if last.exists() else None
         if state is None:
             print(f"{run_dir}: stopped before its first checkpoint ({last} does not exist); "
                   "restarting it from step 0", file=sys.stderr)
         _set_threads(cfg)
-        device = distributed.join(cfg.train)  # another number of processes works: batches are global
         spec = open_configured_dataset(cfg)
         run = cls(cfg, run_dir, spec, load_split(run_dir / "split.json", spec), device, progress)
         run.trainer = run._trainer(*_method_and_nets(cfg, spec, run.device))
