@@ -29,7 +29,8 @@ Definitions, with ``w`` the per-pixel weight (1 when neither mask nor weight is 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 
 import torch
@@ -42,6 +43,22 @@ LABEL_MODES = ("multiclass", "multilabel")
 _EPS = 1e-8
 
 LossFn = Callable[..., Tensor]
+
+# Sums a batch Dice's statistics over the processes of a distributed run (None: one process).
+_batch_total: Callable[[Tensor], Tensor] | None = None
+
+
+@contextmanager
+def batch_totals(total: Callable[[Tensor], Tensor]) -> Iterator[None]:
+    """Within the block, batch Dice sums its intersections and sizes with ``total`` (a differentiable sum over
+    the processes that share a global batch), so each process's loss is the Dice of the whole batch: a
+    shard's Dice would be another loss, and averaging its gradients would not give one process's gradient."""
+    global _batch_total
+    previous, _batch_total = _batch_total, total
+    try:
+        yield
+    finally:
+        _batch_total = previous
 
 
 def _check_label_mode(label_mode: str) -> None:
@@ -115,6 +132,8 @@ def dice_loss(
     dims = (0, *range(2, logits.ndim)) if batch_dice else tuple(range(2, logits.ndim))
     intersection = (probs_w * onehot).sum(dims)
     sums = probs_w.sum(dims) + onehot_w.sum(dims)
+    if batch_dice and _batch_total is not None:
+        intersection, sums = _batch_total(torch.stack([intersection, sums]))
     per_class = (2.0 * intersection + smooth) / (sums + smooth)  # (K,) or (B, K)
     if label_mode == "multiclass" and not include_background:
         if logits.shape[1] < 2:

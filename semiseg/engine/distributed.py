@@ -27,6 +27,7 @@ import atexit
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -35,8 +36,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
 
 from semiseg.errors import ConfigError, SemisegError
+from semiseg.losses import batch_totals
 
 T = TypeVar("T")
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -135,6 +138,13 @@ class Distributed:
         if message is not None:
             raise SemisegError(f"rank 0 failed: {message}")
         return result
+
+    def whole_batch_losses(self) -> AbstractContextManager[None]:
+        """Batch Dice over the global batch within the block (``losses.batch_totals``); the gradient of the sum
+        reaches every process, so the averaged gradients are those of one process with the whole batch."""
+        if not self.enabled:
+            return nullcontext()
+        return batch_totals(differentiable_all_reduce)
 
     def barrier(self) -> None:
         if self.enabled:

@@ -314,7 +314,7 @@ class Trainer:
         unlabelled = None
         if self.data.unlabelled is not None:
             unlabelled = to_batch(self._batch_at(self.data.unlabelled), self.device, self.ctx.label_mode)
-        with autocast(self.amp, self.device):
+        with autocast(self.amp, self.device), self.dist.whole_batch_losses():
             out = self._method_step(labelled, unlabelled, progress)
         row: dict[str, float] = {"loss": 0.0}
         for update in range(_MAX_UPDATES_PER_STEP):
@@ -325,7 +325,7 @@ class Trainer:
             row.update({prefix + k: v for k, v in out.logs.items()})
             if out.followup is None:
                 break
-            with autocast(self.amp, self.device):
+            with autocast(self.amp, self.device), self.dist.whole_batch_losses():
                 out = out.followup()
         else:
             raise SemisegError(f"method {self.method.name!r} chained more than {_MAX_UPDATES_PER_STEP} updates")

@@ -1,0 +1,244 @@
+"""Two processes (gloo on CPU, as torchrun starts them) train the run one process trains with the same global batch.
+
+One pair of processes runs every scenario of this module (a module-scoped fixture), so the cost of starting
+torch twice is paid once. Exact equality is impossible (the gradient mean is summed in another order), so
+weights are compared within ``ATOL`` after six steps with Adam (lr 3e-3); a wrong shard, a missing gradient average or a
+rank-local Batch statistic moves them by orders of magnitude more.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from semiseg.config import load_config
+from semiseg.engine.distributed import Distributed, check_batches
+from semiseg.engine.run import Run
+from semiseg.errors import ConfigError
+from semiseg.methods import available_methods
+
+ATOL = 1e-4  # measured: at most 1.6e-5 (mean_teacher; Adam divides small gradients by their own size)
+WORLD = 2
+# Exactly equivalent settings: instance norm (no batch statistics), no input noise in mean_teacher (torch noise is
+# drawn per rank; see docs/distributed.md). The losses are the defaults: batch Dice is summed over the ranks.
+METHODS = {
+    "supervised": [],
+    "mean_teacher": ["method.noise_std=0", "method.ema_decay=0.9"],
+    "cps": [],
+    "ucmt": ["method.ema_decay=0.9"],
+    "dual_uncertainty": [],
+}
+
+
+def _cfg(root: Path, name: str, method: str, *extra: str):
+    return load_config(None, [
+        "data.source=phantom", "data.options={n_cases: 8, dim: 2, seed: 0}", "split.labelled=2", "split.val=1",
+        "split.test=2", "model.dim=2", "model.widths=[4, 8]", "model.norm=instance",
+        "train.steps=6", "train.val_every=3", "train.log_every=1", "train.batch_size=4",
+        "train.unlabelled_batch_size=4", "train.patch_size=[32, 32]", "train.warmup_steps=1", "train.tensorboard=off",
+        f"train.method={method}", f"output.root={root}", f"output.name={name}", "eval.report_cases=1", *extra,
+    ])
+
+
+def _final_state(run: Run) -> dict:
+    trainer = run.trainer
+    nets = {n: {k: v.detach().clone() for k, v in net.state_dict().items()} for n, net in trainer.nets.items()}
+    return {"nets": nets,
+            "method_state": trainer.method.state_dict(), "best": dict(trainer.best), "step": trainer.step}
+
+
+def _train_all(root: Path, out: Path, tag: str) -> None:
+    """Every method of ``METHODS`` (and the interrupted-and-resumed supervised run) in this process."""
+    for method, extra in METHODS.items():
+        run = Run.build(_cfg(root, method, method, *extra), progress=False)
+        run.fit()
+        torch.save(_final_state(run), out / f"{method}-{tag}.pt")
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(step: int) -> None:
+        if step == 3:  # after the checkpoint of step 3 (val_every=3)
+            raise Stop
+
+    run = Run.build(_cfg(root, "resumed", "supervised"), progress=False)
+    with pytest.raises(Stop):
+        run.fit(on_step=stop_at_3)
+    resumed = Run.resume(root / "resumed", progress=False)
+    resumed.fit()
+    torch.save(_final_state(resumed), out / f"resumed-{tag}.pt")
+
+
+def _watch_writes(root: Path, found: list[str]) -> None:
+    """Record every file this process opens for writing, renames, creates or removes under ``root``."""
+    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND
+
+    def hook(event: str, args: tuple) -> None:
+        if event not in {"open", "os.rename", "os.remove", "os.mkdir", "os.rmdir", "shutil.rmtree"} or not args:
+            return
+        path = args[0]
+        if not isinstance(path, (str, os.PathLike)) or not os.path.abspath(path).startswith(str(root)):
+            return
+        if event == "open":
+            mode, flags = args[1], args[2]
+            if not ((isinstance(mode, str) and set(mode) & set("wax+")) or (mode is None and flags & writing)):
+                return
+        found.append(f"{event} {path}")
+
+    sys.addaudithook(hook)
+
+
+def _worker(rank: int, port: int, root: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    writes: list[str] = []
+    if rank:
+        _watch_writes(Path(root).resolve(), writes)
+    _train_all(Path(root), Path(out), f"rank{rank}")
+    every = {}
+    for method in sorted(available_methods()):
+        run = Run.build(_cfg(Path(root), f"all-{method}", method, "train.steps=2", "train.val_every=2"), progress=False)
+        run.fit()
+        every[method] = _final_state(run)
+    torch.save(every, Path(out) / f"every-rank{rank}.pt")
+    (Path(out) / f"writes-rank{rank}.json").write_text(json.dumps(writes))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("states")
+    ddp_root, single_root = tmp_path_factory.mktemp("ddp"), tmp_path_factory.mktemp("single")
+    mp.start_processes(_worker, args=(_free_port(), str(ddp_root), str(out)), nprocs=WORLD, start_method="spawn")
+    _train_all(single_root, out, "single")
+    return out, ddp_root
+
+
+def _load(out: Path, name: str) -> dict:
+    return torch.load(out / f"{name}.pt", weights_only=False)
+
+
+def _assert_same_state(state: dict, expected: dict) -> None:
+    """Method state equal, its float scores (a curriculum's uncertainties) within a relative 1e-4."""
+    assert state.keys() == expected.keys()
+    for key, value in expected.items():
+        if isinstance(value, dict):
+            _assert_same_state(state[key], value)
+        elif isinstance(value, float):
+            assert state[key] == pytest.approx(value, rel=1e-4), key
+        else:
+            assert state[key] == value, key
+
+
+def _max_difference(a: dict, b: dict) -> float:
+    return max(float((a[n][k].cpu().float() - b[n][k].cpu().float()).abs().max()) for n in a for k in a[n])
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_two_processes_train_the_weights_of_one(results, method):
+    out, _ = results
+    single, rank0 = _load(out, f"{method}-single"), _load(out, f"{method}-rank0")
+    assert _max_difference(single["nets"], rank0["nets"]) < ATOL
+    _assert_same_state(rank0["method_state"], single["method_state"])
+    assert rank0["best"]["step"] == single["best"]["step"]
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_rank_holds_the_same_nets_and_state(results, method):
+    out, _ = results
+    rank0, rank1 = _load(out, f"{method}-rank0"), _load(out, f"{method}-rank1")
+    assert _max_difference(rank0["nets"], rank1["nets"]) == 0.0  # EMA teachers and snapshots included
+    assert rank0["method_state"] == rank1["method_state"] and rank0["best"] == rank1["best"]
+
+
+def test_every_method_trains_under_two_processes_with_identical_ranks(results):
+    out, _ = results
+    rank0, rank1 = _load(out, "every-rank0"), _load(out, "every-rank1")
+    assert set(rank0) == set(available_methods())
+    for method in rank0:
+        assert rank0[method]["step"] == 2, method
+        assert _max_difference(rank0[method]["nets"], rank1[method]["nets"]) == 0.0, method
+        assert rank0[method]["method_state"] == rank1[method]["method_state"], method
+
+
+def test_curriculum_ranked_every_case_once(results):
+    out, ddp_root = results
+    state = _load(out, "dual_uncertainty-rank1")["method_state"]
+    assert state["stage"] == 4 and len(state["ranking"]["order"]) == 3
+    ranking = json.loads((ddp_root / "dual_uncertainty" / "artifacts" / "ranking.json").read_text())
+    assert ranking["order"] == state["ranking"]["order"]
+
+
+def test_only_rank_0_writes_into_the_run_folders(results):
+    out, ddp_root = results
+    assert json.loads((out / "writes-rank1.json").read_text()) == []
+    log = (ddp_root / "supervised" / "log.csv").read_text().splitlines()
+    assert len(log) == 1 + 6  # header and one row per step, written once
+
+
+def test_resume_under_two_processes_continues_the_run(results):
+    out, ddp_root = results
+    resumed, single = _load(out, "resumed-rank0"), _load(out, "supervised-single")
+    assert resumed["step"] == 6
+    assert _max_difference(single["nets"], resumed["nets"]) < ATOL
+    assert _max_difference(resumed["nets"], _load(out, "resumed-rank1")["nets"]) == 0.0
+    rows = (ddp_root / "resumed" / "log.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_shards_are_contiguous_and_cover_the_global_batch():
+    shards = [Distributed(rank=r, world_size=3).shard(6) for r in range(3)]
+    assert shards == [[0, 1], [2, 3], [4, 5]]
+    assert Distributed().shard(6) is None  # one process draws the whole batch as before
+
+
+def test_batches_not_divisible_by_the_processes_are_refused():
+    with pytest.raises(ConfigError, match="train.unlabelled_batch_size=5 .* multiple of 2"):
+        check_batches(4, 5, 2)
+    check_batches(4, 0, 2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL across processes needs two GPUs")
+def test_nccl_with_sync_batchnorm_matches_one_process(tmp_path):
+    """Two GPUs, NCCL, SyncBatchNorm: BatchNorm over the global batch gives the one-process weights."""
+    from semiseg.engine import distributed
+
+    out = tmp_path / "states"
+    out.mkdir()
+    mp.start_processes(_gpu_worker, args=(_free_port(), str(tmp_path / "ddp"), str(out)), nprocs=2,
+                       start_method="spawn")
+    single = Run.build(_cfg(tmp_path / "single", "run", "supervised", *_GPU), progress=False)
+    single.fit()
+    assert distributed.current().world_size == 1
+    assert _max_difference(_final_state(single)["nets"], _load(out, "gpu-rank0")["nets"]) < 1e-4
+
+
+_GPU = ("model.norm=batch", "train.sync_batchnorm=true", "train.device=cuda", "train.amp=off")
+
+
+def _gpu_worker(rank: int, port: int, root: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    from semiseg.engine import distributed
+
+    run = Run.build(_cfg(Path(root), "run", "supervised", *_GPU), progress=False)
+    assert distributed.current().backend == "nccl"
+    run.fit()
+    state = _final_state(run)
+    state["nets"] = {n: {k: v.cpu() for k, v in sd.items()} for n, sd in state["nets"].items()}
+    torch.save(state, Path(out) / f"gpu-rank{rank}.pt")
+
