@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from semiseg.config import Config
-from semiseg.engine import distributed
-from semiseg.engine.run import Run
+from semiseg.engine.run import Run, is_main_process
 from semiseg.eval.robustness import DEFAULT_EPSILONS, DEFAULT_GAMMAS
 from semiseg.eval.run_evaluation import EvaluationOptions
 from semiseg.losses import supervised_loss
@@ -60,7 +59,7 @@ def _fit_and_evaluate(run: Run, evaluate: bool, on_step: Callable[[int], None] |
     if on_start is not None:
         on_start(run.run_dir)
     fit = run.fit(on_step=on_step)
-    evaluate = evaluate and distributed.current().is_main  # under torchrun rank 0 evaluates once
+    evaluate = evaluate and is_main_process()  # under torchrun rank 0 evaluates once
     return RunResult(run.run_dir, run.evaluate() if evaluate else {}, fit)
 
 

@@ -147,9 +147,9 @@ def _announce(run_dir: Path, started: list[Path]) -> None:
 
 def _is_main_process() -> bool:
     """False on every torchrun process but rank 0, which alone prints the run's results."""
-    from semiseg.engine import distributed
+    from semiseg.engine.run import is_main_process
 
-    return distributed.current().is_main
+    return is_main_process()
 
 
 def _train(args: argparse.Namespace, started: list[Path]) -> None:

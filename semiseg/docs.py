@@ -38,6 +38,7 @@ HAND_WRITTEN = {
     "results-archive.md": "the result tables measured before experiment files existed",
     "suggest.md": "the annotation loop: train, suggest what to label next, label, train --init-from",
     "export.md": "export (TorchScript, ONNX), predict from an export, test-time augmentation, ensembles of runs",
+    "distributed.md": "one run on several processes or GPUs (torchrun): global batches, what is bitwise equal",
 }
 CONSTRAINTS = (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤"))
 

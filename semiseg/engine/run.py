@@ -539,6 +539,11 @@ class Run:
                         save_predictions=cfg.eval.save_predictions, save_probabilities=cfg.eval.save_probabilities)
 
 
+def is_main_process() -> bool:
+    """Whether this process reports the run: always, but under torchrun only rank 0 (the others train only)."""
+    return distributed.current().is_main
+
+
 def _set_threads(cfg: Config, threads: int | None = None) -> None:
     """``threads`` (a ``--threads`` option) or the run's ``train.threads``; None of both keeps torch's default."""
     chosen = threads or cfg.train.threads
