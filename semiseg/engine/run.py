@@ -353,11 +353,14 @@ class Run:
         check_method_settings(cfg)
         device = distributed.join(cfg.train)
         ctx = distributed.current()
+        progress = progress and ctx.is_main  # one progress bar and one set of warnings under torchrun
         spec = open_configured_dataset(cfg)
-        print_dataset_warnings(spec)
+        if ctx.is_main:
+            print_dataset_warnings(spec)
         _check_dims(cfg, spec)
         method, nets = _method_and_nets(cfg, spec, device)
-        print_ema_warnings(method, cfg.train.steps)
+        if ctx.is_main:
+            print_ema_warnings(method, cfg.train.steps)
         if cfg.model.init_from:
             init_from_run(nets, method, cfg.model.init_from)
         check_patch(cfg, network_divisor(nets.values()))
@@ -394,7 +397,8 @@ class Run:
                   "restarting it from step 0", file=sys.stderr)
         _set_threads(cfg)
         spec = open_configured_dataset(cfg)
-        run = cls(cfg, run_dir, spec, load_split(run_dir / "split.json", spec), device, progress)
+        run = cls(cfg, run_dir, spec, load_split(run_dir / "split.json", spec), device,
+                  progress and distributed.current().is_main)
         run.trainer = run._trainer(*_method_and_nets(cfg, spec, run.device))
         if state is not None:
             run.trainer.load_state(state)
