@@ -61,19 +61,26 @@ def _train_all(root: Path, out: Path, tag: str) -> None:
         run.fit()
         torch.save(_final_state(run), out / f"{method}-{tag}.pt")
 
-    class Stop(Exception):
-        pass
-
-    def stop_at_3(step: int) -> None:
-        if step == 3:  # after the checkpoint of step 3 (val_every=3)
-            raise Stop
-
-    run = Run.build(_cfg(root, "resumed", "supervised"), progress=False)
-    with pytest.raises(Stop):
-        run.fit(on_step=stop_at_3)
+    _stop_at_step_3(root, "resumed")
     resumed = Run.resume(root / "resumed", progress=False)
     resumed.fit()
     torch.save(_final_state(resumed), out / f"resumed-{tag}.pt")
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_at_step_3(root: Path, name: str) -> None:
+    """A supervised run interrupted after its checkpoint of step 3 (val_every=3)."""
+
+    def stop(step: int) -> None:
+        if step == 3:
+            raise _Stop
+
+    run = Run.build(_cfg(root, name, "supervised"), progress=False)
+    with pytest.raises(_Stop):
+        run.fit(on_step=stop)
 
 
 def _watch_writes(root: Path, found: list[str]) -> None:
@@ -95,7 +102,7 @@ def _watch_writes(root: Path, found: list[str]) -> None:
     sys.addaudithook(hook)
 
 
-def _worker(rank: int, port: int, root: str, out: str) -> None:
+def _worker(rank: int, port: int, root: str, out: str, started_alone: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -103,6 +110,9 @@ def _worker(rank: int, port: int, root: str, out: str) -> None:
     if rank:
         _watch_writes(Path(root).resolve(), writes)
     _train_all(Path(root), Path(out), f"rank{rank}")
+    crossed = Run.resume(started_alone, progress=False)  # a run one process started, resumed by two
+    crossed.fit()
+    torch.save(_final_state(crossed), Path(out) / f"crossed-rank{rank}.pt")
     every = {}
     for method in sorted(available_methods()):
         run = Run.build(_cfg(Path(root), f"all-{method}", method, "train.steps=2", "train.val_every=2"), progress=False)
@@ -122,8 +132,10 @@ def _free_port() -> int:
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("states")
     ddp_root, single_root = tmp_path_factory.mktemp("ddp"), tmp_path_factory.mktemp("single")
-    mp.start_processes(_worker, args=(_free_port(), str(ddp_root), str(out)), nprocs=WORLD, start_method="spawn")
     _train_all(single_root, out, "single")
+    _stop_at_step_3(single_root, "crossed")
+    mp.start_processes(_worker, args=(_free_port(), str(ddp_root), str(out), str(single_root / "crossed")),
+                       nprocs=WORLD, start_method="spawn")
     return out, ddp_root
 
 
@@ -197,6 +209,13 @@ def test_resume_under_two_processes_continues_the_run(results):
     assert _max_difference(resumed["nets"], _load(out, "resumed-rank1")["nets"]) == 0.0
     rows = (ddp_root / "resumed" / "log.csv").read_text().splitlines()[1:]
     assert [int(r.split(",")[0]) for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_run_one_process_started_resumes_under_two(results):
+    out, _ = results
+    crossed, single = _load(out, "crossed-rank0"), _load(out, "supervised-single")
+    assert crossed["step"] == 6 and _max_difference(single["nets"], crossed["nets"]) < ATOL
+    assert _max_difference(crossed["nets"], _load(out, "crossed-rank1")["nets"]) == 0.0
 
 
 def test_shards_are_contiguous_and_cover_the_global_batch():
