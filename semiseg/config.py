@@ -102,6 +102,11 @@ class TrainConfig(Strict):
     loss: Literal["dice", "ce", "dice_ce"] = Field("dice_ce", description="supervised loss shared by every method")
     include_background: bool = Field(False, description="multiclass Dice loss over foreground classes only")
     amp: Literal["auto", "on", "off"] = Field("auto", description="auto: on when CUDA is present")
+    amp_dtype: Literal["auto", "bf16", "fp16"] = Field("auto",
+        description="AMP precision; auto: bf16 where the device supports it, else fp16 (with a loss scaler)")
+    channels_last: Literal["auto", "on", "off"] = Field("auto",
+        description="channels-last nets and batches; auto: on for 2D on CUDA under AMP")
+    compile: bool = Field(False, description="torch.compile the networks (checkpoints stay plain state_dicts)")
     val_every: int = Field(200, gt=0, description="steps between validations (and best/last checkpoints)")
     log_every: int = Field(10, gt=0, description="steps between log.csv rows")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:1 ...")
@@ -121,7 +126,7 @@ class TrainConfig(Strict):
             raise ValueError("must be a positive number of CPU threads, or null for torch's default")
         return value
 
-    @field_validator("amp", "tensorboard", mode="before")
+    @field_validator("amp", "tensorboard", "channels_last", mode="before")
     @classmethod
     def _yaml_switch(cls, value: Any) -> Any:
         """YAML reads a bare ``on``/``off`` (``--set train.tensorboard=on``) as a boolean; mean the word."""

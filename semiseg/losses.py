@@ -121,6 +121,7 @@ def dice_loss(
 ) -> Tensor:
     """Soft Dice loss ``1 - mean_k (2 I_k + smooth) / (S_k + smooth)`` (see module docstring)."""
     _check_label_mode(label_mode)
+    logits = logits.float()  # under AMP, sums over every pixel need float32 (a no-op without AMP)
     probs = _probabilities(logits, label_mode)
     onehot = _soft_target(logits, target, label_mode)
     pixel_w = _pixel_weights(logits, mask, weight)
@@ -160,6 +161,7 @@ def ce_loss(
     """
     del include_background, batch_dice, smooth
     _check_label_mode(label_mode)
+    logits = logits.float()  # under AMP, log-softmax and the mean need float32 (a no-op without AMP)
     if _is_hard(target, label_mode):
         per_pixel = F.cross_entropy(logits, _spatial_map(target, logits, "target").long(), reduction="none")
     elif label_mode == "multiclass":

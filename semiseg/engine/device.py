@@ -28,11 +28,32 @@ def amp_enabled(mode: str, device: torch.device) -> bool:
     return mode == "on" or (mode == "auto" and device.type == "cuda")
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """CPU autocast always has bf16; a CUDA device has it from Ampere on; other devices are not assumed to."""
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return False
+
+
+def resolve_amp_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """``train.amp_dtype``: ``auto`` is bf16 where the device supports it (no loss scaling needed), else fp16."""
+    if choice == "auto":
+        return torch.bfloat16 if bf16_supported(device) else torch.float16
+    return AMP_DTYPES[choice]
+
+
 @contextlib.contextmanager
-def autocast(enabled: bool, device: torch.device) -> Iterator[None]:
+def autocast(enabled: bool, device: torch.device, dtype: torch.dtype | None = None) -> Iterator[None]:
+    """Autocast in ``dtype`` (None: bf16 where the device supports it, else fp16), or nothing when disabled."""
     if not enabled:
         yield
         return
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    if dtype is None:
+        dtype = resolve_amp_dtype("auto", device)
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield

@@ -70,6 +70,7 @@ class Inferer:
     overlap: float
     amp: bool = False
     tta: bool = False  # average over flips of the spatial axes (off in training: validation stays as it was)
+    amp_dtype: torch.dtype | None = None  # None: bf16 where the device supports it, else fp16
 
     @cached_property
     def _window(self) -> SlidingWindowInferer:
@@ -80,7 +81,7 @@ class Inferer:
         """``predictor`` run under the run's autocast (the network only; probabilities stay float32)."""
 
         def run(x: Tensor) -> Tensor | None:
-            with autocast(self.amp, self.device):
+            with autocast(self.amp, self.device, self.amp_dtype):
                 return predictor(x)
 
         return run

@@ -37,8 +37,9 @@ from semiseg.config import Config
 from semiseg.data.loaders import PatchSampler, StoredCase
 from semiseg.engine import distributed
 from semiseg.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
-from semiseg.engine.device import autocast
+from semiseg.engine.device import autocast, resolve_amp_dtype
 from semiseg.engine.inferer import Inferer
+from semiseg.engine.performance import channels_last_enabled, prepare_nets, to_channels_last
 from semiseg.engine.tensorboard import OVERLAY_CASES, TensorBoardLog
 from semiseg.errors import ConfigError, SemisegError
 from semiseg.eval.labels import probs_to_label
@@ -250,12 +251,14 @@ class Trainer:
         self.run_dir, self.describe, self.show_progress = run_dir, describe, progress
         check_unlabelled_batch(method, 0 if data.unlabelled is None else data.unlabelled.batch_size)
         self.nets, self.inferer, self.device = nets, inferer, inferer.device
+        self.amp, self.amp_dtype = inferer.amp, resolve_amp_dtype(cfg.train.amp_dtype, self.device)
+        self.channels_last = channels_last_enabled(cfg.train.channels_last, cfg.model.dim, self.device, self.amp)
+        prepare_nets(nets, cfg, channels_last=self.channels_last)
         self.specs = method.networks()
         params = trainable_parameters(self.nets, self.specs)
         self.optimizer = make_optimizer(cfg, params)
         self.scheduler = make_scheduler(cfg, self.optimizer)
-        self.amp = inferer.amp
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.device.type == "cuda")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.amp_dtype == torch.float16)
         self.params = params
         self.dist = distributed.current()
         self.step = 0
@@ -310,11 +313,11 @@ class Trainer:
         for net in self.nets.values():
             net.train()
         self.dist.seed_step(self.cfg.seed, self.step)
-        labelled = to_batch(self._batch_at(self.data.labelled), self.device, self.ctx.label_mode)
+        labelled = self._to_batch(self._batch_at(self.data.labelled))
         unlabelled = None
         if self.data.unlabelled is not None:
-            unlabelled = to_batch(self._batch_at(self.data.unlabelled), self.device, self.ctx.label_mode)
-        with autocast(self.amp, self.device), self.dist.whole_batch_losses():
+            unlabelled = self._to_batch(self._batch_at(self.data.unlabelled))
+        with autocast(self.amp, self.device, self.amp_dtype), self.dist.whole_batch_losses():
             out = self._method_step(labelled, unlabelled, progress)
         row: dict[str, float] = {"loss": 0.0}
         for update in range(_MAX_UPDATES_PER_STEP):
@@ -325,7 +328,7 @@ class Trainer:
             row.update({prefix + k: v for k, v in out.logs.items()})
             if out.followup is None:
                 break
-            with autocast(self.amp, self.device), self.dist.whole_batch_losses():
+            with autocast(self.amp, self.device, self.amp_dtype), self.dist.whole_batch_losses():
                 out = out.followup()
         else:
             raise SemisegError(f"method {self.method.name!r} chained more than {_MAX_UPDATES_PER_STEP} updates")
@@ -335,6 +338,13 @@ class Trainer:
     def _batch_at(self, sampler: PatchSampler) -> dict[str, Any]:
         """This process's share of the step's global batch (all of it in one process)."""
         return sampler.batch_at(self.step, self.dist.shard(sampler.batch_size))
+
+    def _to_batch(self, raw: dict[str, Any]) -> Batch:
+        """A sampled batch on the run's device, channels-last when the nets are."""
+        batch = to_batch(raw, self.device, self.ctx.label_mode)
+        if self.channels_last:
+            batch.image = to_channels_last(batch.image, self.cfg.model.dim)
+        return batch
 
     def _method_step(self, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
         """The method's step; a method that uses unlabelled data gets its supervised step when there is none."""

@@ -39,13 +39,14 @@ from semiseg.data.loaders import Augmentation, PatchSampler, default_patch_size,
 from semiseg.data.splits import load_split, make_split, refs_by_id, save_split
 from semiseg.engine import distributed
 from semiseg.engine.checkpoint import load_checkpoint
-from semiseg.engine.device import amp_enabled, resolve_device
+from semiseg.engine.device import amp_enabled, resolve_amp_dtype, resolve_device
 from semiseg.engine.export import FORMATS as EXPORT_FORMATS
 from semiseg.engine.export import SIDECAR, ExportedModel, describe_export, export_model, training_spacing
 from semiseg.engine.finetune import init_from_run
 from semiseg.engine.inferer import Inferer, network_divisor
 from semiseg.engine.loop import Trainer, TrainingData, build_nets, check_unlabelled_batch
 from semiseg.engine.manifest import MANIFEST, recorded, remove_run_files
+from semiseg.engine.performance import pin_legacy_speed_settings
 from semiseg.engine.predict import CasePredictor, Ensemble, predict_files
 from semiseg.engine.tensorboard import check_tensorboard
 from semiseg.errors import ConfigError, DataError, SemisegError
@@ -119,7 +120,8 @@ def make_inferer(cfg: Config, label_mode: str, device: torch.device, nets: Nets,
     """The run's Inferer: the divisor comes from the networks, the 3D window is the training patch."""
     divisor = network_divisor(nets.values())
     return Inferer(dim=cfg.model.dim, label_mode=label_mode, device=device, divisor=divisor, roi_size=tuple(patch_size),
-                   batch_size=cfg.eval.sw_batch_size, overlap=cfg.eval.overlap, amp=amp_enabled(cfg.train.amp, device))
+                   batch_size=cfg.eval.sw_batch_size, overlap=cfg.eval.overlap, amp=amp_enabled(cfg.train.amp, device),
+                   amp_dtype=resolve_amp_dtype(cfg.train.amp_dtype, device))
 
 
 def _default_run_name(cfg: Config) -> str:
@@ -387,7 +389,7 @@ class Run:
         """
         run_dir = Path(run_dir)
         require_run(run_dir)
-        cfg = validate_config(read_yaml(run_dir / "config.yaml"))
+        cfg = validate_config(pin_legacy_speed_settings(read_yaml(run_dir / "config.yaml")))
         device = distributed.join(cfg.train)  # another number of processes works: batches are global
         distributed.current().barrier()  # rank 0 may still be writing the last.pt the others are about to read
         last = run_dir / "checkpoints" / "last.pt"
