@@ -91,19 +91,21 @@ def _run_task(cfg: Config, cwd: str) -> tuple[str, Any]:
 def train_all_ray(configs: dict[Key, Config], jobs: int, address: str | None) -> dict[Key, str]:
     """Train what is missing as Ray tasks; returns the runs that failed with a user error, like the local backend."""
     ray = import_ray()
-    started = _connect(ray, address, configs, jobs)
+    todo = {key: cfg for key, cfg in configs.items() if not finished(cfg)}
+    for label, seed in (key for key in configs if key not in todo):
+        print(done_message(label, seed, "reused", 0.0), flush=True)
+    if not todo:  # a finished grid is tabulated without starting or joining Ray
+        return {}
+    started = _connect(ray, address, todo, jobs)
     try:
-        return _schedule(ray, configs, jobs)
+        return _schedule(ray, todo, jobs)
     finally:
         if started:
             ray.shutdown()
 
 
-def _schedule(ray: Any, configs: dict[Key, Config], jobs: int) -> dict[Key, str]:
+def _schedule(ray: Any, todo: dict[Key, Config], jobs: int) -> dict[Key, str]:
     gpus = ray.cluster_resources().get("GPU", 0) > 0
-    todo = {key: cfg for key, cfg in configs.items() if not finished(cfg)}
-    for label, seed in (key for key in configs if key not in todo):
-        print(done_message(label, seed, "reused", 0.0), flush=True)
     resources = {key: task_resources(cfg, jobs, gpus) for key, cfg in todo.items()}
     _check_fits(ray, resources)
     remote = ray.remote(_run_task)

@@ -38,6 +38,7 @@ HAND_WRITTEN = {
     "results-archive.md": "the result tables measured before experiment files existed",
     "suggest.md": "the annotation loop: train, suggest what to label next, label, train --init-from",
     "export.md": "export (TorchScript, ONNX), predict from an export, test-time augmentation, ensembles of runs",
+    "cluster.md": "comparison grids on a Ray cluster, or as one command per run for SLURM and other schedulers",
 }
 CONSTRAINTS = (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤"))
 
