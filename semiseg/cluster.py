@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from typing import Any
 
@@ -32,38 +33,48 @@ def import_ray() -> Any:
     return ray
 
 
+def local_slot(jobs: int) -> int:
+    """CPUs of one run on a local instance that runs ``jobs`` at once: the machine's cores shared out."""
+    return max(1, (os.cpu_count() or 1) // max(1, jobs))
+
+
 def local_cpus(configs: dict[Key, Config], jobs: int) -> int:
     """CPUs of a local Ray instance: ``jobs`` runs at once, each with the threads it asks for."""
-    return max(1, jobs) * max(task_cpus(cfg, jobs) for cfg in configs.values())
+    return max(1, jobs) * max(cfg.train.threads or local_slot(jobs) for cfg in configs.values())
 
 
-def task_cpus(cfg: Config, jobs: int) -> int:
-    """A run's CPU slot: its ``train.threads``, else the machine shared by ``jobs`` runs."""
-    return cfg.train.threads or max(1, (os.cpu_count() or 1) // max(1, jobs))
+def task_resources(cfg: Config, slot: int, gpus: bool) -> dict[str, float]:
+    """One GPU per run on a GPU cluster (unless the run is pinned to the CPU), else ``train.threads`` CPUs.
 
-
-def task_resources(cfg: Config, jobs: int, gpus: bool) -> dict[str, float]:
-    """One GPU per run on a GPU cluster (unless the run is pinned to the CPU), else its CPU slot."""
+    ``slot`` is what a run without ``train.threads`` asks for: its share of a local machine, one CPU on a cluster.
+    """
     if gpus and cfg.train.device != "cpu":
         return {"num_gpus": 1}
-    return {"num_cpus": task_cpus(cfg, jobs)}
+    return {"num_cpus": cfg.train.threads or slot}
 
 
 def _connect(ray: Any, address: str | None, configs: dict[Key, Config], jobs: int) -> bool:
     """Join ``address`` or start a local instance (quietly); True when this call started it and must stop it."""
     if ray.is_initialized():
         return False
+    if not sys.stdout.isatty():  # task output copied into a log file stays free of colour codes
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     # Ray's own start-up logging stays out of the terminal; the runs' warnings still reach it
     quiet: dict[str, Any] = {"logging_level": logging.ERROR, "include_dashboard": False}
     if address:
-        ray.init(address=address, **quiet)
+        try:
+            ray.init(address=address, **quiet)
+        except ConnectionError as exc:
+            raise SemisegError(f"--address {address}: could not join a Ray cluster there ({exc}); start one with "
+                               "'ray start --head' or leave out --address for a local instance") from None
         return True
     import torch
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage-stats banner for a throwaway instance
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ray.init(num_cpus=local_cpus(configs, jobs), num_gpus=torch.cuda.device_count(), **quiet)
+        ray.init(num_cpus=local_cpus(configs, jobs), num_gpus=min(torch.cuda.device_count(), max(1, jobs)),
+                 **quiet)
     return True
 
 
@@ -82,6 +93,11 @@ def _check_fits(ray: Any, resources: dict[Key, dict[str, float]]) -> None:
 def _run_task(cfg: Config, cwd: str) -> tuple[str, Any]:
     """What a Ray worker runs: the local backend's reuse/resume/train, from the driver's directory."""
     os.chdir(cwd)  # relative output.root and data paths mean what they mean to the driver
+    if cfg.train.threads is None:  # torch gets the CPUs Ray gave the task, not every core of the node
+        import ray
+        import torch
+
+        torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     try:
         return train_or_resume(cfg, progress=False)
     except SemisegError as exc:
@@ -98,15 +114,15 @@ def train_all_ray(configs: dict[Key, Config], jobs: int, address: str | None) ->
         return {}
     started = _connect(ray, address, todo, jobs)
     try:
-        return _schedule(ray, todo, jobs)
+        return _schedule(ray, todo, 1 if address else local_slot(jobs))
     finally:
         if started:
             ray.shutdown()
 
 
-def _schedule(ray: Any, todo: dict[Key, Config], jobs: int) -> dict[Key, str]:
+def _schedule(ray: Any, todo: dict[Key, Config], slot: int) -> dict[Key, str]:
     gpus = ray.cluster_resources().get("GPU", 0) > 0
-    resources = {key: task_resources(cfg, jobs, gpus) for key, cfg in todo.items()}
+    resources = {key: task_resources(cfg, slot, gpus) for key, cfg in todo.items()}
     _check_fits(ray, resources)
     remote = ray.remote(_run_task)
     pending = {remote.options(**resources[key]).remote(cfg, os.getcwd()): key for key, cfg in todo.items()}

@@ -98,3 +98,30 @@ def test_printed_commands_follow_jobs_threads_and_the_split_choice(tmp_path, mon
     assert all(shlex.split(line)[3:6] == ["semiseg", "train", "--config"] for line in fixed)
     varied = train_commands(run_plan(None, settings, ENTRIES, [0, 1], "g", vary_split=True), None)
     assert not any("split.seed" in line or "train.threads" in line for line in varied)
+
+
+class _FakeRay:
+    """Two alive nodes (4 and 8 CPUs, one GPU) and a dead one with more: what ``ray.nodes()`` reports."""
+
+    @staticmethod
+    def nodes():
+        return [{"Alive": True, "Resources": {"CPU": 4.0}}, {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}},
+                {"Alive": False, "Resources": {"CPU": 64.0}}]
+
+
+def test_tasks_ask_a_gpu_or_their_threads_and_must_fit_a_node(monkeypatch):
+    from semiseg.cluster import _check_fits, local_cpus, local_slot, task_resources
+    from semiseg.errors import ConfigError
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    configs = run_configs(None, ["data.source=phantom"], ENTRIES, [0], "g")
+    cfg = configs[("supervised", 0)]
+    pinned = cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": 3})})
+    cpu_only = cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": "cpu"})})
+    assert task_resources(cfg, 1, gpus=True) == {"num_gpus": 1}
+    assert task_resources(cpu_only, 1, gpus=True) == {"num_cpus": 1}
+    assert task_resources(pinned, 1, gpus=False) == {"num_cpus": 3}
+    assert (local_slot(2), local_cpus(configs, 2), local_cpus({("p", 0): pinned}, 2)) == (4, 8, 6)
+    _check_fits(_FakeRay, {("a", 0): {"num_cpus": 8}, ("b", 0): {"num_gpus": 1}})
+    with pytest.raises(ConfigError, match="b seed 1 asks 9 CPUs but no node .* more than 8: lower train.threads"):
+        _check_fits(_FakeRay, {("b", 1): {"num_cpus": 9}})
