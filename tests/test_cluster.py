@@ -40,6 +40,7 @@ def _table(root):
         return [{k: v for k, v in row.items() if k != "train_time_ratio"} for row in csv.DictReader(fh)]
 
 
+@pytest.mark.slow  # ~100 s on the shared 2-core machine, most of it Ray starting up: run with -m slow
 def test_ray_backend_gives_the_local_table_resuming_and_reusing_runs(tmp_path, capsys):
     ray = pytest.importorskip("ray")
     settings = _settings(tmp_path)
