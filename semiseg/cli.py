@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.add_argument("--dry-run", action="store_true",
                        help="check the config, build the method and nets, print the plan; write nothing")
+    train.add_argument("--continue", dest="continue_run", action="store_true",
+                       help="leave a finished run in the output folder alone, resume an interrupted one, else train "
+                            "(what 'semiseg compare --print-commands' lines use)")
 
     pred = sub.add_parser("predict", help="segment images with a trained run, an ensemble of runs or an export")
     pred.add_argument("--run", action="append", default=[],
@@ -117,6 +120,16 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--publish", action="store_true",
                       help="copy compare.json and compare.md to results/<name>/ (read by docs/results.md)")
     cmp_.add_argument("--quiet", action="store_true", help="no progress bars")
+    cmp_.add_argument("--backend", default="local", choices=["local", "ray"],
+                      help="local: processes on this machine (default); ray: one Ray task per run "
+                           '(pip install "semiseg[cluster]")')
+    cmp_.add_argument("--address", help="with --backend ray: the Ray cluster (default: a local Ray instance)")
+    cmp_.add_argument("--print-commands", action="store_true",
+                      help="train nothing; print one 'semiseg train' line per run for another scheduler")
+    cmp_.add_argument("--vary-split", action=argparse.BooleanOptionalAction,
+                      help="let the split follow the run seed (default: the file's, else fixed across seeds)")
+    cmp_.add_argument("--split-seed", type=int,
+                      help="seed of the split held fixed across seeds (default: the file's, else 0)")
 
     data = sub.add_parser("data", help="dataset tools")
     data.set_defaults(print_data_help=data.print_help)
@@ -160,6 +173,9 @@ def _train(args: argparse.Namespace, started: list[Path]) -> None:
         _dry_run(args)
         return
     on_start = partial(_announce, started=started)
+    if args.continue_run:
+        _continue(args, on_start)
+        return
     if args.resume:
         if args.config or args.overrides or args.method or args.data or args.output or args.init_from:
             raise SemisegError("--resume takes everything from the run folder; "
@@ -173,6 +189,20 @@ def _train(args: argparse.Namespace, started: list[Path]) -> None:
     print(f"\nrun folder: {result.run_dir}")
     print(_short_table(result.summary))
     print(f"report: {result.run_dir / 'report.md'}")
+
+
+def _continue(args: argparse.Namespace, on_start: Any) -> None:
+    """``train --continue``: the reuse/resume/train decision ``semiseg compare`` makes for each of its runs."""
+    from semiseg.compare import train_or_resume
+    from semiseg.config import load_config
+
+    if args.resume or args.overwrite:
+        raise SemisegError("--continue decides itself whether to resume; drop --resume/--overwrite")
+    cfg = load_config(args.config, _train_overrides(args))
+    status, seconds = train_or_resume(cfg, progress=not args.quiet, on_start=on_start)
+    run_dir = Path(cfg.output.root) / str(cfg.output.name)
+    print(f"{run_dir}: {status}" + (f" in {seconds:.1f} s" if status != "reused" else " (already finished)"))
+    print(f"report: {run_dir / 'report.md'}")
 
 
 def _train_overrides(args: argparse.Namespace) -> list[str]:
@@ -286,15 +316,21 @@ def _compare(args: argparse.Namespace) -> int:
         entries, protocol, name = list(exp.entries), list(exp.protocol), args.name or exp.name
         seeds = _seeds(args.seeds) if args.seeds else list(exp.seeds)
         jobs = args.jobs or exp.jobs
+        vary_split, split_seed = _default(args.vary_split, exp.vary_split), _default(args.split_seed, exp.split_seed)
     elif args.methods and args.name:
         exp, protocol, name, jobs = None, [], args.name, args.jobs or 1
         entries = [parse_entry(text) for text in split_entries(args.methods)]
         seeds = _seeds(args.seeds or "0,1,2")
+        vary_split, split_seed = bool(args.vary_split), _default(args.split_seed, 0)
     else:
         raise SemisegError("compare needs an experiment file (experiments/<name>.yaml) or --methods and --name")
     data = ["data.source=auto", f"data.path={args.data}"] if args.data else []
+    if args.print_commands:
+        return _print_commands(args.config, [*protocol, *args.overrides, *data], entries, seeds, name, jobs,
+                               vary_split, split_seed)
     root = compare(args.config, [*protocol, *args.overrides, *data], entries, seeds, name=name, jobs=jobs,
-                   progress=not args.quiet, experiment=exp, rerun=_compare_command(args))
+                   progress=not args.quiet, experiment=exp, rerun=_compare_command(args), vary_split=vary_split,
+                   split_seed=split_seed, backend=args.backend, address=args.address)
     print((root / "compare.md").read_text())
     print(f"tables: {root / 'compare.md'}, {root / 'compare.csv'}")
     missing = json.loads((root / "compare.json").read_text())["missing"]
@@ -306,17 +342,32 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _print_commands(base_file: str | None, overrides: list[str], entries: list[Any], seeds: list[int], name: str,
+                    jobs: int, vary_split: bool, split_seed: int) -> int:
+    from semiseg.compare import run_plan, train_commands
+
+    plan = run_plan(base_file, overrides, entries, seeds, name, vary_split=vary_split, split_seed=split_seed)
+    print("\n".join(train_commands(plan, base_file, jobs)))
+    return 0
+
+
 def _compare_command(args: argparse.Namespace) -> str:
     """The command line that reruns this comparison (finished runs are reused, the others trained)."""
     import shlex
 
     words = ["semiseg", "compare", *([args.experiment] if args.experiment else [])]
-    for flag in ("methods", "seeds", "name", "config", "data", "jobs"):
+    for flag in ("methods", "seeds", "name", "config", "data", "jobs", "split_seed", "address"):
         value = getattr(args, flag)
         if value is not None:
-            words += [f"--{flag}", str(value)]
+            words += [f"--{flag.replace('_', '-')}", str(value)]
     for override in args.overrides:
         words += ["--set", override]
+    words += ["--backend", args.backend] if args.backend != "local" else []
+    words += [] if args.vary_split is None else ["--vary-split" if args.vary_split else "--no-vary-split"]
     return shlex.join(words + (["--quiet"] if args.quiet else []))
 
 

@@ -6,6 +6,12 @@ Each entry is a method with optional method options and config overrides (``labe
 The table gives mean ± std over seeds of the per-seed test means, for the best-on-validation and the
 last checkpoint, and a paired Wilcoxon signed-rank test of per-case Dice (all seeds pooled) against the
 first entry.
+
+By default the split is held fixed across seeds (``split.seed`` = the comparison's ``split_seed`` unless the
+config sets it), so seeds vary initialisation and sampling only; ``vary_split`` lets the split follow the run
+seed, and the ± is then over splits. ``backend="ray"`` schedules the runs on a Ray cluster
+(``semiseg.cluster``); ``train_commands`` writes the grid as one ``semiseg train`` line per run for any
+other scheduler.
 """
 
 from __future__ import annotations
@@ -14,9 +20,10 @@ import csv
 import json
 import math
 import os
+import shlex
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,42 +96,102 @@ def parse_entry(text: str) -> Entry:
 
 
 def run_configs(base_file: str | None, overrides: Sequence[str], entries: Sequence[Entry], seeds: Sequence[int],
-                name: str) -> dict[tuple[str, int], Config]:
+                name: str, *, vary_split: bool = False, split_seed: int = 0) -> dict[tuple[str, int], Config]:
     """Validate every run's config up front, so a typo fails before hours of training."""
+    plan = run_plan(base_file, overrides, entries, seeds, name, vary_split=vary_split, split_seed=split_seed)
+    return {key: cfg for key, (_, cfg) in plan.items()}
+
+
+def run_plan(base_file: str | None, overrides: Sequence[str], entries: Sequence[Entry], seeds: Sequence[int],
+             name: str, *, vary_split: bool = False,
+             split_seed: int = 0) -> dict[tuple[str, int], tuple[list[str], Config]]:
+    """Every run's config overrides (what ``semiseg train --set`` needs to make it) and its validated config.
+
+    Unless ``vary_split`` or the config sets ``split.seed`` (or ``split.file``), the split seed is pinned to
+    ``split_seed``, so every seed of the comparison trains and tests on the same cases.
+    """
     labels = [e.label for e in entries]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"compare labels must be unique, got {labels}")
     from semiseg.methods import get_method, parse_method_options
 
-    configs = {}
+    plan = {}
     for entry in entries:
         for seed in seeds:
-            cfg = load_config(base_file, [*overrides, f"seed={seed}", *entry.config_overrides(),
-                                          f"output.name={name}/{entry.label}-s{seed}"])
+            run = [*overrides, f"seed={seed}", *entry.config_overrides(), f"output.name={name}/{entry.label}-s{seed}"]
+            cfg = load_config(base_file, run)
+            if not vary_split and cfg.split.seed is None and cfg.split.file is None:
+                run.append(f"split.seed={split_seed}")
+                cfg = load_config(base_file, run)
             parse_method_options(get_method(cfg.train.method), cfg.method)
-            configs[(entry.label, seed)] = cfg
-    return configs
+            plan[(entry.label, seed)] = (run, cfg)
+    return plan
+
+
+def split_statement(configs: dict[tuple[str, int], Config]) -> str:
+    """What the seeds of a comparison vary, as ``compare.md`` and ``compare.json`` state it."""
+    files = {cfg.split.file for cfg in configs.values()}
+    split_seeds = {cfg.split.seed for cfg in configs.values()}
+    if len(files) == 1 and None not in files:
+        return f"split fixed (file {files.pop()}); seeds vary initialisation and sampling"
+    if split_seeds == {None}:
+        return "split varies with the seed; ± is over splits"
+    if len(split_seeds) == 1:
+        return f"split fixed (seed {split_seeds.pop()}); seeds vary initialisation and sampling"
+    shown = ", ".join("run seed" if s is None else str(s) for s in sorted(split_seeds, key=str))
+    return f"split seeds differ between runs ({shown}); compare rows with care"
+
+
+def train_commands(plan: dict[tuple[str, int], tuple[list[str], Config]], base_file: str | None,
+                   jobs: int = 1) -> list[str]:
+    """One shell line per run that makes exactly the run ``compare`` makes, for any scheduler (SLURM, PBS…).
+
+    Each line changes to this directory (relative paths stay as the user wrote them) and runs
+    ``semiseg train --continue``: a finished run is left alone, an interrupted one resumed, a missing one trained,
+    into the folder a later ``semiseg compare`` collects.
+    """
+    threads = with_job_threads({key: cfg for key, (_, cfg) in plan.items()}, jobs)
+    lines = []
+    for key, (run, cfg) in plan.items():
+        chosen = threads[key].train.threads
+        extra = [f"train.threads={chosen}"] if chosen != cfg.train.threads else []
+        words = ["semiseg", "train", *(["--config", base_file] if base_file else [])]
+        for override in [*run, *extra]:
+            words += ["--set", override]
+        lines.append(f"cd {shlex.quote(os.getcwd())} && {shlex.join([*words, '--continue', '--quiet'])}")
+    return lines
 
 
 def _run_dir(cfg: Config) -> Path:
     return Path(cfg.output.root) / str(cfg.output.name)
 
 
-def _train_one(cfg: Config, progress: bool) -> tuple[str, float]:
-    """Reuse, resume or train one run; returns what was done and the seconds it took."""
+def finished(cfg: Config) -> bool:
+    """A run whose folder has a ``summary.json`` is done; every backend reuses it."""
+    return (_run_dir(cfg) / "summary.json").is_file()
+
+
+def train_or_resume(cfg: Config, progress: bool,
+                    on_start: Callable[[Path], None] | None = None) -> tuple[str, float]:
+    """Reuse, resume or train one run; returns what was done and the seconds it took.
+
+    The one place that decides it, for the local and Ray backends and ``semiseg train --continue``.
+    """
     from semiseg import api
 
+    if cfg.output.name is None:
+        raise ConfigError("continuing a run needs a fixed run folder: give --output or --set output.name")
     run_dir, start = _run_dir(cfg), time.perf_counter()
-    if (run_dir / "summary.json").is_file():
+    if finished(cfg):
         return "reused", 0.0
     if (run_dir / "checkpoints" / "last.pt").is_file():
-        api.resume(run_dir, progress=progress)
+        api.resume(run_dir, progress=progress, on_start=on_start)
         return "resumed", time.perf_counter() - start
-    api.train(cfg, overwrite=True, progress=progress)
+    api.train(cfg, overwrite=True, progress=progress, on_start=on_start)
     return "trained", time.perf_counter() - start
 
 
-def _done(label: str, seed: int, status: str, seconds: float) -> str:
+def done_message(label: str, seed: int, status: str, seconds: float) -> str:
     return f"{label} seed {seed}: {status}" + (f" in {seconds:.1f} s" if status != "reused" else "")
 
 
@@ -136,21 +203,21 @@ def _train_all(configs: dict[tuple[str, int], Config], jobs: int, progress: bool
     failed: dict[tuple[str, int], str] = {}
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
-            futures = {pool.submit(_train_one, cfg, False): key
+            futures = {pool.submit(train_or_resume, cfg, False): key
                        for key, cfg in with_job_threads(configs, jobs).items()}
             for future in as_completed(futures):
                 label, seed = futures[future]
                 try:
-                    print(_done(label, seed, *future.result()), flush=True)
+                    print(done_message(label, seed, *future.result()), flush=True)
                 except SemisegError as exc:
                     failed[(label, seed)] = str(exc)
                     print(f"{label} seed {seed}: failed: {exc}", flush=True)
         return failed
     for (label, seed), cfg in configs.items():
-        if not (_run_dir(cfg) / "summary.json").is_file():
+        if not finished(cfg):
             print(f"== {label} seed {seed}", flush=True)
         try:
-            print(_done(label, seed, *_train_one(cfg, progress)), flush=True)
+            print(done_message(label, seed, *train_or_resume(cfg, progress)), flush=True)
         except SemisegError as exc:
             failed[(label, seed)] = str(exc)
             print(f"{label} seed {seed}: failed: {exc}", flush=True)
@@ -167,23 +234,35 @@ def with_job_threads(configs: dict[tuple[str, int], Config], jobs: int) -> dict[
             for key, cfg in configs.items()}
 
 
+BACKENDS = ("local", "ray")
+
+
 def compare(base_file: str | None, overrides: Sequence[str], entries: Sequence[Entry], seeds: Sequence[int], *,
             name: str, jobs: int = 1, progress: bool = True, experiment: Any = None,
-            rerun: str = "the same 'semiseg compare' command") -> Path:
+            rerun: str = "the same 'semiseg compare' command", vary_split: bool = False, split_seed: int = 0,
+            backend: str = "local", address: str | None = None) -> Path:
     """Train what is missing, then write ``compare.md``, ``compare.csv`` and ``compare.json``.
 
     ``experiment`` (a ``semiseg.experiments.Experiment``) is recorded in the stamp of ``compare.json``.
     Runs that did not finish are listed under ``missing`` in ``compare.json`` and marked in ``compare.md``
     with ``rerun``, the command that finishes them (finished runs are reused, interrupted ones resumed).
+    ``backend`` is ``local`` (processes on this machine) or ``ray`` (one Ray task per run, on the cluster at
+    ``address`` or on a local Ray instance sized to ``jobs``).
     """
     if not entries or not seeds:
         raise ConfigError("compare needs at least one method and one seed")
-    configs = run_configs(base_file, overrides, entries, seeds, name)
+    check_backend(backend, address)
+    configs = run_configs(base_file, overrides, entries, seeds, name, vary_split=vary_split, split_seed=split_seed)
     root = Path(next(iter(configs.values())).output.root) / name
     root.mkdir(parents=True, exist_ok=True)
     failed: dict[tuple[str, int], str] = {}
     try:
-        failed = _train_all(configs, jobs, progress)
+        if backend == "ray":
+            from semiseg.cluster import train_all_ray
+
+            failed = train_all_ray(with_job_threads(configs, jobs), jobs, address)
+        else:
+            failed = _train_all(configs, jobs, progress)
     finally:  # also after Ctrl-C or a crash: the table of what finished, with the missing runs marked
         results = collect(root, entries, seeds)
         missing = [{"label": label, "seed": seed, "reason": failed.get((label, seed), "not finished")}
@@ -191,6 +270,18 @@ def compare(base_file: str | None, overrides: Sequence[str], entries: Sequence[E
         write_outputs(root, results, entries, seeds, configs, _stamp(experiment, configs), missing=missing,
                       rerun=rerun)
     return root
+
+
+def check_backend(backend: str, address: str | None) -> None:
+    """An unknown backend, ``--address`` without Ray, or Ray not installed: say so before anything is written."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"compare backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if address is not None and backend != "ray":
+        raise ConfigError("--address names a Ray cluster: use it with --backend ray")
+    if backend == "ray":
+        from semiseg.cluster import import_ray
+
+        import_ray()
 
 
 def _stamp(experiment: Any, configs: dict[tuple[str, int], Config]) -> dict[str, Any]:
@@ -274,15 +365,16 @@ def write_outputs(root: Path, results: dict[str, Any], entries: Sequence[Entry],
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
+    split = split_statement(configs)
     (root / "compare.json").write_text(json.dumps(
-        {"stamp": stamp, "seeds": list(seeds),
+        {"stamp": stamp, "seeds": list(seeds), "split": split,
          "entries": [e.__dict__ | {"overrides": list(e.overrides)} for e in entries], "rows": rows,
          "missing": list(missing)},
         indent=2, default=str))
     first = configs[(entries[0].label, seeds[0])]
     header = (f"# Comparison `{root.name}`\n\ndata: {dataset_label(first)}, labelled: {first.split.labelled}, "
               f"model: {first.model.dim}D {first.model.arch} {first.model.widths}, steps: {first.train.steps}, "
-              f"seeds: {', '.join(map(str, seeds))}\n\n")
+              f"seeds: {', '.join(map(str, seeds))}\n\n{split}\n\n")
     (root / "compare.md").write_text(header + format_markdown(rows, entries[0].label)
                                      + format_missing(missing, entries, len(seeds), rerun))
 

@@ -39,6 +39,7 @@ HAND_WRITTEN = {
     "suggest.md": "the annotation loop: train, suggest what to label next, label, train --init-from",
     "export.md": "export (TorchScript, ONNX), predict from an export, test-time augmentation, ensembles of runs",
     "distributed.md": "one run on several processes or GPUs (torchrun): global batches, what is bitwise equal",
+    "cluster.md": "comparison grids on a Ray cluster, or as one command per run for SLURM and other schedulers",
 }
 CONSTRAINTS = (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤"))
 

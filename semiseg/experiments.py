@@ -11,6 +11,8 @@ overrides) and the methods, each with a label, its options and its own overrides
       - supervised
       - {label: ucmt_code, method: ucmt, options: {umix: copy}, overrides: {train.steps: 300}}
 
+The split is held fixed across seeds (``split_seed``, default 0) unless the protocol sets ``split.seed``;
+``vary_split: true`` lets it follow the run seed instead (the ± of the table is then over splits).
 ``semiseg compare experiments/teachers.yaml`` runs it; the stamp written into ``compare.json`` (file and its
 sha256, git commit, machine) says which text, code and hardware produced the numbers.
 """
@@ -30,7 +32,7 @@ from semiseg.compare import Entry, yaml_value
 from semiseg.config import read_yaml
 from semiseg.errors import ConfigError
 
-EXPERIMENT_KEYS = {"name", "description", "seeds", "jobs", "protocol", "methods"}
+EXPERIMENT_KEYS = {"name", "description", "seeds", "jobs", "protocol", "methods", "vary_split", "split_seed"}
 ENTRY_KEYS = {"label", "method", "options", "overrides"}
 
 
@@ -45,6 +47,8 @@ class Experiment:
     entries: tuple[Entry, ...]
     path: Path
     sha256: str
+    vary_split: bool = False
+    split_seed: int = 0
 
 
 def as_overrides(mapping: dict[str, Any], where: str) -> tuple[str, ...]:
@@ -89,7 +93,16 @@ def load_experiment(path: str | Path) -> Experiment:
         entries=tuple(_entry(item, f"{file}: methods[{i}]") for i, item in enumerate(raw["methods"])),
         path=file,
         sha256=file_sha256(file),
+        vary_split=_typed(raw, "vary_split", bool, False, file),
+        split_seed=_typed(raw, "split_seed", int, 0, file),
     )
+
+
+def _typed(raw: dict[str, Any], key: str, kind: type, default: Any, file: Path) -> Any:
+    value = raw.get(key, default)
+    if type(value) is not kind:  # a bool is not a split seed, a 1 is not a yes
+        raise ConfigError(f"{file}: '{key}' must be {'true or false' if kind is bool else 'an integer'}, got {value!r}")
+    return value
 
 
 def file_sha256(path: Path) -> str:

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from semiseg.cli import main
-from semiseg.compare import Entry, parse_entry, split_entries
+from semiseg.compare import Entry, parse_entry, run_configs, split_entries, split_statement
 from semiseg.errors import ConfigError
 
 
@@ -37,6 +37,8 @@ def test_compare_trains_tabulates_and_reuses_runs(tmp_path, capsys):
         ("supervised", "best"), ("supervised", "last"), ("mt", "best"), ("mt", "last")]
     assert all(0 <= r["dice_mean"] <= 1 for r in rows)
     assert "| mt |" in (root / "compare.md").read_text()
+    assert "split fixed (seed 0); seeds vary initialisation and sampling" in (root / "compare.md").read_text()
+    assert json.loads((root / "compare.json").read_text())["split"].startswith("split fixed (seed 0)")
     assert (root / "mt-s1" / "config.yaml").read_text().count("weight: 0.5") == 1
     stamp = (root / "mt-s1" / "summary.json").stat().st_mtime_ns
     assert main(args) == 0  # a second call reuses the finished runs
@@ -89,3 +91,37 @@ def test_compare_data_option_names_the_dataset_folder(tmp_path, capsys):
     text = (tmp_path / "part" / "compare.md").read_text()
     assert "data: my_dataset (auto)" in text
     assert "my_dataset: path does not exist" in text and "--data" in text
+
+
+def test_the_split_is_fixed_across_seeds_unless_varied_or_set():
+    entries, phantom = [Entry("supervised", "supervised")], ["data.source=phantom"]
+
+    def split_seeds(overrides=(), **kwargs):
+        configs = run_configs(None, [*phantom, *overrides], entries, [0, 1, 2], "g", **kwargs)
+        return [cfg.split.seed for cfg in configs.values()], split_statement(configs)
+
+    assert split_seeds() == ([0, 0, 0], "split fixed (seed 0); seeds vary initialisation and sampling")
+    assert split_seeds(split_seed=5)[0] == [5, 5, 5]
+    assert split_seeds(vary_split=True) == ([None] * 3, "split varies with the seed; ± is over splits")
+    assert split_seeds(["split.seed=3"], vary_split=True)[0] == [3, 3, 3]  # an explicit split seed is kept
+    mixed = run_configs(None, phantom, [*entries, Entry("other", "supervised", overrides=("split.seed=4",))], [0],
+                        "g")
+    assert "split seeds differ between runs (0, 4)" in split_statement(mixed)
+
+
+def test_ray_backend_without_ray_names_the_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # import ray raises ImportError
+    assert main(_tiny(tmp_path, "--methods", "supervised", "--backend", "ray")) == 2
+    assert 'pip install "semiseg[cluster]"' in capsys.readouterr().err
+    assert main(_tiny(tmp_path, "--methods", "supervised", "--address", "head:6379")) == 2
+    assert "--backend ray" in capsys.readouterr().err
+    assert not (tmp_path / "part").exists()
+
+
+def test_split_flags_reach_the_printed_runs(tmp_path, capsys):
+    args = ["compare", "--name", "v", "--seeds", "0,1", "--methods", "supervised", "--set", "data.source=phantom",
+            "--print-commands"]
+    assert main([*args, "--vary-split"]) == 0
+    assert "split.seed" not in capsys.readouterr().out
+    assert main([*args, "--split-seed", "2"]) == 0
+    assert capsys.readouterr().out.count("--set split.seed=2 ") == 2

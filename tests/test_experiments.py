@@ -64,14 +64,27 @@ def test_experiment_resolves_to_the_old_scripts_runs(name, monkeypatch):
     seeds, overrides, methods = OLD_COMMANDS[name]
     monkeypatch.setattr("os.cpu_count", lambda: 2)  # the 2-core machine the old scripts ran on
     old = with_job_threads(run_configs(None, overrides, [parse_entry(t) for t in split_entries(methods)],
-                                       [int(s) for s in seeds.split(",")], name), OLD_JOBS)
+                                       [int(s) for s in seeds.split(",")], name, vary_split=True), OLD_JOBS)
     exp = load_experiment(EXPERIMENTS / f"{name}.yaml")
     assert (exp.name, exp.jobs, list(exp.seeds)) == (name, OLD_JOBS, [int(s) for s in seeds.split(",")])
     monkeypatch.setattr("os.cpu_count", lambda: 16)  # the explicit train.threads: 1 holds on any machine
-    new = with_job_threads(run_configs(None, exp.protocol, exp.entries, exp.seeds, exp.name), exp.jobs)
+    new = with_job_threads(run_configs(None, exp.protocol, exp.entries, exp.seeds, exp.name,
+                                       vary_split=exp.vary_split, split_seed=exp.split_seed), exp.jobs)
     assert list(new) == list(old)
     assert _dumps(new) == _dumps(old)
     assert all(cfg.train.threads == 1 for cfg in new.values())
+    # the archived tables were made with the split following the run seed, and the files say so
+    assert exp.vary_split and all(cfg.split.seed is None for cfg in new.values())
+
+
+def test_without_vary_split_every_seed_shares_the_split(tmp_path):
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("methods: [supervised, cps]\nseeds: [0, 1, 2]\nsplit_seed: 7\n")
+    exp = load_experiment(bare)
+    assert (exp.vary_split, exp.split_seed) == (False, 7)
+    configs = run_configs(None, exp.protocol, exp.entries, exp.seeds, exp.name, split_seed=exp.split_seed)
+    assert {cfg.split.seed for cfg in configs.values()} == {7}
+    assert {cfg.seed for cfg in configs.values()} == {0, 1, 2}
 
 
 def test_experiment_file_errors_name_the_file_and_key(tmp_path):
@@ -84,4 +97,7 @@ def test_experiment_file_errors_name_the_file_and_key(tmp_path):
         load_experiment(bad)
     bad.write_text("methods: [cps]\nseeds: 0\n")
     with pytest.raises(ConfigError, match="list of integers"):
+        load_experiment(bad)
+    bad.write_text("methods: [cps]\nvary_split: 1\n")
+    with pytest.raises(ConfigError, match="bad.yaml: 'vary_split' must be true or false"):
         load_experiment(bad)
