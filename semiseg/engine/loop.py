@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from semiseg.config import Config
 from semiseg.data.loaders import PatchSampler, StoredCase
+from semiseg.data.stream import BatchStream, StepBatches
 from semiseg.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
 from semiseg.engine.device import autocast
 from semiseg.engine.inferer import Inferer
@@ -260,6 +261,7 @@ class Trainer:
         self.best = {"score": -math.inf, "step": -1}
         self.tensorboard: TensorBoardLog | None = None
         self._overlays: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.stream: BatchStream | None = None  # started at the first step, so a resumed run starts where it stopped
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -305,10 +307,9 @@ class Trainer:
         self._prepare_unlabelled(progress)
         for net in self.nets.values():
             net.train()
-        labelled = to_batch(self.data.labelled.batch_at(self.step), self.device, self.ctx.label_mode)
-        unlabelled = None
-        if self.data.unlabelled is not None:
-            unlabelled = to_batch(self.data.unlabelled.batch_at(self.step), self.device, self.ctx.label_mode)
+        raw_labelled, raw_unlabelled = self._raw_batches()
+        labelled = to_batch(raw_labelled, self.device, self.ctx.label_mode)
+        unlabelled = None if raw_unlabelled is None else to_batch(raw_unlabelled, self.device, self.ctx.label_mode)
         with autocast(self.amp, self.device):
             out = self._method_step(labelled, unlabelled, progress)
         row: dict[str, float] = {"loss": 0.0}
@@ -326,6 +327,13 @@ class Trainer:
             raise SemisegError(f"method {self.method.name!r} chained more than {_MAX_UPDATES_PER_STEP} updates")
         self.scheduler.step()
         return row
+
+    def _raw_batches(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """This step's batches, from ``train.workers`` loader processes (the same batches for any number)."""
+        if self.stream is None:
+            batches = StepBatches(self.data.labelled, self.data.unlabelled)
+            self.stream = BatchStream(batches, self.cfg.train.workers, self.cfg.train.steps)
+        return self.stream.batch(self.step)
 
     def _method_step(self, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
         """The method's step; a method that uses unlabelled data gets its supervised step when there is none."""
@@ -438,6 +446,8 @@ class Trainer:
             bar.close()
             raise
         finally:
+            if self.stream is not None:  # loader workers end with the loop, also on Ctrl-C and errors
+                self.stream.close()
             stop.restore()
             if self.tensorboard is not None:
                 self.tensorboard.close()

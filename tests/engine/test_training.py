@@ -74,11 +74,13 @@ def _interrupt_at(step):
     return hook
 
 
-@pytest.mark.parametrize("dim", [2, 3])
-def test_resume_continues_exactly(tmp_path, dim):
+@pytest.mark.parametrize(("dim", "workers"), [(2, 0), (3, 0), (2, 2)])
+def test_resume_continues_exactly(tmp_path, dim, workers):
+    """Interrupted and resumed (with loader workers, too) equals a straight in-process run, bit for bit."""
     straight = api.train(_cfg(tmp_path / "a", dim=dim), progress=False, evaluate=False)
     with pytest.raises(KeyboardInterrupt):
-        api.train(_cfg(tmp_path / "b", dim=dim), progress=False, evaluate=False, on_step=_interrupt_at(4))
+        api.train(_cfg(tmp_path / "b", f"train.workers={workers}", dim=dim), progress=False, evaluate=False,
+                  on_step=_interrupt_at(4))
     resumed = api.resume(tmp_path / "b" / "run", progress=False, evaluate=False)
     assert resumed.fit["steps"] == 6
     a = torch.load(straight.run_dir / "checkpoints" / "last.pt", weights_only=False)["nets"]["model"]
