@@ -30,7 +30,7 @@ class DataConfig(Strict):
     normalize: Literal["zscore", "minmax", "none"] = Field("zscore",
         description="intensity normalisation per case and channel")
     cache: str = Field("auto", description="prepared cases as memory-mapped .npy, so RAM does not grow with the "
-                       "dataset: auto (~/.cache/semiseg/cases, or $SEMISEG_CACHE_DIR) | off (in memory) | a folder")
+                       "dataset: auto (~/.cache/semiseg/cases, or $SEMISEG_CACHE/cases) | off (in memory) | a folder")
 
     @field_validator("cache", mode="before")
     @classmethod

@@ -32,7 +32,7 @@ from semiseg.data.case import CaseRef
 from semiseg.errors import DataError
 
 CACHE_FORMAT = 1  # bump when the preparation of the arrays changes, so older entries are not read
-ENV_VAR = "SEMISEG_CACHE_DIR"
+ENV_VAR = "SEMISEG_CACHE"  # the demo brain's cache moves with it
 _ENTRY_DONE = "entry.json"  # written last inside the temporary folder; the renamed folder is complete
 
 
@@ -46,11 +46,9 @@ class PreparedCase:
 
 
 def default_cache_dir() -> Path:
-    """``$SEMISEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/semiseg/cases``, else ``~/.cache/semiseg/cases``."""
-    if os.environ.get(ENV_VAR):
-        return Path(os.environ[ENV_VAR]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "semiseg" / "cases"
+    """``$SEMISEG_CACHE/cases``, else ``~/.cache/semiseg/cases`` (beside the demo's ``demo_brain`` folder)."""
+    base = Path(os.environ[ENV_VAR]).expanduser() if os.environ.get(ENV_VAR) else Path.home() / ".cache" / "semiseg"
+    return base / "cases"
 
 
 def resolve_cache_dir(setting: str) -> Path | None:

@@ -126,7 +126,7 @@ def test_an_unwritable_cache_folder_is_named(tmp_path, monkeypatch, capsys):
     blocker.write_text("not a folder")
     with pytest.raises(DataError, match=r"file/cache cannot be written.*data.cache"):
         resolve_cache_dir(str(blocker / "cache"))
-    monkeypatch.setenv("SEMISEG_CACHE_DIR", str(blocker / "cache"))
+    monkeypatch.setenv("SEMISEG_CACHE", str(blocker / "cache"))
     assert resolve_cache_dir("auto") is None and "cases are held in memory" in capsys.readouterr().err
     assert resolve_cache_dir("off") is None
 
@@ -143,6 +143,7 @@ def test_training_from_the_cache_gives_the_same_weights(tmp_path):
         run = api.train(cfg, progress=False, evaluate=False).run_dir
         return torch.load(run / "checkpoints" / "last.pt", weights_only=False)["nets"]["model"]
 
-    off, filled, reused = train("in_memory", "off"), train("fill", tmp_path / "cache"), train("reuse", tmp_path / "cache")
+    off = train("in_memory", "off")
+    filled, reused = train("fill", tmp_path / "cache"), train("reuse", tmp_path / "cache")
     assert all(torch.equal(off[k], filled[k]) and torch.equal(off[k], reused[k]) for k in off)
-    assert len(list((tmp_path / "cache").iterdir())) == 3  # labelled and validation cases; test cases are read when evaluated
+    assert len(list((tmp_path / "cache").iterdir())) == 3  # labelled and validation cases
