@@ -69,10 +69,14 @@ def _foreground_indices(label: np.ndarray | None, label_mode: str) -> np.ndarray
 
 
 def _foreground_points(foreground: np.ndarray, spatial: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """``(n, 3)`` coordinates of at most ``_FG_POINTS`` foreground voxels (the rest are never read from disk)."""
+    """``(n, 3)`` coordinates of at most ``_FG_POINTS`` foreground voxels (the rest are never read from disk).
+
+    Kept as ``uint16`` where the axes allow: a quarter of the memory per case of ``int64``, the same values.
+    """
     if len(foreground) > _FG_POINTS:
         foreground = foreground[rng.choice(len(foreground), _FG_POINTS, replace=False)]
-    return np.stack(np.unravel_index(np.asarray(foreground, dtype=np.int64), spatial), axis=1)
+    points = np.stack(np.unravel_index(np.asarray(foreground, dtype=np.int64), spatial), axis=1)
+    return points.astype(np.uint16) if max(spatial) <= np.iinfo(np.uint16).max else points
 
 
 def prepare_case(ref: CaseRef, *, normalize: str, label_mode: str) -> PreparedCase:
