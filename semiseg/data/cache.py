@@ -111,7 +111,10 @@ class CaseCache:
         if entry is None:
             return prepare()
         if (entry / _ENTRY_DONE).is_file():
-            return _read_entry(entry)
+            try:
+                return _read_entry(entry)
+            except (OSError, ValueError):  # damaged by hand (a file deleted or truncated): made again
+                shutil.rmtree(entry, ignore_errors=True)
         case = prepare()
         if self.entry_dir(ref) != entry:  # a source file changed while it was read: do not store a mix
             return case

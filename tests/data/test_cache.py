@@ -86,6 +86,17 @@ def test_second_load_reads_no_file_and_a_changed_file_or_setting_misses(tmp_path
     assert len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 3 + 1 + 3
 
 
+def test_a_damaged_entry_is_made_again(tmp_path):
+    refs = open_nnunet(_nnunet(tmp_path / "data", n=1)).cases
+    cache = _cache(tmp_path / "cache")
+    [first] = _store(refs, cache)
+    damaged = cache.entry_dir(refs[0]) / "image.npy"
+    damaged.unlink()  # a new file: truncating the one ``first`` maps in place would be a bus error here
+    damaged.write_bytes(b"truncated")
+    [again] = _store(refs, cache)
+    assert np.array_equal(first.image, again.image) and isinstance(again.image, np.memmap)
+
+
 def test_a_file_changed_while_read_is_not_stored(tmp_path):
     ref = open_nnunet(_nnunet(tmp_path / "data", n=1)).cases[0]
     image = Path(ref.files[0])
