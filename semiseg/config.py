@@ -29,6 +29,14 @@ class DataConfig(Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="source-specific keyword arguments")
     normalize: Literal["zscore", "minmax", "none"] = Field("zscore",
         description="intensity normalisation per case and channel")
+    cache: str = Field("auto", description="prepared cases as memory-mapped .npy, so RAM does not grow with the "
+                       "dataset: auto (~/.cache/semiseg/cases, or $SEMISEG_CACHE/cases) | off (in memory) | a folder")
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache_switch(cls, value: Any) -> Any:
+        """YAML reads a bare ``off`` (``--set data.cache=off``) as False, and ``on`` as True (meaning auto)."""
+        return {True: "auto", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class SplitConfig(Strict):
@@ -117,6 +125,8 @@ class TrainConfig(Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="data augmentation of training samples")
     sync_batchnorm: bool = Field(False, description="under torchrun with several processes: BatchNorm over the global "
                                  "batch (SyncBatchNorm, CUDA only)")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes drawing the batches ahead of the step "
+                         "(0: in the training process); the batches are the same for any number")
 
     @field_validator("threads")
     @classmethod

@@ -59,6 +59,7 @@ class CaseRef:
     has_label: bool
     origin: str  # human-readable file path(s), used in error messages
     load: Callable[[], Case] = field(repr=False, compare=False)
+    files: tuple[str, ...] = ()  # every file the loaded arrays depend on (the case cache's key); () for none
 
 
 @dataclass

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from semiseg.config import Config
 from semiseg.data.loaders import PatchSampler, StoredCase
+from semiseg.data.stream import BatchStream, StepBatches
 from semiseg.engine import distributed
 from semiseg.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
 from semiseg.engine.device import autocast, resolve_amp_dtype
@@ -265,6 +266,7 @@ class Trainer:
         self.best = {"score": -math.inf, "step": -1}
         self.tensorboard: TensorBoardLog | None = None
         self._overlays: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.stream: BatchStream | None = None  # started at the first step, so a resumed run starts where it stopped
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -313,10 +315,9 @@ class Trainer:
         for net in self.nets.values():
             net.train()
         self.dist.seed_step(self.cfg.seed, self.step)
-        labelled = self._to_batch(self._batch_at(self.data.labelled))
-        unlabelled = None
-        if self.data.unlabelled is not None:
-            unlabelled = self._to_batch(self._batch_at(self.data.unlabelled))
+        raw_labelled, raw_unlabelled = self._raw_batches()
+        labelled = self._to_batch(raw_labelled)
+        unlabelled = None if raw_unlabelled is None else self._to_batch(raw_unlabelled)
         with autocast(self.amp, self.device, self.amp_dtype), self.dist.whole_batch_losses():
             out = self._method_step(labelled, unlabelled, progress)
         row: dict[str, float] = {"loss": 0.0}
@@ -335,9 +336,18 @@ class Trainer:
         self.scheduler.step()
         return row
 
-    def _batch_at(self, sampler: PatchSampler) -> dict[str, Any]:
-        """This process's share of the step's global batch (all of it in one process)."""
-        return sampler.batch_at(self.step, self.dist.shard(sampler.batch_size))
+    def _raw_batches(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """This process's share of the step's global batches, from ``train.workers`` loader processes (the
+        same batches for any number of workers or processes)."""
+        if self.stream is None:
+            unlabelled = self.data.unlabelled
+            batches = StepBatches(
+                self.data.labelled, unlabelled,
+                labelled_indices=self.dist.shard(self.data.labelled.batch_size),
+                unlabelled_indices=None if unlabelled is None else self.dist.shard(unlabelled.batch_size),
+            )
+            self.stream = BatchStream(batches, self.cfg.train.workers, self.cfg.train.steps)
+        return self.stream.batch(self.step)
 
     def _to_batch(self, raw: dict[str, Any]) -> Batch:
         """A sampled batch on the run's device, channels-last when the nets are."""
@@ -471,6 +481,8 @@ class Trainer:
             bar.close()
             raise
         finally:
+            if self.stream is not None:  # loader workers end with the loop, also on Ctrl-C and errors
+                self.stream.close()
             stop.restore()
             if self.tensorboard is not None:
                 self.tensorboard.close()

@@ -34,6 +34,7 @@ from torch import Tensor
 from semiseg import __version__
 from semiseg.config import Config, config_to_yaml, read_yaml, validate_config
 from semiseg.data import sources
+from semiseg.data.cache import CaseCache, resolve_cache_dir
 from semiseg.data.case import Case, DatasetSpec
 from semiseg.data.loaders import Augmentation, PatchSampler, default_patch_size, load_store, normalize_image
 from semiseg.data.splits import load_split, make_split, refs_by_id, save_split
@@ -244,7 +245,8 @@ def checkpoint_to_use(run_dir: Path, name: str) -> str:
 def _build_data(cfg: Config, spec: DatasetSpec, split: dict[str, Any], method_cls: type[Method], divisor: int,
                 progress: bool) -> tuple[TrainingData, list[int]]:
     refs = refs_by_id(spec)
-    common = {"normalize": cfg.data.normalize, "label_mode": spec.label_mode, "progress": progress}
+    common = {"normalize": cfg.data.normalize, "label_mode": spec.label_mode, "progress": progress,
+              "cache": case_cache(cfg, spec)}
     labelled = load_store([refs[i] for i in split["labelled"]], with_labels=True, desc="labelled cases", **common)
     unlabelled = []
     if method_cls.uses_unlabelled:
@@ -264,6 +266,16 @@ def _build_data(cfg: Config, spec: DatasetSpec, split: dict[str, Any], method_cl
         unl_sampler = PatchSampler(unlabelled, batch_size=train.unlabelled_batch_size,
                                    seed=cfg.seed * 7919 + 2, **sampler_args)
     return TrainingData(lab_sampler, unl_sampler, val), patch
+
+
+def case_cache(cfg: Config, spec: DatasetSpec) -> CaseCache | None:
+    """The on-disk cache of prepared cases for this dataset and preprocessing (None: ``data.cache=off``)."""
+    root = resolve_cache_dir(cfg.data.cache)
+    if root is None:
+        return None
+    settings = {"source": cfg.data.source, "options": cfg.data.options, "normalize": cfg.data.normalize,
+                "label_mode": spec.label_mode, "class_names": list(spec.class_names), "channels": spec.channels}
+    return CaseCache(root, settings)
 
 
 # ----------------------------------------------------------------------------------------------

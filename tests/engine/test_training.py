@@ -74,11 +74,13 @@ def _interrupt_at(step):
     return hook
 
 
-@pytest.mark.parametrize("dim", [2, 3])
-def test_resume_continues_exactly(tmp_path, dim):
+@pytest.mark.parametrize(("dim", "workers"), [(2, 0), (3, 0), (2, 2)])
+def test_resume_continues_exactly(tmp_path, dim, workers):
+    """Interrupted and resumed (with loader workers, too) equals a straight in-process run, bit for bit."""
     straight = api.train(_cfg(tmp_path / "a", dim=dim), progress=False, evaluate=False)
     with pytest.raises(KeyboardInterrupt):
-        api.train(_cfg(tmp_path / "b", dim=dim), progress=False, evaluate=False, on_step=_interrupt_at(4))
+        api.train(_cfg(tmp_path / "b", f"train.workers={workers}", dim=dim), progress=False, evaluate=False,
+                  on_step=_interrupt_at(4))
     resumed = api.resume(tmp_path / "b" / "run", progress=False, evaluate=False)
     assert resumed.fit["steps"] == 6
     a = torch.load(straight.run_dir / "checkpoints" / "last.pt", weights_only=False)["nets"]["model"]
@@ -137,6 +139,34 @@ def test_ctrl_c_during_validation_waits_for_the_log_row_and_checkpoint(tmp_path,
     resumed = api.resume(tmp_path / "b" / "run", progress=False, evaluate=False)
     assert _log_without_time(resumed.run_dir) == _log_without_time(straight.run_dir)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_with_loader_workers_stops_them_and_resumes_exactly(tmp_path, monkeypatch):
+    """A terminal's Ctrl-C reaches the workers too: the step still ends cleanly and no worker outlives the run."""
+    import os
+    import signal
+
+    from semiseg.engine.loop import Trainer
+
+    straight = api.train(_cfg(tmp_path / "a"), progress=False, evaluate=False)
+    validate, workers = Trainer.validate, []
+
+    def validate_then_ctrl_c(self):
+        score = validate(self)
+        if self.step == 3:
+            workers.extend(self.stream._iterator._workers)
+            for pid in (os.getpid(), *(w.pid for w in workers)):
+                os.kill(pid, signal.SIGINT)
+        return score
+
+    monkeypatch.setattr(Trainer, "validate", validate_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        api.train(_cfg(tmp_path / "b", "train.workers=2"), progress=False, evaluate=False)
+    monkeypatch.setattr(Trainer, "validate", validate)
+    assert len(workers) == 2 and not any(w.is_alive() for w in workers)
+    assert torch.load(tmp_path / "b" / "run" / "checkpoints" / "last.pt", weights_only=False)["step"] == 3
+    resumed = api.resume(tmp_path / "b" / "run", progress=False, evaluate=False)
+    assert _log_without_time(resumed.run_dir) == _log_without_time(straight.run_dir)
 
 
 def test_predict_writes_input_geometry(tmp_path):

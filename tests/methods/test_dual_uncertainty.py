@@ -258,3 +258,17 @@ def test_resume_mid_stage_3_continues_the_same_curriculum(tmp_path, recorder):
     for net in a["nets"]:
         assert all(torch.equal(a["nets"][net][k], b["nets"][net][k]) for k in a["nets"][net]), net
     assert math.isfinite(float(b["best"]["score"]))
+
+
+def test_loader_workers_never_draw_from_a_stale_pool(tmp_path, recorder):
+    """Workers draw ahead; stage 3 restricts the pool and stage 4 lifts it: the batches stay the in-process ones."""
+    inline = api.train(_cfg(tmp_path / "a"), progress=False, evaluate=False)
+    expected = list(recorder["unlabelled"])
+    recorder["unlabelled"].clear()
+    cfg = _cfg(tmp_path / "b")
+    cfg.train.workers = 2
+    with_workers = api.train(cfg, progress=False, evaluate=False)
+    assert recorder["unlabelled"] == expected
+    a = torch.load(inline.run_dir / "checkpoints" / "last.pt", weights_only=False)["nets"]
+    b = torch.load(with_workers.run_dir / "checkpoints" / "last.pt", weights_only=False)["nets"]
+    assert all(torch.equal(a[net][k], b[net][k]) for net in a for k in a[net])

@@ -96,7 +96,13 @@ def case_ref(files: CaseFiles, layout: Layout, labelled: bool) -> CaseRef:
     loader = CheckedLoader(
         partial(load_case, files, layout), layout.labels.mode, len(layout.labels.class_names), files.origin
     )
-    return CaseRef(files.case_id, labelled, files.origin, loader)
+    return CaseRef(files.case_id, labelled, files.origin, loader, files=_dependencies(files, layout))
+
+
+def _dependencies(files: CaseFiles, layout: Layout) -> tuple[str, ...]:
+    """The case's files and dataset.json, whose label mapping shapes the label array."""
+    extra = (layout.source,) if Path(layout.source).is_file() else ()
+    return tuple(str(p) for p in (*files.images, *([files.label] if files.label else []), *extra))
 
 
 # --------------------------------------------------------------------------------------------------

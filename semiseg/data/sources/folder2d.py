@@ -202,4 +202,5 @@ def _ref(pair: _Pair, channels: int, labels: LabelSpec) -> CaseRef:
     loader = CheckedLoader(
         partial(_load_case, pair, channels, labels), labels.mode, len(labels.class_names), pair.origin
     )
-    return CaseRef(pair.case_id, pair.mask is not None, pair.origin, loader)
+    files = (str(pair.image), *([str(pair.mask)] if pair.mask is not None else []))
+    return CaseRef(pair.case_id, pair.mask is not None, pair.origin, loader, files=files)

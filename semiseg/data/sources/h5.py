@@ -87,6 +87,13 @@ class _AcdcCase:
             return str(self.volume)
         return f"{self.volume} (or {self.slices_dir / (self.case_id + '_slice_*.h5')})"
 
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The volume file, or else its slice files (the case cache's key)."""
+        if self.volume.is_file():
+            return (str(self.volume),)
+        return tuple(sorted(str(p) for p in self.slices_dir.glob(f"{glob_escape(self.case_id)}_slice_*.h5")))
+
 
 def _load_acdc(case: _AcdcCase) -> Case:
     meta = {"source": "acdc", "spacing_known": case.spacing_known}
@@ -234,7 +241,7 @@ def open_acdc(root: str | Path, *, spacing: tuple[float, float, float] | None = 
             name, data / f"{name}.h5", data / "slices", voxel or (1.0, 1.0, 1.0), voxel is not None
         )
         loader = CheckedLoader(partial(_load_acdc, item), "multiclass", len(ACDC_CLASSES), item.origin)
-        return CaseRef(name, True, item.origin, loader)
+        return CaseRef(name, True, item.origin, loader, files=item.files)
 
     return DatasetSpec(
         name="ACDC", dim=3, channels=1, label_mode="multiclass", class_names=list(ACDC_CLASSES),
@@ -286,7 +293,7 @@ def open_la(
         path = root / name / LA_FILE
         read = partial(_load_la, name, path, voxel or (1.0, 1.0, 1.0), voxel is not None)
         loader = CheckedLoader(read, "multiclass", len(LA_CLASSES), str(path))
-        return CaseRef(name, True, str(path), loader)
+        return CaseRef(name, True, str(path), loader, files=(str(path),))
 
     return DatasetSpec(
         name="LA", dim=3, channels=1, label_mode="multiclass", class_names=list(LA_CLASSES),

@@ -101,7 +101,7 @@ def subject_ref(root: Path, i: int, spacing_mm: float, site: int) -> CaseRef:
     image_path, label_path = _paths(root, i)
     load = partial(_load_subject, f"subject_{i:03d}", image_path, label_path, float(spacing_mm), site)
     return CaseRef(case_id=f"subject_{i:03d}", has_label=True, origin=f"{image_path} + {label_path.name}",
-                   load=load)
+                   load=load, files=(str(image_path), str(label_path)))
 
 
 def _load_subject(case_id: str, image_path: Path, label_path: Path, spacing_mm: float, site: int) -> Case:
