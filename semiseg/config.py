@@ -110,6 +110,8 @@ class TrainConfig(Strict):
     tensorboard: Literal["auto", "on", "off"] = Field("auto",
         description="TensorBoard events in <run>/tensorboard (auto: when installed); log.csv stays the record")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="data augmentation of training samples")
+    monitor_unlabelled: bool = Field(True, description="when unlabelled training cases have labels on disk, log "
+                                     "what the method teaches against them (the method never sees them)")
 
     @field_validator("threads")
     @classmethod

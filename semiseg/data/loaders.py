@@ -55,6 +55,8 @@ class StoredCase:
     image: np.ndarray  # (C, X, Y, Z) normalised; Z = 1 for 2D cases
     label: np.ndarray | None  # (X, Y, Z) int or (K, X, Y, Z) uint8
     fg_points: np.ndarray  # (n, 3) coordinates of labelled foreground voxels, maybe empty
+    # Held-out label of an unlabelled case (the engine's diagnostics only): sampled under "truth", never "label".
+    truth: np.ndarray | None = None
 
 
 def _foreground_points(label: np.ndarray | None, label_mode: str, rng: np.random.Generator) -> np.ndarray:
@@ -68,9 +70,14 @@ def _foreground_points(label: np.ndarray | None, label_mode: str, rng: np.random
 
 
 def load_store(
-    refs: Sequence[CaseRef], *, normalize: str, label_mode: str, with_labels: bool, desc: str, progress: bool
+    refs: Sequence[CaseRef], *, normalize: str, label_mode: str, with_labels: bool, desc: str, progress: bool,
+    keep_truth: bool = False,
 ) -> list[StoredCase]:
-    """Read and normalise cases into memory (labels dropped when ``with_labels`` is False)."""
+    """Read and normalise cases into memory (labels dropped when ``with_labels`` is False).
+
+    ``keep_truth`` keeps a dropped label aside as ``StoredCase.truth``: the sampler emits it under its own key,
+    which no ``Batch`` carries, so the engine can score what a method teaches without the method seeing it.
+    """
     rng = np.random.default_rng(0)
     stored = []
     for ref in tqdm(refs, desc=desc, disable=not progress or len(refs) < 2, leave=False):
@@ -79,7 +86,8 @@ def load_store(
         image = as_volume(normalize_image(case.image, normalize), case.ndim)
         if label is not None:
             label = as_volume(label, case.ndim)
-        stored.append(StoredCase(case.case_id, image, label, _foreground_points(label, label_mode, rng)))
+        truth = as_volume(case.label, case.ndim) if keep_truth and label is None and case.label is not None else None
+        stored.append(StoredCase(case.case_id, image, label, _foreground_points(label, label_mode, rng), truth))
     return stored
 
 
@@ -151,6 +159,7 @@ class PatchSampler:
     def _sample_one(self) -> tuple[np.ndarray, np.ndarray | None, str]:
         case = self.pool[int(self.rng.integers(len(self.pool)))]
         spatial = case.image.shape[1:]
+        target = case.label if case.label is not None else case.truth  # cropped and flipped alike; see next_batch
         centre: Sequence[int | None] = [None, None, None]
         if len(case.fg_points) and self.rng.random() < self.foreground_fraction:
             centre = case.fg_points[int(self.rng.integers(len(case.fg_points)))].tolist()
@@ -158,11 +167,11 @@ class PatchSampler:
             z = centre[2] if centre[2] is not None else int(self.rng.integers(spatial[2]))
             starts = [_crop_start(spatial[a], self.patch[a], centre[a], self.rng) for a in range(2)]
             image = _window(case.image[..., z], starts, self.patch)
-            label = None if case.label is None else _window(case.label[..., z], starts, self.patch)
+            label = None if target is None else _window(target[..., z], starts, self.patch)
         else:
             starts = [_crop_start(spatial[a], self.patch[a], centre[a], self.rng) for a in range(3)]
             image = _window(case.image, starts, self.patch)
-            label = None if case.label is None else _window(case.label, starts, self.patch)
+            label = None if target is None else _window(target, starts, self.patch)
         return image, label, case.case_id
 
     def _flip(self, image: np.ndarray, label: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -188,7 +197,9 @@ class PatchSampler:
             images.append(np.ascontiguousarray(image, dtype=np.float32))
             labels.append(None if label is None else np.ascontiguousarray(label))
             ids.append(case_id)
-        label = None if labels[0] is None else np.stack(labels)
+        label = None if any(x is None for x in labels) else np.stack(labels)
+        if self.store[0].label is None:  # an unlabelled store: what was cropped is the held-out truth
+            return {"image": np.stack(images), "label": None, "truth": label, "case_ids": ids}
         return {"image": np.stack(images), "label": label, "case_ids": ids}
 
     def state_dict(self) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from semiseg.config import Config
 from semiseg.data.loaders import PatchSampler, StoredCase
+from semiseg.engine import teach
 from semiseg.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
 from semiseg.engine.device import autocast
 from semiseg.engine.inferer import Inferer
@@ -306,12 +307,17 @@ class Trainer:
         for net in self.nets.values():
             net.train()
         labelled = to_batch(self.data.labelled.next_batch(), self.device, self.ctx.label_mode)
-        unlabelled = None
+        unlabelled = truth = None
         if self.data.unlabelled is not None:
-            unlabelled = to_batch(self.data.unlabelled.next_batch(), self.device, self.ctx.label_mode)
+            raw = self.data.unlabelled.next_batch()  # its "truth" stays here: to_batch never reads it
+            unlabelled = to_batch(raw, self.device, self.ctx.label_mode)
+            truth = teach.truth_tensor(raw, self.device, self.ctx.label_mode)
         with autocast(self.amp, self.device):
             out = self._method_step(labelled, unlabelled, progress)
         row: dict[str, float] = {"loss": 0.0}
+        if truth is not None and self._logs_step(self.step + 1):
+            row.update(teach.score_step(out.targets, out.masks, truth, label_mode=self.ctx.label_mode,
+                                        num_classes=self.ctx.num_classes, method=self.method.name))
         for update in range(_MAX_UPDATES_PER_STEP):
             prefix = f"u{update + 1}_" if update else ""
             total = self._update(out.losses)
@@ -326,6 +332,11 @@ class Trainer:
             raise SemisegError(f"method {self.method.name!r} chained more than {_MAX_UPDATES_PER_STEP} updates")
         self.scheduler.step()
         return row
+
+    def _logs_step(self, step: int) -> bool:
+        """Whether the row of the step that ends at ``step`` updates is written to ``log.csv``."""
+        train = self.cfg.train
+        return step % train.log_every == 0 or step % train.val_every == 0 or step == train.steps
 
     def _method_step(self, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
         """The method's step; a method that uses unlabelled data gets its supervised step when there is none."""
@@ -396,6 +407,18 @@ class Trainer:
         scores = [self._case_dice(case) for case in self.data.val]
         return float(np.mean(scores))
 
+    @torch.no_grad()
+    def unlabelled_dice(self) -> dict[str, float]:
+        """``teach/unl_dice_<net>`` of every segmentation net on whole unlabelled cases with truth (see ``teach``)."""
+        if self.data.unlabelled is None or not self.cfg.train.monitor_unlabelled:
+            return {}
+        nets = {name: net for name, net in self.nets.items() if self.specs[name].builder is None}
+        for net in nets.values():
+            net.eval()
+        return teach.unlabelled_dice(nets, self.data.unlabelled.store, self.inferer.probabilities,
+                                     label_mode=self.ctx.label_mode, num_classes=self.ctx.num_classes,
+                                     dice=mean_foreground_dice)
+
     def _case_dice(self, case: StoredCase) -> float:
         pred = probs_to_label(self.inferer.probabilities(self._predict, case.image), self.ctx.label_mode)
         if self.tensorboard is not None and len(self._overlays) < OVERLAY_CASES:
@@ -421,6 +444,7 @@ class Trainer:
                 checkpoint_step = self.step % train.val_every == 0 or self.step == train.steps
                 if checkpoint_step:
                     val_score = row["val_dice"] = self.validate()
+                    row.update(self.unlabelled_dice())
                 if self.step % train.log_every == 0 or checkpoint_step:
                     self._log(log, {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **row,
                                     "elapsed_s": round(time.perf_counter() - start_time, 3)})

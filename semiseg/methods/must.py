@@ -231,7 +231,10 @@ class MuST(MultiscaleSupervised):
         # one teacher pass for both batches
         out_l, out_u = joint_forward(partial(net, return_scales=True), labelled.image, unlabelled.image)
         sup = self.supervised(out_l.scales, labelled.label)
-        return StepOut({"sup": sup, "consistency": w * self.consistency(net, out_u)}, {"consistency_weight": w})
+        # The clean output's labels: those of the sharpened layer-0 target (sharpening keeps the argmax).
+        taught = {"teacher": out_u.scales[0].detach()}
+        return StepOut({"sup": sup, "consistency": w * self.consistency(net, out_u)}, {"consistency_weight": w},
+                       targets=taught)
 
     def _unsupervised_update(self, net: UNet, unlabelled: Batch, w: float) -> StepOut:
         """The alternating scheme's second update; its lr ratio is a loss scale (exact for plain SGD)."""
