@@ -261,6 +261,7 @@ class Trainer:
         self.best = {"score": -math.inf, "step": -1}
         self.tensorboard: TensorBoardLog | None = None
         self._overlays: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._unlabelled_dice = teach.UnlabelledDice()
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -415,7 +416,7 @@ class Trainer:
         nets = {name: net for name, net in self.nets.items() if self.specs[name].builder is None}
         for net in nets.values():
             net.eval()
-        return teach.unlabelled_dice(nets, self.data.unlabelled.store, self.inferer.probabilities,
+        return self._unlabelled_dice(nets, self.data.unlabelled.store, self.inferer.probabilities,
                                      label_mode=self.ctx.label_mode, num_classes=self.ctx.num_classes,
                                      dice=mean_foreground_dice)
 

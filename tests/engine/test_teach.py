@@ -11,7 +11,7 @@ from semiseg import api
 from semiseg.config import load_config
 from semiseg.data.loaders import Augmentation, PatchSampler, StoredCase
 from semiseg.engine.loop import build_nets
-from semiseg.engine.teach import score_step
+from semiseg.engine.teach import UnlabelledDice, score_step
 from semiseg.errors import SemisegError
 from semiseg.eval.report import teaching_figure, write_report
 from semiseg.losses import supervised_loss
@@ -179,3 +179,27 @@ def test_report_draws_the_figure_from_the_log(tmp_path):
     report = write_report(tmp_path, summary={}, info={"method": "m", "dataset": "d"}, examples=[],
                           label_mode="multiclass").read_text()
     assert "![teaching](figures/teaching.png)" in report and (tmp_path / "figures" / "teaching.png").exists()
+
+
+def test_unlabelled_dice_rescores_a_net_only_when_its_weights_change():
+    cases = [StoredCase(f"c{i}", np.zeros((1, 4, 4, 1), np.float32), None, np.zeros((0, 3)),
+                        truth=np.ones((4, 4, 1), np.int64)) for i in range(3)]
+    calls = []
+
+    def probabilities(net, image):
+        calls.append(net)
+        return np.stack([np.zeros((4, 4, 1)), np.ones((4, 4, 1))])  # predicts class 1 everywhere
+
+    def dice(pred, truth, label_mode, num_classes):
+        return float((pred == truth).mean())
+
+    nets = {"student": torch.nn.Linear(2, 2), "frozen": torch.nn.Linear(2, 2)}
+    scorer = UnlabelledDice()
+    kwargs = {"label_mode": "multiclass", "num_classes": 2, "dice": dice}
+    assert scorer(nets, cases, probabilities, **kwargs) == {"teach/unl_dice_student": 1.0,
+                                                            "teach/unl_dice_frozen": 1.0}
+    assert len(calls) == 2 * 2  # two nets × the first two cases
+    with torch.no_grad():
+        nets["student"].weight.add_(1.0)
+    scorer(nets, cases, probabilities, **kwargs)
+    assert calls[4:] == [nets["student"]] * 2
