@@ -316,11 +316,12 @@ class Trainer:
         with autocast(self.amp, self.device):
             out = self._method_step(labelled, unlabelled, progress)
         row: dict[str, float] = {"loss": 0.0}
-        if truth is not None and self._logs_step(self.step + 1):
-            row.update(teach.score_step(out.targets, out.masks, truth, label_mode=self.ctx.label_mode,
-                                        num_classes=self.ctx.num_classes, method=self.method.name))
+        score = truth is not None and self._logs_step(self.step + 1)
         for update in range(_MAX_UPDATES_PER_STEP):
             prefix = f"u{update + 1}_" if update else ""
+            if score:
+                row.update(teach.score_step(out.targets, out.masks, truth, label_mode=self.ctx.label_mode,
+                                            num_classes=self.ctx.num_classes, method=self.method.name))
             total = self._update(out.losses)
             row["loss"] += float(total.detach())
             row.update({prefix + k: float(v.detach()) for k, v in out.losses.items()})

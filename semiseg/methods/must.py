@@ -238,8 +238,10 @@ class MuST(MultiscaleSupervised):
 
     def _unsupervised_update(self, net: UNet, unlabelled: Batch, w: float) -> StepOut:
         """The alternating scheme's second update; its lr ratio is a loss scale (exact for plain SGD)."""
-        cons = self.consistency(net, net(unlabelled.image, return_scales=True))
-        return StepOut({"consistency": w * self.cfg.unsupervised_lr_scale * cons}, {"consistency_weight": w})
+        teacher = net(unlabelled.image, return_scales=True)
+        cons = self.consistency(net, teacher)
+        return StepOut({"consistency": w * self.cfg.unsupervised_lr_scale * cons}, {"consistency_weight": w},
+                       targets={"teacher": teacher.scales[0].detach()})
 
     def consistency(self, net: UNet, teacher: NetOutput) -> Tensor:
         """L_MSC (Eq. 3) of a teacher pass over unlabelled images."""

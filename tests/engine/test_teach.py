@@ -73,27 +73,34 @@ def test_sampler_emits_truth_where_a_label_would_be_and_draws_the_same_batches()
     assert np.array_equal(hidden["image"], plain["image"]) and plain["truth"] is None
 
 
+CASES = [(name, {}) for name in sorted(available_methods())] + [("must", {"alternate": True})]
+
+
 @pytest.mark.parametrize("label_mode", ["multiclass", "multilabel"])
-@pytest.mark.parametrize("name", sorted(available_methods()))
-def test_every_method_reports_what_it_teaches(name, label_mode):
+@pytest.mark.parametrize(("name", "options"), CASES)
+def test_every_method_reports_what_it_teaches(name, options, label_mode):
     """Every method that learns from unlabelled images reports targets on the batch as drawn (or is listed)."""
     cfg = load_config(None, ["model.dim=2", "model.widths=[4, 8]", f"train.method={name}"])
     ctx = MethodContext(label_mode=label_mode, num_classes=K, spatial_dims=2, in_channels=2,
                         supervised_loss=supervised_loss("dice_ce", label_mode, False))
-    method = available_methods()[name](ctx, {})
+    method = available_methods()[name](ctx, options)
     nets = build_nets(method, cfg, ctx, torch.device("cpu"))
     truth = _truth(label_mode)
     g = torch.Generator().manual_seed(0)
     labelled = Batch(torch.randn(2, 2, 8, 8, generator=g), _truth(label_mode))
     unlabelled = Batch(torch.randn(2, 2, 8, 8, generator=g))
     out = method.training_step(nets, labelled, unlabelled if method.uses_unlabelled else None, Progress(90, 100))
+    targets, masks = {}, {}
+    while out is not None:  # every update of the step is scored (UCMT and alternating MuST chain a second one)
+        targets, masks = {**targets, **out.targets}, {**masks, **out.masks}
+        out = out.followup() if out.followup is not None else None
     if name in NO_TARGETS:
-        assert not method.uses_unlabelled and not out.targets
+        assert not method.uses_unlabelled and not targets
         return
-    assert out.targets, f"{name} reports no targets; fill StepOut.targets or list it in NO_TARGETS with a reason"
-    row = score_step(out.targets, out.masks, truth, label_mode=label_mode, num_classes=K, method=name)
+    assert targets, f"{name} reports no targets; fill StepOut.targets or list it in NO_TARGETS with a reason"
+    row = score_step(targets, masks, truth, label_mode=label_mode, num_classes=K, method=name)
     assert all(0.0 <= v <= 1.0 for v in row.values()), row
-    for mask in out.masks.values():
+    for mask in masks.values():
         assert float(mask.min()) >= 0.0 and float(mask.max()) <= 1.0
 
 
