@@ -154,13 +154,13 @@ def teaching_figure(log_csv: Path, path: Path) -> bool:
     fig, ax = _subplots(1, 3, figsize=(13, 3.4))
     val = _series(rows, "val_dice")
     for key in _teach_keys(fields, "_dice"):
-        ax[0].plot(*_series(rows, key), label=key[len(TEACH):-len("_dice")] + " (targets)")
+        ax[0].plot(*_series(rows, key), ".-", ms=3, label=key[len(TEACH):-len("_dice")] + " (targets)")
     ax[0].plot(*val, "ko-", ms=3, label="model (validation)")
     ax[0].set(xlabel="step", ylabel="Dice vs truth", ylim=(0, 1), title="targets it trains on")
     for key in [k for k in _teach_keys(fields, "_kept") if not k.endswith("_acc_kept")]:
-        ax[1].plot(*_series(rows, key), label=key[len(TEACH):] + " (share)")
+        ax[1].plot(*_series(rows, key), ".-", ms=3, label=key[len(TEACH):-len("_kept")] + " (share kept)")
     for key in _teach_keys(fields, "_acc_kept"):
-        ax[1].plot(*_series(rows, key), "--", label=key[len(TEACH):-len("_acc_kept")] + " (accuracy kept)")
+        ax[1].plot(*_series(rows, key), ".--", ms=3, label=key[len(TEACH):-len("_acc_kept")] + " (accuracy kept)")
     ax[1].set(xlabel="step", ylim=(0, 1.02), title="what its masks keep")
     for key in [k for k in fields if k.startswith(TEACH + "unl_dice_")]:
         ax[2].plot(*_series(rows, key), "o-", ms=3, label=key[len(TEACH + "unl_dice_"):])
