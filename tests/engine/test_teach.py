@@ -210,3 +210,15 @@ def test_unlabelled_dice_rescores_a_net_only_when_its_weights_change():
         nets["student"].weight.add_(1.0)
     scorer(nets, cases, probabilities, **kwargs)
     assert calls[4:] == [nets["student"]] * 2
+
+
+def test_monitoring_does_not_change_what_training_computes(tmp_path):
+    """The same run with and without diagnostics: every loss and validation Dice equal, to the bit."""
+    logs = {}
+    for monitor in ("true", "false"):
+        cfg = _cfg(tmp_path, "train.method=fixmatch", f"output.name=fixmatch_{monitor}",
+                   f"train.monitor_unlabelled={monitor}")
+        logs[monitor] = _rows(api.train(cfg, progress=False, evaluate=False).run_dir)
+    assert any(k.startswith("teach/") for k in logs["true"][0])
+    for with_, without in zip(logs["true"], logs["false"], strict=True):
+        assert all(with_[k] == without[k] for k in ("loss", "sup", "unsup", "val_dice")), (with_, without)
