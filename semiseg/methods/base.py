@@ -85,7 +85,9 @@ class StepOut:
     the method never sees (``semiseg.engine.teach``): targets are hard labels (``(B, *spatial)`` class indices,
     multilabel ``(B, K, *spatial)`` 0/1) or probabilities ``(B, K, *spatial)`` on the unlabelled batch as
     drawn; masks are per-pixel weights in [0, 1] (``(B, *spatial)`` or per channel), a mask named like a target
-    weighting that target. Report what the step already computed (detached); no extra passes. Every update of a
+    weighting that target; a method whose labeller is not the trained net may add the student's own prediction
+    on the batch (``"student"``) as the reference the targets must beat. Report what the step already computed
+    (detached); no extra passes. Every update of a
     chained step is scored, so a ``followup`` on mixed images (UMIX) reports none.
     """
 
