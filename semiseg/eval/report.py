@@ -162,6 +162,8 @@ def teaching_figure(log_csv: Path, path: Path) -> bool:
     for key in _teach_keys(fields, "_acc_kept"):
         ax[1].plot(*_series(rows, key), ".--", ms=3, label=key[len(TEACH):-len("_acc_kept")] + " (accuracy kept)")
     ax[1].set(xlabel="step", ylim=(0, 1.02), title="what its masks keep")
+    if not ax[1].lines:
+        ax[1].text(0.5, 0.5, "no mask: every pixel counts", ha="center", va="center", transform=ax[1].transAxes)
     for key in [k for k in fields if k.startswith(TEACH + "unl_dice_")]:
         ax[2].plot(*_series(rows, key), "o-", ms=3, label=key[len(TEACH + "unl_dice_"):])
     ax[2].plot(*val, "k:", label="validation (predicting net)")
