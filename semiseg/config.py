@@ -127,6 +127,8 @@ class TrainConfig(Strict):
                                  "batch (SyncBatchNorm, CUDA only)")
     workers: int = Field(0, ge=0, description="DataLoader worker processes drawing the batches ahead of the step "
                          "(0: in the training process); the batches are the same for any number")
+    monitor_unlabelled: bool = Field(True, description="when unlabelled training cases have labels on disk, log "
+                                     "what the method teaches against them (the method never sees them)")
 
     @field_validator("threads")
     @classmethod

@@ -59,6 +59,8 @@ class StoredCase:
     image: np.ndarray  # (C, X, Y, Z) normalised; Z = 1 for 2D cases
     label: np.ndarray | None  # (X, Y, Z) int or (K, X, Y, Z) uint8
     fg_points: np.ndarray  # (n, 3) coordinates of labelled foreground voxels, maybe empty
+    # Held-out label of an unlabelled case (the engine's diagnostics only): sampled under "truth", never "label".
+    truth: np.ndarray | None = None
 
 
 def _foreground_indices(label: np.ndarray | None, label_mode: str) -> np.ndarray:
@@ -89,9 +91,13 @@ def prepare_case(ref: CaseRef, *, normalize: str, label_mode: str) -> PreparedCa
 
 def load_store(
     refs: Sequence[CaseRef], *, normalize: str, label_mode: str, with_labels: bool, desc: str, progress: bool,
-    cache: CaseCache | None = None,
+    cache: CaseCache | None = None, keep_truth: bool = False,
 ) -> list[StoredCase]:
-    """Normalised cases (labels dropped when ``with_labels`` is False), memory-mapped from ``cache`` if given."""
+    """Normalised cases (labels dropped when ``with_labels`` is False), memory-mapped from ``cache`` if given.
+
+    ``keep_truth`` keeps a dropped label aside as ``StoredCase.truth``: the sampler emits it under its own key,
+    which no ``Batch`` carries, so the engine can score what a method teaches without the method seeing it.
+    """
     rng = np.random.default_rng(0)
     stored = []
     for ref in tqdm(refs, desc=desc, disable=not progress or len(refs) < 2, leave=False):
@@ -101,7 +107,8 @@ def load_store(
         points = np.zeros((0, 3), dtype=np.int64)
         if label is not None:
             points = _foreground_points(case.foreground, case.image.shape[1:], rng)
-        stored.append(StoredCase(ref.case_id, case.image, label, points))
+        truth = case.label if keep_truth and label is None else None
+        stored.append(StoredCase(ref.case_id, case.image, label, points, truth))
     return stored
 
 
@@ -178,6 +185,7 @@ class PatchSampler:
     def _sample_one(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None, str]:
         case = self.pool[int(rng.integers(len(self.pool)))]
         spatial = case.image.shape[1:]
+        target = case.label if case.label is not None else case.truth  # cropped and flipped alike; see next_batch
         centre: Sequence[int | None] = [None, None, None]
         if len(case.fg_points) and rng.random() < self.foreground_fraction:
             centre = case.fg_points[int(rng.integers(len(case.fg_points)))].tolist()
@@ -185,11 +193,11 @@ class PatchSampler:
             z = centre[2] if centre[2] is not None else int(rng.integers(spatial[2]))
             starts = [_crop_start(spatial[a], self.patch[a], centre[a], rng) for a in range(2)]
             image = _window(case.image[..., z], starts, self.patch)
-            label = None if case.label is None else _window(case.label[..., z], starts, self.patch)
+            label = None if target is None else _window(target[..., z], starts, self.patch)
         else:
             starts = [_crop_start(spatial[a], self.patch[a], centre[a], rng) for a in range(3)]
             image = _window(case.image, starts, self.patch)
-            label = None if case.label is None else _window(case.label, starts, self.patch)
+            label = None if target is None else _window(target, starts, self.patch)
         return image, label, case.case_id
 
     def _flip(
@@ -232,7 +240,9 @@ class PatchSampler:
         if not drawn:
             raise ValueError(f"batch_at(step={step}) was asked for no samples")
         images, labels, ids = zip(*drawn, strict=True)
-        label = None if labels[0] is None else np.stack(labels)
+        label = None if any(x is None for x in labels) else np.stack(labels)
+        if self.store[0].label is None:  # an unlabelled store: what was cropped is the held-out truth
+            return {"image": np.stack(images), "label": None, "truth": label, "case_ids": list(ids)}
         return {"image": np.stack(images), "label": label, "case_ids": list(ids)}
 
     def next_batch(self) -> dict[str, Any]:

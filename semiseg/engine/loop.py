@@ -36,7 +36,7 @@ from tqdm import tqdm
 from semiseg.config import Config
 from semiseg.data.loaders import PatchSampler, StoredCase
 from semiseg.data.stream import BatchStream, StepBatches
-from semiseg.engine import distributed
+from semiseg.engine import distributed, teach
 from semiseg.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
 from semiseg.engine.device import autocast, resolve_amp_dtype
 from semiseg.engine.inferer import Inferer
@@ -267,6 +267,7 @@ class Trainer:
         self.tensorboard: TensorBoardLog | None = None
         self._overlays: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
         self.stream: BatchStream | None = None  # started at the first step, so a resumed run starts where it stopped
+        self._unlabelled_dice = teach.UnlabelledDice()
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -317,12 +318,19 @@ class Trainer:
         self.dist.seed_step(self.cfg.seed, self.step)
         raw_labelled, raw_unlabelled = self._raw_batches()
         labelled = self._to_batch(raw_labelled)
-        unlabelled = None if raw_unlabelled is None else self._to_batch(raw_unlabelled)
+        unlabelled = truth = None
+        if raw_unlabelled is not None:  # its "truth" stays here: to_batch never reads it
+            unlabelled = self._to_batch(raw_unlabelled)
+            truth = teach.truth_tensor(raw_unlabelled, self.device, self.ctx.label_mode)
         with autocast(self.amp, self.device, self.amp_dtype), self.dist.whole_batch_losses():
             out = self._method_step(labelled, unlabelled, progress)
         row: dict[str, float] = {"loss": 0.0}
+        score = truth is not None and self._logs_step(self.step + 1)
         for update in range(_MAX_UPDATES_PER_STEP):
             prefix = f"u{update + 1}_" if update else ""
+            if score:
+                row.update(teach.score_step(out.targets, out.masks, truth, label_mode=self.ctx.label_mode,
+                                            num_classes=self.ctx.num_classes, method=self.method.name))
             total = self._update(out.losses)
             row["loss"] += float(total.detach())
             row.update({prefix + k: float(v.detach()) for k, v in out.losses.items()})
@@ -355,6 +363,11 @@ class Trainer:
         if self.channels_last:
             batch.image = to_channels_last(batch.image, self.cfg.model.dim)
         return batch
+
+    def _logs_step(self, step: int) -> bool:
+        """Whether the row of the step that ends at ``step`` updates is written to ``log.csv``."""
+        train = self.cfg.train
+        return step % train.log_every == 0 or step % train.val_every == 0 or step == train.steps
 
     def _method_step(self, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
         """The method's step; a method that uses unlabelled data gets its supervised step when there is none."""
@@ -438,6 +451,18 @@ class Trainer:
         scores = [self._case_dice(case) for case in self.data.val]
         return float(np.mean(scores))
 
+    @torch.no_grad()
+    def unlabelled_dice(self) -> dict[str, float]:
+        """``teach/unl_dice_<net>`` of every segmentation net on whole unlabelled cases with truth (see ``teach``)."""
+        if self.data.unlabelled is None or not self.cfg.train.monitor_unlabelled:
+            return {}
+        nets = {name: net for name, net in self.nets.items() if self.specs[name].builder is None}
+        for net in nets.values():
+            net.eval()
+        return self._unlabelled_dice(nets, self.data.unlabelled.store, self.inferer.probabilities,
+                                     label_mode=self.ctx.label_mode, num_classes=self.ctx.num_classes,
+                                     dice=mean_foreground_dice)
+
     def _case_dice(self, case: StoredCase) -> float:
         pred = probs_to_label(self.inferer.probabilities(self._predict, case.image), self.ctx.label_mode)
         if self.tensorboard is not None and len(self._overlays) < OVERLAY_CASES:
@@ -464,6 +489,7 @@ class Trainer:
                 checkpoint_step = self.step % train.val_every == 0 or self.step == train.steps
                 if checkpoint_step:
                     val_score = row["val_dice"] = self.dist.on_main(self.validate)  # same best on every rank
+                    row.update(self.dist.on_main(self.unlabelled_dice))
                 if self.step % train.log_every == 0 or checkpoint_step:
                     self._log(log, {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **row,
                                     "elapsed_s": round(time.perf_counter() - start_time, 3)})

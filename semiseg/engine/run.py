@@ -254,7 +254,7 @@ def _build_data(cfg: Config, spec: DatasetSpec, split: dict[str, Any], method_cl
             raise DataError(f"method {method_cls.name!r} needs unlabelled cases but the split has none; "
                             "lower split.labelled or add unlabelled images")
         unlabelled = load_store([refs[i] for i in split["unlabelled"]], with_labels=False,
-                                desc="unlabelled cases", **common)
+                                keep_truth=cfg.train.monitor_unlabelled, desc="unlabelled cases", **common)
     val = load_store([refs[i] for i in split["val"]], with_labels=True, desc="validation cases", **common)
     patch = cfg.train.patch_size or default_patch_size([labelled, unlabelled, val], cfg.model.dim, divisor)
     train = cfg.train

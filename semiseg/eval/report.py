@@ -15,6 +15,7 @@ from semiseg.eval.evaluate import format_table
 from semiseg.eval.robustness import format_robustness_table
 from semiseg.eval.uncertainty import format_uncertainty_table
 
+TEACH = "teach/"  # log.csv prefix of the diagnostics against held-out truth (semiseg.engine.teach)
 _COLOURS = np.array(
     [[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [145, 30, 180], [70, 240, 240]]
 ) / 255.0
@@ -132,6 +133,49 @@ def threshold_figure(log_csv: Path, path: Path) -> bool:
     return True
 
 
+def _series(rows: list[dict[str, str]], key: str) -> tuple[list[float], list[float]]:
+    """(steps, values) of the rows where ``key`` was logged."""
+    points = [(float(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+    return ([p[0] for p in points], [p[1] for p in points]) if points else ([], [])
+
+
+def _teach_keys(fields: list[str], suffix: str) -> list[str]:
+    return [k for k in fields if k.startswith(TEACH) and k.endswith(suffix) and not k.startswith(TEACH + "unl_dice")]
+
+
+def teaching_figure(log_csv: Path, path: Path) -> bool:
+    """What the method teaches, against the held-out truth of its unlabelled cases (``teach/*`` columns of
+    ``log.csv``): target Dice next to the model's validation Dice, the share its masks keep, and every network's
+    Dice on whole unlabelled cases. False when nothing was measured (no truth, or monitoring off)."""
+    rows = _log_rows(log_csv)
+    fields = list(rows[0]) if rows else []
+    if not any(k.startswith(TEACH) for k in fields):
+        return False
+    fig, ax = _subplots(1, 3, figsize=(13, 3.4))
+    val = _series(rows, "val_dice")
+    for key in _teach_keys(fields, "_dice"):
+        ax[0].plot(*_series(rows, key), ".-", ms=3, label=key[len(TEACH):-len("_dice")] + " (targets)")
+    ax[0].plot(*val, "ko-", ms=3, label="model (validation)")
+    ax[0].set(xlabel="step", ylabel="Dice vs truth", ylim=(0, 1), title="targets it trains on")
+    for key in [k for k in _teach_keys(fields, "_kept") if not k.endswith("_acc_kept")]:
+        ax[1].plot(*_series(rows, key), ".-", ms=3, label=key[len(TEACH):-len("_kept")] + " (share kept)")
+    for key in _teach_keys(fields, "_acc_kept"):
+        ax[1].plot(*_series(rows, key), ".--", ms=3, label=key[len(TEACH):-len("_acc_kept")] + " (accuracy kept)")
+    ax[1].set(xlabel="step", ylim=(0, 1.02), title="what its masks keep")
+    if not ax[1].lines:
+        ax[1].text(0.5, 0.5, "no mask: every pixel counts", ha="center", va="center", transform=ax[1].transAxes)
+    for key in [k for k in fields if k.startswith(TEACH + "unl_dice_")]:
+        ax[2].plot(*_series(rows, key), "o-", ms=3, label=key[len(TEACH + "unl_dice_"):])
+    ax[2].plot(*val, "k:", label="validation (predicting net)")
+    ax[2].set(xlabel="step", ylabel="Dice", ylim=(0, 1), title="each network on unlabelled cases")
+    for a in ax:
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return True
+
+
 def robustness_figure(summary: dict[str, list[dict[str, float]]], path: Path) -> None:
     """Dice (mean ± std over cases) against the OOD strength γ and the FGSM step ε."""
     axes_labels = {"ood": "γ (out-of-distribution strength)", "fgsm": "ε (FGSM step)"}
@@ -214,6 +258,12 @@ def write_report(
         lines += ["## Training", "", "![training](figures/training.png)", ""]
     if threshold_figure(run_dir / "log.csv", figures / "threshold.png"):
         lines += ["## Learnt threshold", "", "![threshold](figures/threshold.png)", ""]
+    if teaching_figure(run_dir / "log.csv", figures / "teaching.png"):
+        lines += ["## What the method teaches", "",
+                  "Measured against the labels of the unlabelled training cases, which the method never saw: "
+                  "Dice of the targets (pseudo labels) it trained on next to the model's own validation Dice, the "
+                  "share of pixels its masks kept and how accurate those were, and each network's Dice on whole "
+                  "unlabelled cases. Columns `teach/*` of `log.csv`.", "", "![teaching](figures/teaching.png)", ""]
     lines += _extra_sections(figures, label_mode, robustness, uncertainty)
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))

@@ -80,11 +80,22 @@ class StepOut:
 
     ``followup`` makes one iteration several optimiser updates (UCMT's second step on UMIX samples):
     after updating with these losses (and the EMA), the engine calls it for the next update's ``StepOut``.
+
+    ``targets`` and ``masks`` say what the unlabelled loss teaches, so the engine can score it against labels
+    the method never sees (``semiseg.engine.teach``): targets are hard labels (``(B, *spatial)`` class indices,
+    multilabel ``(B, K, *spatial)`` 0/1) or probabilities ``(B, K, *spatial)`` on the unlabelled batch as
+    drawn; masks are per-pixel weights in [0, 1] (``(B, *spatial)`` or per channel), a mask named like a target
+    weighting that target; a method whose labeller is not the trained net may add the student's own prediction
+    on the batch (``"student"``) as the reference the targets must beat. Report what the step already computed
+    (detached); no extra passes. Every update of a
+    chained step is scored, so a ``followup`` on mixed images (UMIX) reports none.
     """
 
     losses: dict[str, Tensor]
     logs: dict[str, float] = field(default_factory=dict)
     followup: Callable[[], StepOut] | None = None
+    targets: dict[str, Tensor] = field(default_factory=dict)
+    masks: dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ class CCT(Method):
         aux = self.aux_logits(net, skips_u)
         mode = self.ctx.label_mode
         cons = cross_consistency(probabilities(main_u, mode), [probabilities(a, mode) for a in aux])
-        return StepOut({"sup": sup, "consistency": w * cons}, logs)
+        return StepOut({"sup": sup, "consistency": w * cons}, logs, targets={"main": main_u.detach()})
 
     @staticmethod
     def main_pass(net: UNet, x: Tensor) -> tuple[list[Tensor], Tensor]:

@@ -26,7 +26,7 @@ runs (the authors' code uses 0.99 with ``teacher_update=code``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -35,6 +35,7 @@ from torch import Tensor
 
 from semiseg.methods._options import RampedWeight, RampKind
 from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, StepOut
+from semiseg.methods.cps import agreement
 from semiseg.methods.registry import register
 from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import hard_labels, probabilities
@@ -75,6 +76,12 @@ class CMTOutputs:
     teacher_probs_l: Tensor | None
     teacher_probs_u: Tensor | None
     teacher_pseudo_u: Tensor | None
+    taught: dict[str, Tensor] = field(default_factory=dict)  # each net's hard labels on x_u (StepOut.targets)
+
+    def agreement(self) -> dict[str, float]:
+        """Share of unlabelled pixels where the two students' hard labels agree (absent with one student)."""
+        students = [v for k, v in self.taught.items() if k != "teacher"]
+        return {"agreement": agreement(*students)} if len(students) == 2 else {}
 
 
 class CMTCore:
@@ -128,7 +135,10 @@ class CMTCore:
         if self.cfg.mts:
             losses["mts"] = weight * sum(loss(out, teacher_pseudo_u) for out in unl.values())
         probs = {s: tuple(probabilities(out.detach(), mode) for out in pair) for s, pair in logits.items()}
-        return CMTOutputs(losses, probs, teacher_l, teacher_u, teacher_pseudo_u)
+        taught = {s: hard_labels(p_u, mode) for s, (_, p_u) in probs.items()}
+        if teacher_pseudo_u is not None:
+            taught["teacher"] = teacher_pseudo_u
+        return CMTOutputs(losses, probs, teacher_l, teacher_u, teacher_pseudo_u, taught)
 
 
 @register
@@ -150,7 +160,7 @@ class CMT(Method):
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         weight = self.cfg.weight_at(progress)
         out = self.core.step(nets, labelled.image, labelled.label, unlabelled.image, weight)
-        return StepOut(losses=out.losses, logs={"unsup_weight": weight})
+        return StepOut(losses=out.losses, logs={"unsup_weight": weight, **out.agreement()}, targets=out.taught)
 
     def predict(self, nets: Nets, x: Tensor) -> Tensor:
         return nets[self.core.prediction_net()](x)

@@ -19,6 +19,11 @@ from semiseg.methods.registry import register
 from semiseg.ssl.pseudo_labels import hard_labels, probabilities
 
 
+def agreement(labels_a: Tensor, labels_b: Tensor) -> float:
+    """Share of pixels (multilabel: pixel-channels) where two networks' hard labels agree."""
+    return float((labels_a == labels_b).float().mean())
+
+
 class CPSConfig(RampedWeight):
     weight: float = Field(1.5, ge=0)
     rampup: RampKind = "none"
@@ -47,7 +52,13 @@ class CPS(Method):
         start = 0 if self.cfg.on_labelled else n
         cross = self.cross_loss(logits1[start:], logits2[start:])
         weight = self.cfg.weight_at(progress)
-        return StepOut(losses={"sup": sup, "cps": weight * cross}, logs={"cps_weight": weight})
+        mode = self.ctx.label_mode
+        # what each net teaches the other on the unlabelled rows, and how often the two agree there
+        taught = {name: hard_labels(probabilities(logits[n:].detach(), mode), mode)
+                  for name, logits in (("net1", logits1), ("net2", logits2))}
+        return StepOut(losses={"sup": sup, "cps": weight * cross},
+                       logs={"cps_weight": weight, "agreement": agreement(taught["net1"], taught["net2"])},
+                       targets=taught)
 
     def cross_loss(self, logits1: Tensor, logits2: Tensor) -> Tensor:
         mode, loss = self.ctx.label_mode, self.ctx.loss(self.cfg.loss)

@@ -51,4 +51,5 @@ class CutMix(MeanTeacher):
             consistency = self.ctx.loss(self.cfg.consistency)(student_logits, hard_labels(target, mode))
         weight = self.cfg.weight_at(progress)
         return StepOut(losses={"sup": sup, "consistency": weight * consistency},
-                       logs={"consistency_weight": weight, "mixed_fraction": float(masks.float().mean())})
+                       logs={"consistency_weight": weight, "mixed_fraction": float(masks.float().mean())},
+                       targets={"teacher": teacher_probs})  # before mixing, aligned with the batch as drawn

@@ -220,14 +220,16 @@ class DualUncertainty(Method):
         ce = cross_entropy_map(main_u, target, self.ctx.label_mode)  # Eq. 3, per pixel
         if aux_u is None:
             losses["unsup"] = self.cfg.weight * ce.mean()
-            return StepOut(losses, logs)
+            return StepOut(losses, logs, targets={"pseudo": target, "student": main_u.detach()})
         mode = self.ctx.label_mode
         if self.cfg.divergence == "exact":
             d = kl_divergence_logits(main_u, aux_u, mode)  # Eq. 2
         else:
             d = kl_divergence(probabilities(main_u, mode), probabilities(aux_u, mode), mode)
         losses["unsup"] = self.cfg.weight * rectified_loss(ce, d)  # Eq. 4
-        return StepOut(losses, logs | {"pixel_uncertainty": float(d.detach().mean())})
+        rectification = torch.exp(-d.detach())  # the weight exp(−D) each pixel's CE gets
+        return StepOut(losses, logs | {"pixel_uncertainty": float(d.detach().mean())},
+                       targets={"pseudo": target, "student": main_u.detach()}, masks={"pseudo": rectification})
 
     def _supervised_terms(self, main: Tensor, aux: Tensor | None, labelled: Batch) -> dict[str, Tensor]:
         """Eq. 5 for the main decoder and, with ``aux_supervised``, for the interpolation decoder too."""

@@ -29,6 +29,8 @@ from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import probabilities
 from semiseg.ssl.strong_augment import GEOMETRIC_OPS, INTENSITY_OPS, StrongAugment, strong_augment
 
+Taught = tuple[Tensor, Tensor]  # the weak view's pseudo labels and mask (what the term teaches)
+
 
 class FixMatchOptions(MethodConfig):
     # τ of Eqs. 9-10 (FixMatch: 0.95; the RPG paper reports 0.8 and 0.95).
@@ -94,29 +96,36 @@ class FixMatch(Method):
 
     def strong_view(self, image: Tensor, probs_weak: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Strong image, its pseudo label and mask, from the weak view's image and probabilities."""
-        target, mask = weak_targets(probs_weak, self.ctx.label_mode, self.cfg.tau)
+        return self.augment(image, *weak_targets(probs_weak, self.ctx.label_mode, self.cfg.tau))
+
+    def augment(self, image: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The strong view of the weak image with its pseudo labels and mask carried along."""
         return strong_augment(image, target, mask, self.cfg.augmentation())
 
-    def strong_term(self, model: nn.Module, image: Tensor, probs_weak: Tensor) -> tuple[Tensor, float]:
-        """The FixMatch term for a weak batch whose probabilities are known: one pass over its strong view."""
-        x, target, mask = self.strong_view(image, probs_weak)
-        return self.term(model(x), target, mask)
+    def strong_term(self, model: nn.Module, image: Tensor, probs_weak: Tensor) -> tuple[Tensor, float, Taught]:
+        """The FixMatch term for a weak batch whose probabilities are known: one pass over its strong view.
 
-    def weak_term(self, logits_weak: Tensor) -> tuple[Tensor, float]:
+        Also returns the weak view's pseudo labels and mask, what the term teaches (``StepOut.targets``)."""
+        target, mask = weak_targets(probs_weak, self.ctx.label_mode, self.cfg.tau)
+        x, strong_target, strong_mask = self.augment(image, target, mask)
+        return *self.term(model(x), strong_target, strong_mask), (target, mask)
+
+    def weak_term(self, logits_weak: Tensor) -> tuple[Tensor, float, Taught]:
         """Without strong augmentation: the weak view's confident labels train its own logits (Pseudo-Label)."""
         target, mask = weak_targets(probabilities(logits_weak, self.ctx.label_mode), self.ctx.label_mode, self.cfg.tau)
-        return self.term(logits_weak, target, mask)
+        return *self.term(logits_weak, target, mask), (target, mask)
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         model = nets["model"]
         if self.cfg.strong_augment:
             with torch.no_grad():
                 probs_weak = probabilities(model(unlabelled.image), self.ctx.label_mode)
-            x, target, mask = self.strong_view(unlabelled.image, probs_weak)
+            target, mask = weak_targets(probs_weak, self.ctx.label_mode, self.cfg.tau)
+            x, strong_target, strong_mask = self.augment(unlabelled.image, target, mask)
             logits_l, logits_strong = joint_forward(model, labelled.image, x)
-            unsup, kept = self.term(logits_strong, target, mask)
+            unsup, kept = self.term(logits_strong, strong_target, strong_mask)
         else:
             logits_l, logits_weak = joint_forward(model, labelled.image, unlabelled.image)
-            unsup, kept = self.weak_term(logits_weak)
+            unsup, kept, (target, mask) = self.weak_term(logits_weak)
         losses = {"sup": self.ctx.supervised_loss(logits_l, labelled.label), "unsup": self.cfg.weight * unsup}
-        return StepOut(losses=losses, logs={"confident": kept})
+        return StepOut(losses=losses, logs={"confident": kept}, targets={"pseudo": target}, masks={"pseudo": mask})

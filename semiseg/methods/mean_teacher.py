@@ -57,7 +57,7 @@ class MeanTeacher(Method):
             target = probabilities(nets["teacher"](noisy), self.ctx.label_mode)
         weight = self.cfg.weight_at(progress)
         return StepOut(losses={"sup": sup, "consistency": weight * probability_mse(student_probs, target)},
-                       logs={"consistency_weight": weight})
+                       logs={"consistency_weight": weight}, targets={"teacher": target})
 
     def predict(self, nets: Nets, x: Tensor) -> Tensor:
         return nets[self.cfg.predict_with](x)

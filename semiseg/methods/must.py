@@ -231,12 +231,17 @@ class MuST(MultiscaleSupervised):
         # one teacher pass for both batches
         out_l, out_u = joint_forward(partial(net, return_scales=True), labelled.image, unlabelled.image)
         sup = self.supervised(out_l.scales, labelled.label)
-        return StepOut({"sup": sup, "consistency": w * self.consistency(net, out_u)}, {"consistency_weight": w})
+        # The clean output's labels: those of the sharpened layer-0 target (sharpening keeps the argmax).
+        taught = {"teacher": out_u.scales[0].detach()}
+        return StepOut({"sup": sup, "consistency": w * self.consistency(net, out_u)}, {"consistency_weight": w},
+                       targets=taught)
 
     def _unsupervised_update(self, net: UNet, unlabelled: Batch, w: float) -> StepOut:
         """The alternating scheme's second update; its lr ratio is a loss scale (exact for plain SGD)."""
-        cons = self.consistency(net, net(unlabelled.image, return_scales=True))
-        return StepOut({"consistency": w * self.cfg.unsupervised_lr_scale * cons}, {"consistency_weight": w})
+        teacher = net(unlabelled.image, return_scales=True)
+        cons = self.consistency(net, teacher)
+        return StepOut({"consistency": w * self.cfg.unsupervised_lr_scale * cons}, {"consistency_weight": w},
+                       targets={"teacher": teacher.scales[0].detach()})
 
     def consistency(self, net: UNet, teacher: NetOutput) -> Tensor:
         """L_MSC (Eq. 3) of a teacher pass over unlabelled images."""

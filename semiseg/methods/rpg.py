@@ -69,8 +69,9 @@ class RPG(Method):
         """One pass over [labelled; unlabelled] with the penultimate features, split into the two parts."""
         return joint_forward(partial(nets["model"], return_features=True), labelled.image, unlabelled_images)
 
-    def terms(self, out_l: NetOutput, out_u: NetOutput, labelled: Batch) -> tuple[dict[str, Tensor], dict[str, float]]:
-        """Eq. 8's two terms from a pass over [labelled; unlabelled], and what the matching looked like."""
+    def terms(self, out_l: NetOutput, out_u: NetOutput, labelled: Batch) -> StepOut:
+        """Eq. 8's two terms from a pass over [labelled; unlabelled], what the matching looked like (W over
+        pixels the references label foreground and background) and what it teaches (labels, W as the mask)."""
         ref = reference_pseudo_labels(
             out_l.features,
             labelled.label,
@@ -85,9 +86,16 @@ class RPG(Method):
             "rpg_w_mean": float(ref.weight.mean()),
             "rpg_pool": float(len(ref.pool)),
             "rpg_classes": float(ref.table.shape[0]),
+            **weight_by_side(ref.weight, ref.target, self.ctx.label_mode),
         }
-        return losses, logs
+        return StepOut(losses, logs, targets={"reference": ref.target}, masks={"reference": ref.weight})
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
-        losses, logs = self.terms(*self.forward(nets, labelled, unlabelled.image), labelled)
-        return StepOut(losses=losses, logs=logs)
+        return self.terms(*self.forward(nets, labelled, unlabelled.image), labelled)
+
+
+def weight_by_side(weight: Tensor, target: Tensor, label_mode: str) -> dict[str, float]:
+    """Mean W over the pixels the references label foreground and over background ones (absent side: left out)."""
+    foreground = target > 0 if label_mode == "multiclass" else target.bool().any(dim=1)
+    sides = {"rpg_w_fg": weight[foreground], "rpg_w_bg": weight[~foreground]}
+    return {name: float(values.mean()) for name, values in sides.items() if values.numel()}

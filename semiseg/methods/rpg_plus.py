@@ -46,12 +46,14 @@ class RPGPlus(Method):
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         out_l, out_u = self.rpg.forward(nets, labelled, unlabelled.image)
-        losses, logs = self.rpg.terms(out_l, out_u, labelled)
+        taught = self.rpg.terms(out_l, out_u, labelled)
+        losses, logs = taught.losses, taught.logs
         logits_weak = out_u.logits
         if self.cfg.strong_augment:
             probs_weak = probabilities(logits_weak.detach(), self.ctx.label_mode)
-            fixmatch, kept = self.fixmatch.strong_term(nets["model"], unlabelled.image, probs_weak)
+            fixmatch, kept, (target, mask) = self.fixmatch.strong_term(nets["model"], unlabelled.image, probs_weak)
         else:  # no strong view: the confident weak labels train the weak logits of the same pass
-            fixmatch, kept = self.fixmatch.weak_term(logits_weak)
+            fixmatch, kept, (target, mask) = self.fixmatch.weak_term(logits_weak)
         losses["fixmatch"] = self.cfg.fixmatch_weight * fixmatch
-        return StepOut(losses=losses, logs={**logs, "confident": kept})
+        return StepOut(losses=losses, logs={**logs, "confident": kept},
+                       targets={**taught.targets, "fixmatch": target}, masks={**taught.masks, "fixmatch": mask})

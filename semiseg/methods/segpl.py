@@ -135,7 +135,9 @@ class _PseudoLabelling(Method):
             **extra,
         }
         values = torch.stack([v.detach().float() for v in logs.values()]).tolist() if logs else []
-        return StepOut(losses=losses, logs=dict(zip(logs, values, strict=True)))
+        masks = {} if weight is None else {"pseudo": weight.detach()}
+        return StepOut(losses=losses, logs=dict(zip(logs, values, strict=True)), targets={"pseudo": target.detach()},
+                       masks=masks)
 
 
 @register

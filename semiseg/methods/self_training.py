@@ -87,7 +87,9 @@ class SelfTraining(Method):
             "sup": self.ctx.supervised_loss(logits_l, labelled.label),
             "unsup": self.cfg.weight * self.ctx.supervised_loss(logits_u, target, mask=mask),
         }
-        return StepOut(losses=losses, logs={"round": float(self.round)})
+        masks = {} if mask is None else {"pseudo": mask}
+        taught = {"pseudo": target, "student": logits_u.detach()}  # the student's own labels, for comparison
+        return StepOut(losses=losses, logs={"round": float(self.round)}, targets=taught, masks=masks)
 
     @torch.no_grad()
     def _pseudo_labels(self, teacher: torch.nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -57,4 +57,5 @@ class UAMT(MeanTeacher):
             losses={"sup": sup, "consistency": weight * probability_mse(student_probs, target, mask)},
             logs={"consistency_weight": weight, "uncertainty_threshold": threshold,
                   "certain_fraction": float(mask.float().mean())},
+            targets={"teacher": target}, masks={"teacher": mask},
         )

@@ -83,7 +83,7 @@ class UCMT(CMT):
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         weight = self.cfg.weight_at(progress)
         out = self.core.step(nets, labelled.image, labelled.label, unlabelled.image, weight, need_teacher_l=True)
-        return StepOut(losses=out.losses, logs={"unsup_weight": weight},
+        return StepOut(losses=out.losses, logs={"unsup_weight": weight, **out.agreement()}, targets=out.taught,
                        followup=lambda: self.umix_step(nets, labelled, unlabelled, out, weight))
 
     def umix_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, first: CMTOutputs, weight: float) -> StepOut:
@@ -99,4 +99,5 @@ class UCMT(CMT):
         x_l, y_l = umix([labelled.image, labelled.label], u1_l, u2_l, **options)
         x_u, pseudo_u = umix([unlabelled.image, first.teacher_pseudo_u], u1_u, u2_u, **options)
         second = self.core.step(nets, x_l, y_l, x_u, weight, teacher_pseudo_u=pseudo_u)
-        return StepOut(losses=second.losses)
+        changed = float((x_u != unlabelled.image).any(dim=1).float().mean())  # share of pixels UMIX moved
+        return StepOut(losses=second.losses, logs={"umix_changed": changed})

@@ -127,8 +127,10 @@ class URPC(Method):
         scales_l, scales_u = joint_forward(forward, labelled.image, unlabelled.image)
         losses = {"sup": self.supervised(scales_l, labelled.label)}
         w = self.cfg.weight_at(progress)
-        if self.cfg.weight > 0:
-            mode = self.ctx.label_mode
-            losses["consistency"] = w * pyramid_consistency(scales_u, mode, self.cfg.kl_direction,
-                                                           self.cfg.divergence)
-        return StepOut(losses, {"consistency_weight": w})
+        if self.cfg.weight == 0:
+            return StepOut(losses, {"consistency_weight": w})
+        mode = self.ctx.label_mode
+        losses["consistency"] = w * pyramid_consistency(scales_u, mode, self.cfg.kl_direction, self.cfg.divergence)
+        with torch.no_grad():  # p̄, what every scale is pulled towards
+            mean = torch.stack([probabilities(s.detach(), mode).float() for s in scales_u]).mean(dim=0)
+        return StepOut(losses, {"consistency_weight": w}, targets={"pyramid_mean": mean})
