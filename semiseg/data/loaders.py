@@ -19,13 +19,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from semiseg.data.augment import SpatialAugmentation, bilinear_sample, draw_warp, nearest_sample, source_box
 from semiseg.data.case import Case, CaseRef
 
 _FG_POINTS = 4096  # foreground voxels remembered per case for foreground-centred sampling
 
 
 @dataclass(frozen=True)
-class Augmentation:
+class Augmentation(SpatialAugmentation):
     """What ``PatchSampler`` perturbs; the data layer's own type, so it needs no application config."""
 
     flip: bool = True  # random flips along the spatial axes of a slice / patch
@@ -156,16 +157,27 @@ class PatchSampler:
         centre: Sequence[int | None] = [None, None, None]
         if len(case.fg_points) and rng.random() < self.foreground_fraction:
             centre = case.fg_points[int(rng.integers(len(case.fg_points)))].tolist()
+        image, label = case.image, case.label
         if self.dim == 2:
             z = centre[2] if centre[2] is not None else int(rng.integers(spatial[2]))
-            starts = [_crop_start(spatial[a], self.patch[a], centre[a], rng) for a in range(2)]
-            image = _window(case.image[..., z], starts, self.patch)
-            label = None if case.label is None else _window(case.label[..., z], starts, self.patch)
-        else:
-            starts = [_crop_start(spatial[a], self.patch[a], centre[a], rng) for a in range(3)]
-            image = _window(case.image, starts, self.patch)
-            label = None if case.label is None else _window(case.label, starts, self.patch)
+            image, label = image[..., z], None if label is None else label[..., z]
+        starts = [_crop_start(spatial[a], self.patch[a], centre[a], rng) for a in range(self.dim)]
+        warp = draw_warp(self.augment, self.patch, rng)
+        coords = None if warp is None else warp.coordinates(starts)
+        image = self._crop(image, starts, coords, nearest=False)
+        label = None if label is None else self._crop(label, starts, coords, nearest=True)
         return image, label, case.case_id
+
+    def _crop(
+        self, source: np.ndarray, starts: Sequence[int], coords: np.ndarray | None, *, nearest: bool
+    ) -> np.ndarray:
+        """The patch at ``starts``, or read at a warp's source ``coords`` (rotation, zoom, deformation)."""
+        if coords is None:
+            return _window(source, starts, self.patch)
+        if nearest:
+            return nearest_sample(source, coords)
+        low, size = source_box(coords)
+        return bilinear_sample(_window(source, low, size), coords, low)
 
     def _flip(
         self, image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator
