@@ -4,10 +4,10 @@ Run: ``python benchmarks/bench_augment.py [--repeats 10] [--threads 1]``.
 
 Two settings: the 2D demo (8 slices of 88×104 from an 81×99×85 volume, U-Net widths 16…128) and a 3D one
 (2 patches of 64³ from a 160×192×160 volume, U-Net widths 16…128). For each, the sampler's CPU seconds per
-batch with augmentation off (flips and intensity only), with the defaults (rotation and zoom, each p = 0.2) and
-with every spatial perturbation on every sample (p = 1, elastic included: the worst case), and the CPU seconds of
-a forward + backward pass of the network over that batch. CPU time, not wall time, so a loaded machine does not
-blur the ratios; augmentation must stay a small fraction of the step.
+batch with spatial augmentation off (the default: flips and intensity only), nnU-Net's setting (rotation and zoom,
+each p = 0.2) and every spatial perturbation on every sample (p = 1, elastic included: the worst case), and the CPU
+seconds of a forward + backward pass of the network over that batch. CPU time, not wall time, so a loaded machine
+does not blur the ratios; augmentation must stay a small fraction of the step.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from semiseg.data.loaders import Augmentation, PatchSampler, StoredCase
 from semiseg.nets import build_network
 
 SETTINGS = {"2D demo": (2, (81, 99, 85), [88, 104], 8), "3D 64³": (3, (160, 192, 160), [64, 64, 64], 2)}
-DEFAULTS = {k: v for k, v in AugmentConfig().model_dump().items() if k not in ("flip", "intensity")}
+RANGES = {k: v for k, v in AugmentConfig().model_dump().items() if k not in ("flip", "intensity")}
 AUGMENTATIONS = {
     "off": Augmentation(),
-    "default": Augmentation(**DEFAULTS),
-    "all, p = 1": Augmentation(**{**DEFAULTS, "rotate": 1.0, "scale": 1.0, "elastic": 1.0}),
+    "nnU-Net (rotate, scale 0.2)": Augmentation(**{**RANGES, "rotate": 0.2, "scale": 0.2}),
+    "all, p = 1": Augmentation(**{**RANGES, "rotate": 1.0, "scale": 1.0, "elastic": 1.0}),
 }
 
 

@@ -68,10 +68,12 @@ _REMOVED_AUGMENT_KEYS = ("strong_noise", "strong_gamma")
 class AugmentConfig(Strict):
     flip: bool = Field(True, description="random flips along the spatial axes of a slice / patch")
     intensity: bool = Field(True, description="random intensity scale and shift")
-    rotate: float = Field(0.2, ge=0.0, le=1.0, description="probability of a random rotation of a sample")
+    rotate: float = Field(0.0, ge=0.0, le=1.0,
+        description="probability of a random rotation of a sample (nnU-Net: 0.2; off by default, see data.md)")
     rotate_degrees: float | None = Field(None, ge=0.0, le=180.0,
         description="largest rotation about each axis (None: 180 in 2D, 30 in 3D, as nnU-Net)")
-    scale: float = Field(0.2, ge=0.0, le=1.0, description="probability of a random zoom of a sample")
+    scale: float = Field(0.0, ge=0.0, le=1.0,
+        description="probability of a random zoom of a sample (nnU-Net: 0.2; off by default, see data.md)")
     scale_range: tuple[float, float] = Field((0.7, 1.4), description="zoom factors drawn from; > 1 enlarges anatomy")
     elastic: float = Field(0.0, ge=0.0, le=1.0, description="probability of a random elastic deformation")
     elastic_magnitude: tuple[float, float] = Field((0.0, 8.0),
@@ -99,15 +101,6 @@ class AugmentConfig(Strict):
         warnings.warn(f"{keys}: removed (the loader builds no strong view; methods that need one build it "
                       "themselves, e.g. fixmatch's method.n_ops and method.ops), ignored", FutureWarning, stacklevel=2)
         return {k: v for k, v in data.items() if k not in _REMOVED_AUGMENT_KEYS}
-
-
-# The train keys every saved config (config.yaml, checkpoint, `semiseg config`) held before spatial augmentation
-# existed: a train section listing them all, without the spatial keys, was written before it.
-_TRAIN_KEYS_BEFORE_SPATIAL_AUGMENT = (
-    "method", "steps", "batch_size", "unlabelled_batch_size", "patch_size", "foreground_fraction", "optimizer",
-    "lr", "weight_decay", "momentum", "schedule", "warmup_steps", "grad_clip", "loss", "include_background",
-    "amp", "val_every", "log_every", "device", "threads", "tensorboard", "augment")
-_SPATIAL_AUGMENT_OFF = {"rotate": 0.0, "scale": 0.0, "elastic": 0.0}
 
 
 class TrainConfig(Strict):
@@ -138,17 +131,6 @@ class TrainConfig(Strict):
     tensorboard: Literal["auto", "on", "off"] = Field("auto",
         description="TensorBoard events in <run>/tensorboard (auto: when installed); log.csv stays the record")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="data augmentation of training samples")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _old_runs_keep_their_augmentation(cls, data: Any) -> Any:
-        """A config saved before spatial augmentation existed resumes and reproduces without it."""
-        if not isinstance(data, dict) or not all(k in data for k in _TRAIN_KEYS_BEFORE_SPATIAL_AUGMENT):
-            return data
-        augment = data["augment"]
-        if not isinstance(augment, dict) or any(k in augment for k in _SPATIAL_AUGMENT_OFF):
-            return data
-        return {**data, "augment": {**augment, **_SPATIAL_AUGMENT_OFF}}
 
     @field_validator("threads")
     @classmethod
