@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 from semiseg.config import load_config
 from semiseg.data.augment import SpatialAugmentation, Warp, bilinear_sample, draw_warp, nearest_sample, source_box
@@ -48,13 +50,17 @@ def test_the_label_is_the_nearest_neighbour_of_a_label_valued_image(dim, shape, 
 
 
 @pytest.mark.parametrize("dim", [2, 3])
-def test_nearest_sampling_of_the_label_equals_that_of_the_label_as_an_image(dim):
+def test_the_label_is_torchs_nearest_resampling_of_the_label_valued_image(dim):
+    """Checked against ``grid_sample(mode="nearest")`` of the whole label-valued image, an independent reading."""
     shape = (20, 22, 18)[:dim]
     label = _label(shape)
     warp = draw_warp(EVERYTHING, [12] * dim, np.random.default_rng(4))
     coords = warp.coordinates([3] * dim)
-    as_image = nearest_sample(label.astype(np.float32), coords)
-    assert np.array_equal(nearest_sample(label, coords), as_image.astype(np.int64))
+    sizes = np.asarray(shape, dtype=np.float32).reshape((-1,) + (1,) * dim)
+    grid = torch.from_numpy(2 * coords / (sizes - 1) - 1).flip(0).permute(*range(1, dim + 1), 0)[None]
+    image = torch.from_numpy(label.astype(np.float32))[None, None]
+    reference = F.grid_sample(image, grid, mode="nearest", padding_mode="zeros", align_corners=True)[0, 0]
+    assert np.array_equal(nearest_sample(label, coords), reference.numpy().astype(np.int64))
 
 
 def test_probability_zero_draws_nothing_and_crops_as_before():

@@ -74,11 +74,15 @@ def _interrupt_at(step):
     return hook
 
 
-@pytest.mark.parametrize("dim", [2, 3])
-def test_resume_continues_exactly(tmp_path, dim):
-    straight = api.train(_cfg(tmp_path / "a", dim=dim), progress=False, evaluate=False)
+SPATIAL_AUGMENT = ("train.augment.rotate=1", "train.augment.scale=0.5", "train.augment.elastic=0.5")
+
+
+@pytest.mark.parametrize(("dim", "augment"), [(2, ()), (3, ()), (3, SPATIAL_AUGMENT)])
+def test_resume_continues_exactly(tmp_path, dim, augment):
+    straight = api.train(_cfg(tmp_path / "a", *augment, dim=dim), progress=False, evaluate=False)
     with pytest.raises(KeyboardInterrupt):
-        api.train(_cfg(tmp_path / "b", dim=dim), progress=False, evaluate=False, on_step=_interrupt_at(4))
+        api.train(_cfg(tmp_path / "b", *augment, dim=dim), progress=False, evaluate=False,
+                  on_step=_interrupt_at(4))
     resumed = api.resume(tmp_path / "b" / "run", progress=False, evaluate=False)
     assert resumed.fit["steps"] == 6
     a = torch.load(straight.run_dir / "checkpoints" / "last.pt", weights_only=False)["nets"]["model"]
