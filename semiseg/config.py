@@ -71,7 +71,7 @@ class AugmentConfig(Strict):
     rotate: float = Field(0.0, ge=0.0, le=1.0,
         description="probability of a random rotation of a sample (nnU-Net: 0.2; off by default, see data.md)")
     rotate_degrees: float | None = Field(None, ge=0.0, le=180.0,
-        description="largest rotation about each axis (None: 180 in 2D, 30 in 3D, as nnU-Net)")
+        description="largest rotation about each axis, degrees (null: 180 in 2D, 30 in 3D, as nnU-Net)")
     scale: float = Field(0.0, ge=0.0, le=1.0,
         description="probability of a random zoom of a sample (nnU-Net: 0.2; off by default, see data.md)")
     scale_range: tuple[float, float] = Field((0.7, 1.4), description="zoom factors drawn from; > 1 enlarges anatomy")

@@ -6,7 +6,8 @@ with exactly the batches an uninterrupted run would have seen, and a batch split
 workers is the same batch whatever the number of processes.
 2D training on 3D volumes samples slices along the last axis; a 2D case is treated as a volume of one
 slice, so both take the same path. Augmentation is deliberately light and geometric changes are applied
-to image and label alike. Methods that need a strongly augmented view build it on the device from the batch
+to image and label alike; rotation, zoom and elastic deformation (``semiseg.data.augment``) are off by
+default. Methods that need a strongly augmented view build it on the device from the batch
 (``semiseg.ssl.strong_augment``), so it stays pixel-aligned with the pseudo labels they make.
 """
 
