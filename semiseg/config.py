@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from semiseg.errors import ConfigError
 
@@ -76,6 +76,27 @@ _REMOVED_AUGMENT_KEYS = ("strong_noise", "strong_gamma")
 class AugmentConfig(Strict):
     flip: bool = Field(True, description="random flips along the spatial axes of a slice / patch")
     intensity: bool = Field(True, description="random intensity scale and shift")
+    rotate: float = Field(0.0, ge=0.0, le=1.0,
+        description="probability of a random rotation of a sample (nnU-Net: 0.2; off by default, see data.md)")
+    rotate_degrees: float | None = Field(None, ge=0.0, le=180.0,
+        description="largest rotation about each axis, degrees (null: 180 in 2D, 30 in 3D, as nnU-Net)")
+    scale: float = Field(0.0, ge=0.0, le=1.0,
+        description="probability of a random zoom of a sample (nnU-Net: 0.2; off by default, see data.md)")
+    scale_range: tuple[float, float] = Field((0.7, 1.4), description="zoom factors drawn from; > 1 enlarges anatomy")
+    elastic: float = Field(0.0, ge=0.0, le=1.0, description="probability of a random elastic deformation")
+    elastic_magnitude: tuple[float, float] = Field((0.0, 8.0),
+        description="largest control-point displacement (voxels) drawn from")
+    elastic_spacing: int = Field(24, gt=0, description="elastic control-point spacing, voxels")
+
+    @field_validator("scale_range", "elastic_magnitude")
+    @classmethod
+    def _range(cls, value: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
+        low, high = value
+        zoom = info.field_name == "scale_range"
+        if low > high or low < 0 or (zoom and low == 0):
+            raise ValueError(f"must be [low, high] with {'0 < low' if zoom else '0 <= low'} <= high, "
+                             f"e.g. {[0.7, 1.4] if zoom else [0.0, 8.0]}")
+        return value
 
     @model_validator(mode="before")
     @classmethod

@@ -6,7 +6,8 @@ with exactly the batches an uninterrupted run would have seen, and a batch split
 workers is the same batch whatever the number of processes.
 2D training on 3D volumes samples slices along the last axis; a 2D case is treated as a volume of one
 slice, so both take the same path. Augmentation is deliberately light and geometric changes are applied
-to image and label alike. Methods that need a strongly augmented view build it on the device from the batch
+to image and label alike; rotation, zoom and elastic deformation (``semiseg.data.augment``) are off by
+default. Methods that need a strongly augmented view build it on the device from the batch
 (``semiseg.ssl.strong_augment``), so it stays pixel-aligned with the pseudo labels they make.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from semiseg.data.augment import SpatialAugmentation, bilinear_sample, draw_warp, nearest_sample, source_box
 from semiseg.data.cache import CaseCache, PreparedCase
 from semiseg.data.case import Case, CaseRef
 
@@ -27,7 +29,7 @@ _FG_POINTS = 4096  # foreground voxels remembered per case for foreground-centre
 
 
 @dataclass(frozen=True)
-class Augmentation:
+class Augmentation(SpatialAugmentation):
     """What ``PatchSampler`` perturbs; the data layer's own type, so it needs no application config."""
 
     flip: bool = True  # random flips along the spatial axes of a slice / patch
@@ -185,20 +187,31 @@ class PatchSampler:
     def _sample_one(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None, str]:
         case = self.pool[int(rng.integers(len(self.pool)))]
         spatial = case.image.shape[1:]
-        target = case.label if case.label is not None else case.truth  # cropped and flipped alike; see next_batch
         centre: Sequence[int | None] = [None, None, None]
         if len(case.fg_points) and rng.random() < self.foreground_fraction:
             centre = case.fg_points[int(rng.integers(len(case.fg_points)))].tolist()
+        # An unlabelled case's held-out truth is cropped, warped and flipped like a label (see ``batch_at``).
+        image, label = case.image, case.label if case.label is not None else case.truth
         if self.dim == 2:
             z = centre[2] if centre[2] is not None else int(rng.integers(spatial[2]))
-            starts = [_crop_start(spatial[a], self.patch[a], centre[a], rng) for a in range(2)]
-            image = _window(case.image[..., z], starts, self.patch)
-            label = None if target is None else _window(target[..., z], starts, self.patch)
-        else:
-            starts = [_crop_start(spatial[a], self.patch[a], centre[a], rng) for a in range(3)]
-            image = _window(case.image, starts, self.patch)
-            label = None if target is None else _window(target, starts, self.patch)
+            image, label = image[..., z], None if label is None else label[..., z]
+        starts = [_crop_start(spatial[a], self.patch[a], centre[a], rng) for a in range(self.dim)]
+        warp = draw_warp(self.augment, self.patch, rng)
+        coords = None if warp is None else warp.coordinates(starts)
+        image = self._crop(image, starts, coords, nearest=False)
+        label = None if label is None else self._crop(label, starts, coords, nearest=True)
         return image, label, case.case_id
+
+    def _crop(
+        self, source: np.ndarray, starts: Sequence[int], coords: np.ndarray | None, *, nearest: bool
+    ) -> np.ndarray:
+        """The patch at ``starts``, or read at a warp's source ``coords`` (rotation, zoom, deformation)."""
+        if coords is None:
+            return _window(source, starts, self.patch)
+        if nearest:
+            return nearest_sample(source, coords)
+        low, size = source_box(coords)
+        return bilinear_sample(_window(source, low, size), coords, low)
 
     def _flip(
         self, image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator

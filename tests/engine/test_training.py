@@ -74,12 +74,15 @@ def _interrupt_at(step):
     return hook
 
 
-@pytest.mark.parametrize(("dim", "workers"), [(2, 0), (3, 0), (2, 2)])
-def test_resume_continues_exactly(tmp_path, dim, workers):
+SPATIAL_AUGMENT = ("train.augment.rotate=1", "train.augment.scale=0.5", "train.augment.elastic=0.5")
+
+
+@pytest.mark.parametrize(("dim", "workers", "augment"), [(2, 0, ()), (3, 0, ()), (2, 2, ()), (3, 0, SPATIAL_AUGMENT)])
+def test_resume_continues_exactly(tmp_path, dim, workers, augment):
     """Interrupted and resumed (with loader workers, too) equals a straight in-process run, bit for bit."""
-    straight = api.train(_cfg(tmp_path / "a", dim=dim), progress=False, evaluate=False)
+    straight = api.train(_cfg(tmp_path / "a", *augment, dim=dim), progress=False, evaluate=False)
     with pytest.raises(KeyboardInterrupt):
-        api.train(_cfg(tmp_path / "b", f"train.workers={workers}", dim=dim), progress=False, evaluate=False,
+        api.train(_cfg(tmp_path / "b", *augment, f"train.workers={workers}", dim=dim), progress=False, evaluate=False,
                   on_step=_interrupt_at(4))
     resumed = api.resume(tmp_path / "b" / "run", progress=False, evaluate=False)
     assert resumed.fit["steps"] == 6
