@@ -80,7 +80,7 @@ def build_nets(method: Method, cfg: Config, ctx: MethodContext, device: torch.de
             unknown = [s for s in spec.ema_of if s not in nets]
             if unknown:
                 raise SemisegError(f"method {method.name!r}: net {name!r} follows unknown net(s) {unknown}")
-            update_ema_net(nets, name, spec, step=0)
+            update_ema_net(nets, name, spec, step=0, total_steps=cfg.train.steps)
         if not spec.trainable:
             nets[name].requires_grad_(False)
     return nets
@@ -97,9 +97,9 @@ def reinit_heads(net: nn.Module, seed: int) -> None:
             module.reset_parameters()
 
 
-def update_ema_net(nets: Nets, name: str, spec: NetSpec, step: int) -> None:
+def update_ema_net(nets: Nets, name: str, spec: NetSpec, step: int, total_steps: int = 0) -> None:
     """EMA of ``spec.ema_of`` into ``nets[name]`` with the warmed-up decay min(1 − 1/(t + 1), decay)."""
-    decay = min(1.0 - 1.0 / (step + 1), spec.ema_decay)
+    decay = min(1.0 - 1.0 / (step + 1), spec.decay(total_steps))
     ema_update(nets[name], [nets[s] for s in spec.ema_of], decay, spec.ema_weights or None)
 
 
@@ -367,7 +367,7 @@ class Trainer:
         self.scaler.update()
         for name, spec in self.specs.items():
             if spec.ema_of:
-                update_ema_net(self.nets, name, spec, self.step + 1)
+                update_ema_net(self.nets, name, spec, self.step + 1, self.cfg.train.steps)
         return total
 
     def _total_loss(self, losses: dict[str, Tensor]) -> Tensor:
