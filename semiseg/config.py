@@ -110,6 +110,13 @@ class TrainConfig(Strict):
     tensorboard: Literal["auto", "on", "off"] = Field("auto",
         description="TensorBoard events in <run>/tensorboard (auto: when installed); log.csv stays the record")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="data augmentation of training samples")
+    unlabelled_gate: Literal["off", "labelled_dice"] = Field("off",
+        description="labelled_dice: unlabelled loss terms stay off until the predicting network's Dice on the "
+                    "labelled batch reaches unlabelled_gate_threshold (off: from step 0, as before)")
+    unlabelled_gate_threshold: float = Field(0.8, ge=0.0, le=1.0,
+        description="smoothed labelled-batch Dice at which the unlabelled terms switch on")
+    unlabelled_gate_ramp: float = Field(0.1, ge=0.0, le=1.0,
+        description="share of the run over which the unlabelled terms rise to full weight once switched on")
 
     @field_validator("threads")
     @classmethod

@@ -38,12 +38,14 @@ from semiseg.data.loaders import PatchSampler, StoredCase
 from semiseg.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
 from semiseg.engine.device import autocast
 from semiseg.engine.inferer import Inferer
+from semiseg.engine.reliability import OBSERVE_EVERY, labelled_batch_dice, make_gate
 from semiseg.engine.tensorboard import OVERLAY_CASES, TensorBoardLog
 from semiseg.errors import ConfigError, SemisegError
 from semiseg.eval.labels import probs_to_label
 from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, StepOut, WholeCase
 from semiseg.nets import build_network
 from semiseg.ssl.ema import ema_update
+from semiseg.ssl.gate import ReliabilityGate, gate_unlabelled_terms
 
 _MAX_UPDATES_PER_STEP = 8
 
@@ -260,6 +262,7 @@ class Trainer:
         self.best = {"score": -math.inf, "step": -1}
         self.tensorboard: TensorBoardLog | None = None
         self._overlays: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.gate = make_gate(cfg, method)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -276,6 +279,7 @@ class Trainer:
             "step": self.step,
             "best": dict(self.best),
             "rng": {**rng_state(), "samplers": samplers},
+            "gate": self.gate.state_dict() if self.gate is not None else None,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -286,6 +290,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.best = state["step"], dict(state["best"])
+        if self.gate is not None and state.get("gate"):
+            self.gate.load_state_dict(state["gate"])
         set_rng_state(state["rng"])
         self.data.labelled.load_state_dict(state["rng"]["samplers"]["labelled"])
         if self.data.unlabelled is not None:
@@ -312,11 +318,13 @@ class Trainer:
         with autocast(self.amp, self.device):
             out = self._method_step(labelled, unlabelled, progress)
         row: dict[str, float] = {"loss": 0.0}
+        gate = 1.0 if self.gate is None else self.gate.value(self.step)
         for update in range(_MAX_UPDATES_PER_STEP):
             prefix = f"u{update + 1}_" if update else ""
-            total = self._update(out.losses)
+            losses = gate_unlabelled_terms(out.losses, gate)
+            total = self._update(losses)
             row["loss"] += float(total.detach())
-            row.update({prefix + k: float(v.detach()) for k, v in out.losses.items()})
+            row.update({prefix + k: float(v.detach()) for k, v in losses.items()})
             row.update({prefix + k: v for k, v in out.logs.items()})
             if out.followup is None:
                 break
@@ -325,7 +333,17 @@ class Trainer:
         else:
             raise SemisegError(f"method {self.method.name!r} chained more than {_MAX_UPDATES_PER_STEP} updates")
         self.scheduler.step()
+        if self.gate is not None:
+            row.update(self._observe_gate(self.gate, labelled, gate))
         return row
+
+    def _observe_gate(self, gate: ReliabilityGate, labelled: Batch, value: float) -> dict[str, float]:
+        """The gate's log entries; while it is closed, every few steps a labelled-batch Dice feeds it."""
+        if gate.is_open or (self.step + 1) % OBSERVE_EVERY:
+            return {"unlabelled_gate": value}
+        dice = labelled_batch_dice(self.method, self.nets, labelled, self.ctx.label_mode, self.ctx.num_classes)
+        gate.observe(self.step + 1, dice)
+        return {"unlabelled_gate": value, "labelled_dice": dice, "labelled_dice_smoothed": gate.reliability}
 
     def _method_step(self, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
         """The method's step; a method that uses unlabelled data gets its supervised step when there is none."""
