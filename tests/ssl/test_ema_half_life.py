@@ -32,7 +32,7 @@ def context() -> MethodContext:
                          supervised_loss=lambda *a, **k: None)
 
 
-@pytest.mark.parametrize("name", ["mean_teacher", "ua_mt", "cmt", "ucmt"])
+@pytest.mark.parametrize("name", ["mean_teacher", "ua_mt", "cutmix", "cmt", "ucmt"])
 def test_option_reaches_the_teacher_netspec(name: str) -> None:
     teacher = get_method(name)(context(), {"ema_half_life": 0.05}).networks()["teacher"]
     assert teacher.ema_half_life == 0.05
