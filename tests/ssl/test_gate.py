@@ -41,3 +41,36 @@ def test_closed_gate_is_zero_and_state_round_trips() -> None:
     copy = ReliabilityGate(threshold=0.9, ramp_steps=0)
     copy.load_state_dict(gate.state_dict())
     assert copy.opened_at == 20 and copy.reliability == pytest.approx(0.9375)
+
+
+class _Oracle:
+    """A method whose prediction is the batch's own label as logits (a perfect predicting network)."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
+
+    def predict(self, nets, x):
+        return self.logits
+
+
+@pytest.mark.parametrize("label_mode", ["multiclass", "multilabel"])
+def test_labelled_batch_dice_of_a_perfect_and_an_empty_prediction(label_mode: str) -> None:
+    from semiseg.engine.reliability import labelled_batch_dice
+    from semiseg.methods.base import Batch
+
+    label = torch.zeros(2, 8, 8, dtype=torch.long)
+    label[0, :4], label[1, 4:, :2] = 1, 2
+    if label_mode == "multiclass":
+        target, perfect = label, torch.nn.functional.one_hot(label, 3).permute(0, 3, 1, 2).float() * 10
+    else:  # channels: class 1, class 2
+        target = torch.stack([label == 1, label == 2], dim=1).float()
+        perfect = target * 20 - 10
+    batch = Batch(image=torch.zeros(2, 1, 8, 8), label=target)
+    classes = 3 if label_mode == "multiclass" else 2
+    assert labelled_batch_dice(_Oracle(perfect), {}, batch, label_mode, classes) == pytest.approx(1.0)
+    background = torch.zeros_like(perfect)
+    if label_mode == "multiclass":
+        background[:, 0] = 10
+    else:
+        background -= 10
+    assert labelled_batch_dice(_Oracle(background), {}, batch, label_mode, classes) == 0.0
