@@ -56,3 +56,12 @@ def test_half_life_replaces_a_too_long_decay_in_the_warning(capsys) -> None:
     assert "method.ema_half_life" in capsys.readouterr().err
     print_ema_warnings(get_method("mean_teacher")(context(), {"ema_decay": 0.999, "ema_half_life": 0.05}), 600)
     assert capsys.readouterr().err == ""  # half-life 30 steps: α ≈ 0.977, horizon ~44 < 600
+
+
+def test_plan_shows_the_resolved_decay() -> None:
+    from semiseg.engine.plan import _net_note
+
+    assert _net_note(NetSpec(ema_of=("s",), ema_half_life=0.05, trainable=False), 600) == \
+        "  (EMA α 0.9772, half-life 30 updates, not trained)"
+    assert _net_note(NetSpec(ema_of=("s",), ema_decay=0.999), 600) == "  (EMA α 0.999, half-life 693 updates)"
+    assert _net_note(NetSpec(), 600) == ""
