@@ -126,7 +126,7 @@ class TrainConfig(Strict):
             raise ValueError("must be a positive number of CPU threads, or null for torch's default")
         return value
 
-    @field_validator("amp", "tensorboard", mode="before")
+    @field_validator("amp", "tensorboard", "unlabelled_gate", mode="before")
     @classmethod
     def _yaml_switch(cls, value: Any) -> Any:
         """YAML reads a bare ``on``/``off`` (``--set train.tensorboard=on``) as a boolean; mean the word."""

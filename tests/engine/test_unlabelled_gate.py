@@ -42,3 +42,11 @@ def test_gate_opens_once_the_labelled_dice_is_reached(tmp_path) -> None:
 def test_off_logs_no_gate(tmp_path, method) -> None:
     rows = train(tmp_path, f"train.method={method}", "method={}")
     assert "unlabelled_gate" not in rows[0]
+
+
+def test_bare_yaml_off_means_the_word_and_a_bad_value_names_the_key() -> None:
+    from semiseg.errors import ConfigError
+
+    assert load_config(None, ["train.unlabelled_gate=off"]).train.unlabelled_gate == "off"  # YAML reads False
+    with pytest.raises(ConfigError, match="unlabelled_gate"):
+        load_config(None, ["train.unlabelled_gate=validation"])
