@@ -150,6 +150,13 @@ class TrainConfig(Strict):
                          "(0: in the training process); the batches are the same for any number")
     monitor_unlabelled: bool = Field(True, description="when unlabelled training cases have labels on disk, log "
                                      "what the method teaches against them (the method never sees them)")
+    unlabelled_gate: Literal["off", "labelled_dice"] = Field("off",
+        description="labelled_dice: unlabelled loss terms stay off until the predicting network's Dice on the "
+                    "labelled batch reaches unlabelled_gate_threshold (off: from step 0, as before)")
+    unlabelled_gate_threshold: float = Field(0.8, ge=0.0, le=1.0,
+        description="smoothed labelled-batch Dice at which the unlabelled terms switch on")
+    unlabelled_gate_ramp: float = Field(0.1, ge=0.0, le=1.0,
+        description="share of the run over which the unlabelled terms rise to full weight once switched on")
 
     @field_validator("threads")
     @classmethod
@@ -159,7 +166,7 @@ class TrainConfig(Strict):
             raise ValueError("must be a positive number of CPU threads, or null for torch's default")
         return value
 
-    @field_validator("amp", "tensorboard", "channels_last", mode="before")
+    @field_validator("amp", "tensorboard", "channels_last", "unlabelled_gate", mode="before")
     @classmethod
     def _yaml_switch(cls, value: Any) -> Any:
         """YAML reads a bare ``on``/``off`` (``--set train.tensorboard=on``) as a boolean; mean the word."""

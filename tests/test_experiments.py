@@ -55,8 +55,22 @@ def _dumps(configs):
     return {key: cfg.model_dump() for key, cfg in configs.items()}
 
 
+# Experiments written after the shell scripts: no old command, but they must resolve (fixed split, one thread).
+NEW_EXPERIMENTS = {"converged"}
+
+
 def test_every_experiment_file_has_its_old_command():
-    assert sorted(p.stem for p in EXPERIMENTS.glob("*.yaml")) == sorted(OLD_COMMANDS)
+    assert sorted(p.stem for p in EXPERIMENTS.glob("*.yaml")) == sorted({*OLD_COMMANDS, *NEW_EXPERIMENTS})
+
+
+@pytest.mark.parametrize("name", sorted(NEW_EXPERIMENTS))
+def test_new_experiments_hold_the_split_and_one_thread(name):
+    exp = load_experiment(EXPERIMENTS / f"{name}.yaml")
+    configs = with_job_threads(run_configs(None, exp.protocol, exp.entries, exp.seeds, exp.name,
+                                           vary_split=exp.vary_split, split_seed=exp.split_seed), exp.jobs)
+    assert not exp.vary_split and len(configs) == len(exp.entries) * len(exp.seeds)
+    assert {cfg.split.seed for cfg in configs.values()} == {exp.split_seed}
+    assert all(cfg.train.threads == 1 for cfg in configs.values())
 
 
 @pytest.mark.parametrize("name", sorted(OLD_COMMANDS))

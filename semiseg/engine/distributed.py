@@ -101,6 +101,14 @@ class Distributed:
         if self.enabled:
             self._all_reduce_mean([b for net in nets for b in net.buffers() if b.dtype.is_floating_point])
 
+    def mean(self, value: float) -> float:
+        """A scalar averaged over ranks (itself in one process): decisions taken from it agree everywhere."""
+        if not self.enabled:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device if self.backend == "nccl" else None)
+        dist.all_reduce(tensor)
+        return float(tensor.item()) / self.world_size
+
     def _all_reduce_mean(self, tensors: list[Tensor]) -> None:
         for group in _by_dtype(tensors):
             flat = _flatten_dense_tensors(group)

@@ -41,12 +41,14 @@ from semiseg.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
 from semiseg.engine.device import autocast, resolve_amp_dtype
 from semiseg.engine.inferer import Inferer
 from semiseg.engine.performance import channels_last_enabled, prepare_nets, to_channels_last
+from semiseg.engine.reliability import OBSERVE_EVERY, labelled_batch_dice, make_gate
 from semiseg.engine.tensorboard import OVERLAY_CASES, TensorBoardLog
 from semiseg.errors import ConfigError, SemisegError
 from semiseg.eval.labels import probs_to_label
 from semiseg.methods.base import Batch, Curriculum, Method, MethodContext, Nets, NetSpec, Progress, StepOut, WholeCase
 from semiseg.nets import build_network
 from semiseg.ssl.ema import ema_update
+from semiseg.ssl.gate import ReliabilityGate, gate_unlabelled_terms
 
 _MAX_UPDATES_PER_STEP = 8
 
@@ -83,7 +85,7 @@ def build_nets(method: Method, cfg: Config, ctx: MethodContext, device: torch.de
             unknown = [s for s in spec.ema_of if s not in nets]
             if unknown:
                 raise SemisegError(f"method {method.name!r}: net {name!r} follows unknown net(s) {unknown}")
-            update_ema_net(nets, name, spec, step=0)
+            update_ema_net(nets, name, spec, step=0, total_steps=cfg.train.steps)
         if not spec.trainable:
             nets[name].requires_grad_(False)
     return nets
@@ -100,9 +102,9 @@ def reinit_heads(net: nn.Module, seed: int) -> None:
             module.reset_parameters()
 
 
-def update_ema_net(nets: Nets, name: str, spec: NetSpec, step: int) -> None:
+def update_ema_net(nets: Nets, name: str, spec: NetSpec, step: int, total_steps: int = 0) -> None:
     """EMA of ``spec.ema_of`` into ``nets[name]`` with the warmed-up decay min(1 − 1/(t + 1), decay)."""
-    decay = min(1.0 - 1.0 / (step + 1), spec.ema_decay)
+    decay = min(1.0 - 1.0 / (step + 1), spec.decay(total_steps))
     ema_update(nets[name], [nets[s] for s in spec.ema_of], decay, spec.ema_weights or None)
 
 
@@ -268,6 +270,7 @@ class Trainer:
         self._overlays: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
         self.stream: BatchStream | None = None  # started at the first step, so a resumed run starts where it stopped
         self._unlabelled_dice = teach.UnlabelledDice()
+        self.gate = make_gate(cfg, method)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -284,6 +287,7 @@ class Trainer:
             "step": self.step,
             "best": dict(self.best),
             "rng": {**rng_state(), "samplers": samplers},
+            "gate": self.gate.state_dict() if self.gate is not None else None,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -294,6 +298,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.best = state["step"], dict(state["best"])
+        if self.gate is not None and state.get("gate"):
+            self.gate.load_state_dict(state["gate"])
         set_rng_state(state["rng"])
         self.data.labelled.load_state_dict(state["rng"]["samplers"]["labelled"])
         if self.data.unlabelled is not None:
@@ -326,14 +332,16 @@ class Trainer:
             out = self._method_step(labelled, unlabelled, progress)
         row: dict[str, float] = {"loss": 0.0}
         score = truth is not None and self._logs_step(self.step + 1)
+        gate = 1.0 if self.gate is None else self.gate.value(self.step)
         for update in range(_MAX_UPDATES_PER_STEP):
             prefix = f"u{update + 1}_" if update else ""
             if score:
                 row.update(teach.score_step(out.targets, out.masks, truth, label_mode=self.ctx.label_mode,
                                             num_classes=self.ctx.num_classes, method=self.method.name))
-            total = self._update(out.losses)
+            losses = gate_unlabelled_terms(out.losses, gate)
+            total = self._update(losses)
             row["loss"] += float(total.detach())
-            row.update({prefix + k: float(v.detach()) for k, v in out.losses.items()})
+            row.update({prefix + k: float(v.detach()) for k, v in losses.items()})
             row.update({prefix + k: v for k, v in out.logs.items()})
             if out.followup is None:
                 break
@@ -342,6 +350,8 @@ class Trainer:
         else:
             raise SemisegError(f"method {self.method.name!r} chained more than {_MAX_UPDATES_PER_STEP} updates")
         self.scheduler.step()
+        if self.gate is not None:
+            row.update(self._observe_gate(self.gate, labelled, gate))
         return row
 
     def _raw_batches(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -368,6 +378,15 @@ class Trainer:
         """Whether the row of the step that ends at ``step`` updates is written to ``log.csv``."""
         train = self.cfg.train
         return step % train.log_every == 0 or step % train.val_every == 0 or step == train.steps
+
+    def _observe_gate(self, gate: ReliabilityGate, labelled: Batch, value: float) -> dict[str, float]:
+        """The gate's log entries; while it is closed, every few steps a labelled-batch Dice feeds it."""
+        if gate.is_open or (self.step + 1) % OBSERVE_EVERY:
+            return {"unlabelled_gate": value}
+        dice = labelled_batch_dice(self.method, self.nets, labelled, self.ctx.label_mode, self.ctx.num_classes)
+        dice = self.dist.mean(dice)  # every rank opens the gate at the same step
+        gate.observe(self.step + 1, dice)
+        return {"unlabelled_gate": value, "labelled_dice": dice, "labelled_dice_smoothed": gate.reliability}
 
     def _method_step(self, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
         """The method's step; a method that uses unlabelled data gets its supervised step when there is none."""
@@ -422,7 +441,7 @@ class Trainer:
         self.dist.average_buffers(self.nets.values())
         for name, spec in self.specs.items():
             if spec.ema_of:
-                update_ema_net(self.nets, name, spec, self.step + 1)
+                update_ema_net(self.nets, name, spec, self.step + 1, self.cfg.train.steps)
         return total
 
     def _total_loss(self, losses: dict[str, Tensor]) -> Tensor:

@@ -25,6 +25,8 @@ from semiseg.engine.run import (
     open_configured_dataset,
 )
 from semiseg.errors import ConfigError, SemisegError
+from semiseg.methods.base import NetSpec
+from semiseg.ssl.ema import ema_half_life
 
 _DATASET_KEYS = ("channels", "class_names", "label_mode")
 
@@ -71,12 +73,21 @@ def _count(net: torch.nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
+def _net_note(spec: NetSpec, steps: int) -> str:
+    """Whether a net is trained and, for an EMA, its resolved decay and half-life (what α means for this run)."""
+    if not spec.ema_of:
+        return "" if spec.trainable else "  (not trained)"
+    decay = spec.decay(steps)
+    trained = "" if spec.trainable else ", not trained"
+    return f"  (EMA α {decay:.4g}, half-life {ema_half_life(decay):.0f} updates{trained})"
+
+
 def format_plan(cfg: Config, method: Any, nets: dict[str, torch.nn.Module], info: dict[str, Any], data_line: str,
                 divisor: int) -> str:
     train, split, specs = cfg.train, cfg.split, method.networks()
     patch = train.patch_size or ("whole slices padded to the divisor (≤ 256)" if cfg.model.dim == 2 else
                                  "64³ (or the volume, if smaller)")
-    rows = [f"  {name:<12} {_count(net):>12,} parameters{'' if specs[name].trainable else '  (EMA, not trained)'}"
+    rows = [f"  {name:<12} {_count(net):>12,} parameters{_net_note(specs[name], train.steps)}"
             for name, net in nets.items()]
     optimiser = f"{train.optimizer}, lr {train.lr:g}, weight decay {train.weight_decay:g}" + (
         f", momentum {train.momentum:g}" if train.optimizer == "sgd" else "")
@@ -97,6 +108,9 @@ def format_plan(cfg: Config, method: Any, nets: dict[str, torch.nn.Module], info
         f"patch:      {patch}",
         f"optimiser:  {optimiser}",
         f"schedule:   {train.schedule} after {train.warmup_steps} warm-up steps; loss {train.loss}; amp {train.amp}",
+        *([f"gate:       unlabelled terms from a labelled-batch Dice of {train.unlabelled_gate_threshold:g}, "
+           f"then a ramp over {train.unlabelled_gate_ramp:g} of the run"]
+          if method.uses_unlabelled and train.unlabelled_gate != "off" else []),
         f"run folder: {Path(cfg.output.root) / (cfg.output.name or '<time>_<method>_<source>')} (not written)",
     ]
     return "\n".join(lines)

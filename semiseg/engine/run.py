@@ -93,12 +93,14 @@ def check_method_settings(cfg: Config) -> type[Method]:
 def print_ema_warnings(method: Method, steps: int) -> None:
     """Say so when a teacher's EMA looks back over more updates than the run has (it would stay near its init)."""
     for name, spec in method.networks().items():
-        horizon = ema_horizon(spec.ema_decay)
+        decay = spec.decay(steps)
+        horizon = ema_horizon(decay)
         if spec.ema_of and horizon > steps:
-            print(f"warning: net {name!r} of {method.name!r} is an EMA with decay {spec.ema_decay}, which averages "
-                  f"over ~{horizon:.0f} updates (half-life {ema_half_life(spec.ema_decay):.0f}), but train.steps is "
-                  f"{steps}: the teacher keeps much of its early, untrained students; train longer or lower "
-                  f"method.ema_decay (e.g. {decay_for_horizon(steps / 10):.3g}, a tenth of the run)", file=sys.stderr)
+            print(f"warning: net {name!r} of {method.name!r} is an EMA with decay {decay:.4g}, which averages "
+                  f"over ~{horizon:.0f} updates (half-life {ema_half_life(decay):.0f}), but train.steps is "
+                  f"{steps}: the teacher keeps much of its early, untrained students; train longer, set "
+                  f"method.ema_half_life (e.g. 0.05, a twentieth of the run) or lower method.ema_decay "
+                  f"(e.g. {decay_for_horizon(steps / 10):.3g}, a tenth of the run)", file=sys.stderr)
 
 
 def dataset_info(spec: DatasetSpec) -> dict[str, Any]:

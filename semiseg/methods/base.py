@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from semiseg.errors import ConfigError
 from semiseg.losses import segmentation_loss
+from semiseg.ssl.ema import decay_for_half_life, resolve_half_life
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,9 @@ class NetSpec:
     nets with the same ``init_seed_offset`` share their body and differ in the heads — the situation of
     papers whose networks share a pretrained backbone, and what makes averaging their weights meaningful.
     The decay warms up as min(1 − 1/(t + 1), ``ema_decay``) so an early teacher is not
-    stuck near its random initialisation (Tarvainen & Valpola's code).
+    stuck near its random initialisation (Tarvainen & Valpola's code). ``ema_half_life`` (steps, or a
+    fraction of the run when < 1) overrides ``ema_decay`` once the run length is known (``decay``);
+    ``ema_updates_per_step`` converts it to EMA updates for methods that update twice per step (UCMT).
     """
 
     builder: Callable[[MethodContext], nn.Module] | None = None
@@ -47,6 +50,15 @@ class NetSpec:
     ema_decay: float = 0.99
     ema_weights: tuple[float, ...] = ()
     head_seed_offset: int | None = None
+    ema_half_life: float | None = None
+    ema_updates_per_step: int = 1
+
+    def decay(self, total_steps: int) -> float:
+        """The EMA decay of a run of ``total_steps``: from ``ema_half_life`` when set, else ``ema_decay``."""
+        if self.ema_half_life is None:
+            return self.ema_decay
+        steps = resolve_half_life(self.ema_half_life, total_steps)
+        return decay_for_half_life(steps * self.ema_updates_per_step)
 
 
 @dataclass

@@ -21,7 +21,10 @@ Why ``shared_body`` is the default: averaging two independently initialised stud
 predicts nothing (Dice 0.000 on the demo after 600 steps); averaging weights needs a common start. The paper's
 EMA with α = 0.999 assumes tens of thousands of iterations: over a few hundred steps the warmed-up EMA is a
 running mean of the students' whole trajectory from random initialisation. Set ``ema_decay=0.99`` for short
-runs (the authors' code uses 0.99 with ``teacher_update=code``).
+runs (the authors' code uses 0.99 with ``teacher_update=code``), or ``ema_half_life``: the steps (or, below 1,
+the share of the run, e.g. 0.05) after which a student's weight in the teacher has halved; it overrides
+``ema_decay`` and is converted to α = 2^(−1/h) when the run is built. The paper's α = 0.999 is a half-life of
+~693 updates, α = 0.99 one of ~69.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ class CMTConfig(RampedWeight):
     weight: float = Field(1.0, ge=0)  # λ_m; the paper does not give it
     rampup: RampKind = "gaussian"
     rampup_fraction: float = Field(1.0, ge=0, le=1)  # t_m: "the maximum iteration in training"
-    ema_decay: float = Field(0.999, gt=0, lt=1)
+    ema_decay: float = Field(0.999, gt=0, lt=1)  # half-life ln 2 / −ln α ≈ 693 updates
+    ema_half_life: float | None = Field(None, gt=0)  # steps, or a fraction of the run when < 1; overrides ema_decay
     teacher_update: Literal["paper", "code"] = "paper"
     teacher_supervised: bool = True
     loss: Literal["dice", "ce", "dice_ce"] = "dice"
@@ -100,7 +104,8 @@ class CMTCore:
         if self.has_teacher:
             weights = TEACHER_WEIGHTS[self.cfg.teacher_update] if len(self.students) == 2 else (1.0,)
             specs["teacher"] = NetSpec(trainable=self.cfg.teacher_supervised, ema_of=tuple(self.students),
-                                       ema_decay=self.cfg.ema_decay, ema_weights=weights, init_seed_offset=3)
+                                       ema_decay=self.cfg.ema_decay, ema_weights=weights, init_seed_offset=3,
+                                       ema_half_life=self.cfg.ema_half_life)
         return specs
 
     def prediction_net(self) -> str:

@@ -5,6 +5,10 @@ Defaults: weight 0.1, sigmoid ramp over 40 % of the run, EMA decay 0.99, input n
 The teacher is declared as an EMA network and updated by the engine after every optimiser update; its decay
 warms up as min(1 − 1/(t+1), decay), as in the authors' code, so the teacher never sticks near its random
 initialisation. The teacher predicts at test time (``predict_with``).
+
+``ema_half_life`` states the teacher's memory directly: after that many steps (or that share of the run, when
+below 1, e.g. 0.05) a student's weight in the teacher has halved; it overrides ``ema_decay`` and is converted
+to α = 2^(−1/h) when the run is built. The paper's α = 0.99 is a half-life of ~69 steps, whatever the run length.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from semiseg.ssl.pseudo_labels import probabilities
 
 class MeanTeacherConfig(RampedWeight):
     weight: float = Field(0.1, ge=0)  # the value of the UA-MT / SSL4MIS code
-    ema_decay: float = Field(0.99, gt=0, lt=1)
+    ema_decay: float = Field(0.99, gt=0, lt=1)  # half-life ln 2 / −ln α ≈ 69 updates
+    ema_half_life: float | None = Field(None, gt=0)  # steps, or a fraction of the run when < 1; overrides ema_decay
     noise_std: float = Field(0.1, ge=0)
     noise_clip: float = Field(0.2, ge=0)
     predict_with: Literal["teacher", "student"] = "teacher"
@@ -42,7 +47,8 @@ class MeanTeacher(Method):
 
     def networks(self) -> dict[str, NetSpec]:
         return {"student": NetSpec(),
-                "teacher": NetSpec(trainable=False, ema_of=("student",), ema_decay=self.cfg.ema_decay)}
+                "teacher": NetSpec(trainable=False, ema_of=("student",), ema_decay=self.cfg.ema_decay,
+                                   ema_half_life=self.cfg.ema_half_life)}
 
     def student_forward(self, nets: Nets, labelled: Batch, unlabelled_images: Tensor) -> tuple[Tensor, Tensor]:
         """Supervised loss and the student's logits on the unlabelled images, from one batched pass."""

@@ -36,12 +36,13 @@ their heads (``student_init=shared_body``, see ``cmt``).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from semiseg.errors import ConfigError
-from semiseg.methods.base import Batch, Nets, Progress, StepOut
+from semiseg.methods.base import Batch, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.cmt import CMT, CMTConfig, CMTOutputs
 from semiseg.methods.registry import register
 from semiseg.ssl.mixing import umix
@@ -70,6 +71,12 @@ class UCMT(CMT):
     summary = "CMT + UMIX: a second update per step on images whose uncertain regions got certain ones."
     Config = UCMTConfig
     cfg: UCMTConfig
+
+    def networks(self) -> dict[str, NetSpec]:
+        """CMT's nets; the teacher's ``ema_half_life`` counts in steps of two EMA updates (Algorithm 1)."""
+        specs = super().networks()
+        specs["teacher"] = replace(specs["teacher"], ema_updates_per_step=2)
+        return specs
 
     def grid(self, spatial: tuple[int, ...]) -> list[int]:
         per_axis = self.cfg.grid or DEFAULT_GRID[len(spatial)]

@@ -53,3 +53,18 @@ def ema_half_life(decay: float) -> float:
 def decay_for_horizon(updates: float) -> float:
     """The α whose horizon 1 / (1 − α) is ``updates`` (e.g. a tenth of the run)."""
     return 1.0 - 1.0 / max(updates, 1.0)
+
+
+def decay_for_half_life(updates: float) -> float:
+    """The α after whose ``updates`` updates a weight's share has halved: 2^(−1/h), the inverse of ``ema_half_life``."""
+    if updates <= 0:
+        raise ValueError(f"an EMA half-life must be positive, got {updates}")
+    return 0.5 ** (1.0 / updates)
+
+
+def resolve_half_life(half_life: float, total_steps: int) -> float:
+    """Steps of a half-life given in steps (≥ 1) or as a fraction of the run (< 1, e.g. 0.05 of ``train.steps``).
+
+    A fraction keeps the teacher's memory the same share of the run at any run length, which a fixed α cannot.
+    """
+    return half_life * total_steps if half_life < 1 else half_life
