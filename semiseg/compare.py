@@ -308,6 +308,47 @@ def _train_seconds(run_dir: Path) -> float:
     return float(rows[-1]["elapsed_s"]) if rows else math.nan
 
 
+def _last_teaching(run_dir: Path) -> dict[str, float]:
+    """Mean of each ``teach/*`` column (diagnostics against held-out truth) and of val Dice over the last fifth of
+    training: one logged batch is too noisy a summary, the whole run mixes in the warm-up."""
+    with (run_dir / "log.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        return {}
+    start = 0.8 * float(rows[-1]["step"])
+    values: dict[str, list[float]] = defaultdict(list)
+    for row in (r for r in rows if float(r["step"]) >= start):
+        for key, value in row.items():
+            if value not in (None, "") and (key.startswith("teach/") or key == "val_dice"):
+                values[key].append(float(value))
+    return {key: float(np.mean(v)) for key, v in values.items()}
+
+
+def teaching_rows(root: Path, results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per entry, the mean over its finished seeds of what ``_last_teaching`` reads (keys any seed logged)."""
+    table = {}
+    for label, runs in results.items():
+        per_seed = [_last_teaching(root / f"{label}-s{seed}") for seed in runs]
+        keys = sorted({k for values in per_seed for k in values})
+        table[label] = {k: float(np.mean([v[k] for v in per_seed if k in v])) for k in keys}
+    return table
+
+
+def format_teaching(table: dict[str, dict[str, float]]) -> str:
+    """What each method trained on, scored against the unlabelled cases' held-out labels, at the end of training."""
+    rows = [(label, values) for label, values in table.items() if any(k.startswith("teach/") for k in values)]
+    if not rows:
+        return ""
+    lines = ["**What the methods teach** (mean over the last fifth of training and over seeds; `*_dice`/`*_acc`: a "
+             "method's targets on its unlabelled batches against their held-out labels, `*_kept`: share its mask "
+             "kept, `unl_dice_<net>`: each network on whole unlabelled cases; see docs/protocol.md)", "",
+             "| method | val Dice | diagnostics |", "|---|---|---|"]
+    for label, values in rows:
+        cells = ", ".join(f"{k.removeprefix('teach/')} {v:.3f}" for k, v in values.items() if k.startswith("teach/"))
+        lines.append(f"| {label} | {values.get('val_dice', math.nan):.3f} | {cells} |")
+    return "\n".join(lines + [""])
+
+
 def collect(root: Path, entries: Sequence[Entry], seeds: Sequence[int]) -> dict[str, Any]:
     """Per-case scores and training time of every finished run (one with a ``summary.json``)."""
     results: dict[str, Any] = {}
@@ -366,16 +407,17 @@ def write_outputs(root: Path, results: dict[str, Any], entries: Sequence[Entry],
         writer.writeheader()
         writer.writerows(rows)
     split = split_statement(configs)
+    teaching = teaching_rows(root, results)
     (root / "compare.json").write_text(json.dumps(
         {"stamp": stamp, "seeds": list(seeds), "split": split,
          "entries": [e.__dict__ | {"overrides": list(e.overrides)} for e in entries], "rows": rows,
-         "missing": list(missing)},
+         "teaching": teaching, "missing": list(missing)},
         indent=2, default=str))
     first = configs[(entries[0].label, seeds[0])]
     header = (f"# Comparison `{root.name}`\n\ndata: {dataset_label(first)}, labelled: {first.split.labelled}, "
               f"model: {first.model.dim}D {first.model.arch} {first.model.widths}, steps: {first.train.steps}, "
               f"seeds: {', '.join(map(str, seeds))}\n\n{split}\n\n")
-    (root / "compare.md").write_text(header + format_markdown(rows, entries[0].label)
+    (root / "compare.md").write_text(header + format_markdown(rows, entries[0].label) + format_teaching(teaching)
                                      + format_missing(missing, entries, len(seeds), rerun))
 
 

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from semiseg.cli import main
-from semiseg.compare import Entry, parse_entry, run_configs, split_entries, split_statement
+from semiseg.compare import Entry, parse_entry, run_configs, split_entries, split_statement, teaching_rows
 from semiseg.errors import ConfigError
 
 
@@ -40,6 +40,10 @@ def test_compare_trains_tabulates_and_reuses_runs(tmp_path, capsys):
     assert "split fixed (seed 0); seeds vary initialisation and sampling" in (root / "compare.md").read_text()
     assert json.loads((root / "compare.json").read_text())["split"].startswith("split fixed (seed 0)")
     assert (root / "mt-s1" / "config.yaml").read_text().count("weight: 0.5") == 1
+    teaching = json.loads((root / "compare.json").read_text())["teaching"]
+    assert "teach/unl_dice_teacher" in teaching["mt"]
+    assert not any(k.startswith("teach/") for k in teaching["supervised"])
+    assert "| mt |" in (root / "compare.md").read_text().split("What the methods teach")[1]
     stamp = (root / "mt-s1" / "summary.json").stat().st_mtime_ns
     assert main(args) == 0  # a second call reuses the finished runs
     assert (root / "mt-s1" / "summary.json").stat().st_mtime_ns == stamp
@@ -125,3 +129,11 @@ def test_split_flags_reach_the_printed_runs(tmp_path, capsys):
     assert "split.seed" not in capsys.readouterr().out
     assert main([*args, "--split-seed", "2"]) == 0
     assert capsys.readouterr().out.count("--set split.seed=2 ") == 2
+
+
+def test_teaching_summary_averages_the_last_fifth_of_training(tmp_path):
+    run = tmp_path / "mt-s0"
+    run.mkdir()
+    (run / "log.csv").write_text("step,val_dice,teach/pseudo_dice\n10,0.1,0.0\n80,,0.5\n90,0.6,0.7\n100,0.8,\n")
+    table = teaching_rows(tmp_path, {"mt": {0: {}}})
+    assert table["mt"] == pytest.approx({"val_dice": 0.7, "teach/pseudo_dice": 0.6})
