@@ -25,12 +25,12 @@ WIDE = "[16,32,64,128]"
 
 # name → (seeds, --set overrides, --methods) of the `semiseg compare` calls in benchmarks/compare_*.sh; a default
 # that changed since is written out as the value the old command ran with (UCMT's umix was "exchange", the
-# rectified KL was the ε form "eps").
+# rectified KL was the ε form "eps", CMT/UCMT teachers copied the students' BN statistics, "students").
 OLD_COMMANDS = {
-    "teachers": ("0,1,2", _protocol(), "supervised,mean_teacher,ua_mt,cps,cutmix,cmt,"
-                 "ucmt=ucmt:umix=exchange:train.steps=300,"
+    "teachers": ("0,1,2", _protocol(), "supervised,mean_teacher,ua_mt,cps,cutmix,cmt=cmt:teacher_bn=students,"
+                 "ucmt=ucmt:umix=exchange:teacher_bn=students:train.steps=300,"
                  "ucmt_code=ucmt:teacher_update=code:teacher_supervised=false:umix=copy:ema_decay=0.99:"
-                 "train.steps=300"),
+                 "teacher_bn=students:train.steps=300"),
     "pseudo_labels": ("0,1,2", _protocol(), "supervised,segpl,segpl_vi=segpl_vi:threshold_mode=hard,"
                       "segpl_vi_grad=segpl_vi:threshold_mode=straight_through:kl_weight=0.01,self_training"),
     "dual_uncertainty": ("0,1,2", _protocol(), "supervised,st=dual_uncertainty:variant=st,"

@@ -105,7 +105,7 @@ def reinit_heads(net: nn.Module, seed: int) -> None:
 def update_ema_net(nets: Nets, name: str, spec: NetSpec, step: int, total_steps: int = 0) -> None:
     """EMA of ``spec.ema_of`` into ``nets[name]`` with the warmed-up decay min(1 − 1/(t + 1), decay)."""
     decay = min(1.0 - 1.0 / (step + 1), spec.decay(total_steps))
-    ema_update(nets[name], [nets[s] for s in spec.ema_of], decay, spec.ema_weights or None)
+    ema_update(nets[name], [nets[s] for s in spec.ema_of], decay, spec.ema_weights or None, spec.ema_buffers)
 
 
 def trainable_parameters(nets: Nets, specs: dict[str, NetSpec]) -> list[nn.Parameter]:

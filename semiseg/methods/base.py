@@ -52,6 +52,8 @@ class NetSpec:
     head_seed_offset: int | None = None
     ema_half_life: float | None = None
     ema_updates_per_step: int = 1
+    # "copy": BN statistics follow the sources' mix; "own": the net's own train-mode passes (see ssl.ema_update)
+    ema_buffers: str = "copy"
 
     def decay(self, total_steps: int) -> float:
         """The EMA decay of a run of ``total_steps``: from ``ema_half_life`` when set, else ``ema_decay``."""

@@ -11,10 +11,14 @@ from torch import nn
 
 @torch.no_grad()
 def ema_update(
-    target: nn.Module, sources: Sequence[nn.Module], decay: float, weights: Sequence[float] | None = None
+    target: nn.Module, sources: Sequence[nn.Module], decay: float, weights: Sequence[float] | None = None,
+    buffers: str = "copy",
 ) -> None:
-    """θ_t ← decay·θ_t + (1 − decay)·Σ_i w_i·θ_i, for parameters; buffers (BN statistics) are copied
-    from the weighted source mix too, so the teacher's normalisation follows the students.
+    """θ_t ← decay·θ_t + (1 − decay)·Σ_i w_i·θ_i, for parameters; with ``buffers="copy"`` the buffers (BN
+    statistics) are copied from the weighted source mix too, so the teacher's normalisation follows the students.
+    ``buffers="own"`` leaves them to the target's own train-mode passes, as most reference mean-teacher code
+    does: a teacher whose weights blend several students (UCMT) has activations no student has, and the mix of
+    the students' statistics normalises them wrongly in eval mode.
 
     With one source and ``weights=None`` this is the classic mean teacher; several sources with equal
     weights give UCMT's teacher, the EMA of the students' average.
@@ -28,6 +32,10 @@ def ema_update(
     for name, param in target.named_parameters():
         mixed = sum(wi * sp[name].detach() for wi, sp in zip(w, src_params, strict=True))
         param.mul_(decay).add_(mixed, alpha=1.0 - decay)
+    if buffers == "own":
+        return
+    if buffers != "copy":
+        raise ValueError(f"buffers must be 'copy' or 'own', got {buffers!r}")
     src_buffers = [dict(s.named_buffers()) for s in sources]
     for name, buf in target.named_buffers():
         if buf.dtype.is_floating_point:

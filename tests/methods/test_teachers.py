@@ -254,3 +254,32 @@ def test_cmt_students_share_their_body_and_differ_in_the_heads():
         assert same != name.startswith("heads."), name
     _, independent = setup("cmt", {"student_init": "independent"})
     assert not torch.equal(next(independent["student1"].parameters()), next(independent["student2"].parameters()))
+
+
+@pytest.mark.parametrize(("teacher_bn", "follows_students"), [("own", False), ("students", True)])
+def test_cmt_teacher_batchnorm_statistics_are_its_own_unless_asked(teacher_bn, follows_students):
+    """`own`: the EMA moves only parameters; `students`: running statistics become the students' mix."""
+    method, nets = setup("ucmt", {"teacher_bn": teacher_bn}, norm="batch")
+    spec = method.networks()["teacher"]
+    assert spec.ema_buffers == ("own" if teacher_bn == "own" else "copy")
+    with torch.no_grad():
+        for i, name in enumerate(("student1", "student2")):
+            for m in nets[name].modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.fill_(float(i + 1))
+    teacher_bn_layer = next(m for m in nets["teacher"].modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = teacher_bn_layer.running_mean.clone()
+    student_param = next(nets["student1"].parameters()).clone()
+    update_ema_net(nets, "teacher", spec, step=0)  # decay min(1 - 1/1, α) = 0: parameters = students' mix
+    expected = torch.full_like(before, 1.5) if follows_students else before
+    assert torch.equal(teacher_bn_layer.running_mean, expected)
+    mix = 0.5 * student_param + 0.5 * next(nets["student2"].parameters())
+    assert torch.allclose(next(nets["teacher"].parameters()), mix)
+
+
+def test_ema_update_rejects_an_unknown_buffer_rule():
+    from semiseg.ssl.ema import ema_update
+
+    net = torch.nn.BatchNorm1d(2)
+    with pytest.raises(ValueError, match="buffers"):
+        ema_update(net, [torch.nn.BatchNorm1d(2)], 0.5, buffers="average")
