@@ -339,7 +339,7 @@ def format_teaching(table: dict[str, dict[str, float]]) -> str:
     rows = [(label, values) for label, values in table.items() if any(k.startswith("teach/") for k in values)]
     if not rows:
         return ""
-    lines = ["**What the methods teach** (mean over the last fifth of training and over seeds; `*_dice`/`*_acc`: a "
+    lines = ["", "**What the methods teach** (mean over the last fifth of training and over seeds; `*_dice`/`*_acc`: a "
              "method's targets on its unlabelled batches against their held-out labels, `*_kept`: share its mask "
              "kept, `unl_dice_<net>`: each network on whole unlabelled cases; see docs/protocol.md)", "",
              "| method | val Dice | diagnostics |", "|---|---|---|"]
