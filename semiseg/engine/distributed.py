@@ -105,9 +105,9 @@ class Distributed:
         """A scalar averaged over ranks (itself in one process): decisions taken from it agree everywhere."""
         if not self.enabled:
             return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=self.device if self.backend == "nccl" else None)
-        dist.all_reduce(tensor)
-        return float(tensor.item()) / self.world_size
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        self._all_reduce_mean([tensor])
+        return float(tensor.item())
 
     def _all_reduce_mean(self, tensors: list[Tensor]) -> None:
         for group in _by_dtype(tensors):

@@ -509,7 +509,7 @@ class Trainer:
                 if checkpoint_step:
                     val_score = row["val_dice"] = self.dist.on_main(self.validate)  # same best on every rank
                     row.update(self.dist.on_main(self.unlabelled_dice))
-                if self.step % train.log_every == 0 or checkpoint_step:
+                if self._logs_step(self.step):
                     self._log(log, {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **row,
                                     "elapsed_s": round(time.perf_counter() - start_time, 3)})
                 if checkpoint_step:  # after the log row, so a resume from this checkpoint finds its row
