@@ -31,8 +31,9 @@ OLD_COMMANDS = {
                  "ucmt=ucmt:umix=exchange:teacher_bn=students:train.steps=300,"
                  "ucmt_code=ucmt:teacher_update=code:teacher_supervised=false:umix=copy:ema_decay=0.99:"
                  "teacher_bn=students:train.steps=300"),
-    "pseudo_labels": ("0,1,2", _protocol(), "supervised,segpl,segpl_vi=segpl_vi:threshold_mode=hard,"
-                      "segpl_vi_grad=segpl_vi:threshold_mode=straight_through:kl_weight=0.01,self_training"),
+    "pseudo_labels": ("0,1,2", _protocol(), "supervised,segpl=segpl:unlabelled_pass=joint,"
+                      "segpl_vi=segpl_vi:threshold_mode=hard:unlabelled_pass=joint,segpl_vi_grad=segpl_vi:"
+                      "threshold_mode=straight_through:kl_weight=0.01:unlabelled_pass=joint,self_training"),
     "dual_uncertainty": ("0,1,2", _protocol(), "supervised,st=dual_uncertainty:variant=st,"
                          "st_ss=dual_uncertainty:variant=st_ss,st_ss_unrc=dual_uncertainty:divergence=eps,"
                          "urpc=urpc:divergence=eps"),
@@ -56,7 +57,7 @@ def _dumps(configs):
 
 
 # Experiments written after the shell scripts: no old command, but they must resolve (fixed split, one thread).
-NEW_EXPERIMENTS = {"converged"}
+NEW_EXPERIMENTS = {"converged", "converged_one_seed"}
 
 
 def test_every_experiment_file_has_its_old_command():

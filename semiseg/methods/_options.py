@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from semiseg.methods.base import MethodConfig, Progress
+from semiseg.ssl.joint import Passes
 from semiseg.ssl.ramps import rampup
 from semiseg.ssl.reference import ReferenceSettings
 
@@ -24,6 +25,14 @@ class RampedWeight(MethodConfig):
         return self.weight * rampup(self.rampup, progress.step, self.rampup_fraction * progress.total_steps)
 
 
+class PassesOption(MethodConfig):
+    """How labelled and unlabelled images go through the network (``semiseg.ssl.joint.joint_forward``)."""
+
+    # joint: one pass over [labelled; unlabelled], BatchNorm statistics shared (the papers' code); separate: one
+    # pass each, so each part is normalised with its own statistics.
+    unlabelled_pass: Passes = "joint"
+
+
 class ReferenceOptions(MethodConfig):
     """Reference-guided pseudo labels (Seibold et al. 2022), for any method that takes pseudo labels from them.
 
@@ -33,10 +42,19 @@ class ReferenceOptions(MethodConfig):
 
     pool_size: int = Field(3, ge=1)  # p, labelled images in the reference pool (paper: 3)
     reference_size: int | None = Field(None, ge=1)  # s per axis (paper: 64); None: 64 in 2D, 16 in 3D
-    k: int = Field(7000, ge=1)  # nearest references Eq. 5 looks at (paper: 7000 of p·s² = 12288)
-    k_fraction: float | None = Field(None, gt=0, le=1)  # k as a share of the references (Table 3); overrides k
+    k: int = Field(7000, ge=1)  # nearest references of Eq. 5 (paper: 7000 of p·s² = 12288); used when given alone
+    # k as a share of the references (Table 3); overrides k. Default 0.1, not the paper's 57 %: at 57 % W weighs
+    # background labels ~10× above foreground ones on small structures (docs/methods/rpg.md). null: use k.
+    k_fraction: float | None = Field(0.1, gt=0, le=1)
     weighting: bool = True  # Eq. 7's W; False gives the paper's "Nearest Neighbor" baseline (W ≡ 1)
     block_mb: float = Field(4.0, gt=0)  # memory of one similarity block of the chunked matcher
+
+    @model_validator(mode="after")
+    def _k_given_alone_wins(self) -> ReferenceOptions:
+        """A ``k`` given without ``k_fraction`` is used as given (the paper's ``k: 7000``), not overridden."""
+        if "k" in self.model_fields_set and "k_fraction" not in self.model_fields_set:
+            self.k_fraction = None
+        return self
 
     def reference_settings(self) -> ReferenceSettings:
         return ReferenceSettings(

@@ -25,7 +25,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import Tensor
 
-from semiseg.methods._options import RampedWeight, RampKind
+from semiseg.methods._options import PassesOption, RampedWeight, RampKind
 from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.registry import register
 from semiseg.nets.unet import UNet
@@ -41,7 +41,7 @@ def cross_consistency(main_probs: Tensor, aux_probs: list[Tensor]) -> Tensor:
     return torch.stack([probability_mse(p, target) for p in aux_probs]).mean()
 
 
-class CCTConfig(RampedWeight):
+class CCTConfig(RampedWeight, PassesOption):
     weight: float = Field(30.0, ge=0)  # max w_u (CCT: 30)
     rampup: RampKind = "sigmoid"
     rampup_fraction: float = Field(0.1, ge=0, le=1)  # CCT: ramp over the first 10 % of training
@@ -81,7 +81,8 @@ class CCT(Method):
         logs = {"consistency_weight": w}
         if w == 0:  # no unlabelled term: the auxiliary decoders and the unlabelled images are not needed
             return StepOut(self.supervised_step(nets, labelled, progress).losses, logs)
-        (_, main_l), (skips_u, main_u) = joint_forward(partial(self.main_pass, net), labelled.image, unlabelled.image)
+        (_, main_l), (skips_u, main_u) = joint_forward(partial(self.main_pass, net), labelled.image, unlabelled.image,
+                                                         self.cfg.unlabelled_pass)
         sup = self.ctx.supervised_loss(main_l, labelled.label)
         aux = self.aux_logits(net, skips_u)
         mode = self.ctx.label_mode

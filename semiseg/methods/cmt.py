@@ -46,7 +46,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from semiseg.methods._options import RampedWeight, RampKind
+from semiseg.methods._options import PassesOption, RampedWeight, RampKind
 from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.cps import agreement
 from semiseg.methods.registry import register
@@ -56,7 +56,7 @@ from semiseg.ssl.pseudo_labels import hard_labels, probabilities
 TEACHER_WEIGHTS = {"paper": (0.5, 0.5), "code": (0.99, 0.01)}
 
 
-class CMTConfig(RampedWeight):
+class CMTConfig(RampedWeight, PassesOption):
     architecture: Literal["sts", "ts", "ss"] = "sts"
     cps: bool = True
     mts: bool = True
@@ -129,7 +129,7 @@ class CMTCore:
              teacher_pseudo_u: Tensor | None = None, need_teacher_l: bool = False) -> CMTOutputs:
         """Losses on one batch; ``teacher_pseudo_u`` replaces the teacher's pass on x_u (UMIX step)."""
         mode, loss = self.ctx.label_mode, self.ctx.loss(self.cfg.loss)
-        logits = {s: joint_forward(nets[s], x_l, x_u) for s in self.students}
+        logits = {s: joint_forward(nets[s], x_l, x_u, self.cfg.unlabelled_pass) for s in self.students}
         sup = sum(loss(out_l, y_l) for out_l, _ in logits.values())
         teacher_l = teacher_u = None
         if self.has_teacher:

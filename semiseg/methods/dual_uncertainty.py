@@ -51,11 +51,11 @@ import torch
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
+from semiseg.methods._options import PassesOption
 from semiseg.methods.base import (
     Batch,
     Curriculum,
     Method,
-    MethodConfig,
     MethodContext,
     Nets,
     NetSpec,
@@ -108,7 +108,7 @@ def rank_cases(uncertainty: dict[str, float], reliable_fraction: float) -> dict[
 # The method
 
 
-class DualUncertaintyConfig(MethodConfig):
+class DualUncertaintyConfig(PassesOption):
     # Table 3's rows: plain self-training, + sample sorting, + uncertainty rectification (the full method).
     variant: Variant = "st_ss_unrc"
     # First step of stage 3 (labelled + reliable) and of stage 4 (everything), as fractions of train.steps.
@@ -213,7 +213,7 @@ class DualUncertainty(Method):
         if self.stage == 1:
             return self.supervised_step(nets, labelled, progress)
         (main_l, aux_l), (main_u, aux_u) = joint_forward(partial(self._decoders, nets["model"]), labelled.image,
-                                                         unlabelled.image)
+                                                         unlabelled.image, self.cfg.unlabelled_pass)
         losses = self._supervised_terms(main_l, aux_l, labelled)
         logs = {"stage": float(self.stage)}
         target = self._pseudo_labels(nets["teacher"], unlabelled.image)

@@ -23,7 +23,8 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from semiseg.losses import ce_loss
-from semiseg.methods.base import Batch, Method, MethodConfig, Nets, Progress, StepOut
+from semiseg.methods._options import PassesOption
+from semiseg.methods.base import Batch, Method, Nets, Progress, StepOut
 from semiseg.methods.registry import register
 from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import probabilities
@@ -32,7 +33,7 @@ from semiseg.ssl.strong_augment import GEOMETRIC_OPS, INTENSITY_OPS, StrongAugme
 Taught = tuple[Tensor, Tensor]  # the weak view's pseudo labels and mask (what the term teaches)
 
 
-class FixMatchOptions(MethodConfig):
+class FixMatchOptions(PassesOption):
     # τ of Eqs. 9-10 (FixMatch: 0.95; the RPG paper reports 0.8 and 0.95).
     tau: float = Field(0.95, gt=0, lt=1)
     # False: no strong view, the weak view's pseudo labels train the weak view (Lee 2013's Pseudo-Label).
@@ -122,10 +123,10 @@ class FixMatch(Method):
                 probs_weak = probabilities(model(unlabelled.image), self.ctx.label_mode)
             target, mask = weak_targets(probs_weak, self.ctx.label_mode, self.cfg.tau)
             x, strong_target, strong_mask = self.augment(unlabelled.image, target, mask)
-            logits_l, logits_strong = joint_forward(model, labelled.image, x)
+            logits_l, logits_strong = joint_forward(model, labelled.image, x, self.cfg.unlabelled_pass)
             unsup, kept = self.term(logits_strong, strong_target, strong_mask)
         else:
-            logits_l, logits_weak = joint_forward(model, labelled.image, unlabelled.image)
+            logits_l, logits_weak = joint_forward(model, labelled.image, unlabelled.image, self.cfg.unlabelled_pass)
             unsup, kept, (target, mask) = self.weak_term(logits_weak)
         losses = {"sup": self.ctx.supervised_loss(logits_l, labelled.label), "unsup": self.cfg.weight * unsup}
         return StepOut(losses=losses, logs={"confident": kept}, targets={"pseudo": target}, masks={"pseudo": mask})

@@ -19,7 +19,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from semiseg.methods._options import RampedWeight
+from semiseg.methods._options import PassesOption, RampedWeight
 from semiseg.methods.base import Batch, Method, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.registry import register
 from semiseg.ssl.consistency import input_noise, probability_mse
@@ -27,7 +27,7 @@ from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import probabilities
 
 
-class MeanTeacherConfig(RampedWeight):
+class MeanTeacherConfig(RampedWeight, PassesOption):
     weight: float = Field(0.1, ge=0)  # the value of the UA-MT / SSL4MIS code
     ema_decay: float = Field(0.99, gt=0, lt=1)  # half-life ln 2 / −ln α ≈ 69 updates
     ema_half_life: float | None = Field(None, gt=0)  # steps, or a fraction of the run when < 1; overrides ema_decay
@@ -52,7 +52,7 @@ class MeanTeacher(Method):
 
     def student_forward(self, nets: Nets, labelled: Batch, unlabelled_images: Tensor) -> tuple[Tensor, Tensor]:
         """Supervised loss and the student's logits on the unlabelled images, from one batched pass."""
-        logits_l, logits_u = joint_forward(nets["student"], labelled.image, unlabelled_images)
+        logits_l, logits_u = joint_forward(nets["student"], labelled.image, unlabelled_images, self.cfg.unlabelled_pass)
         return self.ctx.supervised_loss(logits_l, labelled.label), logits_u
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:

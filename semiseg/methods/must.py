@@ -46,7 +46,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor
 
 from semiseg.errors import ConfigError
-from semiseg.methods._options import RampedWeight, RampKind
+from semiseg.methods._options import PassesOption, RampedWeight, RampKind
 from semiseg.methods.base import Batch, Method, MethodConfig, MethodContext, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.registry import register
 from semiseg.nets.unet import NetOutput, UNet, frozen_norm_stats, running_norm_stats
@@ -138,7 +138,7 @@ class MultiscaleSupervisedConfig(MethodConfig):
     label_pooling: LabelPooling = "max"  # ↓ of Eq. 4: 2×2 max-pooling (paper) or soft class fractions
 
 
-class MuSTConfig(MultiscaleSupervisedConfig, RampedWeight):
+class MuSTConfig(MultiscaleSupervisedConfig, RampedWeight, PassesOption):
     weight: float = Field(20.0, ge=0)  # max w_u (Eq. 5): 20 BraTS, 30 WMH; 0 = Eq. 4 only
     rampup: RampKind = "linear"  # Eq. 5: linear from 0
     rampup_fraction: float = Field(0.5, ge=0, le=1)  # ramp length (share of the run; not given in the paper)
@@ -229,7 +229,8 @@ class MuST(MultiscaleSupervised):
         if w == 0:  # the ramp has not started: no pass over the unlabelled images
             return StepOut(self.supervised_step(nets, labelled, progress).losses, {"consistency_weight": w})
         # one teacher pass for both batches
-        out_l, out_u = joint_forward(partial(net, return_scales=True), labelled.image, unlabelled.image)
+        out_l, out_u = joint_forward(partial(net, return_scales=True), labelled.image, unlabelled.image,
+                                   self.cfg.unlabelled_pass)
         sup = self.supervised(out_l.scales, labelled.label)
         # The clean output's labels: those of the sharpened layer-0 target (sharpening keeps the argmax).
         taught = {"teacher": out_u.scales[0].detach()}

@@ -5,10 +5,11 @@ One training pass over [labelled; weak unlabelled] gives Eq. 8 (supervised + ref
 detached, the weak-view probabilities FixMatch thresholds (Eqs. 9-10); a second training pass over the
 strong view gives the FixMatch term.
 
-Defaults: those of ``rpg`` and ``fixmatch``, both unlabelled terms with weight 1 (``weight``,
-``fixmatch_weight``). Both terms lean towards background (CutOut labels its box background; the RPG term
-carries W's background bias), and on the demo with one labelled case RPG⁺ collapses late in training;
-halving both weights softens the collapse without removing it (``experiments/reference_ablation_multiclass.yaml``).
+Defaults: those of ``rpg`` and ``fixmatch`` (so k = 10 % of the references, not the paper's 57 %; see ``rpg``),
+both unlabelled terms with weight 1 (``weight``, ``fixmatch_weight``). Both terms lean towards background
+(CutOut labels its box background; at k = 57 % the RPG term carries W's background bias), and on the demo with
+one labelled case RPG⁺ at k = 57 % collapses late in training; halving both weights softens the collapse without
+removing it (``experiments/reference_ablation_multiclass.yaml``). RPG⁺ at k = 10 % has not been measured yet.
 """
 
 from __future__ import annotations

@@ -22,13 +22,14 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from semiseg.methods.base import Batch, Method, MethodConfig, MethodContext, Nets, NetSpec, Progress, StepOut
+from semiseg.methods._options import PassesOption
+from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.registry import register
 from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import confidence_mask, hard_labels, probabilities
 
 
-class SelfTrainingConfig(MethodConfig):
+class SelfTrainingConfig(PassesOption):
     # Pseudo-labelling rounds after the supervised stage (each relabels the unlabelled set once).
     rounds: int = Field(2, ge=1)
     # Share of training spent on labelled data only, before the first round; the rounds split the rest evenly.
@@ -81,7 +82,7 @@ class SelfTraining(Method):
         self._advance(nets, progress)
         if self.round == 0:
             return self.supervised_step(nets, labelled, progress)
-        logits_l, logits_u = joint_forward(nets["model"], labelled.image, unlabelled.image)
+        logits_l, logits_u = joint_forward(nets["model"], labelled.image, unlabelled.image, self.cfg.unlabelled_pass)
         target, mask = self._pseudo_labels(nets["teacher"], unlabelled.image)
         losses = {
             "sup": self.ctx.supervised_loss(logits_l, labelled.label),

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from semiseg.methods._options import RampedWeight, RampKind
+from semiseg.methods._options import PassesOption, RampedWeight, RampKind
 from semiseg.methods.base import Batch, Method, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.registry import register
 from semiseg.ssl.joint import joint_forward
@@ -79,7 +79,7 @@ def upsample_logits(logits: Tensor, size: Sequence[int]) -> Tensor:
     return F.interpolate(logits, size=tuple(size), mode=mode, align_corners=False)
 
 
-class URPCConfig(RampedWeight):
+class URPCConfig(RampedWeight, PassesOption):
     # λ's maximum and warm-up: Gaussian exp(−5(1 − t/t_max)²) to 0.1 over the whole run (the authors' code).
     weight: float = Field(0.1, ge=0)
     rampup: RampKind = "gaussian"
@@ -124,7 +124,7 @@ class URPC(Method):
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         forward = partial(self.pyramid_pass, nets["model"])
-        scales_l, scales_u = joint_forward(forward, labelled.image, unlabelled.image)
+        scales_l, scales_u = joint_forward(forward, labelled.image, unlabelled.image, self.cfg.unlabelled_pass)
         losses = {"sup": self.supervised(scales_l, labelled.label)}
         w = self.cfg.weight_at(progress)
         if self.cfg.weight == 0:

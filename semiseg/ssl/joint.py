@@ -1,19 +1,25 @@
 """One network pass over labelled and unlabelled images together, split back into the two parts.
 
 Most methods run labelled and unlabelled images as one batch: one forward and one backward instead of two,
-and BatchNorm normalises both with the same statistics, as the papers' code does.
+and BatchNorm normalises both with the same statistics, as the papers' code does. ``passes="separate"``
+runs the two parts as two forwards instead, so each is normalised with its own batch statistics (one
+backward still follows). Why it matters: a method whose pseudo labels come from that same pass (SegPL's
+E-step) labels its unlabelled rows with statistics mixed with the labelled rows'. On the demo's converged
+protocol (seed 0) SegPL's pseudo labels scored 0.748 pixel accuracy against the hidden truth over the last
+fifth of training with the joint pass and 0.935 with separate passes (``semiseg.methods.segpl``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import Tensor
 
 Output = TypeVar("Output")
+Passes = Literal["joint", "separate"]
 
 
 def take_rows(value: Any, rows: slice) -> Any:
@@ -30,8 +36,15 @@ def take_rows(value: Any, rows: slice) -> Any:
     raise TypeError(f"cannot split a {type(value).__name__} into batch rows")
 
 
-def joint_forward(forward: Callable[[Tensor], Output], labelled: Tensor, unlabelled: Tensor) -> tuple[Output, Output]:
-    """``forward`` once on [labelled; unlabelled] images; its output split into the labelled and the unlabelled rows."""
+def joint_forward(forward: Callable[[Tensor], Output], labelled: Tensor, unlabelled: Tensor,
+                  passes: Passes = "joint") -> tuple[Output, Output]:
+    """``forward`` on labelled and on unlabelled images: the outputs of the labelled and the unlabelled rows.
+
+    ``joint``: one pass over [labelled; unlabelled], split back. ``separate``: one pass over each, so
+    BatchNorm normalises each part with its own statistics (and updates its running ones twice).
+    """
+    if passes == "separate":
+        return forward(labelled), forward(unlabelled)
     out = forward(torch.cat([labelled, unlabelled]))
     n = labelled.shape[0]
     return take_rows(out, slice(None, n)), take_rows(out, slice(n, None))
