@@ -57,7 +57,7 @@ def _dumps(configs):
 
 
 # Experiments written after the shell scripts: no old command, but they must resolve (fixed split, one thread).
-NEW_EXPERIMENTS = {"converged", "converged_one_seed"}
+NEW_EXPERIMENTS = {"converged", "converged_one_seed", "short"}
 
 
 def test_every_experiment_file_has_its_old_command():
