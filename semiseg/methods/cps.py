@@ -3,6 +3,12 @@ the other's hard pseudo labels (cross-entropy, constant weight λ = 1.5 as in th
 
 Defaults: cross-entropy, λ = 1.5 constant from step 0, on labelled and unlabelled images; ``net1`` predicts at
 test time.
+
+Evidence on the demo's converged protocol (1 labelled subject, 2000 steps, seed 0,
+``experiments/converged_one_seed.yaml``): test Dice 0.775 / 0.775 (best / last) against supervised training's
+0.751 / 0.717 (p = 1 / 0.06 on six test subjects). The two networks' labels on the unlabelled batches score
+0.932 and 0.930 pixel accuracy and their unlabelled-case Dice 0.857 / 0.867: each teaches the other labels about
+as good as its own, which keeps the last checkpoint from falling, at 2.5× supervised training's time.
 """
 
 from __future__ import annotations

@@ -38,6 +38,14 @@ without re-ranking. D and exp(−D)·L + D are ``semiseg.ssl.rectification``, sh
 Defaults: stages at 1/3 and 2/3 of the run; snapshots at 0.5, 0.75 and 1.0 of pre-training; reliable 50 %;
 weight 1; ``variant=st_ss_unrc``. On 2D slices of one brain-phantom family the unlabelled subjects are alike
 (Eq. 1 spans 0.0217 … 0.0317 over 11 demo subjects), so sorting and rectification add little there.
+
+Evidence on the demo's converged protocol (1 labelled subject, 2000 steps, three seeds,
+``experiments/converged.yaml``): test Dice 0.781 / 0.781 (best / last) against supervised training's 0.767 /
+0.750; the last checkpoint no longer falls as supervised training's does. The diagnostics bound the gain: over
+the last fifth of training the frozen labeller's pseudo labels score 0.921 pixel accuracy on the unlabelled
+batches, the same as the student's own argmax (0.923), and the rectification weight exp(−D) keeps 99 % of the
+pixels, so the stages add consistency rather than better labels; the snapshots' unlabelled-case Dice rises from
+0.825 (first) to 0.874 (last), which is what the ranking reads (means over seeds, docs/results.md).
 """
 
 from __future__ import annotations

@@ -13,6 +13,12 @@ same view, from the same (single) pass, the "Pseudolabel τ" baseline of the RPG
 
 Defaults: τ 0.95, 2 RandAugment operations per image, CutOut on, weight 1. ``strong_augment=false`` with
 ``tau=0.8`` or ``0.95`` gives the RPG paper's Pseudo-Label baselines.
+
+Evidence on the demo's converged protocol (1 labelled subject, 2000 steps, three seeds,
+``experiments/converged.yaml``): test Dice 0.830 / 0.832 (best / last) against supervised training's 0.767 / 0.750,
+the best method of the grid, at 0.957 of full supervision (0.867 / 0.869). Over the last fifth of training its
+weak-view labels score 0.937 pixel accuracy on the unlabelled batches, the τ = 0.95 mask keeps 88 % of the pixels
+and those are 97.5 % right: a confident, accurate target on a view the network has not fitted yet.
 """
 
 from __future__ import annotations

@@ -9,6 +9,14 @@ initialisation. The teacher predicts at test time (``predict_with``).
 ``ema_half_life`` states the teacher's memory directly: after that many steps (or that share of the run, when
 below 1, e.g. 0.05) a student's weight in the teacher has halved; it overrides ``ema_decay`` and is converted
 to α = 2^(−1/h) when the run is built. The paper's α = 0.99 is a half-life of ~69 steps, whatever the run length.
+
+Evidence on the demo's converged protocol (1 labelled subject, 2000 steps, seed 0,
+``experiments/converged_one_seed.yaml``): test Dice 0.754 / 0.759 (best / last) against supervised training's
+0.751 / 0.717, no significant gain (p = 1 / 0.22). The diagnostics say why: over the last fifth of training the
+teacher's labels on the unlabelled batches score 0.908 pixel accuracy and its Dice on whole unlabelled cases
+(0.862) equals the student's (0.859), so at α = 0.99 the teacher is the student again and the consistency
+target teaches little that the student does not already predict; the gain is a regulariser's (the last
+checkpoint does not fall as supervised training's does).
 """
 
 from __future__ import annotations

@@ -32,6 +32,15 @@ from 0.16 to 0.66 on seed 0.
 
 Defaults: weight 20, linear ramp over 50 % of the run, T 0.5, all layers; ``temperature=null`` switches
 sharpening off; ``label_pooling`` max (paper) or avg shrinks the labels 2× per level for Eq. 4.
+
+Evidence on the demo's converged protocol (1 labelled subject, 2000 steps, three seeds,
+``experiments/converged.yaml``): test Dice 0.796 / 0.758 (best / last) against supervised training's 0.767 /
+0.750 (p = 0.06 / 0.97): above it on average, not significantly. The surface metrics show what costs MuST at the
+last checkpoint: HD95 10.9 mm and ASD 3.9 mm against supervised training's 5.2 / 1.9, i.e. false positives far
+from the structure. Its target, the sharpened clean output of the same joint pass, scores 0.878 pixel accuracy on
+the unlabelled batches while the network reaches 0.850 Dice on whole unlabelled cases in evaluation mode; like
+SegPL's E-step (``segpl``) it reads its targets from BatchNorm statistics mixed with the labelled images, so
+``unlabelled_pass=separate`` is the first thing to measure.
 """
 
 from __future__ import annotations
