@@ -39,10 +39,10 @@ Evidence on the demo's converged protocol (1 labelled subject, 2000 steps, three
 last checkpoint: HD95 10.9 mm and ASD 3.9 mm against supervised training's 5.2 / 1.9, i.e. false positives far
 from the structure. Its target, the sharpened clean output of the same joint pass, scores 0.878 pixel accuracy on
 the unlabelled batches while the network reaches 0.850 Dice on whole unlabelled cases in evaluation mode; like
-SegPL's E-step (``segpl``) it reads its targets from BatchNorm statistics mixed with the labelled images, so
-``unlabelled_pass=separate`` is the first thing to try: on seed 0 (``must_separate`` in
-``experiments/converged_one_seed.yaml``) it scored 0.813 / 0.784 against 0.766 / 0.768 with the joint pass and
-supervised training's 0.751 / 0.717. One seed; the default stays the paper's joint pass until three seeds say so.
+SegPL's E-step (``segpl``) it reads its targets from BatchNorm statistics mixed with the labelled images, but
+separate passes do not change MuST: ``must_separate`` (``unlabelled_pass=separate``, same grid) scores 0.789 /
+0.765 against 0.796 / 0.758 with the joint pass (seed 0 alone had suggested a gain: 0.813 / 0.784 vs 0.766 /
+0.768), so the paper's joint pass stays the default. The far false positives are the lead to follow.
 """
 
 from __future__ import annotations
