@@ -45,6 +45,7 @@ from semiseg.engine.reliability import OBSERVE_EVERY, labelled_batch_dice, make_
 from semiseg.engine.tensorboard import OVERLAY_CASES, TensorBoardLog
 from semiseg.errors import ConfigError, SemisegError
 from semiseg.eval.labels import probs_to_label
+from semiseg.eval.metrics import foreground_overlaps
 from semiseg.methods.base import Batch, Curriculum, Method, MethodContext, Nets, NetSpec, Progress, StepOut, WholeCase
 from semiseg.nets import build_network
 from semiseg.ssl.ema import ema_update
@@ -554,12 +555,6 @@ class Trainer:
 
 def mean_foreground_dice(pred: np.ndarray, label: np.ndarray, label_mode: str, num_classes: int) -> float:
     """Mean Dice over foreground classes; a class absent from both counts as 1 (fast, for validation)."""
-    classes = range(1, num_classes) if label_mode == "multiclass" else range(num_classes)
-    scores = []
-    for k in classes:
-        p = pred == k if label_mode == "multiclass" else pred[k] > 0
-        g = label == k if label_mode == "multiclass" else label[k] > 0
-        denom = p.sum() + g.sum()
-        scores.append(1.0 if denom == 0 else 2.0 * np.logical_and(p, g).sum() / denom)
-    return float(np.mean(scores))
+    overlaps = foreground_overlaps(pred, label, label_mode, num_classes)
+    return float(np.mean([1.0 if size == 0 else 2.0 * inter / size for inter, size in overlaps]))
 

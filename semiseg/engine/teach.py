@@ -26,6 +26,7 @@ from torch import Tensor
 from semiseg.data.loaders import StoredCase
 from semiseg.errors import SemisegError
 from semiseg.eval.labels import probs_to_label
+from semiseg.eval.metrics import foreground_overlaps
 
 PREFIX = "teach/"
 # Whole unlabelled cases scored per network at each validation (the first of the store, so every validation
@@ -57,14 +58,10 @@ def _pixel_weights(mask: Tensor, truth: Tensor, label_mode: str) -> Tensor:
 
 def target_dice(pred: Tensor, truth: Tensor, label_mode: str, num_classes: int) -> float | None:
     """Mean foreground Dice pooled over the batch; classes absent from both are left out (None: all absent)."""
-    classes = range(1, num_classes) if label_mode == "multiclass" else range(num_classes)
-    scores = []
-    for k in classes:
-        p = pred == k if label_mode == "multiclass" else pred[:, k] > 0
-        g = truth == k if label_mode == "multiclass" else truth[:, k] > 0
-        denom = int(p.sum() + g.sum())
-        if denom:
-            scores.append(2.0 * float((p & g).sum()) / denom)
+    if label_mode == "multilabel":  # (B, K, …) → (K, B, …): channels first, pooled over the batch
+        pred, truth = pred.movedim(1, 0), truth.movedim(1, 0)
+    overlaps = foreground_overlaps(pred, truth, label_mode, num_classes)
+    scores = [2.0 * inter / size for inter, size in overlaps if size]
     return float(np.mean(scores)) if scores else None
 
 

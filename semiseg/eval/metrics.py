@@ -31,6 +31,7 @@ Calibration metrics (Brier score, ECE) take probability maps with the class axis
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
@@ -62,6 +63,21 @@ def worst_distance(shape: Sequence[int], spacing: Sequence[float]) -> float:
 def _overlap(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int]:
     """Counts (|P & G|, |P|, |G|) from which both Dice and Jaccard follow."""
     return int(np.count_nonzero(pred & gt)), int(np.count_nonzero(pred)), int(np.count_nonzero(gt))
+
+
+def foreground_overlaps(pred: Any, label: Any, label_mode: str, num_classes: int) -> list[tuple[int, int]]:
+    """(|P & G|, |P| + |G|) of every foreground class of two label maps, NumPy arrays or torch tensors alike.
+
+    Multiclass maps hold class indices; multilabel ones are channels-first ``(K, …)``. The training loop's
+    validation Dice and the teaching diagnostics both count overlaps here and differ only in absent classes.
+    """
+    classes = range(1, num_classes) if label_mode == "multiclass" else range(num_classes)
+    counts = []
+    for k in classes:
+        p = pred == k if label_mode == "multiclass" else pred[k] > 0
+        g = label == k if label_mode == "multiclass" else label[k] > 0
+        counts.append((int((p & g).sum()), int(p.sum() + g.sum())))
+    return counts
 
 
 def _dice_from(inter: int, n_pred: int, n_gt: int) -> float:
