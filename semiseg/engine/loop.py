@@ -332,13 +332,13 @@ class Trainer:
         with autocast(self.amp, self.device, self.amp_dtype), self.dist.whole_batch_losses():
             out = self._method_step(labelled, unlabelled, progress)
         row: dict[str, float] = {"loss": 0.0}
-        score = truth is not None and self._logs_step(self.step + 1)
+        # the truth describes the batch as drawn, which only the first update of a chained step trains on
+        if truth is not None and self._logs_step(self.step + 1):
+            row.update(teach.score_step(out.targets, out.masks, truth, label_mode=self.ctx.label_mode,
+                                        num_classes=self.ctx.num_classes, method=self.method.name))
         gate = 1.0 if self.gate is None else self.gate.value(self.step)
         for update in range(_MAX_UPDATES_PER_STEP):
             prefix = f"u{update + 1}_" if update else ""
-            if score:
-                row.update(teach.score_step(out.targets, out.masks, truth, label_mode=self.ctx.label_mode,
-                                            num_classes=self.ctx.num_classes, method=self.method.name))
             losses = gate_unlabelled_terms(out.losses, gate)
             total = self._update(losses)
             row["loss"] += float(total.detach())

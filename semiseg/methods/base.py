@@ -101,8 +101,8 @@ class StepOut:
     drawn; masks are per-pixel weights in [0, 1] (``(B, *spatial)`` or per channel), a mask named like a target
     weighting that target; a method whose labeller is not the trained net may add the student's own prediction
     on the batch (``"student"``) as the reference the targets must beat. Report what the step already computed
-    (detached); no extra passes. Every update of a
-    chained step is scored, so a ``followup`` on mixed images (UMIX) reports none.
+    (detached); no extra passes. Only the first update
+    of a chained step is scored: a ``followup`` runs on mixed images (UMIX) that the truth does not describe.
     """
 
     losses: dict[str, Tensor]
