@@ -110,23 +110,17 @@ class Distributed:
         return float(tensor.item())
 
     def _all_reduce_mean(self, tensors: list[Tensor]) -> None:
-        for group in _by_dtype(tensors):
-            flat = _flatten_dense_tensors(group)
+        def mean(flat: Tensor) -> None:
             dist.all_reduce(flat)
             flat /= self.world_size
-            for tensor, synced in zip(group, _unflatten_dense_tensors(flat, group), strict=True):
-                tensor.copy_(synced)
+
+        _flat_collective(tensors, mean)
 
     def broadcast_nets(self, nets: Iterable[nn.Module]) -> None:
         """Rank 0's weights and buffers on every rank (after a pass only rank 0 made)."""
-        if not self.enabled:
-            return
-        tensors = [t.data for net in nets for t in (*net.parameters(), *net.buffers())]
-        for group in _by_dtype(tensors):
-            flat = _flatten_dense_tensors(group)
-            dist.broadcast(flat, src=0)
-            for tensor, synced in zip(group, _unflatten_dense_tensors(flat, group), strict=True):
-                tensor.copy_(synced)
+        if self.enabled:
+            tensors = [t.data for net in nets for t in (*net.parameters(), *net.buffers())]
+            _flat_collective(tensors, lambda flat: dist.broadcast(flat, src=0))
 
     def on_main(self, fn: Callable[[], T]) -> T:
         """``fn()`` on rank 0 only; every rank returns its (picklable) result, or raises its error."""
@@ -244,11 +238,16 @@ def print_on_main(text: str, ctx: Distributed | None = None) -> None:
         print(text, file=sys.stderr)
 
 
-def _by_dtype(tensors: list[Tensor]) -> list[list[Tensor]]:
+def _flat_collective(tensors: list[Tensor], collective: Callable[[Tensor], Any]) -> None:
+    """``collective`` on one flat buffer per dtype and device (one call each, not one per tensor), in place."""
     groups: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
     for tensor in tensors:
         groups.setdefault((tensor.dtype, tensor.device), []).append(tensor)
-    return list(groups.values())
+    for group in groups.values():
+        flat = _flatten_dense_tensors(group)
+        collective(flat)
+        for tensor, synced in zip(group, _unflatten_dense_tensors(flat, group), strict=True):
+            tensor.copy_(synced)
 
 
 def join(train: Any) -> torch.device:

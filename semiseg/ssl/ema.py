@@ -28,14 +28,14 @@ def ema_update(
     w = list(weights) if weights is not None else [1.0 / len(sources)] * len(sources)
     if len(w) != len(sources):
         raise ValueError(f"{len(w)} weights for {len(sources)} sources")
+    if buffers not in ("copy", "own"):  # checked before any weight moves
+        raise ValueError(f"buffers must be 'copy' or 'own', got {buffers!r}")
     src_params = [dict(s.named_parameters()) for s in sources]
     for name, param in target.named_parameters():
         mixed = sum(wi * sp[name].detach() for wi, sp in zip(w, src_params, strict=True))
         param.mul_(decay).add_(mixed, alpha=1.0 - decay)
     if buffers == "own":
         return
-    if buffers != "copy":
-        raise ValueError(f"buffers must be 'copy' or 'own', got {buffers!r}")
     src_buffers = [dict(s.named_buffers()) for s in sources]
     for name, buf in target.named_buffers():
         if buf.dtype.is_floating_point:
