@@ -193,14 +193,14 @@ def _train(args: argparse.Namespace, started: list[Path]) -> None:
 
 def _continue(args: argparse.Namespace, on_start: Any) -> None:
     """``train --continue``: the reuse/resume/train decision ``semiseg compare`` makes for each of its runs."""
-    from semiseg.compare import train_or_resume
+    from semiseg.compare import run_folder, train_or_resume
     from semiseg.config import load_config
 
     if args.resume or args.overwrite:
         raise SemisegError("--continue decides itself whether to resume; drop --resume/--overwrite")
     cfg = load_config(args.config, _train_overrides(args))
     status, seconds = train_or_resume(cfg, progress=not args.quiet, on_start=on_start)
-    run_dir = Path(cfg.output.root) / str(cfg.output.name)
+    run_dir = run_folder(cfg)
     print(f"{run_dir}: {status}" + (f" in {seconds:.1f} s" if status != "reused" else " (already finished)"))
     print(f"report: {run_dir / 'report.md'}")
 

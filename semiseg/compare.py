@@ -162,13 +162,14 @@ def train_commands(plan: dict[tuple[str, int], tuple[list[str], Config]], base_f
     return lines
 
 
-def _run_dir(cfg: Config) -> Path:
+def run_folder(cfg: Config) -> Path:
+    """Where a run of the grid (or of ``train --continue``) lives: ``output.root / output.name``."""
     return Path(cfg.output.root) / str(cfg.output.name)
 
 
 def finished(cfg: Config) -> bool:
     """A run whose folder has a ``summary.json`` is done; every backend reuses it."""
-    return (_run_dir(cfg) / "summary.json").is_file()
+    return (run_folder(cfg) / "summary.json").is_file()
 
 
 def train_or_resume(cfg: Config, progress: bool,
@@ -181,7 +182,7 @@ def train_or_resume(cfg: Config, progress: bool,
 
     if cfg.output.name is None:
         raise ConfigError("continuing a run needs a fixed run folder: give --output or --set output.name")
-    run_dir, start = _run_dir(cfg), time.perf_counter()
+    run_dir, start = run_folder(cfg), time.perf_counter()
     if finished(cfg):
         return "reused", 0.0
     if (run_dir / "checkpoints" / "last.pt").is_file():
@@ -302,17 +303,20 @@ def _case_rows(run_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
             for ck, cases in grouped.items()}
 
 
-def _train_seconds(run_dir: Path) -> float:
+def _log_rows(run_dir: Path) -> list[dict[str, str]]:
     with (run_dir / "log.csv").open() as fh:
-        rows = list(csv.DictReader(fh))
+        return list(csv.DictReader(fh))
+
+
+def _train_seconds(run_dir: Path) -> float:
+    rows = _log_rows(run_dir)
     return float(rows[-1]["elapsed_s"]) if rows else math.nan
 
 
 def _last_teaching(run_dir: Path) -> dict[str, float]:
     """Mean of each ``teach/*`` column (diagnostics against held-out truth) and of val Dice over the last fifth of
     training: one logged batch is too noisy a summary, the whole run mixes in the warm-up."""
-    with (run_dir / "log.csv").open() as fh:
-        rows = list(csv.DictReader(fh))
+    rows = _log_rows(run_dir)
     if not rows:
         return {}
     start = 0.8 * float(rows[-1]["step"])
