@@ -23,6 +23,8 @@ BUILTIN_METHODS: dict[str, tuple[str, str]] = {
         'Deep ensemble of M supervised networks; averaged probabilities, members as uncertainty samples.'),
     'fixmatch': ('semiseg.methods.fixmatch',
         'FixMatch for segmentation: confident weak-view pseudo labels train a RandAugment + CutOut view.'),
+    'fixmatch_mix': ('semiseg.methods.fixmatch_mix',
+        'FixMatch whose strong views are CutMix-ed in pairs, pseudo labels and masks mixed alike.'),
     'mean_teacher': ('semiseg.methods.mean_teacher',
         'EMA teacher on noisy unlabelled images; MSE consistency of probabilities, sigmoid ramp.'),
     'multiscale_supervised': ('semiseg.methods.must',

@@ -8,6 +8,7 @@ from semiseg.methods import (  # noqa: F401
     dual_uncertainty,
     ensemble,
     fixmatch,
+    fixmatch_mix,
     mean_teacher,
     must,
     rpg,

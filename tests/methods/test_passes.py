@@ -13,7 +13,8 @@ WITH_PASSES = sorted(name for name, cls in available_methods().items() if "unlab
 
 
 def test_every_method_with_a_joint_pass_offers_separate_passes():
-    assert WITH_PASSES == ["cct", "cmt", "cutmix", "dual_uncertainty", "fixmatch", "mean_teacher", "must", "rpg",
+    assert WITH_PASSES == ["cct", "cmt", "cutmix", "dual_uncertainty", "fixmatch", "fixmatch_mix",
+                           "mean_teacher", "must", "rpg",
                            "rpg_plus", "segpl", "segpl_vi", "self_training", "ua_mt", "ucmt", "urpc"]
 
 
