@@ -150,9 +150,13 @@ class TrainConfig(Strict):
                          "(0: in the training process); the batches are the same for any number")
     monitor_unlabelled: bool = Field(True, description="when unlabelled training cases have labels on disk, log "
                                      "what the method teaches against them (the method never sees them)")
-    unlabelled_gate: Literal["off", "labelled_dice"] = Field("off",
+    unlabelled_pass: Literal["joint", "separate"] = Field("separate",
+        description="separate: labelled and unlabelled images pass the network one part at a time, each with its "
+                    "own BatchNorm statistics; joint: as one batch (the papers' code). A method's own "
+                    "method.unlabelled_pass wins")
+    unlabelled_gate: Literal["off", "labelled_dice"] = Field("labelled_dice",
         description="labelled_dice: unlabelled loss terms stay off until the predicting network's Dice on the "
-                    "labelled batch reaches unlabelled_gate_threshold (off: from step 0, as before)")
+                    "labelled batch reaches unlabelled_gate_threshold; off: from step 0 (the papers' schedule)")
     unlabelled_gate_threshold: float = Field(0.8, ge=0.0, le=1.0,
         description="smoothed labelled-batch Dice at which the unlabelled terms switch on")
     unlabelled_gate_ramp: float = Field(0.1, ge=0.0, le=1.0,

@@ -14,7 +14,8 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 def _protocol(widths: str = "[8,16,32,64]") -> list[str]:
     """benchmarks/protocol.sh's --set list (its --jobs 2 is the JOBS below)."""
     return ["split.labelled=1", f"model.widths={widths}", "train.steps=600", "train.val_every=200",
-            "train.batch_size=4", "train.unlabelled_batch_size=4"]
+            "train.batch_size=4", "train.unlabelled_batch_size=4",
+            "train.unlabelled_gate=off", "train.unlabelled_pass=joint"]  # the defaults then, written out
 
 
 REF = "reference_size=32:k_fraction=0.57"

@@ -20,6 +20,7 @@ import csv
 import json
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -41,7 +42,7 @@ from semiseg.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
 from semiseg.engine.device import autocast, resolve_amp_dtype
 from semiseg.engine.inferer import Inferer
 from semiseg.engine.performance import channels_last_enabled, prepare_nets, to_channels_last
-from semiseg.engine.reliability import OBSERVE_EVERY, labelled_batch_dice, make_gate
+from semiseg.engine.reliability import OBSERVE_EVERY, closed_gate_note, labelled_batch_dice, make_gate
 from semiseg.engine.tensorboard import OVERLAY_CASES, TensorBoardLog
 from semiseg.errors import ConfigError, SemisegError
 from semiseg.eval.labels import probs_to_label
@@ -533,6 +534,8 @@ class Trainer:
             if self.tensorboard is not None:
                 self.tensorboard.close()
         bar.close()
+        if main and self.gate is not None and not self.gate.is_open:
+            print(closed_gate_note(self.gate), file=sys.stderr)
         return {"best": dict(self.best), "steps": self.step, "seconds": time.perf_counter() - start_time}
 
     def _log(self, log: CsvLog | None, row: dict[str, Any]) -> None:

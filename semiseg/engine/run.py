@@ -49,6 +49,7 @@ from semiseg.engine.loop import Trainer, TrainingData, build_nets, check_unlabel
 from semiseg.engine.manifest import MANIFEST, recorded, remove_run_files
 from semiseg.engine.performance import pin_legacy_speed_settings
 from semiseg.engine.predict import CasePredictor, Ensemble, predict_files
+from semiseg.engine.reliability import pin_legacy_unlabelled_settings
 from semiseg.engine.tensorboard import check_tensorboard
 from semiseg.errors import ConfigError, DataError, SemisegError
 from semiseg.eval.io import input_case_ids
@@ -116,6 +117,7 @@ def method_context(cfg: Config, info: dict[str, Any]) -> MethodContext:
         in_channels=info["channels"],
         supervised_loss=supervised_loss(cfg.train.loss, info["label_mode"], cfg.train.include_background),
         include_background=cfg.train.include_background,
+        unlabelled_pass=cfg.train.unlabelled_pass,
     )
 
 
@@ -403,7 +405,8 @@ class Run:
         """
         run_dir = Path(run_dir)
         require_run(run_dir)
-        cfg = validate_config(pin_legacy_speed_settings(read_yaml(run_dir / "config.yaml")))
+        saved = read_yaml(run_dir / "config.yaml")
+        cfg = validate_config(pin_legacy_unlabelled_settings(pin_legacy_speed_settings(saved)))
         device = distributed.join(cfg.train)  # another number of processes works: batches are global
         distributed.current().barrier()  # rank 0 may still be writing the last.pt the others are about to read
         last = run_dir / "checkpoints" / "last.pt"

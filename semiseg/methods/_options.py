@@ -29,8 +29,8 @@ class PassesOption(MethodConfig):
     """How labelled and unlabelled images go through the network (``semiseg.ssl.joint.joint_forward``)."""
 
     # joint: one pass over [labelled; unlabelled], BatchNorm statistics shared (the papers' code); separate: one
-    # pass each, so each part is normalised with its own statistics.
-    unlabelled_pass: Passes = "joint"
+    # pass each, so each part is normalised with its own statistics. None: the run's train.unlabelled_pass.
+    unlabelled_pass: Passes | None = None
 
 
 class ReferenceOptions(MethodConfig):

@@ -82,7 +82,7 @@ class CCT(Method):
         if w == 0:  # no unlabelled term: the auxiliary decoders and the unlabelled images are not needed
             return StepOut(self.supervised_step(nets, labelled, progress).losses, logs)
         (_, main_l), (skips_u, main_u) = joint_forward(partial(self.main_pass, net), labelled.image, unlabelled.image,
-                                                         self.cfg.unlabelled_pass)
+                                                         self.unlabelled_pass)
         sup = self.ctx.supervised_loss(main_l, labelled.label)
         aux = self.aux_logits(net, skips_u)
         mode = self.ctx.label_mode

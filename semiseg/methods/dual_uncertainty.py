@@ -221,7 +221,7 @@ class DualUncertainty(Method):
         if self.stage == 1:
             return self.supervised_step(nets, labelled, progress)
         (main_l, aux_l), (main_u, aux_u) = joint_forward(partial(self._decoders, nets["model"]), labelled.image,
-                                                         unlabelled.image, self.cfg.unlabelled_pass)
+                                                         unlabelled.image, self.unlabelled_pass)
         losses = self._supervised_terms(main_l, aux_l, labelled)
         logs = {"stage": float(self.stage)}
         target = self._pseudo_labels(nets["teacher"], unlabelled.image)

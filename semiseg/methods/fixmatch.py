@@ -7,7 +7,8 @@ multilabel; every other pixel and channel is ignored). The strong view applies R
 alike, then CutOut, whose box becomes background in the pseudo label. The network learns the pseudo labels
 on the strong view with (binary) cross-entropy averaged over the pixels that are not ignored.
 
-The weak pass runs under ``no_grad``; labelled and strong images then share one training pass.
+The weak pass runs under ``no_grad``; labelled and strong images then go through the training pass, one part
+at a time by default (``train.unlabelled_pass``; ``joint``: as one batch, the paper's code).
 ``strong_augment: false`` is Lee's (2013) Pseudo-Label instead: the weak view's confident labels train that
 same view, from the same (single) pass, the "Pseudolabel τ" baseline of the RPG paper.
 
@@ -129,10 +130,10 @@ class FixMatch(Method):
                 probs_weak = probabilities(model(unlabelled.image), self.ctx.label_mode)
             target, mask = weak_targets(probs_weak, self.ctx.label_mode, self.cfg.tau)
             x, strong_target, strong_mask = self.augment(unlabelled.image, target, mask)
-            logits_l, logits_strong = joint_forward(model, labelled.image, x, self.cfg.unlabelled_pass)
+            logits_l, logits_strong = joint_forward(model, labelled.image, x, self.unlabelled_pass)
             unsup, kept = self.term(logits_strong, strong_target, strong_mask)
         else:
-            logits_l, logits_weak = joint_forward(model, labelled.image, unlabelled.image, self.cfg.unlabelled_pass)
+            logits_l, logits_weak = joint_forward(model, labelled.image, unlabelled.image, self.unlabelled_pass)
             unsup, kept, (target, mask) = self.weak_term(logits_weak)
         losses = {"sup": self.ctx.supervised_loss(logits_l, labelled.label), "unsup": self.cfg.weight * unsup}
         return StepOut(losses=losses, logs={"confident": kept}, targets={"pseudo": target}, masks={"pseudo": mask})

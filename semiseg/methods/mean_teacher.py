@@ -60,7 +60,7 @@ class MeanTeacher(Method):
 
     def student_forward(self, nets: Nets, labelled: Batch, unlabelled_images: Tensor) -> tuple[Tensor, Tensor]:
         """Supervised loss and the student's logits on the unlabelled images, from one batched pass."""
-        logits_l, logits_u = joint_forward(nets["student"], labelled.image, unlabelled_images, self.cfg.unlabelled_pass)
+        logits_l, logits_u = joint_forward(nets["student"], labelled.image, unlabelled_images, self.unlabelled_pass)
         return self.ctx.supervised_loss(logits_l, labelled.label), logits_u
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:

@@ -241,7 +241,7 @@ class MuST(MultiscaleSupervised):
             return StepOut(self.supervised_step(nets, labelled, progress).losses, {"consistency_weight": w})
         # one teacher pass for both batches
         out_l, out_u = joint_forward(partial(net, return_scales=True), labelled.image, unlabelled.image,
-                                   self.cfg.unlabelled_pass)
+                                   self.unlabelled_pass)
         sup = self.supervised(out_l.scales, labelled.label)
         # The clean output's labels: those of the sharpened layer-0 target (sharpening keeps the argmax).
         taught = {"teacher": out_u.scales[0].detach()}

@@ -79,7 +79,7 @@ class RPG(Method):
     def forward(self, nets: Nets, labelled: Batch, unlabelled_images: Tensor) -> tuple[NetOutput, NetOutput]:
         """One pass over [labelled; unlabelled] with the penultimate features, split into the two parts."""
         return joint_forward(partial(nets["model"], return_features=True), labelled.image, unlabelled_images,
-                             self.cfg.unlabelled_pass)
+                             self.unlabelled_pass)
 
     def terms(self, out_l: NetOutput, out_u: NetOutput, labelled: Batch) -> StepOut:
         """Eq. 8's two terms from a pass over [labelled; unlabelled], what the matching looked like (W over

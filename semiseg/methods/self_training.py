@@ -95,7 +95,7 @@ class SelfTraining(Method):
         self._advance(nets, progress)
         if self.round == 0:
             return self.supervised_step(nets, labelled, progress)
-        logits_l, logits_u = joint_forward(nets["model"], labelled.image, unlabelled.image, self.cfg.unlabelled_pass)
+        logits_l, logits_u = joint_forward(nets["model"], labelled.image, unlabelled.image, self.unlabelled_pass)
         target, mask = self._pseudo_labels(nets["teacher"], unlabelled.image)
         losses = {
             "sup": self.ctx.supervised_loss(logits_l, labelled.label),

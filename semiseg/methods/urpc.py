@@ -124,7 +124,7 @@ class URPC(Method):
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         forward = partial(self.pyramid_pass, nets["model"])
-        scales_l, scales_u = joint_forward(forward, labelled.image, unlabelled.image, self.cfg.unlabelled_pass)
+        scales_l, scales_u = joint_forward(forward, labelled.image, unlabelled.image, self.unlabelled_pass)
         losses = {"sup": self.supervised(scales_l, labelled.label)}
         w = self.cfg.weight_at(progress)
         if self.cfg.weight == 0:

@@ -22,12 +22,19 @@ def train(tmp_path, *overrides: str) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_closed_gate_zeroes_the_unlabelled_term(tmp_path) -> None:
-    rows = train(tmp_path, "train.unlabelled_gate=labelled_dice", "train.unlabelled_gate_threshold=1.0")
+def test_closed_gate_zeroes_the_unlabelled_term_and_says_so(tmp_path, capsys) -> None:
+    rows = train(tmp_path, "train.unlabelled_gate_threshold=1.0")  # the gate is on by default
     assert all(float(r["unlabelled_gate"]) == 0.0 and float(r["consistency"]) == 0.0 for r in rows)
     measured = [r["step"] for r in rows if r["labelled_dice"]]
     assert measured == ["5", "10"] and 0 <= float(rows[4]["labelled_dice_smoothed"]) <= 1  # every 5 steps
     assert all(float(r["sup"]) > 0 for r in rows)
+    note = capsys.readouterr().err
+    assert "never switched on" in note and "train.unlabelled_gate_threshold=1" in note
+
+
+def test_an_opened_gate_leaves_no_note(tmp_path, capsys) -> None:
+    train(tmp_path, "train.unlabelled_gate_threshold=0")
+    assert "never switched on" not in capsys.readouterr().err
 
 
 def test_gate_opens_once_the_labelled_dice_is_reached(tmp_path) -> None:
@@ -40,8 +47,12 @@ def test_gate_opens_once_the_labelled_dice_is_reached(tmp_path) -> None:
 
 @pytest.mark.parametrize("method", ["supervised", "mean_teacher"])
 def test_off_logs_no_gate(tmp_path, method) -> None:
-    rows = train(tmp_path, f"train.method={method}", "method={}")
+    rows = train(tmp_path, f"train.method={method}", "method={}", "train.unlabelled_gate=off")
     assert "unlabelled_gate" not in rows[0]
+
+
+def test_supervised_training_has_no_gate_to_log(tmp_path) -> None:
+    assert "unlabelled_gate" not in train(tmp_path, "train.method=supervised", "method={}")[0]
 
 
 def test_bare_yaml_off_means_the_word_and_a_bad_value_names_the_key() -> None:

@@ -20,7 +20,7 @@ from semiseg.ssl.rectification import cross_entropy_map
 
 def _setup(options=None, label_mode="multiclass"):
     cfg = load_config(None, ["model.widths=[4, 8]", "train.method=dual_uncertainty"])
-    ctx = MethodContext(
+    ctx = MethodContext(unlabelled_pass="joint",  # the hand computations assume one pass over both parts
         label_mode=label_mode,
         num_classes=3,
         spatial_dims=2,

@@ -12,7 +12,7 @@ from semiseg.methods.fixmatch import masked_ce, weak_targets
 
 
 def _ctx(label_mode="multiclass", k=3):
-    return MethodContext(
+    return MethodContext(unlabelled_pass="joint",  # the hand computations assume one pass over both parts
         label_mode=label_mode,
         num_classes=k,
         spatial_dims=2,

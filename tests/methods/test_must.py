@@ -21,7 +21,8 @@ K = 3
 
 
 def _ctx(dims=2, label_mode="multiclass", loss="dice_ce"):
-    return MethodContext(label_mode=label_mode, num_classes=K, spatial_dims=dims, in_channels=1,
+    return MethodContext(unlabelled_pass="joint",  # the hand computations assume one pass over both parts
+        label_mode=label_mode, num_classes=K, spatial_dims=dims, in_channels=1,
                          supervised_loss=supervised_loss(loss, label_mode, False))
 
 

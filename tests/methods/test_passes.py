@@ -18,9 +18,35 @@ def test_every_method_with_a_joint_pass_offers_separate_passes():
                            "rpg_plus", "segpl", "segpl_vi", "self_training", "ua_mt", "ucmt", "urpc"]
 
 
-def test_segpl_defaults_to_separate_passes_and_the_others_to_one():
+def test_segpl_states_separate_passes_and_the_others_follow_the_run():
     defaults = {name: available_methods()[name].Config().unlabelled_pass for name in WITH_PASSES}
-    assert {name for name, mode in defaults.items() if mode == "separate"} == {"segpl", "segpl_vi"}
+    assert {name: mode for name, mode in defaults.items() if mode is not None} == {
+        "segpl": "separate", "segpl_vi": "separate"}
+    assert load_config(None, []).train.unlabelled_pass == "separate"
+
+
+@pytest.mark.parametrize("run_setting", ["joint", "separate"])
+def test_a_method_option_wins_over_the_run_setting(run_setting):
+    ctx = MethodContext(label_mode="multiclass", num_classes=K, spatial_dims=2, in_channels=1,
+                        supervised_loss=supervised_loss("dice_ce", "multiclass", False), unlabelled_pass=run_setting)
+    fixmatch = available_methods()["fixmatch"]
+    assert fixmatch(ctx).unlabelled_pass == run_setting
+    other = "joint" if run_setting == "separate" else "separate"
+    assert fixmatch(ctx, {"unlabelled_pass": other}).unlabelled_pass == other
+    assert available_methods()["segpl"](ctx).unlabelled_pass == "separate"  # its own default
+
+
+def test_the_run_setting_reaches_the_method_and_a_run_saved_before_it_resumes_joint():
+    from semiseg.engine.reliability import pin_legacy_unlabelled_settings
+    from semiseg.engine.run import method_context
+
+    info = {"label_mode": "multiclass", "class_names": ["bg", "a"], "channels": 1}
+    cfg = load_config(None, ["train.unlabelled_pass=joint"])
+    assert method_context(cfg, info).unlabelled_pass == "joint"
+    assert pin_legacy_unlabelled_settings({"train": {"steps": 5}})["train"] == {
+        "steps": 5, "unlabelled_pass": "joint", "unlabelled_gate": "off"}
+    kept = {"train": {"unlabelled_pass": "separate", "unlabelled_gate": "labelled_dice"}}
+    assert pin_legacy_unlabelled_settings(kept) == kept
 
 
 def _batch_sizes(name: str, passes: str) -> list[int]:

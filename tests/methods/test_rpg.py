@@ -38,7 +38,7 @@ class FixedNet(nn.Module):
 
 
 def _ctx(label_mode="multiclass", k=3, loss="ce"):
-    return MethodContext(
+    return MethodContext(unlabelled_pass="joint",  # the hand computations assume one pass over both parts
         label_mode=label_mode,
         num_classes=k,
         spatial_dims=2,

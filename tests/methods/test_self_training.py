@@ -16,7 +16,8 @@ from semiseg.methods import Batch, MethodContext, Progress, get_method
 
 def _setup(options=None, label_mode="multiclass"):
     cfg = load_config(None, ["model.widths=[4, 8]", "train.method=self_training"])
-    ctx = MethodContext(label_mode=label_mode, num_classes=3, spatial_dims=2, in_channels=1,
+    ctx = MethodContext(unlabelled_pass="joint",  # the hand computations assume one pass over both parts
+        label_mode=label_mode, num_classes=3, spatial_dims=2, in_channels=1,
                         supervised_loss=supervised_loss("dice_ce", label_mode, False))
     method = get_method("self_training")(ctx, options or {})
     return method, build_nets(method, cfg, ctx, torch.device("cpu"))

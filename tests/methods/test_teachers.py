@@ -18,7 +18,8 @@ K = 3
 
 def setup(name, options=None, dims=2, label_mode="multiclass", norm="instance"):
     cfg = load_config(None, [f"model.dim={dims}", "model.widths=[4, 8]", f"model.norm={norm}"])
-    ctx = MethodContext(label_mode=label_mode, num_classes=K, spatial_dims=dims, in_channels=1,
+    ctx = MethodContext(unlabelled_pass="joint",  # the hand computations assume one pass over both parts
+        label_mode=label_mode, num_classes=K, spatial_dims=dims, in_channels=1,
                         supervised_loss=supervised_loss("dice_ce", label_mode, False))
     method = available_methods()[name](ctx, options or {})
     return method, build_nets(method, cfg, ctx, torch.device("cpu"))

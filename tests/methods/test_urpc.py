@@ -66,7 +66,7 @@ def test_pyramid_divergence_is_exact_when_a_scale_is_confidently_wrong():
 
 def _setup(widths, options=None, dims=2):
     cfg = load_config(None, [f"model.widths={widths}", "train.method=urpc", f"model.dim={dims}"])
-    ctx = MethodContext(
+    ctx = MethodContext(unlabelled_pass="joint",  # the hand computations assume one pass over both parts
         label_mode="multiclass",
         num_classes=3,
         spatial_dims=dims,
