@@ -19,9 +19,10 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from semiseg.methods._options import RampedWeight, RampKind
+from semiseg.methods._options import PassesOption, RampedWeight, RampKind
 from semiseg.methods.base import Batch, Method, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.registry import register
+from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import hard_labels, probabilities
 
 
@@ -30,7 +31,7 @@ def agreement(labels_a: Tensor, labels_b: Tensor) -> float:
     return float((labels_a == labels_b).float().mean())
 
 
-class CPSConfig(RampedWeight):
+class CPSConfig(RampedWeight, PassesOption):
     weight: float = Field(1.5, ge=0)
     rampup: RampKind = "none"
     loss: Literal["ce", "dice", "dice_ce"] = "ce"
@@ -51,9 +52,10 @@ class CPS(Method):
         return {"net1": NetSpec(init_seed_offset=1), "net2": NetSpec(init_seed_offset=2)}
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
-        # Not ``joint_forward``: the cross term may read every row, so both nets keep their logits whole.
-        n, x = labelled.image.shape[0], torch.cat([labelled.image, unlabelled.image])
-        logits1, logits2 = nets["net1"](x), nets["net2"](x)
+        # the cross term may read every row, so each net's two parts are put back together
+        n = labelled.image.shape[0]
+        logits1, logits2 = (torch.cat(joint_forward(nets[name], labelled.image, unlabelled.image, self.unlabelled_pass))
+                            for name in ("net1", "net2"))
         sup = sum(self.ctx.supervised_loss(logits[:n], labelled.label) for logits in (logits1, logits2))
         start = 0 if self.cfg.on_labelled else n
         cross = self.cross_loss(logits1[start:], logits2[start:])

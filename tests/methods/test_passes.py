@@ -13,7 +13,7 @@ WITH_PASSES = sorted(name for name, cls in available_methods().items() if "unlab
 
 
 def test_every_method_with_a_joint_pass_offers_separate_passes():
-    assert WITH_PASSES == ["cct", "cmt", "cutmix", "dual_uncertainty", "fixmatch", "fixmatch_mix",
+    assert WITH_PASSES == ["cct", "cmt", "cps", "cutmix", "dual_uncertainty", "fixmatch", "fixmatch_mix",
                            "mean_teacher", "must", "rpg",
                            "rpg_plus", "segpl", "segpl_vi", "self_training", "ua_mt", "ucmt", "urpc"]
 
