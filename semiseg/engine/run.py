@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from semiseg import __version__
-from semiseg.config import Config, config_to_yaml, read_yaml, validate_config
+from semiseg.config import Config, TrainConfig, config_to_yaml, read_yaml, validate_config
 from semiseg.data import sources
 from semiseg.data.cache import CaseCache, resolve_cache_dir
 from semiseg.data.case import Case, DatasetSpec
@@ -102,6 +102,14 @@ def print_ema_warnings(method: Method, steps: int) -> None:
                   f"{steps}: the teacher keeps much of its early, untrained students; train longer, set "
                   f"method.ema_half_life (e.g. 0.05, a twentieth of the run) or lower method.ema_decay "
                   f"(e.g. {decay_for_horizon(steps / 10):.3g}, a tenth of the run)", file=sys.stderr)
+
+
+def print_schedule_warnings(train: TrainConfig) -> None:
+    """Say so when the learning-rate warm-up fills half the run or more: the rate then barely leaves its ramp."""
+    if train.warmup_steps * 2 >= train.steps:
+        print(f"warning: train.warmup_steps={train.warmup_steps} is half of train.steps={train.steps} or more: the "
+              "learning rate spends most of the run ramping up and never decays; lower train.warmup_steps "
+              f"(e.g. {max(1, train.steps // 10)}, a tenth of the run) or train longer", file=sys.stderr)
 
 
 def dataset_info(spec: DatasetSpec) -> dict[str, Any]:
@@ -379,6 +387,7 @@ class Run:
         method, nets = _method_and_nets(cfg, spec, device)
         if ctx.is_main:
             print_ema_warnings(method, cfg.train.steps)
+            print_schedule_warnings(cfg.train)
         if cfg.model.init_from:
             init_from_run(nets, method, cfg.model.init_from)
         check_patch(cfg, network_divisor(nets.values()))

@@ -37,11 +37,12 @@ def take_rows(value: Any, rows: slice) -> Any:
 
 
 def joint_forward(forward: Callable[[Tensor], Output], labelled: Tensor, unlabelled: Tensor,
-                  passes: Passes = "joint") -> tuple[Output, Output]:
+                  passes: Passes) -> tuple[Output, Output]:
     """``forward`` on labelled and on unlabelled images: the outputs of the labelled and the unlabelled rows.
 
     ``joint``: one pass over [labelled; unlabelled], split back. ``separate``: one pass over each, so
-    BatchNorm normalises each part with its own statistics (and updates its running ones twice).
+    BatchNorm normalises each part with its own statistics (and updates its running ones twice). No default:
+    a method passes its ``self.unlabelled_pass``, so the run's ``train.unlabelled_pass`` reaches it.
     """
     if passes == "separate":
         return forward(labelled), forward(unlabelled)

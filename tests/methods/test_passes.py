@@ -18,10 +18,10 @@ def test_every_method_with_a_joint_pass_offers_separate_passes():
                            "rpg_plus", "segpl", "segpl_vi", "self_training", "ua_mt", "ucmt", "urpc"]
 
 
-def test_segpl_states_separate_passes_and_the_others_follow_the_run():
+def test_segpl_and_the_fixmatch_family_state_their_passes_and_the_others_follow_the_run():
     defaults = {name: available_methods()[name].Config().unlabelled_pass for name in WITH_PASSES}
     assert {name: mode for name, mode in defaults.items() if mode is not None} == {
-        "segpl": "separate", "segpl_vi": "separate"}
+        "segpl": "separate", "segpl_vi": "separate", "fixmatch": "joint", "fixmatch_mix": "joint", "rpg_plus": "joint"}
     assert load_config(None, []).train.unlabelled_pass == "separate"
 
 
@@ -29,11 +29,12 @@ def test_segpl_states_separate_passes_and_the_others_follow_the_run():
 def test_a_method_option_wins_over_the_run_setting(run_setting):
     ctx = MethodContext(label_mode="multiclass", num_classes=K, spatial_dims=2, in_channels=1,
                         supervised_loss=supervised_loss("dice_ce", "multiclass", False), unlabelled_pass=run_setting)
-    fixmatch = available_methods()["fixmatch"]
-    assert fixmatch(ctx).unlabelled_pass == run_setting
+    mean_teacher = available_methods()["mean_teacher"]
+    assert mean_teacher(ctx).unlabelled_pass == run_setting
     other = "joint" if run_setting == "separate" else "separate"
-    assert fixmatch(ctx, {"unlabelled_pass": other}).unlabelled_pass == other
+    assert mean_teacher(ctx, {"unlabelled_pass": other}).unlabelled_pass == other
     assert available_methods()["segpl"](ctx).unlabelled_pass == "separate"  # its own default
+    assert available_methods()["fixmatch"](ctx).unlabelled_pass == "joint"
 
 
 def test_the_run_setting_reaches_the_method_and_a_run_saved_before_it_resumes_joint():

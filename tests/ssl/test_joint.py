@@ -13,7 +13,7 @@ def test_one_pass_split_into_the_two_batches():
     labelled, unlabelled = torch.randn(2, 1, 8, 8), torch.randn(3, 1, 8, 8)
     calls = []
     net.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
-    out_l, out_u = joint_forward(net, labelled, unlabelled)
+    out_l, out_u = joint_forward(net, labelled, unlabelled, "joint")
     whole = net(torch.cat([labelled, unlabelled]))
     assert calls == [5, 5] and torch.equal(out_l, whole[:2]) and torch.equal(out_u, whole[2:])
 
@@ -27,7 +27,7 @@ def test_separate_passes_normalise_each_part_with_its_own_statistics():
     out_l, out_u = joint_forward(net, labelled, unlabelled, passes="separate")
     assert calls == [2, 3]
     assert torch.equal(out_l, net(labelled)) and torch.equal(out_u, net(unlabelled))
-    joint_u = joint_forward(net, labelled, unlabelled)[1]
+    joint_u = joint_forward(net, labelled, unlabelled, "joint")[1]
     assert not torch.allclose(out_u, joint_u, atol=1e-3)  # mixed statistics change the unlabelled outputs
 
 
