@@ -194,6 +194,9 @@ class Method(ABC):
     # True for methods whose every loss compares networks on unlabelled images (teachers, co-training):
     # without an unlabelled batch they have no step, and the engine refuses to start.
     needs_unlabelled_batch: ClassVar[bool] = False
+    # What train.unlabelled_gate=auto means for this method: the reliability gate, unless measurements show the
+    # method loses by it (then "off", with the evidence in its docstring).
+    default_unlabelled_gate: ClassVar[str] = "labelled_dice"
 
     def __init__(self, ctx: MethodContext, options: dict[str, Any] | None = None) -> None:
         self.ctx = ctx

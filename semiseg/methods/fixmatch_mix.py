@@ -49,6 +49,7 @@ class FixMatchMix(Method):
     summary = "FixMatch whose strong views are CutMix-ed in pairs, pseudo labels and masks mixed alike."
     Config = FixMatchMixConfig
     uses_unlabelled = True
+    default_unlabelled_gate = "off"  # as fixmatch, where the gate was measured to cost Dice
     cfg: FixMatchMixConfig
 
     def __init__(self, ctx: MethodContext, options: dict[str, Any] | None = None) -> None:

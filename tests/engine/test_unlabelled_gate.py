@@ -61,3 +61,17 @@ def test_bare_yaml_off_means_the_word_and_a_bad_value_names_the_key() -> None:
     assert load_config(None, ["train.unlabelled_gate=off"]).train.unlabelled_gate == "off"  # YAML reads False
     with pytest.raises(ConfigError, match="unlabelled_gate"):
         load_config(None, ["train.unlabelled_gate=validation"])
+
+
+@pytest.mark.parametrize(("method", "setting", "gated"), [
+    ("mean_teacher", "auto", True), ("fixmatch", "auto", False), ("fixmatch_mix", "auto", False),
+    ("fixmatch", "labelled_dice", True), ("mean_teacher", "off", False), ("supervised", "labelled_dice", False)])
+def test_auto_is_the_methods_own_choice_and_an_explicit_setting_wins(method, setting, gated) -> None:
+    from semiseg.api import supervised_loss
+    from semiseg.engine.reliability import make_gate
+    from semiseg.methods import MethodContext, get_method
+
+    ctx = MethodContext(label_mode="multiclass", num_classes=3, spatial_dims=2, in_channels=1,
+                        supervised_loss=supervised_loss("ce", "multiclass", False))
+    cfg = load_config(None, [f"train.unlabelled_gate={setting}"])
+    assert (make_gate(cfg, get_method(method)(ctx)) is not None) == gated
