@@ -157,7 +157,7 @@ class TrainConfig(Strict):
     unlabelled_gate: Literal["auto", "off", "labelled_dice"] = Field("auto",
         description="labelled_dice: unlabelled loss terms stay off until the predicting network's Dice on the "
                     "labelled batch reaches unlabelled_gate_threshold; off: from step 0 (the papers' schedule); "
-                    "auto: the method's choice (labelled_dice, except fixmatch and fixmatch_mix: off)")
+                    "auto: the method's choice (labelled_dice, except fixmatch: off)")
     unlabelled_gate_threshold: float = Field(0.8, ge=0.0, le=1.0,
         description="smoothed labelled-batch Dice at which the unlabelled terms switch on")
     unlabelled_gate_ramp: float = Field(0.1, ge=0.0, le=1.0,

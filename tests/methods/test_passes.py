@@ -21,7 +21,8 @@ def test_every_method_with_a_joint_pass_offers_separate_passes():
 def test_segpl_and_the_fixmatch_family_state_their_passes_and_the_others_follow_the_run():
     defaults = {name: available_methods()[name].Config().unlabelled_pass for name in WITH_PASSES}
     assert {name: mode for name, mode in defaults.items() if mode is not None} == {
-        "segpl": "separate", "segpl_vi": "separate", "fixmatch": "joint", "fixmatch_mix": "joint", "rpg_plus": "joint"}
+        "segpl": "separate", "segpl_vi": "separate", "fixmatch": "joint", "fixmatch_mix": "separate",
+        "rpg_plus": "joint"}
     assert load_config(None, []).train.unlabelled_pass == "separate"
 
 
