@@ -9,6 +9,9 @@ Evidence on the demo's converged protocol (1 labelled subject, 2000 steps, seed 
 0.751 / 0.717 (p = 1 / 0.06 on six test subjects). The two networks' labels on the unlabelled batches score
 0.932 and 0.930 pixel accuracy and their unlabelled-case Dice 0.857 / 0.867: each teaches the other labels about
 as good as its own, which keeps the last checkpoint from falling, at 2.5× supervised training's time.
+On the short protocol (100 steps, three seeds, ``experiments/short.yaml``) the paper's way collapses to 0.395 against
+supervised training's 0.657; the reliability gate alone lifts it to 0.569 and with separate passes (today's
+defaults; CPS used to concatenate the two parts itself) it ends at 0.689 (p = 0.04).
 """
 
 from __future__ import annotations
