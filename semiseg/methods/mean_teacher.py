@@ -16,7 +16,11 @@ Evidence on the demo's converged protocol (1 labelled subject, 2000 steps, seed 
 teacher's labels on the unlabelled batches score 0.908 pixel accuracy and its Dice on whole unlabelled cases
 (0.862) equals the student's (0.859), so at α = 0.99 the teacher is the student again and the consistency
 target teaches little that the student does not already predict; the gain is a regulariser's (the last
-checkpoint does not fall as supervised training's does).
+checkpoint does not fall as supervised training's does). With today's defaults (separate passes, reliability
+gate; ``mean_teacher_gate_separate`` in ``experiments/converged.yaml``, three seeds) it reaches 0.791 / 0.779
+against supervised training's 0.767 / 0.750 (p = 0.04 / 5e-5). On the short protocol (100 steps) the paper's
+way falls to 0.567 against supervised training's 0.657; the defaults end at 0.652 (p = 0.52,
+``experiments/short.yaml``).
 """
 
 from __future__ import annotations
