@@ -35,6 +35,7 @@ def test_dry_run_with_data_builds_everything_and_writes_nothing(tmp_path, monkey
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "found: phantom" in out and "student1" in out and "teacher" in out
+    assert "(separate passes)" in out and "gate:" in out  # today's defaults for UCMT, shown before training
     assert list(tmp_path.iterdir()) == []
 
 

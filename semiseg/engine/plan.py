@@ -106,7 +106,8 @@ def format_plan(cfg: Config, method: Any, nets: dict[str, torch.nn.Module], info
         f"steps:      {train.steps} (validation every {train.val_every}), seed {cfg.seed}",
         f"batch:      {train.batch_size} labelled + "
         + (f"{train.unlabelled_batch_size} unlabelled" if method.uses_unlabelled else "no unlabelled")
-        + (f" ({method.unlabelled_pass} passes)" if "unlabelled_pass" in type(method).Config.model_fields else ""),
+        + ({"joint": " (one joint pass)", "separate": " (separate passes)"}[method.unlabelled_pass]
+           if "unlabelled_pass" in type(method).Config.model_fields else ""),
         f"patch:      {patch}",
         f"optimiser:  {optimiser}",
         f"schedule:   {train.schedule} after {train.warmup_steps} warm-up steps; loss {train.loss}; amp {train.amp}",
