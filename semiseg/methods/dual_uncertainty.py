@@ -48,8 +48,11 @@ pixels, so the stages add consistency rather than better labels; the snapshots' 
 0.825 (first) to 0.874 (last), which is what the ranking reads (means over seeds, docs/results.md).
 These converged runs used the paper's joint pass and no gate. On the short protocol (100 steps, three seeds,
 ``experiments/short.yaml``) the paper's way collapses to 0.498 against supervised training's 0.657 (0.372 in seed 0);
-with today's defaults (separate passes, reliability gate) it ends at 0.679 (p = 0.44). The defaults are not yet
-measured for it on the converged protocol.
+with today's defaults (separate passes, reliability gate) it ends at 0.679 (p = 0.44). On the converged protocol
+the defaults are measured on seed 0 only (``dual_uncertainty_gate_separate`` in
+``experiments/converged_one_seed.yaml``): 0.774 / 0.710 against 0.774 / 0.775 the paper's way, validation Dice
+falling late. One seed does not decide a default; if two more confirm it, dual-uncertainty should state the
+joint pass and no gate as its own (``--set train.unlabelled_pass=joint --set train.unlabelled_gate=off``).
 """
 
 from __future__ import annotations
