@@ -116,9 +116,14 @@ class FixMatch(Method):
         """The unlabelled loss on pseudo labels and the share of pixels it keeps (logged as ``confident``)."""
         return masked_ce(logits, target, mask, self.ctx.label_mode), float(mask.mean())
 
+    def views(self, image: Tensor, probs_weak: Tensor) -> tuple[Taught, tuple[Tensor, Tensor, Tensor]]:
+        """The weak view's pseudo labels and mask (what the term teaches), and the strong image carrying them."""
+        taught = weak_targets(probs_weak, self.ctx.label_mode, self.cfg.tau)
+        return taught, self.augment(image, *taught)
+
     def strong_view(self, image: Tensor, probs_weak: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Strong image, its pseudo label and mask, from the weak view's image and probabilities."""
-        return self.augment(image, *weak_targets(probs_weak, self.ctx.label_mode, self.cfg.tau))
+        return self.views(image, probs_weak)[1]
 
     def augment(self, image: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The strong view of the weak image with its pseudo labels and mask carried along."""
@@ -128,9 +133,8 @@ class FixMatch(Method):
         """The FixMatch term for a weak batch whose probabilities are known: one pass over its strong view.
 
         Also returns the weak view's pseudo labels and mask, what the term teaches (``StepOut.targets``)."""
-        target, mask = weak_targets(probs_weak, self.ctx.label_mode, self.cfg.tau)
-        x, strong_target, strong_mask = self.augment(image, target, mask)
-        return *self.term(model(x), strong_target, strong_mask), (target, mask)
+        taught, (x, strong_target, strong_mask) = self.views(image, probs_weak)
+        return *self.term(model(x), strong_target, strong_mask), taught
 
     def weak_term(self, logits_weak: Tensor) -> tuple[Tensor, float, Taught]:
         """Without strong augmentation: the weak view's confident labels train its own logits (Pseudo-Label)."""
@@ -142,8 +146,7 @@ class FixMatch(Method):
         if self.cfg.strong_augment:
             with torch.no_grad():
                 probs_weak = probabilities(model(unlabelled.image), self.ctx.label_mode)
-            target, mask = weak_targets(probs_weak, self.ctx.label_mode, self.cfg.tau)
-            x, strong_target, strong_mask = self.augment(unlabelled.image, target, mask)
+            (target, mask), (x, strong_target, strong_mask) = self.views(unlabelled.image, probs_weak)
             logits_l, logits_strong = joint_forward(model, labelled.image, x, self.unlabelled_pass)
             unsup, kept = self.term(logits_strong, strong_target, strong_mask)
         else:

@@ -37,7 +37,7 @@ from pydantic import Field
 from torch import Tensor
 
 from semiseg.methods.base import Batch, Method, MethodContext, Nets, Progress, StepOut
-from semiseg.methods.fixmatch import FixMatch, FixMatchConfig, weak_targets
+from semiseg.methods.fixmatch import FixMatch, FixMatchConfig
 from semiseg.methods.registry import register
 from semiseg.ssl.joint import Passes, joint_forward
 from semiseg.ssl.mixing import box_masks, mix
@@ -73,8 +73,7 @@ class FixMatchMix(Method):
         model, x, mode = nets["model"], unlabelled.image, self.ctx.label_mode
         with torch.no_grad():
             probs_weak = probabilities(model(x), mode)
-        target, mask = weak_targets(probs_weak, mode, self.cfg.tau)
-        strong = self.fixmatch.augment(x, target, mask)
+        (target, mask), strong = self.fixmatch.views(x, probs_weak)
         boxes = box_masks(x.shape[0], x.shape[2:], area=self.cfg.box_area, n_boxes=self.cfg.boxes, device=x.device)
         mixed_x, mixed_target, mixed_mask = mix_pairs(boxes, *strong)
         logits_l, logits_mixed = joint_forward(model, labelled.image, mixed_x, self.unlabelled_pass)
