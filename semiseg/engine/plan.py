@@ -17,7 +17,7 @@ import torch
 from semiseg.config import Config, load_config, read_yaml
 from semiseg.engine.inferer import network_divisor
 from semiseg.engine.loop import build_nets
-from semiseg.engine.reliability import gate_setting
+from semiseg.engine.reliability import make_gate
 from semiseg.engine.run import (
     check_method_settings,
     check_patch,
@@ -113,7 +113,7 @@ def format_plan(cfg: Config, method: Any, nets: dict[str, torch.nn.Module], info
         f"schedule:   {train.schedule} after {train.warmup_steps} warm-up steps; loss {train.loss}; amp {train.amp}",
         *([f"gate:       unlabelled terms from a labelled-batch Dice of {train.unlabelled_gate_threshold:g}, "
            f"then a ramp over {train.unlabelled_gate_ramp:g} of the run"]
-          if method.uses_unlabelled and gate_setting(cfg, method) != "off" else []),
+          if make_gate(cfg, method) is not None else []),
         f"run folder: {Path(cfg.output.root) / (cfg.output.name or '<time>_<method>_<source>')} (not written)",
     ]
     return "\n".join(lines)

@@ -15,16 +15,13 @@ from semiseg.ssl.pseudo_labels import hard_labels, probabilities
 OBSERVE_EVERY = 5  # steps between labelled-batch Dice measurements while the gate is closed (one extra forward)
 
 
-def gate_setting(cfg: Config, method: Method) -> str:
-    """``train.unlabelled_gate`` with ``auto`` resolved to the method's own default."""
-    setting = cfg.train.unlabelled_gate
-    return method.default_unlabelled_gate if setting == "auto" else setting
-
-
 def make_gate(cfg: Config, method: Method) -> ReliabilityGate | None:
-    """The run's gate, or None when it is off or the method has no unlabelled terms to gate."""
+    """The run's gate, or None when it is off or the method has no unlabelled terms to gate.
+
+    ``auto`` is the method's own choice (``Method.default_unlabelled_gate``)."""
     train = cfg.train
-    if gate_setting(cfg, method) == "off" or not method.uses_unlabelled:
+    setting = method.default_unlabelled_gate if train.unlabelled_gate == "auto" else train.unlabelled_gate
+    if setting == "off" or not method.uses_unlabelled:
         return None
     return ReliabilityGate(threshold=train.unlabelled_gate_threshold,
                            ramp_steps=train.unlabelled_gate_ramp * train.steps)
