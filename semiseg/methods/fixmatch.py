@@ -7,8 +7,8 @@ multilabel; every other pixel and channel is ignored). The strong view applies R
 alike, then CutOut, whose box becomes background in the pseudo label. The network learns the pseudo labels
 on the strong view with (binary) cross-entropy averaged over the pixels that are not ignored.
 
-The weak pass runs under ``no_grad``; labelled and strong images then go through the training pass, one part
-at a time by default (``train.unlabelled_pass``; ``joint``: as one batch, the paper's code).
+The weak pass runs under ``no_grad``; labelled and strong images then share one training pass by default
+(``unlabelled_pass: joint``, as the paper's code and unlike the run's default; ``separate``: one pass each).
 ``strong_augment: false`` is Lee's (2013) Pseudo-Label instead: the weak view's confident labels train that
 same view, from the same (single) pass, the "Pseudolabel τ" baseline of the RPG paper.
 
@@ -52,7 +52,7 @@ Taught = tuple[Tensor, Tensor]  # the weak view's pseudo labels and mask (what t
 
 class FixMatchOptions(PassesOption):
     # joint (default here, not the run's separate): labelled and strong images share BatchNorm statistics, as in
-    # FixMatch's code; separate passes cost ~0.05 test Dice on the converged protocol (see the module docstring).
+    # FixMatch's code; separate passes cost ~0.03 test Dice on the converged protocol (see the module docstring).
     unlabelled_pass: Passes = "joint"
     # τ of Eqs. 9-10 (FixMatch: 0.95; the RPG paper reports 0.8 and 0.95).
     tau: float = Field(0.95, gt=0, lt=1)
