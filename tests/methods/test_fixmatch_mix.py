@@ -12,8 +12,7 @@ K, TAU = 3, 0.6
 
 
 def _ctx(label_mode):
-    return MethodContext(unlabelled_pass="joint",  # the hand computations assume one pass over both parts
-        label_mode=label_mode, num_classes=K, spatial_dims=2, in_channels=1,
+    return MethodContext(label_mode=label_mode, num_classes=K, spatial_dims=2, in_channels=1,
                          supervised_loss=supervised_loss("ce", label_mode, False))
 
 
