@@ -330,6 +330,7 @@ class Trainer:
         if raw_unlabelled is not None:  # its "truth" stays here: to_batch never reads it
             unlabelled = self._to_batch(raw_unlabelled)
             truth = teach.truth_tensor(raw_unlabelled, self.device, self.ctx.label_mode)
+        self.method.unlabelled_terms_on = self.gate is None or self.gate.is_open  # separate_until_gate reads it
         with autocast(self.amp, self.device, self.amp_dtype), self.dist.whole_batch_losses():
             out = self._method_step(labelled, unlabelled, progress)
         row: dict[str, float] = {"loss": 0.0}

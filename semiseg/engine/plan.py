@@ -106,7 +106,9 @@ def format_plan(cfg: Config, method: Any, nets: dict[str, torch.nn.Module], info
         f"steps:      {train.steps} (validation every {train.val_every}), seed {cfg.seed}",
         f"batch:      {train.batch_size} labelled + "
         + (f"{train.unlabelled_batch_size} unlabelled" if method.uses_unlabelled else "no unlabelled")
-        + ({"joint": " (one joint pass)", "separate": " (separate passes)"}[method.unlabelled_pass]
+        + ({"joint": " (one joint pass)", "separate": " (separate passes)",
+            "separate_until_gate": " (separate passes until the gate opens, then one joint pass)"}
+           [method.unlabelled_pass_setting]
            if "unlabelled_pass" in type(method).Config.model_fields else ""),
         f"patch:      {patch}",
         f"optimiser:  {optimiser}",

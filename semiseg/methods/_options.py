@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from semiseg.methods.base import MethodConfig, Progress
-from semiseg.ssl.joint import Passes
+from semiseg.ssl.joint import PassSetting
 from semiseg.ssl.ramps import rampup
 from semiseg.ssl.reference import ReferenceSettings
 
@@ -29,8 +29,9 @@ class PassesOption(MethodConfig):
     """How labelled and unlabelled images go through the network (``semiseg.ssl.joint.joint_forward``)."""
 
     # joint: one pass over [labelled; unlabelled], BatchNorm statistics shared (the papers' code); separate: one
-    # pass each, so each part is normalised with its own statistics. None: the run's train.unlabelled_pass.
-    unlabelled_pass: Passes | None = None
+    # pass each, so each part is normalised with its own statistics; separate_until_gate: separate while the
+    # reliability gate keeps the unlabelled terms off, joint once it has opened. None: train.unlabelled_pass.
+    unlabelled_pass: PassSetting | None = None
 
 
 class ReferenceOptions(MethodConfig):

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from semiseg.errors import ConfigError
 from semiseg.losses import segmentation_loss
 from semiseg.ssl.ema import decay_for_half_life, resolve_half_life
-from semiseg.ssl.joint import Passes
+from semiseg.ssl.joint import Passes, PassSetting
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ class MethodContext:
     in_channels: int
     supervised_loss: Callable[..., Tensor]  # loss(logits, target, mask=None, weight=None)
     include_background: bool = False
-    unlabelled_pass: Passes = "separate"  # train.unlabelled_pass, for methods whose option leaves it unset
+    unlabelled_pass: PassSetting = "separate"  # train.unlabelled_pass, for methods whose option leaves it unset
 
     def loss(self, name: str) -> Callable[..., Tensor]:
         """A named loss (dice | ce | dice_ce) in this task's label mode, for methods whose paper fixes one."""
@@ -201,11 +201,22 @@ class Method(ABC):
     def __init__(self, ctx: MethodContext, options: dict[str, Any] | None = None) -> None:
         self.ctx = ctx
         self.cfg = parse_method_options(type(self), options or {})
+        # Whether the unlabelled terms act this step: the engine sets it from the reliability gate before each
+        # step (True without a gate). Only ``separate_until_gate`` reads it.
+        self.unlabelled_terms_on = True
+
+    @property
+    def unlabelled_pass_setting(self) -> PassSetting:
+        """The method's ``unlabelled_pass`` option where it has one and it is set, else the run's setting."""
+        return getattr(self.cfg, "unlabelled_pass", None) or self.ctx.unlabelled_pass
 
     @property
     def unlabelled_pass(self) -> Passes:
-        """The method's ``unlabelled_pass`` option where it has one and it is set, else the run's setting."""
-        return getattr(self.cfg, "unlabelled_pass", None) or self.ctx.unlabelled_pass
+        """The pass this step's forwards make: the setting, with ``separate_until_gate`` resolved by the gate."""
+        setting = self.unlabelled_pass_setting
+        if setting == "separate_until_gate":
+            return "joint" if self.unlabelled_terms_on else "separate"
+        return setting
 
     def networks(self) -> dict[str, NetSpec]:
         return {"model": NetSpec()}

@@ -106,7 +106,7 @@ class CMTCore:
 
     def __init__(self, method: Method, cfg: CMTConfig) -> None:
         self.ctx, self.cfg = method.ctx, cfg
-        self.unlabelled_pass = method.unlabelled_pass
+        self.method = method  # its unlabelled_pass can change with the gate (separate_until_gate)
         self.students = ["student1"] if cfg.architecture == "ts" else ["student1", "student2"]
         self.has_teacher = cfg.architecture != "ss"
 
@@ -130,7 +130,7 @@ class CMTCore:
              teacher_pseudo_u: Tensor | None = None, need_teacher_l: bool = False) -> CMTOutputs:
         """Losses on one batch; ``teacher_pseudo_u`` replaces the teacher's pass on x_u (UMIX step)."""
         mode, loss = self.ctx.label_mode, self.ctx.loss(self.cfg.loss)
-        logits = {s: joint_forward(nets[s], x_l, x_u, self.unlabelled_pass) for s in self.students}
+        logits = {s: joint_forward(nets[s], x_l, x_u, self.method.unlabelled_pass) for s in self.students}
         sup = sum(loss(out_l, y_l) for out_l, _ in logits.values())
         teacher_l = teacher_u = None
         if self.has_teacher:

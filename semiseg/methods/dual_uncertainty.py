@@ -48,20 +48,25 @@ pixels, so the stages add consistency rather than better labels; the snapshots' 
 0.825 (first) to 0.874 (last), which is what the ranking reads (means over seeds, docs/results.md).
 These converged runs used the paper's joint pass and no gate. On the short protocol (100 steps, three seeds,
 ``experiments/short.yaml``) the paper's way collapses to 0.498 against supervised training's 0.657 (0.372 in seed 0);
-with today's defaults (separate passes, reliability gate) it ends at 0.679 (p = 0.44). The defaults are a trade
-between the two lengths. On the converged protocol they cost dual-uncertainty ~0.03: 0.748 / 0.757 over three seeds
-(``dual_uncertainty_gate_separate``; p = 0.12 / 0.55 against supervised training) against 0.781 / 0.781 the
-paper's way (p = 0.73 / 0.016). The first 600 steps (stage 1, labelled data only) are identical in both, and the
-gate has opened (steps 160–270) and ramped in before stage 3 starts, so the cost is the separate passes of
-stages 3–4: the frozen labeller's pseudo labels score 0.720 Dice against the hidden labels, 0.741 with the joint
-pass. The gate alone changes nothing there (``dual_uncertainty_gate`` in ``experiments/converged_one_seed.yaml``,
-joint pass: seed 0 reproduces the paper's way to every logged digit). On the short protocol the joint pass is
-what collapses: with the gate but one joint pass (``dual_uncertainty_gate``) 0.502 against 0.679 with separate
-passes. The gate stayed closed in all six of those runs, so all the joint pass did there was put unlabelled
-images into the labelled loss's BatchNorm batch after the short stage 1, and that alone costs 0.18. Separate passes are
-the setting that is safe at both lengths (last checkpoint within 0.02 of supervised training or above), so they
-stay the default; for runs as long as the converged protocol the paper's way is better
-(``--set train.unlabelled_pass=joint --set train.unlabelled_gate=off``).
+with separate passes and the reliability gate it ends at 0.679 (p = 0.44). Its own default pass
+resolves a trade between the two lengths, measured on both protocols:
+
+- with separate passes and the gate (``dual_uncertainty_gate_separate``) it is safe on short runs, 0.679, but on
+  the converged protocol it loses ~0.03: 0.748 / 0.757 over three seeds (p = 0.12 / 0.55 against supervised
+  training) against 0.781 / 0.781 the paper's way (p = 0.73 / 0.016). Stage 1 (labelled data only) is identical
+  in both, and the gate has opened (steps 160–270) and ramped in before stage 3 starts, so the cost is the
+  separate passes of stages 3–4: the frozen labeller's pseudo labels score 0.720 Dice against the hidden labels,
+  0.741 with the joint pass;
+- with the joint pass and the gate (``dual_uncertainty_gate``) the converged run is the paper's way to every
+  logged digit (seed 0, ``experiments/converged_one_seed.yaml``), but the short one collapses, 0.502: the gate
+  stayed closed in all six short runs, so all the joint pass did there was put unlabelled images into the
+  labelled loss's BatchNorm batch after the short stage 1, and that alone costs 0.18.
+
+So dual-uncertainty states ``unlabelled_pass: separate_until_gate``: separate passes while the gate keeps the
+unlabelled terms off, the paper's joint pass once it has opened. On the short protocol that is the separate
+passes (``dual_uncertainty_until_gate`` in ``experiments/short.yaml``, three seeds), on the converged one the
+paper's way (seed 0, ``dual_uncertainty_until_gate`` in ``experiments/converged_one_seed.yaml``): the better of
+the two at each length. Without a gate (``train.unlabelled_gate=off``) it is the joint pass.
 """
 
 from __future__ import annotations
@@ -89,7 +94,7 @@ from semiseg.methods.base import (
 )
 from semiseg.methods.registry import register
 from semiseg.nets.unet import UNet
-from semiseg.ssl.joint import joint_forward
+from semiseg.ssl.joint import PassSetting, joint_forward
 from semiseg.ssl.pseudo_labels import hard_labels, probabilities
 from semiseg.ssl.rectification import cross_entropy_map, rectified_loss
 from semiseg.ssl.uncertainty import kl_divergence, kl_divergence_logits
@@ -133,6 +138,8 @@ def rank_cases(uncertainty: dict[str, float], reliable_fraction: float) -> dict[
 
 
 class DualUncertaintyConfig(PassesOption):
+    # Separate passes while the gate is closed, the paper's joint pass once it has opened (module docstring).
+    unlabelled_pass: PassSetting = "separate_until_gate"
     # Table 3's rows: plain self-training, + sample sorting, + uncertainty rectification (the full method).
     variant: Variant = "st_ss_unrc"
     # First step of stage 3 (labelled + reliable) and of stage 4 (everything), as fractions of train.steps.

@@ -62,7 +62,7 @@ from torch import Tensor, nn
 from semiseg.methods._options import PassesOption, RampedWeight, RampKind, ReferenceOptions
 from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.registry import register
-from semiseg.ssl.joint import Passes, joint_forward
+from semiseg.ssl.joint import PassSetting, joint_forward
 from semiseg.ssl.pseudo_labels import confidence_mask, hard_labels, probabilities
 from semiseg.ssl.reference import ReferenceSettings, reference_pseudo_labels
 from semiseg.ssl.thresholds import (
@@ -86,7 +86,7 @@ class PseudoLabelConfig(RampedWeight, PassesOption):
     loss: Literal["dice", "ce", "dice_ce"] = "dice"
     # separate (default): labelled and unlabelled images pass the network apart, so the E-step's labels come from
     # unlabelled-only BatchNorm statistics; joint: the paper's one pass over both (see the module docstring).
-    unlabelled_pass: Passes = "separate"
+    unlabelled_pass: PassSetting = "separate"
 
 
 class SegPLConfig(PseudoLabelConfig, ReferenceOptions):

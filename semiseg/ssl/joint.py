@@ -19,7 +19,10 @@ import torch
 from torch import Tensor
 
 Output = TypeVar("Output")
-Passes = Literal["joint", "separate"]
+Passes = Literal["joint", "separate"]  # what one forward does
+# What a run or method asks for: one of Passes throughout, or separate passes while the reliability gate keeps
+# the unlabelled terms off and one joint pass once it has opened (``Method.unlabelled_pass`` resolves it).
+PassSetting = Literal["joint", "separate", "separate_until_gate"]
 
 
 def take_rows(value: Any, rows: slice) -> Any:

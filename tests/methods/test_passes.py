@@ -18,11 +18,11 @@ def test_every_method_with_a_joint_pass_offers_separate_passes():
                            "rpg_plus", "segpl", "segpl_vi", "self_training", "ua_mt", "ucmt", "urpc"]
 
 
-def test_segpl_and_the_fixmatch_family_state_their_passes_and_the_others_follow_the_run():
+def test_segpl_the_fixmatch_family_and_dual_uncertainty_state_their_passes_and_the_others_follow_the_run():
     defaults = {name: available_methods()[name].Config().unlabelled_pass for name in WITH_PASSES}
     assert {name: mode for name, mode in defaults.items() if mode is not None} == {
         "segpl": "separate", "segpl_vi": "separate", "fixmatch": "joint", "fixmatch_mix": "separate",
-        "rpg_plus": "joint"}
+        "rpg_plus": "joint", "dual_uncertainty": "separate_until_gate"}
     assert load_config(None, []).train.unlabelled_pass == "separate"
 
 
@@ -36,6 +36,21 @@ def test_a_method_option_wins_over_the_run_setting(run_setting):
     assert mean_teacher(ctx, {"unlabelled_pass": other}).unlabelled_pass == other
     assert available_methods()["segpl"](ctx).unlabelled_pass == "separate"  # its own default
     assert available_methods()["fixmatch"](ctx).unlabelled_pass == "joint"
+
+
+def test_separate_until_gate_resolves_by_whether_the_unlabelled_terms_act():
+    ctx = MethodContext(label_mode="multiclass", num_classes=K, spatial_dims=2, in_channels=1,
+                        supervised_loss=supervised_loss("dice_ce", "multiclass", False))
+    dual = available_methods()["dual_uncertainty"](ctx)
+    assert dual.unlabelled_pass_setting == "separate_until_gate"
+    assert dual.unlabelled_pass == "joint"  # no gate: the terms act from the start
+    dual.unlabelled_terms_on = False
+    assert dual.unlabelled_pass == "separate"
+    ctx_until = MethodContext(**{**ctx.__dict__, "unlabelled_pass": "separate_until_gate"})
+    mean_teacher = available_methods()["mean_teacher"](ctx_until)
+    mean_teacher.unlabelled_terms_on = False
+    assert mean_teacher.unlabelled_pass == "separate"
+    assert available_methods()["dual_uncertainty"](ctx, {"unlabelled_pass": "joint"}).unlabelled_pass == "joint"
 
 
 def test_the_run_setting_reaches_the_method_and_a_run_saved_before_it_resumes_joint():
