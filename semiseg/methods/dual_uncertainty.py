@@ -63,10 +63,11 @@ resolves a trade between the two lengths, measured on both protocols:
   labelled loss's BatchNorm batch after the short stage 1, and that alone costs 0.18.
 
 So dual-uncertainty states ``unlabelled_pass: separate_until_gate``: separate passes while the gate keeps the
-unlabelled terms off, the paper's joint pass once it has opened. On the short protocol that is the separate
-passes (``dual_uncertainty_until_gate`` in ``experiments/short.yaml``: 0.679, three seeds), on the converged one
-the paper's way (``dual_uncertainty_until_gate`` in ``experiments/converged.yaml``: 0.781 / 0.781, three seeds,
-each seed identical to the paper's run): the better of the two at each length. Without a gate (``train.unlabelled_gate=off``) it is the joint pass.
+unlabelled terms off, the paper's joint pass once it has opened. On the short protocol that is the separate passes
+(``dual_uncertainty_until_gate`` in ``experiments/short.yaml``: 0.679, three seeds), on the converged one the
+paper's way (``dual_uncertainty_until_gate`` in ``experiments/converged.yaml``: 0.781 / 0.781, three seeds, each
+seed identical to the paper's run): the better of the two at each length. Without a gate
+(``train.unlabelled_gate=off``) it is the joint pass.
 """
 
 from __future__ import annotations
