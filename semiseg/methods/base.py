@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor, nn
@@ -196,7 +196,7 @@ class Method(ABC):
     needs_unlabelled_batch: ClassVar[bool] = False
     # What train.unlabelled_gate=auto means for this method: the reliability gate, unless measurements show the
     # method loses by it (then "off", with the evidence in its docstring).
-    default_unlabelled_gate: ClassVar[str] = "labelled_dice"
+    default_unlabelled_gate: ClassVar[Literal["off", "labelled_dice"]] = "labelled_dice"
 
     def __init__(self, ctx: MethodContext, options: dict[str, Any] | None = None) -> None:
         self.ctx = ctx

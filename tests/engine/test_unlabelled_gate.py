@@ -77,7 +77,8 @@ def test_auto_is_the_methods_own_choice_and_an_explicit_setting_wins(method, set
     assert (make_gate(cfg, get_method(method)(ctx)) is not None) == gated
 
 
-def test_separate_until_gate_passes_separately_while_closed_and_jointly_once_open(tmp_path, monkeypatch) -> None:
+def record_passes(monkeypatch) -> list[str]:
+    """The pass of every ``joint_forward`` call mean_teacher makes from now on, filled in as the run goes."""
     import semiseg.methods.mean_teacher as mean_teacher
     from semiseg.ssl.joint import joint_forward
 
@@ -88,17 +89,17 @@ def test_separate_until_gate_passes_separately_while_closed_and_jointly_once_ope
         return joint_forward(forward, labelled, unlabelled, mode)
 
     monkeypatch.setattr(mean_teacher, "joint_forward", recording)
+    return passes
+
+
+def test_separate_until_gate_passes_separately_while_closed_and_jointly_once_open(tmp_path, monkeypatch) -> None:
+    passes = record_passes(monkeypatch)
     train(tmp_path, "train.unlabelled_pass=separate_until_gate", "train.unlabelled_gate=labelled_dice",
           "train.unlabelled_gate_threshold=0", "train.unlabelled_gate_ramp=0")
     assert passes == ["separate"] * 5 + ["joint"] * 5  # the gate opens at the first measurement, after step 5
 
 
 def test_separate_until_gate_without_a_gate_is_the_joint_pass(tmp_path, monkeypatch) -> None:
-    import semiseg.methods.mean_teacher as mean_teacher
-    from semiseg.ssl.joint import joint_forward
-
-    passes: list[str] = []
-    monkeypatch.setattr(mean_teacher, "joint_forward",
-                        lambda forward, lab, unl, mode: passes.append(mode) or joint_forward(forward, lab, unl, mode))
+    passes = record_passes(monkeypatch)
     train(tmp_path, "train.unlabelled_pass=separate_until_gate", "train.unlabelled_gate=off")
     assert passes == ["joint"] * 10

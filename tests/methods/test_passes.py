@@ -38,6 +38,16 @@ def test_a_method_option_wins_over_the_run_setting(run_setting):
     assert available_methods()["fixmatch"](ctx).unlabelled_pass == "joint"
 
 
+def test_the_run_setting_offers_exactly_the_pass_settings_a_method_resolves():
+    from typing import get_args
+
+    from semiseg.config import TrainConfig
+    from semiseg.ssl.joint import PassSetting
+
+    # config.py spells the values out (it imports no torch); this keeps them from drifting apart
+    assert get_args(TrainConfig.model_fields["unlabelled_pass"].annotation) == get_args(PassSetting)
+
+
 def test_separate_until_gate_resolves_by_whether_the_unlabelled_terms_act():
     ctx = MethodContext(label_mode="multiclass", num_classes=K, spatial_dims=2, in_channels=1,
                         supervised_loss=supervised_loss("dice_ce", "multiclass", False))
