@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
-from torch import Tensor, nn
+from torch import Tensor
 
 from semiseg.losses import ce_loss
 from semiseg.methods._options import PassesOption
@@ -45,7 +45,14 @@ from semiseg.methods.base import Batch, Method, Nets, Progress, StepOut
 from semiseg.methods.registry import register
 from semiseg.ssl.joint import PassSetting, joint_forward
 from semiseg.ssl.pseudo_labels import probabilities
-from semiseg.ssl.strong_augment import GEOMETRIC_OPS, INTENSITY_OPS, StrongAugment, strong_augment
+from semiseg.ssl.strong_augment import (
+    GEOMETRIC_OPS,
+    INTENSITY_OPS,
+    StrongAugment,
+    StrongView,
+    strong_augment,
+    strong_view,
+)
 
 Taught = tuple[Tensor, Tensor]  # the weak view's pseudo labels and mask (what the term teaches)
 
@@ -125,16 +132,13 @@ class FixMatch(Method):
         """Strong image, its pseudo label and mask, from the weak view's image and probabilities."""
         return self.views(image, probs_weak)[1]
 
+    def strong_image(self, image: Tensor) -> StrongView:
+        """The strong view of ``image`` before any pseudo label exists; ``carry`` moves the labels over later."""
+        return strong_view(image, self.cfg.augmentation())
+
     def augment(self, image: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The strong view of the weak image with its pseudo labels and mask carried along."""
         return strong_augment(image, target, mask, self.cfg.augmentation())
-
-    def strong_term(self, model: nn.Module, image: Tensor, probs_weak: Tensor) -> tuple[Tensor, float, Taught]:
-        """The FixMatch term for a weak batch whose probabilities are known: one pass over its strong view.
-
-        Also returns the weak view's pseudo labels and mask, what the term teaches (``StepOut.targets``)."""
-        taught, (x, strong_target, strong_mask) = self.views(image, probs_weak)
-        return *self.term(model(x), strong_target, strong_mask), taught
 
     def weak_term(self, logits_weak: Tensor) -> tuple[Tensor, float, Taught]:
         """Without strong augmentation: the weak view's confident labels train its own logits (Pseudo-Label)."""

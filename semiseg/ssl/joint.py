@@ -12,7 +12,8 @@ fifth of training with the joint pass and 0.935 with separate passes (``semiseg.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
 
 import torch
@@ -39,6 +40,19 @@ def take_rows(value: Any, rows: slice) -> Any:
     raise TypeError(f"cannot split a {type(value).__name__} into batch rows")
 
 
+def forward_parts(forward: Callable[[Tensor], Output], parts: Sequence[Tensor], passes: Passes) -> list[Output]:
+    """``forward`` on each batch of ``parts`` (labelled first, then unlabelled views): one output per part.
+
+    ``joint``: one pass over all parts concatenated, split back; ``separate``: one pass per part, so BatchNorm
+    normalises each with its own statistics (and updates its running ones once per part).
+    """
+    if passes == "separate":
+        return [forward(part) for part in parts]
+    out = forward(torch.cat(list(parts)))
+    bounds = [0, *itertools.accumulate(part.shape[0] for part in parts)]
+    return [take_rows(out, slice(lo, hi)) for lo, hi in itertools.pairwise(bounds)]
+
+
 def joint_forward(forward: Callable[[Tensor], Output], labelled: Tensor, unlabelled: Tensor,
                   passes: Passes) -> tuple[Output, Output]:
     """``forward`` on labelled and on unlabelled images: the outputs of the labelled and the unlabelled rows.
@@ -47,8 +61,5 @@ def joint_forward(forward: Callable[[Tensor], Output], labelled: Tensor, unlabel
     BatchNorm normalises each part with its own statistics (and updates its running ones twice). No default:
     a method passes its ``self.unlabelled_pass``, so the run's ``train.unlabelled_pass`` reaches it.
     """
-    if passes == "separate":
-        return forward(labelled), forward(unlabelled)
-    out = forward(torch.cat([labelled, unlabelled]))
-    n = labelled.shape[0]
-    return take_rows(out, slice(None, n)), take_rows(out, slice(n, None))
+    out_l, out_u = forward_parts(forward, [labelled, unlabelled], passes)
+    return out_l, out_u

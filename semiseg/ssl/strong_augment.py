@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,7 @@ INTENSITY_OPS = (
     "sharpness",
     "noise",
 )
+SampleOp = Callable[[Tensor], Tensor]  # a flip or 90° rotation of one sample (C, *spatial)
 GEOMETRIC_OPS = ("flip", "rot90", "rotate", "shear", "translate")
 AFFINE_OPS = ("rotate", "shear", "translate")
 
@@ -187,15 +189,15 @@ def warp(x: Tensor, thetas: Tensor, mode: str) -> Tensor:
     return out.to(x.dtype)
 
 
-def _flip_or_rot90(name: str, tensors: list[Tensor], dims: int, generator: torch.Generator | None) -> list[Tensor]:
-    """The same flip (one random axis) or 90° rotation (a random square plane, else 180°) for every tensor."""
-    spatial = tensors[0].shape[1:]  # one sample, channels first
+def _flip_or_rot90(name: str, spatial: tuple[int, ...], generator: torch.Generator | None) -> SampleOp:
+    """A random flip (one axis) or 90° rotation (a random square plane, else 180°) of one sample (C, *spatial)."""
+    dims = len(spatial)
     axes = torch.randperm(dims, generator=generator)[:2].tolist()
     if name == "flip":
-        return [t.flip(1 + axes[0]) for t in tensors]
+        return partial(torch.flip, dims=(1 + axes[0],))
     i, j = 1 + axes[0], 1 + axes[1]
     turns = int(torch.randint(1, 4, (), generator=generator)) if spatial[i - 1] == spatial[j - 1] else 2
-    return [t.rot90(turns, dims=(i, j)) for t in tensors]
+    return partial(torch.rot90, k=turns, dims=(i, j))
 
 
 # -- the whole strong view ---------------------------------------------------------------------------
@@ -206,6 +208,77 @@ def _as_channels(target: Tensor, mask: Tensor, image: Tensor) -> tuple[Tensor, T
     t = target.unsqueeze(1) if target.ndim == image.ndim - 1 else target
     m = mask.unsqueeze(1) if mask.ndim == image.ndim - 1 else mask
     return t.float(), m.float()
+
+
+@dataclass(frozen=True)
+class StrongView:
+    """A strongly augmented batch and the draws that made it, so labels computed later can follow the image.
+
+    Why two steps: a method can then put the strong image through the network in the same pass as the weak
+    view whose predictions become its pseudo labels (FixMatch's reference code runs labelled, weak and strong
+    images as one batch), and carry those labels over afterwards with ``carry``.
+    """
+
+    image: Tensor  # (B, C, *spatial)
+    flips: tuple[tuple[SampleOp, ...], ...]  # per sample, the flips and 90° rotations in order
+    theta: Tensor | None  # (B, d, d + 1) normalised affine of each sample, None when every one is the identity
+    box: Tensor | None  # (B, 1, *spatial) CutOut box, None without CutOut
+
+    def carry(self, target: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """``target`` and ``mask`` of the unaugmented batch moved as the image was (see ``strong_augment``)."""
+        t, m = _as_channels(target, mask, self.image)
+        t = torch.stack([_apply(ops, x) for ops, x in zip(self.flips, t, strict=True)])
+        m = torch.stack([_apply(ops, x) for ops, x in zip(self.flips, m, strict=True)])
+        if self.theta is not None:
+            t, m = warp(t, self.theta, "nearest"), warp(m, self.theta, "nearest")
+        if self.box is not None:
+            t, m = torch.where(self.box, 0.0, t), torch.where(self.box, 1.0, m)
+        t = t.squeeze(1).round().to(target.dtype) if target.ndim == self.image.ndim - 1 else t.to(target.dtype)
+        m = m.squeeze(1).to(mask.dtype) if mask.ndim == self.image.ndim - 1 else m.to(mask.dtype)
+        return t, m
+
+
+def _apply(ops: tuple[SampleOp, ...], x: Tensor) -> Tensor:
+    for op in ops:
+        x = op(x)
+    return x
+
+
+def strong_view(
+    image: Tensor,
+    settings: StrongAugment = StrongAugment(),  # noqa: B008 (frozen dataclass)
+    generator: torch.Generator | None = None,
+) -> StrongView:
+    """The strong view of a batch (B, C, *spatial); its ``carry`` moves labels computed later the same way."""
+    dims = image.ndim - 2
+    spatial = tuple(image.shape[2:])
+    identity = torch.eye(dims, dims + 1)
+    images, flips, matrices = [], [], []
+    for b in range(image.shape[0]):
+        x, ops, matrix = image[b], [], identity
+        for pick in torch.randint(len(settings.ops), (settings.n_ops,), generator=generator).tolist():
+            name = settings.ops[pick]
+            if name in _INTENSITY:
+                x = intensity_op(name, x, generator)
+            elif name in AFFINE_OPS:
+                matrix = compose(matrix, random_affine(name, spatial, generator))
+            else:
+                ops.append(_flip_or_rot90(name, spatial, generator))
+                x = ops[-1](x)
+        images.append(x)
+        flips.append(tuple(ops))
+        matrices.append(matrix)
+    x = torch.stack(images)
+    theta = None
+    if any(not torch.equal(a, identity) for a in matrices):
+        theta = torch.stack([grid_theta(a, spatial) for a in matrices])
+        x = warp(x, theta, settings.image_interpolation)
+    box = None
+    if settings.cutout:
+        box = box_masks(x.shape[0], x.shape[2:], area=settings.cutout_area, generator=generator,
+                        device=x.device).unsqueeze(1)
+        x = torch.where(box, x.mean(dim=tuple(range(2, x.ndim)), keepdim=True), x)
+    return StrongView(x.to(image.dtype), tuple(flips), theta, box)
 
 
 def strong_augment(
@@ -219,44 +292,8 @@ def strong_augment(
 
     ``image`` (B, C, *spatial); ``target`` multiclass (B, *spatial) class indices or multilabel
     (B, K, *spatial) 0/1 maps; ``mask`` (B, *spatial) or (B, K, *spatial) (per-channel validity). Outputs
-    keep the input layouts and dtypes; CutOut sets its box to background in ``target`` (class 0, or every
-    channel 0) and to 1 in ``mask``.
+    keep the input layouts and dtypes; CutOut fills its box with the image's mean and sets it to background
+    in ``target`` (class 0, or every channel 0) and to 1 in ``mask``.
     """
-    dims = image.ndim - 2
-    spatial = tuple(image.shape[2:])
-    tgt, msk = _as_channels(target, mask, image)
-    images, targets, masks, matrices = [], [], [], []
-    for b in range(image.shape[0]):
-        x, t, m = image[b], tgt[b], msk[b]
-        matrix = torch.eye(dims, dims + 1)
-        for pick in torch.randint(len(settings.ops), (settings.n_ops,), generator=generator).tolist():
-            name = settings.ops[pick]
-            if name in _INTENSITY:
-                x = intensity_op(name, x, generator)
-            elif name in AFFINE_OPS:
-                matrix = compose(matrix, random_affine(name, spatial, generator))
-            else:
-                x, t, m = _flip_or_rot90(name, [x, t, m], dims, generator)
-        images.append(x)
-        targets.append(t)
-        masks.append(m)
-        matrices.append(matrix)
-    x, t, m = torch.stack(images), torch.stack(targets), torch.stack(masks)
-    if any(not torch.equal(a, torch.eye(dims, dims + 1)) for a in matrices):
-        theta = torch.stack([grid_theta(a, spatial) for a in matrices])
-        x = warp(x, theta, settings.image_interpolation)
-        t, m = warp(t, theta, "nearest"), warp(m, theta, "nearest")
-    if settings.cutout:
-        x, t, m = _cutout(x, t, m, settings.cutout_area, generator)
-    t = t.squeeze(1).round().to(target.dtype) if target.ndim == image.ndim - 1 else t.to(target.dtype)
-    m = m.squeeze(1).to(mask.dtype) if mask.ndim == image.ndim - 1 else m.to(mask.dtype)
-    return x.to(image.dtype), t, m
-
-
-def _cutout(
-    x: Tensor, t: Tensor, m: Tensor, area: tuple[float, float], generator: torch.Generator | None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Erase one box per sample: the image takes its mean there, the label background, the mask 1."""
-    box = box_masks(x.shape[0], x.shape[2:], area=area, generator=generator, device=x.device).unsqueeze(1)
-    fill = x.mean(dim=tuple(range(2, x.ndim)), keepdim=True)
-    return torch.where(box, fill, x), torch.where(box, 0.0, t), torch.where(box, 1.0, m)
+    view = strong_view(image, settings, generator)
+    return view.image, *view.carry(target, mask)

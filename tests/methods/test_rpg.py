@@ -123,12 +123,49 @@ def test_rpg_plus_composes_rpg_and_fixmatch():
 
     lab = Batch(torch.randn(2, 1, 8, 8), torch.randint(0, 3, (2, 8, 8)))
     out = method.training_step({"model": model}, lab, Batch(torch.randn(2, 1, 8, 8)), Progress(0, 10))
-    assert set(out.losses) == {"sup", "rpg", "fixmatch"} and calls == [4, 2]
+    assert set(out.losses) == {"sup", "rpg", "fixmatch"} and calls == [6]  # labelled, weak, strong: one pass
     assert all(torch.isfinite(v) for v in out.losses.values())
+    calls.clear()
+    separate = get_method("rpg_plus")(_ctx(), {"unlabelled_pass": "separate"})
+    separate.training_step({"model": model}, lab, Batch(torch.randn(2, 1, 8, 8)), Progress(0, 10))
+    assert calls == [2, 2, 2]
+    calls.clear()
+    method.unlabelled_terms_on = False  # the default, separate_until_gate, before the gate opens
+    method.training_step({"model": model}, lab, Batch(torch.randn(2, 1, 8, 8)), Progress(0, 10))
+    assert method.cfg.unlabelled_pass == "separate_until_gate" and calls == [2, 2, 2]
     plain = get_method("rpg_plus")(_ctx(), {"strong_augment": False})
     calls.clear()
     out = plain.training_step({"model": model}, lab, Batch(torch.randn(2, 1, 8, 8)), Progress(0, 10))
     assert set(out.losses) == {"sup", "rpg", "fixmatch"} and calls == [4]  # the weak view's own pass
+
+
+def test_rpg_plus_fixmatch_term_trains_the_strong_rows_on_the_carried_weak_labels():
+    """Eq. 11's FixMatch term from one pass over [labelled; weak; strong], recomputed by hand."""
+    from semiseg.methods.fixmatch import masked_ce, weak_targets
+
+    method = get_method("rpg_plus")(_ctx(), {"tau": 0.4, "n_ops": 2, "weight": 1.0})
+    net = nn.Conv2d(1, 3, 1)
+    with torch.no_grad():  # logits (x, 0, -x): confident where |x| is large, ignored near 0
+        net.weight.copy_(torch.tensor([1.0, 0.0, -1.0]).view(3, 1, 1, 1))
+        net.bias.zero_()
+
+    def model(x, return_features=False):
+        logits = net(x)
+        return NetOutput(logits, features=torch.cat([logits, x], 1)) if return_features else logits
+
+    g = torch.Generator().manual_seed(3)
+    lab = Batch(torch.randn(2, 1, 8, 8, generator=g), torch.randint(0, 3, (2, 8, 8), generator=g))
+    weak = torch.randn(2, 1, 8, 8, generator=g)
+    torch.manual_seed(11)
+    out = method.training_step({"model": model}, lab, Batch(weak), Progress(0, 10))
+    torch.manual_seed(11)
+    strong = method.fixmatch.strong_image(weak)
+    with torch.no_grad():
+        target, mask = weak_targets(net(weak).softmax(1), "multiclass", 0.4)
+        expected = masked_ce(net(strong.image), *strong.carry(target, mask), "multiclass")
+    assert 0 < mask.mean() < 1 and not torch.equal(strong.image, weak)
+    assert float(out.losses["fixmatch"].detach()) == pytest.approx(float(expected), rel=1e-5)
+    assert torch.equal(out.targets["fixmatch"], target)
 
 
 def test_rpg_options_are_validated():

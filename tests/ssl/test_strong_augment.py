@@ -10,6 +10,7 @@ from semiseg.ssl.strong_augment import (
     grid_theta,
     intensity_op,
     strong_augment,
+    strong_view,
     warp,
 )
 
@@ -120,3 +121,15 @@ def test_affine_axis_convention_matches_rot90():
 def test_unknown_op_is_an_error():
     with pytest.raises(ValueError, match="unknown strong-augmentation ops"):
         StrongAugment(ops=("rotate", "mosaic"))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_labels_made_after_the_view_follow_its_flips_rotations_and_cutout(dims):
+    """A label computed from the unaugmented image, carried over later, is the label of the strong image."""
+    image = _blobs(dims, batch=4, seed=5).float()[:, None] + 1.0  # classes 1..3: CutOut's mean fill is not one
+    view = strong_view(image, StrongAugment(n_ops=3, ops=("flip", "rot90")), _gen(6))
+    target, mask = view.carry(image[:, 0].long(), torch.zeros(image.shape[0], *image.shape[2:]))
+    outside = ~view.box[:, 0]
+    assert torch.equal(target[outside], view.image[:, 0][outside].long())
+    assert (target[~outside] == 0).all() and (mask[~outside] == 1).all() and (mask[outside] == 0).all()
+    assert not torch.equal(view.image, image)  # something moved
