@@ -39,9 +39,10 @@ Wilcoxon of per-case Dice against supervised training, whose last checkpoint rea
 | ``separate`` | 0.778 / 0.767 (p 0.06) | 0.724 (p 3.3e-04) |
 
 The joint pass pays on the converged protocol, where the gate opens within the first ~150 steps. On the short
-one the gate stays closed (two seeds) or opens near the end (one), so the labelled images share their BatchNorm
-statistics with weak and strong views that no term uses yet, and RPG⁺ ends below supervised training. ``separate_until_gate`` takes each
-layout where it is better. With it, the pseudo labels (means over the last fifth of training and the seeds):
+one the gate stays closed (two seeds) or opens near the end (one), so with the joint pass the labelled images
+share their BatchNorm statistics with weak and strong views that no term uses yet, and RPG⁺ ends below
+supervised training. ``separate_until_gate`` takes each layout where it is better. With it, the pseudo
+labels (means over the last fifth of training and the seeds):
 the weak view's labels score 0.934 pixel accuracy (Dice 0.786) against the hidden labels on the unlabelled
 batches, FixMatch's τ keeps 89 % of the pixels and those are 97 % right; the reference labels score 0.925 / 0.752
 (RPG alone: 0.912 / 0.710); the network reaches Dice 0.885 on the unlabelled cases. RPG⁺ is the best method
