@@ -123,9 +123,13 @@ class FixMatch(Method):
         """The unlabelled loss on pseudo labels and the share of pixels it keeps (logged as ``confident``)."""
         return masked_ce(logits, target, mask, self.ctx.label_mode), float(mask.mean())
 
+    def weak_labels(self, probs_weak: Tensor) -> Taught:
+        """Eq. 9 / Eq. 10 at this method's τ: the weak view's pseudo labels and the mask of what is kept."""
+        return weak_targets(probs_weak, self.ctx.label_mode, self.cfg.tau)
+
     def views(self, image: Tensor, probs_weak: Tensor) -> tuple[Taught, tuple[Tensor, Tensor, Tensor]]:
         """The weak view's pseudo labels and mask (what the term teaches), and the strong image carrying them."""
-        taught = weak_targets(probs_weak, self.ctx.label_mode, self.cfg.tau)
+        taught = self.weak_labels(probs_weak)
         return taught, self.augment(image, *taught)
 
     def strong_view(self, image: Tensor, probs_weak: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -142,7 +146,7 @@ class FixMatch(Method):
 
     def weak_term(self, logits_weak: Tensor) -> tuple[Tensor, float, Taught]:
         """Without strong augmentation: the weak view's confident labels train its own logits (Pseudo-Label)."""
-        target, mask = weak_targets(probabilities(logits_weak, self.ctx.label_mode), self.ctx.label_mode, self.cfg.tau)
+        target, mask = self.weak_labels(probabilities(logits_weak, self.ctx.label_mode))
         return *self.term(logits_weak, target, mask), (target, mask)
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:

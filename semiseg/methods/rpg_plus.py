@@ -61,7 +61,7 @@ from torch import Tensor
 
 from semiseg.methods._options import ReferenceOptions
 from semiseg.methods.base import Batch, Method, MethodContext, Nets, Progress, StepOut
-from semiseg.methods.fixmatch import FixMatch, FixMatchOptions, weak_targets
+from semiseg.methods.fixmatch import FixMatch, FixMatchOptions
 from semiseg.methods.registry import register
 from semiseg.methods.rpg import RPG, RPGConfig
 from semiseg.nets.unet import NetOutput
@@ -98,8 +98,7 @@ class RPGPlus(Method):
         strong = self.fixmatch.strong_image(unlabelled.image)
         out_l, out_u, out_s = forward_parts(self.features(nets), [labelled.image, unlabelled.image, strong.image],
                                             self.unlabelled_pass)
-        probs_weak = probabilities(out_u.logits.detach(), self.ctx.label_mode)
-        target, mask = weak_targets(probs_weak, self.ctx.label_mode, self.cfg.tau)
+        target, mask = self.fixmatch.weak_labels(probabilities(out_u.logits.detach(), self.ctx.label_mode))
         fixmatch, kept = self.fixmatch.term(out_s.logits, *strong.carry(target, mask))
         return self.combine(self.rpg.terms(out_l, out_u, labelled), fixmatch, kept, (target, mask))
 
