@@ -26,9 +26,11 @@ WIDE = "[16,32,64,128]"
 
 # name → (seeds, --set overrides, --methods) of the `semiseg compare` calls in benchmarks/compare_*.sh; a default
 # that changed since is written out as the value the old command ran with (UCMT's umix was "exchange", the
-# rectified KL was the ε form "eps", CMT/UCMT teachers copied the students' BN statistics, "students").
+# rectified KL was the ε form "eps", CMT/UCMT teachers copied the students' BN statistics, "students", CMT's
+# teacher followed the students' average, "paper").
 OLD_COMMANDS = {
-    "teachers": ("0,1,2", _protocol(), "supervised,mean_teacher,ua_mt,cps,cutmix,cmt=cmt:teacher_bn=students,"
+    "teachers": ("0,1,2", _protocol(), "supervised,mean_teacher,ua_mt,cps,cutmix,"
+                 "cmt=cmt:teacher_bn=students:teacher_update=paper,"
                  "ucmt=ucmt:umix=exchange:teacher_bn=students:train.steps=300,"
                  "ucmt_code=ucmt:teacher_update=code:teacher_supervised=false:umix=copy:ema_decay=0.99:"
                  "teacher_bn=students:train.steps=300"),

@@ -13,9 +13,10 @@ On the short protocol (100 steps, three seeds, ``experiments/short.yaml``) the p
 supervised training's 0.657; the reliability gate alone lifts it to 0.569 and with separate passes (today's
 defaults; CPS used to concatenate the two parts itself) it ends at 0.689 (p = 0.04).
 
-On the converged protocol (2000 steps, seed 0 only, ``experiments/converged_one_seed.yaml``; supervised training
-0.751 / 0.717 best / last) CPS at today's defaults (separate passes, reliability gate; ``cps_defaults``) reaches
-0.812 / 0.818 against 0.775 / 0.775 the paper's way (``cps``); on the short protocol (100 steps, three seeds,
+On the converged protocol (2000 steps, three seeds, ``experiments/converged.yaml``; supervised training 0.767 / 0.750
+best / last) CPS at today's defaults (separate passes, reliability gate; ``cps_defaults``) reaches 0.807 / 0.792
+(p = 0.005 / 0.014); on seed 0 that is 0.812 / 0.818 against 0.775 / 0.775 the paper's way (``cps`` in
+``experiments/converged_one_seed.yaml``). On the short protocol (100 steps, three seeds,
 ``experiments/short.yaml``) 0.689 against 0.395 the paper's way and supervised training's 0.657.
 """
 

@@ -49,6 +49,14 @@ than the decoder trained on the same pixels, so on this data the method has noth
 not its implementation: the pseudo labels are scored against held-out truth by the engine, and the weighting W
 still favours background (0.93 on pixels the references label background, 0.30 on foreground ones; means
 over the logged steps after the gate opened, three seeds).
+
+Nor is it the width of the features. The protocol's U-Net gives RPG 8 feature channels to match; the paper's gives
+64. With twice the width (16 channels, widths 16…128, seed 0, ``rpg_w16`` against ``supervised_w16`` in
+``experiments/converged_one_seed.yaml``) RPG reaches 0.781 / 0.683 against supervised training's 0.772 / 0.753 at
+the same width (p = 0.84 / 0.03): no gain at the best checkpoint and a late fall (validation Dice 0.70 at step 400,
+0.47 at step 2000). Its reference labels got worse as training went on (pixel accuracy 0.91–0.92 at steps 400–1199,
+0.85–0.86 at steps 1200–1999; Dice 0.73 at steps 400–799, 0.59–0.60 after step 1200; the run's ``log.csv``), and
+the network's Dice on the unlabelled cases followed them from 0.89 to 0.82.
 """
 
 from __future__ import annotations

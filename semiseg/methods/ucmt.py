@@ -74,6 +74,8 @@ class UCMTConfig(CMTConfig):
     top_k: int = Field(2, ge=1)
     grid: int | None = Field(None, ge=1, description="regions per axis; default 16 in 2D, 8 in 3D")
     umix: Literal["replace", "code", "exchange", "copy"] = "replace"
+    # UCMT keeps the paper's teacher (Eq. 6), measured on three converged seeds; CMT defaults to the code's
+    teacher_update: Literal["paper", "code"] = "paper"
 
     @model_validator(mode="after")
     def _needs_both_students_and_teacher(self) -> UCMTConfig:
