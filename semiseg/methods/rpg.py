@@ -61,6 +61,7 @@ the network's Dice on the unlabelled cases followed them from 0.89 to 0.82.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 from pydantic import Field
@@ -96,10 +97,14 @@ class RPG(Method):
     uses_unlabelled = True
     cfg: RPGConfig
 
+    @staticmethod
+    def features(nets: Nets) -> Callable[[Tensor], NetOutput]:
+        """The network with its penultimate features, which the reference matching reads (Eqs. 1-4)."""
+        return partial(nets["model"], return_features=True)
+
     def forward(self, nets: Nets, labelled: Batch, unlabelled_images: Tensor) -> tuple[NetOutput, NetOutput]:
         """One pass over [labelled; unlabelled] with the penultimate features, split into the two parts."""
-        return joint_forward(partial(nets["model"], return_features=True), labelled.image, unlabelled_images,
-                             self.unlabelled_pass)
+        return joint_forward(self.features(nets), labelled.image, unlabelled_images, self.unlabelled_pass)
 
     def terms(self, out_l: NetOutput, out_u: NetOutput, labelled: Batch) -> StepOut:
         """Eq. 8's two terms from a pass over [labelled; unlabelled], what the matching looked like (W over

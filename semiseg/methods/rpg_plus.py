@@ -52,8 +52,6 @@ after FixMatch on this protocol (0.830 / 0.832), and at 0.93 of full supervision
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 from pydantic import Field
@@ -64,7 +62,6 @@ from semiseg.methods.base import Batch, Method, MethodContext, Nets, Progress, S
 from semiseg.methods.fixmatch import FixMatch, FixMatchOptions
 from semiseg.methods.registry import register
 from semiseg.methods.rpg import RPG, RPGConfig
-from semiseg.nets.unet import NetOutput
 from semiseg.ssl.joint import PassSetting, forward_parts
 from semiseg.ssl.pseudo_labels import probabilities
 
@@ -92,19 +89,16 @@ class RPGPlus(Method):
         self.fixmatch = FixMatch(ctx, {key: values[key] for key in FixMatchOptions.model_fields})
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
+        features = self.rpg.features(nets)
         if not self.cfg.strong_augment:  # no strong view: the confident weak labels train the weak logits
-            out_l, out_u = forward_parts(self.features(nets), [labelled.image, unlabelled.image], self.unlabelled_pass)
+            out_l, out_u = forward_parts(features, [labelled.image, unlabelled.image], self.unlabelled_pass)
             return self.combine(self.rpg.terms(out_l, out_u, labelled), *self.fixmatch.weak_term(out_u.logits))
         strong = self.fixmatch.strong_image(unlabelled.image)
-        out_l, out_u, out_s = forward_parts(self.features(nets), [labelled.image, unlabelled.image, strong.image],
+        out_l, out_u, out_s = forward_parts(features, [labelled.image, unlabelled.image, strong.image],
                                             self.unlabelled_pass)
         target, mask = self.fixmatch.weak_labels(probabilities(out_u.logits.detach(), self.ctx.label_mode))
         fixmatch, kept = self.fixmatch.term(out_s.logits, *strong.carry(target, mask))
         return self.combine(self.rpg.terms(out_l, out_u, labelled), fixmatch, kept, (target, mask))
-
-    @staticmethod
-    def features(nets: Nets) -> Callable[[Tensor], NetOutput]:
-        return partial(nets["model"], return_features=True)
 
     def combine(self, taught: StepOut, fixmatch: Tensor, kept: float, pseudo: tuple[Tensor, Tensor]) -> StepOut:
         """Eq. 11: RPG's step (supervised + reference-guided terms) with the FixMatch term and what it teaches."""
