@@ -7,7 +7,11 @@ For the first test subject of each run, foreground slices from the middle half a
 first 4 (with their labels) are the references, the other 4 the queries. The script prints pixel accuracy of
 the reference labels and of the network's argmax on the queries, the foreground share of each, and the mean
 weight W, overall and over the pixels the references label foreground and background (W's bias between them).
-Eval mode, last checkpoint. It separates "the matcher mislabels" from "training on its labels drifts".
+Then the same accuracies on the pixels where the network is unsure (top probability below ``--unsure``, where
+references could add most), and those of a majority vote over the ``--votes`` nearest references (cosine, the
+references subsampled like RPG's), which asks whether a smoother matcher than Eq. 4's single nearest one would
+label better. Eval mode, last checkpoint. It separates "the matcher mislabels" from "training on its labels
+drifts".
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 try:
     import semiseg  # noqa: F401
@@ -52,11 +57,29 @@ def weight_where(matched: ReferenceLabels, foreground: bool) -> float:
     return float(matched.weight[chosen].mean()) if chosen.any() else float("nan")
 
 
+def vote_labels(ref_features: torch.Tensor, ref_labels: torch.Tensor, features: torch.Tensor, size: int,
+                votes: int) -> torch.Tensor:
+    """Majority label among the ``votes`` most cosine-similar references (subsampled to size², as RPG's)."""
+    refs = F.interpolate(ref_features, size=(size, size), mode="nearest")
+    labels = F.interpolate(ref_labels[:, None].float(), size=(size, size), mode="nearest").long().flatten()
+    refs = F.normalize(refs.movedim(1, -1).reshape(-1, refs.shape[1]), dim=1)
+    queries = F.normalize(features.movedim(1, -1).reshape(-1, features.shape[1]), dim=1)
+    nearest = (queries @ refs.T).topk(min(votes, len(refs)), dim=1).indices
+    return labels[nearest].mode(dim=1).values.reshape(features.shape[0], *features.shape[2:])
+
+
+def accuracy(pred: torch.Tensor, truth: torch.Tensor, where: torch.Tensor | None = None) -> float:
+    hits = (pred == truth).float()
+    return float(hits.mean() if where is None else hits[where].mean()) if where is None or where.any() else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--k-fraction", type=float, default=0.57)
+    parser.add_argument("--unsure", type=float, default=0.9, help="top probability below which the net is unsure")
+    parser.add_argument("--votes", type=int, nargs="+", default=[5, 25], help="nearest references that vote")
     args = parser.parse_args()
     settings = ReferenceSettings(size=args.size, k_fraction=args.k_fraction)
     torch.manual_seed(0)
@@ -71,14 +94,24 @@ def main() -> None:
             matched = reference_pseudo_labels(out.features[refs], labels[refs], out.features[queries],
                                               label_mode="multiclass", num_classes=int(out.logits.shape[1]),
                                               settings=settings)
-            truth, own = labels[queries], out.logits[queries].argmax(1)
-            rows.append([float((own == truth).float().mean()), float((matched.target == truth).float().mean()),
+            truth, probabilities = labels[queries], out.logits[queries].softmax(1)
+            own, unsure = probabilities.argmax(1), probabilities.amax(1) < args.unsure
+            voted = [vote_labels(out.features[refs], labels[refs], out.features[queries], args.size, k)
+                     for k in args.votes]
+            rows.append([accuracy(own, truth), accuracy(matched.target, truth),
                          float((matched.target > 0).float().mean()), float((truth > 0).float().mean()),
-                         float(matched.weight.mean()), weight_where(matched, True), weight_where(matched, False)])
-        acc_own, acc_ref, fg_ref, fg_true, weight, weight_fg, weight_bg = np.nanmean(rows, axis=0)
+                         float(matched.weight.mean()), weight_where(matched, True), weight_where(matched, False),
+                         float(unsure.float().mean()), accuracy(own, truth, unsure),
+                         accuracy(matched.target, truth, unsure),
+                         *[value for v in voted for value in (accuracy(v, truth), accuracy(v, truth, unsure))]])
+        acc_own, acc_ref, fg_ref, fg_true, weight, weight_fg, weight_bg, unsure_share, own_u, ref_u, *vote = (
+            np.nanmean(rows, axis=0))
+        votes = ", ".join(f"{k} votes {vote[2 * i]:.3f} / {vote[2 * i + 1]:.3f}" for i, k in enumerate(args.votes))
         print(f"{run}: pixel accuracy argmax {acc_own:.3f}, references {acc_ref:.3f}; foreground share references "
               f"{fg_ref:.3f}, truth {fg_true:.3f}; mean W {weight:.3f} (foreground labels {weight_fg:.3f}, background "
               f"{weight_bg:.3f}; {len(rows)} groups)")
+        print(f"  where the net is unsure ({unsure_share:.3f} of pixels): argmax {own_u:.3f}, references {ref_u:.3f}; "
+              f"all / unsure pixels: {votes}")
 
 
 if __name__ == "__main__":

@@ -330,12 +330,15 @@ class Trainer:
         if raw_unlabelled is not None:  # its "truth" stays here: to_batch never reads it
             unlabelled = self._to_batch(raw_unlabelled)
             truth = teach.truth_tensor(raw_unlabelled, self.device, self.ctx.label_mode)
+        scored = truth is not None and self._logs_step(self.step + 1)
+        row: dict[str, float] = {"loss": 0.0}
+        if scored:  # before the step's forward, so BatchNorm's running statistics are the ones it started with
+            row.update(self._prediction_scores(unlabelled, truth))
         self.method.unlabelled_terms_on = self.gate is None or self.gate.is_open  # separate_until_gate reads it
         with autocast(self.amp, self.device, self.amp_dtype), self.dist.whole_batch_losses():
             out = self._method_step(labelled, unlabelled, progress)
-        row: dict[str, float] = {"loss": 0.0}
         # the truth describes the batch as drawn, which only the first update of a chained step trains on
-        if truth is not None and self._logs_step(self.step + 1):
+        if scored:
             row.update(teach.score_step(out.targets, out.masks, truth, label_mode=self.ctx.label_mode,
                                         num_classes=self.ctx.num_classes, method=self.method.name))
         gate = 1.0 if self.gate is None else self.gate.value(self.step)
@@ -356,6 +359,24 @@ class Trainer:
         if self.gate is not None:
             row.update(self._observe_gate(self.gate, labelled, gate))
         return row
+
+    @torch.no_grad()
+    def _prediction_scores(self, unlabelled: Batch, truth: Tensor) -> dict[str, float]:
+        """``teach/prediction_*``: the predicting network's own answer on the unlabelled batch, in eval mode.
+
+        Why: a method's targets help only where they beat what the model would predict anyway; this puts that
+        yardstick on the same pixels and the same step. Eval mode draws no random numbers and leaves BatchNorm
+        statistics alone, so training computes exactly what it would without it.
+        """
+        for net in self.nets.values():
+            net.eval()
+        try:
+            with autocast(self.amp, self.device, self.amp_dtype):
+                logits = self.method.predict(self.nets, unlabelled.image)
+        finally:
+            for net in self.nets.values():
+                net.train()
+        return teach.score_prediction(logits, truth, label_mode=self.ctx.label_mode, num_classes=self.ctx.num_classes)
 
     def _raw_batches(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """This process's share of the step's global batches, from ``train.workers`` loader processes (the

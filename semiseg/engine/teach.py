@@ -9,7 +9,9 @@ targets the unlabelled loss trained towards, on the unlabelled batch as drawn) a
 per-pixel weights it kept them with): ``teach/<name>_acc`` (pixel accuracy), ``teach/<name>_dice`` (mean
 foreground Dice, pooled over the batch; classes absent from both are left out), ``teach/<name>_kept`` (mean
 weight of the mask) and ``teach/<name>_acc_kept`` (accuracy weighted by the mask of the same name: are the
-pixels the method trusts right?). At each validation every segmentation network of the method (students,
+pixels the method trusts right?). Next to them, ``teach/prediction_acc`` and ``teach/prediction_dice`` score the
+predicting network's own answer on the same batch (eval mode, before the step): targets below it teach the model
+less than it already knows. At each validation every segmentation network of the method (students,
 teachers, EMA, snapshots) is scored on whole unlabelled cases: ``teach/unl_dice_<net>``. Set
 ``train.monitor_unlabelled=false`` to switch it all off; without truth nothing is logged.
 """
@@ -29,6 +31,7 @@ from semiseg.eval.labels import probs_to_label
 from semiseg.eval.metrics import foreground_overlaps
 
 PREFIX = "teach/"
+PREDICTION = "prediction"  # the predicting network's own answer on the batch (``score_prediction``), not a target
 # Whole unlabelled cases scored per network at each validation (the first of the store, so every validation
 # scores the same ones): enough for a trend at about the cost of one more validation per network.
 UNLABELLED_CASES = 2
@@ -97,6 +100,14 @@ def score_step(
         _check_shape(method, "mask", name, mask, truth, label_mode)
         row[f"{PREFIX}{name}_kept"] = float(mask.detach().float().mean())
     return row
+
+
+def score_prediction(logits: Tensor, truth: Tensor, *, label_mode: str, num_classes: int) -> dict[str, float]:
+    """``teach/prediction_acc`` and ``teach/prediction_dice``: the predicting network's hard prediction on the
+    unlabelled batch against its truth, the yardstick a method's targets must beat to teach the model anything."""
+    logits = logits.detach().float()
+    probabilities = logits.softmax(dim=1) if label_mode == "multiclass" else logits.sigmoid()
+    return score_step({PREDICTION: probabilities}, {}, truth, label_mode=label_mode, num_classes=num_classes)
 
 
 def truth_tensor(raw: dict[str, Any], device: torch.device, label_mode: str) -> Tensor | None:

@@ -139,8 +139,13 @@ def _series(rows: list[dict[str, str]], key: str) -> tuple[list[float], list[flo
     return ([p[0] for p in points], [p[1] for p in points]) if points else ([], [])
 
 
+PREDICTION = TEACH + "prediction_dice"  # the model's own answer on the same batches, the targets' yardstick
+
+
 def _teach_keys(fields: list[str], suffix: str) -> list[str]:
-    return [k for k in fields if k.startswith(TEACH) and k.endswith(suffix) and not k.startswith(TEACH + "unl_dice")]
+    """The ``teach/*`` columns of the method's targets and masks (not the networks' own scores)."""
+    own = (TEACH + "unl_dice", TEACH + "prediction_")
+    return [k for k in fields if k.startswith(TEACH) and k.endswith(suffix) and not k.startswith(own)]
 
 
 def teaching_figure(log_csv: Path, path: Path) -> bool:
@@ -155,6 +160,8 @@ def teaching_figure(log_csv: Path, path: Path) -> bool:
     val = _series(rows, "val_dice")
     for key in _teach_keys(fields, "_dice"):
         ax[0].plot(*_series(rows, key), ".-", ms=3, label=key[len(TEACH):-len("_dice")] + " (targets)")
+    if PREDICTION in fields:
+        ax[0].plot(*_series(rows, PREDICTION), "k--", label="model's own prediction (same batches)")
     ax[0].plot(*val, "ko-", ms=3, label="model (validation)")
     ax[0].set(xlabel="step", ylabel="Dice vs truth", ylim=(0, 1), title="targets it trains on")
     for key in [k for k in _teach_keys(fields, "_kept") if not k.endswith("_acc_kept")]:
@@ -261,9 +268,10 @@ def write_report(
     if teaching_figure(run_dir / "log.csv", figures / "teaching.png"):
         lines += ["## What the method teaches", "",
                   "Measured against the labels of the unlabelled training cases, which the method never saw: "
-                  "Dice of the targets (pseudo labels) it trained on next to the model's own validation Dice, the "
-                  "share of pixels its masks kept and how accurate those were, and each network's Dice on whole "
-                  "unlabelled cases. Columns `teach/*` of `log.csv`.", "", "![teaching](figures/teaching.png)", ""]
+                  "Dice of the targets (pseudo labels) it trained on next to the model's own prediction on the same "
+                  "batches (targets below it teach less than the model knows) and its validation Dice, the share of "
+                  "pixels its masks kept and how accurate those were, and each network's Dice on whole unlabelled "
+                  "cases. Columns `teach/*` of `log.csv`.", "", "![teaching](figures/teaching.png)", ""]
     lines += _extra_sections(figures, label_mode, robustness, uncertainty)
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))

@@ -11,7 +11,7 @@ from semiseg import api
 from semiseg.config import load_config
 from semiseg.data.loaders import Augmentation, PatchSampler, StoredCase
 from semiseg.engine.loop import build_nets
-from semiseg.engine.teach import UnlabelledDice, score_step
+from semiseg.engine.teach import UnlabelledDice, score_prediction, score_step
 from semiseg.errors import SemisegError
 from semiseg.eval.report import teaching_figure, write_report
 from semiseg.losses import supervised_loss
@@ -52,6 +52,18 @@ def test_masks_give_kept_share_and_accuracy_on_kept_pixels():
     row = score_step({"pseudo": target}, {"pseudo": mask}, truth, label_mode="multiclass", num_classes=K)
     assert row["teach/pseudo_kept"] == 0.5 and row["teach/pseudo_acc_kept"] == 1.0
     assert row["teach/pseudo_acc"] == 0.5
+
+
+@pytest.mark.parametrize("label_mode", ["multiclass", "multilabel"])
+def test_the_model_prediction_is_scored_like_a_target_from_its_logits(label_mode):
+    truth = torch.tensor([[[0, 1], [1, 0]]])  # (B, H, W): two foreground pixels
+    logits = torch.tensor([[[[2.0, -1.0], [-3.0, 1.0]], [[-2.0, 1.0], [-4.0, 0.0]]]])  # argmax [[0, 1], [0, 0]]
+    num_classes = 2
+    if label_mode == "multilabel":  # one channel; logit > 0 is foreground: [[0, 1], [0, 0]] again
+        truth, logits, num_classes = truth.unsqueeze(1).float(), logits[:, 1:] - logits[:, :1], 1
+    row = score_prediction(logits, truth, label_mode=label_mode, num_classes=num_classes)
+    assert row["teach/prediction_acc"] == pytest.approx(3 / 4)
+    assert row["teach/prediction_dice"] == pytest.approx(2 * 1 / (1 + 2))  # one hit, 1 predicted, 2 true
 
 
 def test_a_target_on_another_geometry_is_refused():
@@ -162,6 +174,7 @@ def test_pseudo_labels_that_are_the_truth_score_one(oracle, tmp_path):
     assert all(float(r["teach/oracle_dice"]) == 1.0 and float(r["teach/oracle_acc"]) == 1.0 for r in rows)
     assert all(float(r["teach/oracle_kept"]) == 1.0 for r in rows)
     assert all(float(r["teach/background_dice"]) == 0.0 for r in rows)
+    assert all(0.0 <= float(r["teach/prediction_acc"]) <= 1.0 for r in rows)
     val_rows = [r for r in rows if r["val_dice"]]
     assert val_rows and all(0.0 <= float(r["teach/unl_dice_model"]) <= 1.0 for r in val_rows)
     report = (run / "report.md").read_text()
