@@ -126,7 +126,8 @@ class TrainConfig(Strict):
     momentum: float = Field(0.9, description="SGD momentum")
     schedule: Literal["poly", "cosine", "constant"] = Field("cosine",
         description="learning-rate schedule after warm-up")
-    warmup_steps: int = Field(50, ge=0, description="linear learning-rate warm-up steps")
+    warmup_steps: int = Field(50, ge=0, description="linear learning-rate warm-up steps; 50 at any run length "
+                              "(on 100-step runs it beat 5 steps, docs/protocol.md)")
     grad_clip: float | None = Field(12.0, description="gradient-norm clip (None: no clipping)")
     loss: Literal["dice", "ce", "dice_ce"] = Field("dice_ce", description="supervised loss shared by every method")
     include_background: bool = Field(False, description="multiclass Dice loss over foreground classes only")

@@ -13,7 +13,7 @@ from semiseg.data.loaders import Augmentation, PatchSampler, StoredCase
 from semiseg.engine.loop import build_nets
 from semiseg.engine.teach import UnlabelledDice, score_prediction, score_step
 from semiseg.errors import SemisegError
-from semiseg.eval.report import teaching_figure, write_report
+from semiseg.eval.report import _teach_keys, teaching_figure, write_report
 from semiseg.losses import supervised_loss
 from semiseg.methods import Batch, Method, MethodContext, Progress, StepOut, available_methods, registry
 
@@ -192,7 +192,8 @@ def test_report_draws_the_figure_from_the_log(tmp_path):
     rows = [{"step": 10, "loss": 1.0, "val_dice": "", "teach/pseudo_dice": 0.5, "teach/pseudo_kept": 0.8,
              "teach/pseudo_acc_kept": 0.9},
             {"step": 20, "loss": 0.8, "val_dice": 0.6, "teach/pseudo_dice": 0.6, "teach/pseudo_kept": 0.9,
-             "teach/pseudo_acc_kept": 0.95, "teach/unl_dice_student": 0.55, "teach/unl_dice_teacher": 0.6}]
+             "teach/pseudo_acc_kept": 0.95, "teach/unl_dice_student": 0.55, "teach/unl_dice_teacher": 0.6,
+             "teach/prediction_dice": 0.7}]
     with (tmp_path / "log.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[1]))
         writer.writeheader()
@@ -200,6 +201,8 @@ def test_report_draws_the_figure_from_the_log(tmp_path):
     report = write_report(tmp_path, summary={}, info={"method": "m", "dataset": "d"}, examples=[],
                           label_mode="multiclass").read_text()
     assert "![teaching](figures/teaching.png)" in report and (tmp_path / "figures" / "teaching.png").exists()
+    fields = list(rows[1])
+    assert _teach_keys(fields, "_dice") == ["teach/pseudo_dice"]  # the model's own scores are not targets
 
 
 def test_unlabelled_dice_rescores_a_net_only_when_its_weights_change():
