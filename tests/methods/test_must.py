@@ -197,6 +197,22 @@ def test_joint_step_reaches_the_encoder_and_keeps_clean_norm_statistics(student_
             assert torch.allclose(net.state_dict()[key], value), key
 
 
+def test_running_teacher_norm_makes_the_targets_the_eval_answer_and_leaves_statistics_to_labelled_images():
+    net, method = _net(), _method(options={"teacher_norm": "running"})
+    lab, unl = _batches()
+    reference = _net()
+    reference.train()(lab.image)  # only the labelled training pass moves the running statistics
+    with torch.no_grad():
+        expected = _net().eval()(unl.image)  # the eval-mode answer with the statistics the step started with
+    out = method.training_step({"model": net}, lab, unl, Progress(5, 10))
+    assert torch.allclose(out.targets["teacher"], expected, atol=1e-6)
+    first_conv = net.encoder[0][0].weight
+    assert torch.autograd.grad(out.losses["consistency"], first_conv)[0].abs().sum() > 0
+    for key, value in reference.state_dict().items():
+        if "running" in key:
+            assert torch.allclose(net.state_dict()[key], value), key
+
+
 def test_rampup_weight_is_linear_and_zero_at_start():
     cfg = _method().cfg
     assert cfg.weight_at(Progress(0, 100)) == 0.0
