@@ -69,8 +69,11 @@ def vote_labels(ref_features: torch.Tensor, ref_labels: torch.Tensor, features: 
 
 
 def accuracy(pred: torch.Tensor, truth: torch.Tensor, where: torch.Tensor | None = None) -> float:
+    """Share of pixels (of ``where``, when given) labelled right; NaN when ``where`` selects none."""
     hits = (pred == truth).float()
-    return float(hits.mean() if where is None else hits[where].mean()) if where is None or where.any() else float("nan")
+    if where is None:
+        return float(hits.mean())
+    return float(hits[where].mean()) if where.any() else float("nan")
 
 
 def main() -> None:

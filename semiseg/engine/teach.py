@@ -29,6 +29,7 @@ from semiseg.data.loaders import StoredCase
 from semiseg.errors import SemisegError
 from semiseg.eval.labels import probs_to_label
 from semiseg.eval.metrics import foreground_overlaps
+from semiseg.ssl.pseudo_labels import probabilities
 
 PREFIX = "teach/"
 PREDICTION = "prediction"  # the predicting network's own answer on the batch (``score_prediction``), not a target
@@ -105,9 +106,8 @@ def score_step(
 def score_prediction(logits: Tensor, truth: Tensor, *, label_mode: str, num_classes: int) -> dict[str, float]:
     """``teach/prediction_acc`` and ``teach/prediction_dice``: the predicting network's hard prediction on the
     unlabelled batch against its truth, the yardstick a method's targets must beat to teach the model anything."""
-    logits = logits.detach().float()
-    probabilities = logits.softmax(dim=1) if label_mode == "multiclass" else logits.sigmoid()
-    return score_step({PREDICTION: probabilities}, {}, truth, label_mode=label_mode, num_classes=num_classes)
+    return score_step({PREDICTION: probabilities(logits.detach(), label_mode)}, {}, truth, label_mode=label_mode,
+                      num_classes=num_classes)
 
 
 def truth_tensor(raw: dict[str, Any], device: torch.device, label_mode: str) -> Tensor | None:
