@@ -12,6 +12,13 @@ references could add most), and those of a majority vote over the ``--votes`` ne
 references subsampled like RPG's), which asks whether a smoother matcher than Eq. 4's single nearest one would
 label better. Eval mode, last checkpoint. It separates "the matcher mislabels" from "training on its labels
 drifts".
+
+``--passes`` asks the same of batches as training draws them: 4 slices of the run's labelled subject as references,
+4 of its unlabelled subjects as queries (``--groups`` random groups), with features from eval mode, from one
+train-mode pass over both (BatchNorm statistics shared: ``unlabelled_pass: joint``) and from one train-mode pass
+each (``separate``), against the network's own eval-mode argmax on the queries, then the ``--votes`` majorities
+(separate passes) over all pixels and the unsure ones. It says whether any pass layout or vote gives reference
+labels better than the network's own answer on the batches training sees.
 """
 
 from __future__ import annotations
@@ -68,6 +75,59 @@ def vote_labels(ref_features: torch.Tensor, ref_labels: torch.Tensor, features: 
     return labels[nearest].mode(dim=1).values.reshape(features.shape[0], *features.shape[2:])
 
 
+def foreground_slices(model: object, case: object) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(image, label) of every slice of ``case`` with foreground, cropped to the network's divisor."""
+    image, label = torch.from_numpy(model.normalized(case)).float(), torch.from_numpy(case.label).long()
+    h, w = (n // model.divisor * model.divisor for n in image.shape[1:3])
+    return [(image[..., z][..., :h, :w], label[..., z][:h, :w])
+            for z in range(image.shape[-1]) if (label[..., z] > 0).any()]
+
+
+def pass_layouts(run: str, settings: ReferenceSettings, groups: int, votes: list[int],
+                 unsure: float) -> dict[str, tuple[float, float]]:
+    """Training-like groups (see module doc): accuracy, plain and W-weighted, of the reference labels per layout,
+    and of the network's own argmax (weighted by the separate layout's W); then, over all pixels and over those
+    where the network is unsure, the network's and each vote's (separate passes, as training runs them)."""
+    model = load_model(run, "last", device="cpu")
+    net, cases = model.nets["model"], {c.case_id: c for c in open_configured_dataset(model.cfg).cases}
+    split = json.loads((Path(run) / "split.json").read_text())
+    refs = [s for case_id in split["labelled"] for s in foreground_slices(model, cases[case_id].load())]
+    queries = [s for case_id in split["unlabelled"] for s in foreground_slices(model, cases[case_id].load())]
+    generator, scores = torch.Generator().manual_seed(0), []
+    for _ in range(groups):
+        pick = [[pool[i] for i in torch.randperm(len(pool), generator=generator)[:4]] for pool in (refs, queries)]
+        (x_ref, y_ref), (x_query, y_query) = [tuple(map(torch.stack, zip(*group, strict=True))) for group in pick]
+        with torch.no_grad():
+            net.eval()
+            ref_eval, query_eval = net(x_ref, return_features=True), net(x_query, return_features=True)
+            net.train()
+            joint = net(torch.cat([x_ref, x_query]), return_features=True).features
+            layouts = {"eval": (ref_eval.features, query_eval.features), "joint": (joint[:4], joint[4:]),
+                       "separate": (net(x_ref, return_features=True).features,
+                                    net(x_query, return_features=True).features)}
+        own_right = (query_eval.logits.argmax(1) == y_query).float()
+        row = []
+        for ref_features, query_features in layouts.values():
+            matched = reference_pseudo_labels(ref_features, y_ref, query_features, label_mode="multiclass",
+                                              num_classes=int(ref_eval.logits.shape[1]), settings=settings,
+                                              generator=torch.Generator().manual_seed(1))
+            right = (matched.target == y_query).float()
+            row += [float(right.mean()), float((matched.weight * right).sum() / matched.weight.sum())]
+        # the network on the same pixels, weighted by the W training uses (separate passes, the default)
+        row = [float(own_right.mean()), float((matched.weight * own_right).sum() / matched.weight.sum()), *row]
+        doubtful = query_eval.logits.softmax(1).amax(1) < unsure
+        own = query_eval.logits.argmax(1)
+        row += [accuracy(own, y_query), accuracy(own, y_query, doubtful)]
+        for k in votes:
+            voted = vote_labels(*layouts["separate"][:1], y_ref, layouts["separate"][1], settings.size_for(2), k)
+            row += [accuracy(voted, y_query), accuracy(voted, y_query, doubtful)]
+        scores.append(row)
+    net.eval()
+    means = np.nanmean(scores, axis=0)
+    names = ["network", *layouts, "argmax", *[f"{k} votes" for k in votes]]
+    return {name: (means[2 * i], means[2 * i + 1]) for i, name in enumerate(names)}
+
+
 def accuracy(pred: torch.Tensor, truth: torch.Tensor, where: torch.Tensor | None = None) -> float:
     """Share of pixels (of ``where``, when given) labelled right; NaN when ``where`` selects none."""
     hits = (pred == truth).float()
@@ -83,6 +143,8 @@ def main() -> None:
     parser.add_argument("--k-fraction", type=float, default=0.57)
     parser.add_argument("--unsure", type=float, default=0.9, help="top probability below which the net is unsure")
     parser.add_argument("--votes", type=int, nargs="+", default=[5, 25], help="nearest references that vote")
+    parser.add_argument("--passes", action="store_true", help="also score training-like groups per pass layout")
+    parser.add_argument("--groups", type=int, default=15, help="random groups of 4 + 4 slices for --passes")
     args = parser.parse_args()
     settings = ReferenceSettings(size=args.size, k_fraction=args.k_fraction)
     torch.manual_seed(0)
@@ -115,6 +177,11 @@ def main() -> None:
               f"{weight_bg:.3f}; {len(rows)} groups)")
         print(f"  where the net is unsure ({unsure_share:.3f} of pixels): argmax {own_u:.3f}, references {ref_u:.3f}; "
               f"all / unsure pixels: {votes}")
+        if args.passes:
+            scores = [f"{name} {a:.3f} / {b:.3f}" for name, (a, b) in
+                      pass_layouts(run, settings, args.groups, args.votes, args.unsure).items()]
+            print(f"  training-like groups ({args.groups}), pixels right, plain / W-weighted: "
+                  f"{', '.join(scores[:4])}; all / unsure: {', '.join(scores[4:])}")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import yaml
 from semiseg.config import Config, load_config
 from semiseg.errors import ConfigError, SemisegError
 from semiseg.eval.metrics import METRIC_COLUMNS
+from semiseg.eval.report import TEACH
 from semiseg.eval.stats import paired_p, seed_mean_std
 
 CONFIG_SECTIONS = ("data.", "split.", "model.", "train.", "eval.", "output.", "method.", "seed")
@@ -323,7 +324,7 @@ def _last_teaching(run_dir: Path) -> dict[str, float]:
     values: dict[str, list[float]] = defaultdict(list)
     for row in (r for r in rows if float(r["step"]) >= start):
         for key, value in row.items():
-            if value not in (None, "") and (key.startswith("teach/") or key == "val_dice"):
+            if value not in (None, "") and (key.startswith(TEACH) or key == "val_dice"):
                 values[key].append(float(value))
     return {key: float(np.mean(v)) for key, v in values.items()}
 
@@ -340,7 +341,7 @@ def teaching_rows(root: Path, results: dict[str, Any]) -> dict[str, dict[str, fl
 
 def format_teaching(table: dict[str, dict[str, float]]) -> str:
     """What each method trained on, scored against the unlabelled cases' held-out labels, at the end of training."""
-    rows = [(label, values) for label, values in table.items() if any(k.startswith("teach/") for k in values)]
+    rows = [(label, values) for label, values in table.items() if any(k.startswith(TEACH) for k in values)]
     if not rows:
         return ""
     lines = ["", "**What the methods teach** (mean over the last fifth of training and over seeds; `*_dice`/`*_acc`: a "
@@ -348,7 +349,7 @@ def format_teaching(table: dict[str, dict[str, float]]) -> str:
              "kept, `unl_dice_<net>`: each network on whole unlabelled cases; see docs/protocol.md)", "",
              "| method | val Dice | diagnostics |", "|---|---|---|"]
     for label, values in rows:
-        cells = ", ".join(f"{k.removeprefix('teach/')} {v:.3f}" for k, v in values.items() if k.startswith("teach/"))
+        cells = ", ".join(f"{k.removeprefix(TEACH)} {v:.3f}" for k, v in values.items() if k.startswith(TEACH))
         lines.append(f"| {label} | {values.get('val_dice', math.nan):.3f} | {cells} |")
     return "\n".join(lines + [""])
 

@@ -48,7 +48,7 @@ from semiseg.errors import ConfigError, SemisegError
 from semiseg.eval.labels import probs_to_label
 from semiseg.eval.metrics import foreground_overlaps
 from semiseg.methods.base import Batch, Curriculum, Method, MethodContext, Nets, NetSpec, Progress, StepOut, WholeCase
-from semiseg.nets import build_network
+from semiseg.nets import build_network, evaluating
 from semiseg.ssl.ema import ema_update
 from semiseg.ssl.gate import ReliabilityGate, gate_unlabelled_terms
 
@@ -365,17 +365,10 @@ class Trainer:
         """``teach/prediction_*``: the predicting network's own answer on the unlabelled batch, in eval mode.
 
         Why: a method's targets help only where they beat what the model would predict anyway; this puts that
-        yardstick on the same pixels and the same step. Eval mode draws no random numbers and leaves BatchNorm
-        statistics alone, so training computes exactly what it would without it.
+        yardstick on the same pixels and the same step, and leaves training as it was (``evaluating``).
         """
-        for net in self.nets.values():
-            net.eval()
-        try:
-            with autocast(self.amp, self.device, self.amp_dtype):
-                logits = self.method.predict(self.nets, unlabelled.image)
-        finally:
-            for net in self.nets.values():
-                net.train()
+        with evaluating(self.nets.values()), autocast(self.amp, self.device, self.amp_dtype):
+            logits = self.method.predict(self.nets, unlabelled.image)
         return teach.score_prediction(logits, truth, label_mode=self.ctx.label_mode, num_classes=self.ctx.num_classes)
 
     def _raw_batches(self) -> tuple[dict[str, Any], dict[str, Any] | None]:

@@ -9,6 +9,7 @@ import torch
 
 from semiseg.config import Config
 from semiseg.methods.base import Batch, Method, Nets
+from semiseg.nets import evaluating
 from semiseg.ssl.gate import ReliabilityGate
 from semiseg.ssl.pseudo_labels import hard_labels, probabilities
 
@@ -57,9 +58,9 @@ def labelled_batch_dice(method: Method, nets: Nets, batch: Batch, label_mode: st
     """
     from semiseg.engine.loop import mean_foreground_dice
 
-    for net in nets.values():
-        net.eval()
-    pred = hard_labels(probabilities(method.predict(nets, batch.image), label_mode), label_mode).cpu().numpy()
+    with evaluating(nets.values()):
+        logits = method.predict(nets, batch.image)
+    pred = hard_labels(probabilities(logits, label_mode), label_mode).cpu().numpy()
     label = batch.label.cpu().numpy()
     if label_mode == "multilabel":  # (B, K, ...) → (K, B, ...): mean_foreground_dice reads channels first
         pred, label = np.moveaxis(pred, 1, 0), np.moveaxis(label, 1, 0)

@@ -29,10 +29,10 @@ from semiseg.data.loaders import StoredCase
 from semiseg.errors import SemisegError
 from semiseg.eval.labels import probs_to_label
 from semiseg.eval.metrics import foreground_overlaps
+from semiseg.eval.report import PREDICTION, UNLABELLED_DICE
+from semiseg.eval.report import TEACH as PREFIX
 from semiseg.ssl.pseudo_labels import probabilities
 
-PREFIX = "teach/"
-PREDICTION = "prediction"  # the predicting network's own answer on the batch (``score_prediction``), not a target
 # Whole unlabelled cases scored per network at each validation (the first of the store, so every validation
 # scores the same ones): enough for a trend at about the cost of one more validation per network.
 UNLABELLED_CASES = 2
@@ -150,5 +150,5 @@ class UnlabelledDice:
                 scores = [dice(probs_to_label(probabilities(net, c.image), label_mode), c.truth, label_mode,
                                num_classes) for c in scored]
                 self._cache[name] = (fingerprint, float(np.mean(scores)))
-            row[f"{PREFIX}unl_dice_{name}"] = self._cache[name][1]
+            row[f"{PREFIX}{UNLABELLED_DICE}_{name}"] = self._cache[name][1]
         return row

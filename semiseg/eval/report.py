@@ -15,7 +15,9 @@ from semiseg.eval.evaluate import format_table
 from semiseg.eval.robustness import format_robustness_table
 from semiseg.eval.uncertainty import format_uncertainty_table
 
-TEACH = "teach/"  # log.csv prefix of the diagnostics against held-out truth (semiseg.engine.teach)
+TEACH = "teach/"  # log.csv prefix of the diagnostics against held-out truth (written by semiseg.engine.teach)
+PREDICTION = "prediction"  # their entry for the predicting network's own answer on the batch: a yardstick, not a target
+UNLABELLED_DICE = "unl_dice"  # their entries for each network on whole unlabelled cases
 _COLOURS = np.array(
     [[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [145, 30, 180], [70, 240, 240]]
 ) / 255.0
@@ -139,12 +141,9 @@ def _series(rows: list[dict[str, str]], key: str) -> tuple[list[float], list[flo
     return ([p[0] for p in points], [p[1] for p in points]) if points else ([], [])
 
 
-PREDICTION = TEACH + "prediction_dice"  # the model's own answer on the same batches, the targets' yardstick
-
-
 def _teach_keys(fields: list[str], suffix: str) -> list[str]:
     """The ``teach/*`` columns of the method's targets and masks (not the networks' own scores)."""
-    own = (TEACH + "unl_dice", TEACH + "prediction_")
+    own = (TEACH + UNLABELLED_DICE, TEACH + PREDICTION + "_")
     return [k for k in fields if k.startswith(TEACH) and k.endswith(suffix) and not k.startswith(own)]
 
 
@@ -160,8 +159,8 @@ def teaching_figure(log_csv: Path, path: Path) -> bool:
     val = _series(rows, "val_dice")
     for key in _teach_keys(fields, "_dice"):
         ax[0].plot(*_series(rows, key), ".-", ms=3, label=key[len(TEACH):-len("_dice")] + " (targets)")
-    if PREDICTION in fields:
-        ax[0].plot(*_series(rows, PREDICTION), "k--", label="model's own prediction (same batches)")
+    if (yardstick := TEACH + PREDICTION + "_dice") in fields:
+        ax[0].plot(*_series(rows, yardstick), "k--", label="model's own prediction (same batches)")
     ax[0].plot(*val, "ko-", ms=3, label="model (validation)")
     ax[0].set(xlabel="step", ylabel="Dice vs truth", ylim=(0, 1), title="targets it trains on")
     for key in [k for k in _teach_keys(fields, "_kept") if not k.endswith("_acc_kept")]:
@@ -171,8 +170,9 @@ def teaching_figure(log_csv: Path, path: Path) -> bool:
     ax[1].set(xlabel="step", ylim=(0, 1.02), title="what its masks keep")
     if not ax[1].lines:
         ax[1].text(0.5, 0.5, "no mask: every pixel counts", ha="center", va="center", transform=ax[1].transAxes)
-    for key in [k for k in fields if k.startswith(TEACH + "unl_dice_")]:
-        ax[2].plot(*_series(rows, key), "o-", ms=3, label=key[len(TEACH + "unl_dice_"):])
+    per_net = TEACH + UNLABELLED_DICE + "_"
+    for key in [k for k in fields if k.startswith(per_net)]:
+        ax[2].plot(*_series(rows, key), "o-", ms=3, label=key[len(per_net):])
     ax[2].plot(*val, "k:", label="validation (predicting net)")
     ax[2].set(xlabel="step", ylabel="Dice", ylim=(0, 1), title="each network on unlabelled cases")
     for a in ax:

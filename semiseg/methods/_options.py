@@ -49,6 +49,9 @@ class ReferenceOptions(MethodConfig):
     k_fraction: float | None = Field(0.1, gt=0, le=1)
     weighting: bool = True  # Eq. 7's W; False gives the paper's "Nearest Neighbor" baseline (W ≡ 1)
     block_mb: float = Field(4.0, gt=0)  # memory of one similarity block of the chunked matcher
+    # None: the nearest reference's label (Eq. 4); n: the majority label of the n nearest references (not in the
+    # paper; on the demo 25 votes label better than the network itself, test Dice level, 2.5× RPG's time; rpg.md)
+    votes: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _k_given_alone_wins(self) -> ReferenceOptions:
@@ -60,5 +63,5 @@ class ReferenceOptions(MethodConfig):
     def reference_settings(self) -> ReferenceSettings:
         return ReferenceSettings(
             pool_size=self.pool_size, size=self.reference_size, k=self.k, k_fraction=self.k_fraction,
-            weighting=self.weighting, block_elements=max(1, int(self.block_mb * 2**20) // 4),
+            weighting=self.weighting, block_elements=max(1, int(self.block_mb * 2**20) // 4), votes=self.votes,
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from torch import nn
@@ -21,3 +23,20 @@ def build_network(arch: str, *, spatial_dims: int, in_channels: int, out_channel
 
 
 __all__ = ["NETWORKS", "NetOutput", "UNet", "build_network"]
+
+
+@contextmanager
+def evaluating(nets: Iterable[nn.Module]) -> Iterator[None]:
+    """Eval mode inside the block, each net's own mode restored after it.
+
+    Why: a look at the model in the middle of training (a gate's labelled Dice, the engine's yardstick) must
+    leave training exactly as it was; eval mode draws no random numbers and leaves BatchNorm statistics alone.
+    """
+    modes = [(net, net.training) for net in nets]
+    for net, _ in modes:
+        net.eval()
+    try:
+        yield
+    finally:
+        for net, was_training in modes:
+            net.train(was_training)

@@ -270,6 +270,30 @@ def match(
     return nearest, delta
 
 
+def vote(
+    queries: Tensor, refs: Tensor, codes: Tensor, num_codes: int, votes: int, *, block_elements: int = 1 << 20
+) -> Tensor:
+    """(N,) the class code most common among each query's ``votes`` most cosine-similar references.
+
+    Not in the paper: a variant of Eq. 4 that asks a neighbourhood instead of a single reference (why:
+    docs/methods/rpg.md). A tie goes to the class of the nearest reference, so ``votes = 1`` is Eq. 4. Queries
+    are walked in chunks of rows × references ≤ ``block_elements``.
+    """
+    with torch.autocast(queries.device.type, enabled=False):
+        refs_t = _unit(refs.float()).T.contiguous()
+        q_all = _unit(queries.float())
+        votes = min(max(1, votes), refs.shape[0])
+        rows = max(1, block_elements // refs.shape[0])
+        winners = torch.empty(q_all.shape[0], dtype=torch.long, device=q_all.device)
+        for a in range(0, q_all.shape[0], rows):
+            closest = codes[(q_all[a : a + rows] @ refs_t).topk(votes, dim=1).indices]  # most similar first
+            counts = torch.zeros(closest.shape[0], num_codes, device=q_all.device)
+            counts.scatter_add_(1, closest, torch.ones_like(closest, dtype=counts.dtype))
+            counts.scatter_add_(1, closest[:, :1], torch.full_like(closest[:, :1], 0.5, dtype=counts.dtype))
+            winners[a : a + rows] = counts.argmax(dim=1)
+    return winners
+
+
 # -- Eqs. 6-7: class probabilities and weight ----------------------------------------------------------
 
 
@@ -303,7 +327,8 @@ class ReferenceSettings:
 
     ``size`` None: 64 per axis in 2D, 16 in 3D (the same 4096 references per image). ``k_fraction``, when
     set, gives k as a share of the references (Table 3). ``weighting`` False: W ≡ 1, the paper's "Nearest
-    Neighbor" baseline (Eq. 4 alone).
+    Neighbor" baseline (Eq. 4 alone). ``votes`` None: each pixel takes its nearest reference's label (Eq. 4);
+    a number: the majority label of that many nearest references (``vote``), W unchanged.
     """
 
     pool_size: int = 3
@@ -312,6 +337,7 @@ class ReferenceSettings:
     k_fraction: float | None = None
     weighting: bool = True
     block_elements: int = 1 << 20
+    votes: int | None = None
 
     def size_for(self, spatial_dims: int) -> int:
         return self.size if self.size is not None else (64 if spatial_dims == 2 else 16)
@@ -355,16 +381,13 @@ def reference_pseudo_labels(
     feats, labels = subsample(features_l[pool_dev], labels_l[pool_dev], settings.size_for(features_l.ndim - 2))
     ref_labels = labels.reshape(-1) if label_mode == "multiclass" else flatten_pixels(labels)
     codes, table = label_codes(ref_labels, label_mode, num_classes)
-    refs = flatten_pixels(feats)
-    nearest, delta = match(
-        flatten_pixels(features_u),
-        refs,
-        codes,
-        table.shape[0],
-        settings.k_for(refs.shape[0]),
-        block_elements=settings.block_elements,
-        distances=settings.weighting,
-    )
+    refs, queries, num_codes = flatten_pixels(feats), flatten_pixels(features_u), table.shape[0]
+    nearest = delta = None
+    if settings.weighting or settings.votes is None:
+        nearest, delta = match(queries, refs, codes, num_codes, settings.k_for(refs.shape[0]),
+                               block_elements=settings.block_elements, distances=settings.weighting)
+    if settings.votes is not None:
+        nearest = vote(queries, refs, codes, num_codes, settings.votes, block_elements=settings.block_elements)
     spatial = (features_u.shape[0], *features_u.shape[2:])
     if delta is None:
         weight = torch.ones(spatial, device=features_u.device)

@@ -176,6 +176,9 @@ def test_rpg_options_are_validated():
     settings = get_method("rpg")(_ctx(), {"k_fraction": 0.5, "reference_size": 32}).cfg.reference_settings()
     assert settings.k_for(12288) == 6144 and settings.size_for(2) == 32
     assert get_method("rpg")(_ctx(), {}).cfg.reference_settings().size_for(3) == 16
+    assert get_method("rpg")(_ctx(), {"votes": 25}).cfg.reference_settings().votes == 25
+    with pytest.raises(ConfigError, match="votes"):
+        get_method("rpg")(_ctx(), {"votes": 0})
 
 
 def test_weight_formula_constants():

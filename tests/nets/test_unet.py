@@ -1,8 +1,9 @@
 import pytest
 import torch
+from torch import nn
 
 from semiseg.errors import ConfigError
-from semiseg.nets import UNet, build_network
+from semiseg.nets import UNet, build_network, evaluating
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -93,3 +94,11 @@ def test_running_norm_stats_normalises_as_at_test_time_and_restores_training_mod
     assert torch.allclose(inside, net(x))  # the same normalisation as the test-time path
     net.train()
     assert not torch.allclose(inside, net(x))  # batch statistics differ
+
+
+def test_evaluating_restores_each_nets_own_mode_even_after_an_error():
+    training, frozen = nn.BatchNorm1d(2), nn.BatchNorm1d(2).eval()
+    with pytest.raises(RuntimeError), evaluating([training, frozen]):
+        assert not training.training and not frozen.training
+        raise RuntimeError("inside")
+    assert training.training and not frozen.training

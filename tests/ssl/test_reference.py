@@ -15,6 +15,7 @@ from semiseg.ssl.reference import (
     reference_pseudo_labels,
     sample_pool,
     subsample,
+    vote,
 )
 
 # Five references in 2D feature space with codes 0, 1, 2, 1, 0:
@@ -96,6 +97,35 @@ def test_blocks_bound_the_similarity_memory():
     for budget in (1, 100, 5000, 1 << 16):
         blocks = _Blocks(refs, codes, 3, budget)
         assert blocks.rows * blocks.width <= max(budget, 1) and blocks.buffer.numel() <= budget
+
+
+@pytest.mark.parametrize("block_elements", [1, 5, 1 << 20])
+def test_vote_is_the_neighbourhoods_majority_and_a_tie_goes_to_the_nearest(block_elements):
+    # by similarity, u_a's references have codes 0, 1, 1, 2, 0 and u_b's 2, 1, 1, then 0 twice
+    def votes(n):
+        return vote(QUERIES[:2], REFS, CODES, 3, n, block_elements=block_elements).tolist()
+
+    assert votes(1) == [0, 2]  # Eq. 4: the nearest reference
+    assert votes(2) == [0, 2]  # one vote each: the nearest reference's class wins the tie
+    assert votes(3) == [1, 1]  # two of three for class 1 outvote the nearest reference
+    # all five vote, two for class 0, two for class 1, one for class 2: u_a's nearest is class 0, which breaks the
+    # tie; u_b's nearest is class 2, which has too few votes, so 0 and 1 stay tied and the lowest code wins
+    assert votes(99) == [0, 0]
+
+
+def test_votes_replace_only_the_label_not_w():
+    g = torch.Generator().manual_seed(3)
+    features_l, features_u = torch.randn(2, 4, 6, 6, generator=g), torch.randn(1, 4, 6, 6, generator=g)
+    labels = torch.randint(0, 3, (2, 6, 6), generator=g)
+
+    def labelled(**options):
+        return reference_pseudo_labels(features_l, labels, features_u, label_mode="multiclass", num_classes=3,
+                                       settings=ReferenceSettings(pool_size=2, k=10, **options),
+                                       generator=torch.Generator().manual_seed(0))
+
+    plain, one, many = labelled(), labelled(votes=1), labelled(votes=15)
+    assert torch.equal(one.target, plain.target) and torch.equal(many.weight, plain.weight)
+    assert not torch.equal(many.target, plain.target)
 
 
 def test_nearest_only_skips_distances():
