@@ -88,12 +88,12 @@ Nor the pass layout, nor a vote (three seeds each, ``experiments/converged.yaml`
   probability below 0.9) against its 0.58–0.59. ``votes: 25`` trains on that majority (``rpg_votes``): its labels
   reach Dice 0.728 against the network's own 0.718 on the same batches (pixel accuracy 0.914 against 0.918; last
   fifth, three seeds), the first RPG labels above the yardstick, and test Dice 0.768 / 0.758 (p 0.77 / 0.06),
-  level with supervised training at a seed spread of 0.725 to 0.817 (seed 0 below RPG's default, seed 2 above
-  every RPG run). On the short protocol it ends at 0.712, as the default does (the gate rarely opens there). Its
-  vote costs a top-k over every reference per pixel: 2.5× RPG's training time at s = 32
-  (``benchmarks/bench_train_cost.py``, docs/benchmarks.md), more at the paper's s = 64. Better labels on the
-  unlabelled batches, then, but no gain that three seeds can tell from noise, at a large cost, so the default
-  stays Eq. 4's nearest reference.
+  level with supervised training at a seed spread of 0.725 to 0.817 (seed 0 below RPG's default, seed 2 the
+  best RPG run without RPG⁺'s strong view). On the short protocol it ends at 0.712, as the default does (the
+  gate rarely opens there). Its vote costs a top-k over every reference per pixel: 2.5× RPG's training time at
+  s = 32 (``benchmarks/bench_train_cost.py``, docs/benchmarks.md), more at the paper's s = 64. Better labels on
+  the unlabelled batches, then, but no gain that three seeds can tell from noise, at a large cost, so the
+  default stays Eq. 4's nearest reference.
 """
 
 from __future__ import annotations

@@ -22,9 +22,6 @@ def build_network(arch: str, *, spatial_dims: int, in_channels: int, out_channel
     return NETWORKS[arch](spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **options)
 
 
-__all__ = ["NETWORKS", "NetOutput", "UNet", "build_network"]
-
-
 @contextmanager
 def evaluating(nets: Iterable[nn.Module]) -> Iterator[None]:
     """Eval mode inside the block, each net's own mode restored after it.
@@ -40,3 +37,6 @@ def evaluating(nets: Iterable[nn.Module]) -> Iterator[None]:
     finally:
         for net, was_training in modes:
             net.train(was_training)
+
+
+__all__ = ["NETWORKS", "NetOutput", "UNet", "build_network", "evaluating"]
