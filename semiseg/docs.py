@@ -182,16 +182,27 @@ def method_page(name: str, cls: type) -> str:
     return "".join(parts)
 
 
+def _experiment_file(recorded: str, repo: Path) -> Path:
+    """The repository's copy of a stamped experiment file.
+
+    A comparison run on a file given by absolute path stamps that path; the page reads the repository's
+    ``experiments/<name>.yaml`` instead, so what it says never depends on a file outside the repository.
+    """
+    path = Path(recorded)
+    return repo / "experiments" / path.name if path.is_absolute() else repo / path
+
+
 def _stamp_lines(stamp: dict[str, Any] | None, repo: Path) -> list[str]:
     if not stamp:
         return ["- stamp: none (compared before stamps were written)\n"]
     lines = []
     experiment = stamp.get("experiment")
     if experiment:
-        current = repo / experiment["path"]
+        current = _experiment_file(experiment["path"], repo)
         changed = "" if not current.is_file() or file_sha256(current) == experiment["sha256"] else \
             " (the file has changed since)"
-        lines.append(f"- experiment: `{experiment['path']}`, sha256 `{experiment['sha256'][:12]}`{changed}\n")
+        shown = current.relative_to(repo).as_posix()
+        lines.append(f"- experiment: `{shown}`, sha256 `{experiment['sha256'][:12]}`{changed}\n")
     else:
         lines.append("- experiment: none (`--methods` on the command line)\n")
     lines.append(f"- commit: `{stamp.get('commit') or 'unknown'}`\n")

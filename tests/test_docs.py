@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 from semiseg.docs import GENERATED, field_comment, generate, main, stale_pages, type_name, write_pages
+from semiseg.experiments import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,3 +64,16 @@ def test_results_page_shows_published_comparisons_with_their_stamp(tmp_path):
     page = generate(tmp_path)["results.md"]
     assert "## teachers" in page and "| cps | 0.5 |" in page and "`abc123`" in page
     assert "(the file has changed since)" in page and "2 CPUs, torch 2.13.0, device cpu" in page
+
+
+def test_a_stamp_with_an_absolute_path_reads_the_repositorys_experiment_file(tmp_path):
+    shutil.copytree(REPO / "experiments", tmp_path / "experiments")
+    published = tmp_path / "results" / "teachers"
+    published.mkdir(parents=True)
+    sha = file_sha256(tmp_path / "experiments" / "teachers.yaml")
+    stamp = {"experiment": {"path": "/elsewhere/experiments/teachers.yaml", "sha256": sha}, "commit": "abc123",
+             "machine": {"platform": "Linux", "cpus": 2, "torch": "2.13.0", "device": "cpu"}}
+    (published / "compare.json").write_text(json.dumps({"stamp": stamp, "rows": []}))
+    (published / "compare.md").write_text("# Comparison `teachers`\n")
+    page = generate(tmp_path)["results.md"]
+    assert "- experiment: `experiments/teachers.yaml`" in page and "changed since" not in page
