@@ -105,7 +105,8 @@ def pass_layouts(run: str, settings: ReferenceSettings, groups: int, votes: list
             layouts = {"eval": (ref_eval.features, query_eval.features), "joint": (joint[:4], joint[4:]),
                        "separate": (net(x_ref, return_features=True).features,
                                     net(x_query, return_features=True).features)}
-        own_right = (query_eval.logits.argmax(1) == y_query).float()
+        own = query_eval.logits.argmax(1)
+        own_right = (own == y_query).float()
         row = []
         for ref_features, query_features in layouts.values():
             matched = reference_pseudo_labels(ref_features, y_ref, query_features, label_mode="multiclass",
@@ -116,10 +117,10 @@ def pass_layouts(run: str, settings: ReferenceSettings, groups: int, votes: list
         # the network on the same pixels, weighted by the W training uses (separate passes, the default)
         row = [float(own_right.mean()), float((matched.weight * own_right).sum() / matched.weight.sum()), *row]
         doubtful = query_eval.logits.softmax(1).amax(1) < unsure
-        own = query_eval.logits.argmax(1)
         row += [accuracy(own, y_query), accuracy(own, y_query, doubtful)]
+        ref_separate, query_separate = layouts["separate"]
         for k in votes:
-            voted = vote_labels(*layouts["separate"][:1], y_ref, layouts["separate"][1], settings.size_for(2), k)
+            voted = vote_labels(ref_separate, y_ref, query_separate, settings.size_for(2), k)
             row += [accuracy(voted, y_query), accuracy(voted, y_query, doubtful)]
         scores.append(row)
     net.eval()

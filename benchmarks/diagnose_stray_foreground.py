@@ -28,9 +28,13 @@ from semiseg.api import load_model
 from semiseg.engine.run import open_configured_dataset
 
 
-def stray_scores(prediction: np.ndarray, truth: np.ndarray, classes: int, margin: int) -> tuple[int, list[float]]:
-    """(foreground components, per foreground class the share of its predicted voxels far from true foreground)."""
-    near = ndimage.binary_dilation(truth > 0, iterations=margin) if margin else truth > 0
+def near_foreground(truth: np.ndarray, margin: int) -> np.ndarray:
+    """Voxels within ``margin`` voxels of any true foreground voxel."""
+    return ndimage.binary_dilation(truth > 0, iterations=margin) if margin else truth > 0
+
+
+def stray_scores(prediction: np.ndarray, near: np.ndarray, classes: int) -> tuple[int, list[float]]:
+    """(foreground components, per foreground class the share of its predicted voxels outside ``near``)."""
     components = ndimage.label(prediction > 0)[1]
     shares = []
     for c in range(1, classes):
@@ -39,9 +43,8 @@ def stray_scores(prediction: np.ndarray, truth: np.ndarray, classes: int, margin
     return components, shares
 
 
-def case_line(case_id: str, image: np.ndarray, prediction: np.ndarray, truth: np.ndarray, margin: int) -> str:
-    """One case: predicted foreground voxels far from true foreground, and the image's mean intensity there."""
-    near = ndimage.binary_dilation(truth > 0, iterations=margin) if margin else truth > 0
+def case_line(case_id: str, image: np.ndarray, prediction: np.ndarray, near: np.ndarray) -> str:
+    """One case: predicted foreground voxels outside ``near``, and the image's mean intensity there."""
     far = (prediction > 0) & ~near
     return f"  {case_id}: {int(far.sum())} far voxels, background mean intensity {float(image[..., ~near].mean()):.3f}"
 
@@ -61,9 +64,10 @@ def main() -> None:
             case = cases[case_id].load()
             probabilities = model.probabilities(case)
             prediction = probabilities.argmax(0)
-            components, shares = stray_scores(prediction, case.label, probabilities.shape[0], args.margin)
+            near = near_foreground(case.label, args.margin)
+            components, shares = stray_scores(prediction, near, probabilities.shape[0])
             rows.append([components, *shares])
-            lines.append(case_line(case_id, np.asarray(case.image), prediction, case.label, args.margin))
+            lines.append(case_line(case_id, np.asarray(case.image), prediction, near))
         means = np.nanmean(rows, axis=0)
         shares = ", ".join(f"class {c} {share:.4f}" for c, share in enumerate(means[1:], start=1))
         print(f"{run} ({args.checkpoint}): {means[0]:.1f} foreground components per case; predicted voxels farther "

@@ -20,7 +20,7 @@ Teacher-student schemes that perturb one layer's input (MuST) rebuild that layer
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
@@ -249,6 +249,24 @@ _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 @contextmanager
+def evaluating(nets: Iterable[nn.Module]) -> Iterator[None]:
+    """Eval mode inside the block, each net's own mode restored after it.
+
+    Why: a look at the model in the middle of training (a gate's labelled Dice, the engine's yardstick) must
+    leave training exactly as it was; eval mode draws no random numbers and leaves BatchNorm statistics alone.
+    ``running_norm_stats`` applies it to a network's BatchNorm layers alone.
+    """
+    modes = [(net, net.training) for net in nets]
+    for net, _ in modes:
+        net.eval()
+    try:
+        yield
+    finally:
+        for net, was_training in modes:
+            net.train(was_training)
+
+
+@contextmanager
 def frozen_norm_stats(module: nn.Module) -> Iterator[None]:
     """Inside, BatchNorm layers still normalise with batch statistics but leave their running statistics alone.
 
@@ -272,11 +290,5 @@ def running_norm_stats(module: nn.Module) -> Iterator[None]:
     Why: a pass on perturbed features normalised with its own batch statistics can learn an invariance that
     only holds under batch normalisation; normalising it as the test-time path does keeps the two consistent.
     """
-    norms = [m for m in module.modules() if isinstance(m, _BATCH_NORMS) and m.training]
-    for m in norms:
-        m.eval()
-    try:
+    with evaluating(m for m in module.modules() if isinstance(m, _BATCH_NORMS) and m.training):
         yield
-    finally:
-        for m in norms:
-            m.train()
