@@ -10,7 +10,7 @@ weight W, overall and over the pixels the references label foreground and backgr
 Then the same accuracies on the pixels where the network is unsure (top probability below ``--unsure``, where
 references could add most), and those of a majority vote over the ``--votes`` nearest references (cosine, the
 references subsampled like RPG's), which asks whether a smoother matcher than Eq. 4's single nearest one would
-label better. Eval mode, last checkpoint. It separates "the matcher mislabels" from "training on its labels
+label better, and the accuracy of each where the network and the references disagree. Eval mode, last checkpoint. It separates "the matcher mislabels" from "training on its labels
 drifts".
 
 ``--passes`` asks the same of batches as training draws them: 4 slices of the run's labelled subject as references,
@@ -19,6 +19,9 @@ train-mode pass over both (BatchNorm statistics shared: ``unlabelled_pass: joint
 each (``separate``), against the network's own eval-mode argmax on the queries, then the ``--votes`` majorities
 (separate passes) over all pixels and the unsure ones. It says whether any pass layout or vote gives reference
 labels better than the network's own answer on the batches training sees.
+
+``--pools 4 8 16 32`` asks whether a larger pool p (the paper's Table 2) would: the same kind of groups, with the
+nearest reference among p labelled slices (train-mode passes of 4 slices each), against the network's own answer.
 """
 
 from __future__ import annotations
@@ -129,6 +132,42 @@ def pass_layouts(run: str, settings: ReferenceSettings, groups: int, votes: list
     return {name: (means[2 * i], means[2 * i + 1]) for i, name in enumerate(names)}
 
 
+def pool_sizes(run: str, settings: ReferenceSettings, groups: int, pools: list[int],
+               unsure: float) -> dict[str, tuple[float, float]]:
+    """Training-like groups with larger reference pools: accuracy (all pixels / where the network is unsure) of
+    the nearest reference among ``p`` labelled slices (train-mode passes of 4 slices each, as training's batches
+    run) for each ``p`` of ``pools``, and of the network's own eval-mode argmax on the same 4 query slices."""
+    model = load_model(run, "last", device="cpu")
+    net, cases = model.nets["model"], {c.case_id: c for c in open_configured_dataset(model.cfg).cases}
+    split = json.loads((Path(run) / "split.json").read_text())
+    refs = [s for case_id in split["labelled"] for s in foreground_slices(model, cases[case_id].load())]
+    queries = [s for case_id in split["unlabelled"] for s in foreground_slices(model, cases[case_id].load())]
+    generator, scores = torch.Generator().manual_seed(0), []
+    for _ in range(groups):
+        x_query, y_query = map(torch.stack, zip(*[queries[i] for i in torch.randperm(len(queries),
+                                                                                     generator=generator)[:4]]))
+        x_ref, y_ref = map(torch.stack, zip(*[refs[i] for i in torch.randperm(len(refs),
+                                                                             generator=generator)[:max(pools)]]))
+        with torch.no_grad():
+            own = net.eval()(x_query)
+            net.train()
+            query_features = net(x_query, return_features=True).features
+            ref_features = torch.cat([net(x_ref[i:i + 4], return_features=True).features
+                                      for i in range(0, len(x_ref), 4)])
+        doubtful = own.softmax(1).amax(1) < unsure
+        row = [accuracy(own.argmax(1), y_query), accuracy(own.argmax(1), y_query, doubtful)]
+        for p in pools:
+            matched = reference_pseudo_labels(ref_features[:p], y_ref[:p], query_features, label_mode="multiclass",
+                                              num_classes=int(own.shape[1]), settings=settings,
+                                              generator=torch.Generator().manual_seed(1))
+            row += [accuracy(matched.target, y_query), accuracy(matched.target, y_query, doubtful)]
+        scores.append(row)
+    net.eval()
+    means = np.nanmean(scores, axis=0)
+    names = ["network", *[f"p = {p}" for p in pools]]
+    return {name: (means[2 * i], means[2 * i + 1]) for i, name in enumerate(names)}
+
+
 def accuracy(pred: torch.Tensor, truth: torch.Tensor, where: torch.Tensor | None = None) -> float:
     """Share of pixels (of ``where``, when given) labelled right; NaN when ``where`` selects none."""
     hits = (pred == truth).float()
@@ -146,6 +185,7 @@ def main() -> None:
     parser.add_argument("--votes", type=int, nargs="+", default=[5, 25], help="nearest references that vote")
     parser.add_argument("--passes", action="store_true", help="also score training-like groups per pass layout")
     parser.add_argument("--groups", type=int, default=15, help="random groups of 4 + 4 slices for --passes")
+    parser.add_argument("--pools", type=int, nargs="+", help="also score reference pools of these many slices")
     args = parser.parse_args()
     settings = ReferenceSettings(size=args.size, k_fraction=args.k_fraction)
     torch.manual_seed(0)
@@ -168,21 +208,29 @@ def main() -> None:
                          float((matched.target > 0).float().mean()), float((truth > 0).float().mean()),
                          float(matched.weight.mean()), weight_where(matched, True), weight_where(matched, False),
                          float(unsure.float().mean()), accuracy(own, truth, unsure),
-                         accuracy(matched.target, truth, unsure),
+                         accuracy(matched.target, truth, unsure), float((own != matched.target).float().mean()),
+                         accuracy(own, truth, own != matched.target),
+                         accuracy(matched.target, truth, own != matched.target),
                          *[value for v in voted for value in (accuracy(v, truth), accuracy(v, truth, unsure))]])
-        acc_own, acc_ref, fg_ref, fg_true, weight, weight_fg, weight_bg, unsure_share, own_u, ref_u, *vote = (
-            np.nanmean(rows, axis=0))
+        (acc_own, acc_ref, fg_ref, fg_true, weight, weight_fg, weight_bg, unsure_share, own_u, ref_u, split_share,
+         own_split, ref_split, *vote) = np.nanmean(rows, axis=0)
         votes = ", ".join(f"{k} votes {vote[2 * i]:.3f} / {vote[2 * i + 1]:.3f}" for i, k in enumerate(args.votes))
         print(f"{run}: pixel accuracy argmax {acc_own:.3f}, references {acc_ref:.3f}; foreground share references "
               f"{fg_ref:.3f}, truth {fg_true:.3f}; mean W {weight:.3f} (foreground labels {weight_fg:.3f}, background "
               f"{weight_bg:.3f}; {len(rows)} groups)")
         print(f"  where the net is unsure ({unsure_share:.3f} of pixels): argmax {own_u:.3f}, references {ref_u:.3f}; "
               f"all / unsure pixels: {votes}")
+        print(f"  where the two disagree ({split_share:.3f} of pixels): argmax {own_split:.3f}, references "
+              f"{ref_split:.3f}")
         if args.passes:
             scores = [f"{name} {a:.3f} / {b:.3f}" for name, (a, b) in
                       pass_layouts(run, settings, args.groups, args.votes, args.unsure).items()]
             print(f"  training-like groups ({args.groups}), pixels right, plain / W-weighted: "
                   f"{', '.join(scores[:4])}; all / unsure: {', '.join(scores[4:])}")
+        if args.pools:
+            scores = [f"{name} {a:.3f} / {b:.3f}" for name, (a, b) in
+                      pool_sizes(run, settings, args.groups, args.pools, args.unsure).items()]
+            print(f"  reference pools ({args.groups} groups), pixels right, all / unsure: {', '.join(scores)}")
 
 
 if __name__ == "__main__":

@@ -419,7 +419,7 @@ def write_outputs(root: Path, results: dict[str, Any], entries: Sequence[Entry],
          "teaching": teaching, "missing": list(missing)},
         indent=2, default=str))
     first = configs[(entries[0].label, seeds[0])]
-    header = (f"# Comparison `{root.name}`\n\ndata: {dataset_label(first)}, labelled: {first.split.labelled}, "
+    header = (f"# Comparison `{root.name}`\n\ndata: {dataset_label(first)}, labelled: {first.split.labelled_budget()}, "
               f"model: {first.model.dim}D {first.model.arch} {first.model.widths}, steps: {first.train.steps}, "
               f"seeds: {', '.join(map(str, seeds))}\n\n{split}\n\n")
     (root / "compare.md").write_text(header + format_markdown(rows, entries[0].label) + format_teaching(teaching)

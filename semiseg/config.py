@@ -47,8 +47,16 @@ class SplitConfig(Strict):
     test: int | float = Field(6, description="test cases, drawn first so they do not depend on the budget")
     unlabelled: int | float | Literal["rest"] = Field("rest",
         description="unlabelled training cases; rest: every remaining case")
+    labelled_slices: int | None = Field(None, gt=0,
+        description="2D only: train on the labels of this many slices of each labelled case, evenly spaced over "
+                    "its foreground slices (the RPG paper's budget of a few labelled images); None: every slice")
     seed: int | None = Field(None, description="defaults to the run seed")
     file: str | None = Field(None, description="reuse a saved split JSON (every method of a comparison should)")
+
+    def labelled_budget(self) -> str:
+        """The labelled budget as a reader states it: cases, and slices per case when only some are labelled."""
+        slices = "" if self.labelled_slices is None else f" ({self.labelled_slices} slices each)"
+        return f"{self.labelled}{slices}"
 
 
 class ModelConfig(Strict):
@@ -208,6 +216,9 @@ class Config(Strict):
         patch = self.train.patch_size
         if patch is not None and len(patch) != self.model.dim:
             raise ValueError(f"train.patch_size has {len(patch)} entries but model.dim is {self.model.dim}")
+        if self.split.labelled_slices is not None and self.model.dim != 2:
+            raise ValueError("split.labelled_slices keeps labelled 2D slices, but model.dim is 3; set model.dim=2 "
+                             "or leave split.labelled_slices unset")
         return self
 
 

@@ -32,6 +32,15 @@ def test_patch_size_must_match_dim():
         load_config(None, ["model.dim=3", "train.patch_size=[32, 32]"])
 
 
+def test_labelled_slices_are_a_2d_budget():
+    with pytest.raises(ConfigError, match="split.labelled_slices"):
+        load_config(None, ["model.dim=3", "split.labelled_slices=3"])
+    with pytest.raises(ConfigError, match="split.labelled_slices"):
+        load_config(None, ["split.labelled_slices=0"])
+    cfg = load_config(None, ["split.labelled=1", "split.labelled_slices=3"])
+    assert cfg.split.labelled_budget() == "1 (3 slices each)" and Config().split.labelled_budget() == "2"
+
+
 def test_override_parsing_and_errors(tmp_path):
     assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
     with pytest.raises(ConfigError, match="key=value"):

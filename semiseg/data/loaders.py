@@ -14,7 +14,7 @@ default. Methods that need a strongly augmented view build it on the device from
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -63,6 +63,8 @@ class StoredCase:
     fg_points: np.ndarray  # (n, 3) coordinates of labelled foreground voxels, maybe empty
     # Held-out label of an unlabelled case (the engine's diagnostics only): sampled under "truth", never "label".
     truth: np.ndarray | None = None
+    # 2D sampling draws only these slice indices (``split.labelled_slices``); None: every slice.
+    slices: np.ndarray | None = None
 
 
 def _foreground_indices(label: np.ndarray | None, label_mode: str) -> np.ndarray:
@@ -112,6 +114,25 @@ def load_store(
         truth = case.label if keep_truth and label is None else None
         stored.append(StoredCase(ref.case_id, case.image, label, points, truth))
     return stored
+
+
+def keep_labelled_slices(store: Sequence[StoredCase], count: int) -> list[StoredCase]:
+    """Each case restricted to ``count`` slices evenly spaced over its foreground slices (all slices if it has
+    none; every one if it has fewer), so a 2D run trains on a few labelled images, as the RPG paper's budgets do.
+
+    The rest of the case is never drawn: its labels would be information the budget does not grant.
+    """
+    kept = []
+    for case in store:
+        depth = case.image.shape[-1]
+        with_foreground = np.arange(depth)
+        if case.label is not None and (case.label > 0).any():
+            with_foreground = np.flatnonzero((case.label.reshape(-1, depth) > 0).any(axis=0))
+        chosen = with_foreground[np.linspace(0, len(with_foreground) - 1, min(count, len(with_foreground)))
+                                 .round().astype(int)]
+        points = case.fg_points[np.isin(case.fg_points[:, 2], chosen)]
+        kept.append(replace(case, fg_points=points, slices=chosen.astype(np.int64)))
+    return kept
 
 
 def default_patch_size(stores: Sequence[Sequence[StoredCase]], dim: int, divisor: int) -> list[int]:
@@ -193,7 +214,7 @@ class PatchSampler:
         # An unlabelled case's held-out truth is cropped, warped and flipped like a label (see ``batch_at``).
         image, label = case.image, case.label if case.label is not None else case.truth
         if self.dim == 2:
-            z = centre[2] if centre[2] is not None else int(rng.integers(spatial[2]))
+            z = centre[2] if centre[2] is not None else self._any_slice(case, rng)
             image, label = image[..., z], None if label is None else label[..., z]
         starts = [_crop_start(spatial[a], self.patch[a], centre[a], rng) for a in range(self.dim)]
         warp = draw_warp(self.augment, self.patch, rng)
@@ -201,6 +222,13 @@ class PatchSampler:
         image = self._crop(image, starts, coords, nearest=False)
         label = None if label is None else self._crop(label, starts, coords, nearest=True)
         return image, label, case.case_id
+
+    @staticmethod
+    def _any_slice(case: StoredCase, rng: np.random.Generator) -> int:
+        """A random slice index of ``case``, among its kept slices when it has them."""
+        if case.slices is None:
+            return int(rng.integers(case.image.shape[-1]))
+        return int(case.slices[int(rng.integers(len(case.slices)))])
 
     def _crop(
         self, source: np.ndarray, starts: Sequence[int], coords: np.ndarray | None, *, nearest: bool

@@ -97,7 +97,8 @@ def format_plan(cfg: Config, method: Any, nets: dict[str, torch.nn.Module], info
         f"options:    {method.cfg.model_dump()}",
         f"data:       {cfg.data.source} {cfg.data.path or ''} — {data_line}",
         f"dataset:    {info['channels']} channel(s), {info['label_mode']}, classes {info['class_names']}",
-        f"split:      labelled {split.labelled}, unlabelled {split.unlabelled}, val {split.val}, test {split.test}"
+        f"split:      labelled {split.labelled_budget()}, unlabelled {split.unlabelled}, val {split.val}, "
+        f"test {split.test}"
         + (f" (from {split.file})" if split.file else ""),
         f"model:      {cfg.model.dim}D {cfg.model.arch} widths {cfg.model.widths}, norm {cfg.model.norm}, "
         f"divisor {divisor}",

@@ -36,7 +36,14 @@ from semiseg.config import Config, TrainConfig, config_to_yaml, read_yaml, valid
 from semiseg.data import sources
 from semiseg.data.cache import CaseCache, resolve_cache_dir
 from semiseg.data.case import Case, DatasetSpec
-from semiseg.data.loaders import Augmentation, PatchSampler, default_patch_size, load_store, normalize_image
+from semiseg.data.loaders import (
+    Augmentation,
+    PatchSampler,
+    default_patch_size,
+    keep_labelled_slices,
+    load_store,
+    normalize_image,
+)
 from semiseg.data.splits import load_split, make_split, refs_by_id, save_split
 from semiseg.engine import distributed
 from semiseg.engine.checkpoint import load_checkpoint
@@ -264,6 +271,8 @@ def _build_data(cfg: Config, spec: DatasetSpec, split: dict[str, Any], method_cl
     common = {"normalize": cfg.data.normalize, "label_mode": spec.label_mode, "progress": progress,
               "cache": case_cache(cfg, spec)}
     labelled = load_store([refs[i] for i in split["labelled"]], with_labels=True, desc="labelled cases", **common)
+    if cfg.split.labelled_slices is not None:
+        labelled = keep_labelled_slices(labelled, cfg.split.labelled_slices)
     unlabelled = []
     if method_cls.uses_unlabelled:
         if not split["unlabelled"]:

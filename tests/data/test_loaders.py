@@ -1,7 +1,15 @@
 import numpy as np
 import pytest
 
-from semiseg.data.loaders import Augmentation, PatchSampler, StoredCase, _window, default_patch_size, normalize_image
+from semiseg.data.loaders import (
+    Augmentation,
+    PatchSampler,
+    StoredCase,
+    _window,
+    default_patch_size,
+    keep_labelled_slices,
+    normalize_image,
+)
 
 
 def _store():
@@ -86,3 +94,32 @@ def test_batches_depend_on_the_step_not_on_the_history():
     for step in range(5):
         s.batch_at(step)
     assert np.array_equal(s.batch_at(5)["image"], later)
+
+
+def _slice_numbered_case(foreground_slices: list[int], depth: int = 10) -> StoredCase:
+    """Every voxel of slice z holds the value z, so a drawn 2D image says which slice it came from."""
+    image = np.broadcast_to(np.arange(depth, dtype=np.float32), (1, 8, 8, depth)).copy()
+    label = np.zeros((8, 8, depth), dtype=np.uint8)
+    label[2:5, 2:5, foreground_slices] = 1
+    return StoredCase("a", image, label, np.argwhere(label > 0))
+
+
+def test_keep_labelled_slices_spaces_them_over_the_foreground():
+    case = _slice_numbered_case(list(range(1, 9)))
+    # foreground slices 1..8; positions linspace(0, 7, 3) = 0, 3.5, 7 rounded (half to even) to 0, 4, 7
+    (kept,) = keep_labelled_slices([case], 3)
+    assert kept.slices.tolist() == [1, 5, 8]
+    assert set(kept.fg_points[:, 2].tolist()) == {1, 5, 8}
+    assert keep_labelled_slices([case], 20)[0].slices.tolist() == list(range(1, 9))
+    empty = StoredCase("b", case.image, np.zeros_like(case.label), case.fg_points[:0])
+    assert keep_labelled_slices([empty], 2)[0].slices.tolist() == [0, 9]
+    assert case.slices is None  # the input store is left as it was
+
+
+@pytest.mark.parametrize("foreground_fraction", [0.0, 1.0])
+def test_a_sampler_draws_only_the_kept_slices(foreground_fraction):
+    store = keep_labelled_slices([_slice_numbered_case(list(range(1, 9)))], 3)
+    sampler = PatchSampler(store, dim=2, patch_size=[8, 8], batch_size=64,
+                           augment=Augmentation(flip=False, intensity=False), foreground_fraction=foreground_fraction)
+    drawn = {float(image[0, 0, 0]) for image in sampler.next_batch()["image"]}
+    assert drawn == {1.0, 5.0, 8.0}

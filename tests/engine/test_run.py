@@ -71,3 +71,13 @@ def test_build_prints_the_sources_warnings_before_training(tmp_path, monkeypatch
     monkeypatch.setattr(run_module, "open_configured_dataset", lambda cfg: spec)
     Run.build(_cfg(tmp_path), progress=False)
     assert "warning: 2 image(s) in imagesTr have no label and are used as unlabelled: c7, c8" in capsys.readouterr().err
+
+
+def test_a_slice_budget_reaches_the_labelled_sampler_only(tmp_path):
+    cfg = _cfg(tmp_path, dim=3).model_copy(deep=True)
+    cfg.model.dim, cfg.split.labelled_slices, cfg.train.patch_size = 2, 2, None
+    run = Run.build(cfg, progress=False)
+    data = run.trainer.data
+    assert [len(case.slices) for case in data.labelled.store] == [2, 2]
+    assert all(case.slices is None for case in data.val)
+    assert "labelled_slices: 2" in (run.run_dir / "config.yaml").read_text()
