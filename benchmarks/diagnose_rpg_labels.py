@@ -10,8 +10,8 @@ weight W, overall and over the pixels the references label foreground and backgr
 Then the same accuracies on the pixels where the network is unsure (top probability below ``--unsure``, where
 references could add most), and those of a majority vote over the ``--votes`` nearest references (cosine, the
 references subsampled like RPG's), which asks whether a smoother matcher than Eq. 4's single nearest one would
-label better, and the accuracy of each where the network and the references disagree. Eval mode, last checkpoint. It separates "the matcher mislabels" from "training on its labels
-drifts".
+label better, and the accuracy of each where the network and the references disagree. Eval mode, last
+checkpoint. It separates "the matcher mislabels" from "training on its labels drifts".
 
 ``--passes`` asks the same of batches as training draws them: 4 slices of the run's labelled subject as references,
 4 of its unlabelled subjects as queries (``--groups`` random groups), with features from eval mode, from one
@@ -86,6 +86,14 @@ def foreground_slices(model: object, case: object) -> list[tuple[torch.Tensor, t
             for z in range(image.shape[-1]) if (label[..., z] > 0).any()]
 
 
+def draw(slices: list[tuple[torch.Tensor, torch.Tensor]], count: int,
+         generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` random (image, label) slices, stacked into a batch of images and one of labels."""
+    picked = [slices[i] for i in torch.randperm(len(slices), generator=generator)[:count]]
+    images, labels = zip(*picked, strict=True)
+    return torch.stack(images), torch.stack(labels)
+
+
 def pass_layouts(run: str, settings: ReferenceSettings, groups: int, votes: list[int],
                  unsure: float) -> dict[str, tuple[float, float]]:
     """Training-like groups (see module doc): accuracy, plain and W-weighted, of the reference labels per layout,
@@ -98,8 +106,7 @@ def pass_layouts(run: str, settings: ReferenceSettings, groups: int, votes: list
     queries = [s for case_id in split["unlabelled"] for s in foreground_slices(model, cases[case_id].load())]
     generator, scores = torch.Generator().manual_seed(0), []
     for _ in range(groups):
-        pick = [[pool[i] for i in torch.randperm(len(pool), generator=generator)[:4]] for pool in (refs, queries)]
-        (x_ref, y_ref), (x_query, y_query) = [tuple(map(torch.stack, zip(*group, strict=True))) for group in pick]
+        (x_ref, y_ref), (x_query, y_query) = draw(refs, 4, generator), draw(queries, 4, generator)
         with torch.no_grad():
             net.eval()
             ref_eval, query_eval = net(x_ref, return_features=True), net(x_query, return_features=True)
@@ -144,10 +151,7 @@ def pool_sizes(run: str, settings: ReferenceSettings, groups: int, pools: list[i
     queries = [s for case_id in split["unlabelled"] for s in foreground_slices(model, cases[case_id].load())]
     generator, scores = torch.Generator().manual_seed(0), []
     for _ in range(groups):
-        x_query, y_query = map(torch.stack, zip(*[queries[i] for i in torch.randperm(len(queries),
-                                                                                     generator=generator)[:4]]))
-        x_ref, y_ref = map(torch.stack, zip(*[refs[i] for i in torch.randperm(len(refs),
-                                                                             generator=generator)[:max(pools)]]))
+        (x_query, y_query), (x_ref, y_ref) = draw(queries, 4, generator), draw(refs, max(pools), generator)
         with torch.no_grad():
             own = net.eval()(x_query)
             net.train()
@@ -211,9 +215,10 @@ def main() -> None:
                          accuracy(matched.target, truth, unsure), float((own != matched.target).float().mean()),
                          accuracy(own, truth, own != matched.target),
                          accuracy(matched.target, truth, own != matched.target),
+                         float((matched.weight * (own != matched.target)).sum() / matched.weight.sum()),
                          *[value for v in voted for value in (accuracy(v, truth), accuracy(v, truth, unsure))]])
         (acc_own, acc_ref, fg_ref, fg_true, weight, weight_fg, weight_bg, unsure_share, own_u, ref_u, split_share,
-         own_split, ref_split, *vote) = np.nanmean(rows, axis=0)
+         own_split, ref_split, weight_split, *vote) = np.nanmean(rows, axis=0)
         votes = ", ".join(f"{k} votes {vote[2 * i]:.3f} / {vote[2 * i + 1]:.3f}" for i, k in enumerate(args.votes))
         print(f"{run}: pixel accuracy argmax {acc_own:.3f}, references {acc_ref:.3f}; foreground share references "
               f"{fg_ref:.3f}, truth {fg_true:.3f}; mean W {weight:.3f} (foreground labels {weight_fg:.3f}, background "
@@ -221,7 +226,7 @@ def main() -> None:
         print(f"  where the net is unsure ({unsure_share:.3f} of pixels): argmax {own_u:.3f}, references {ref_u:.3f}; "
               f"all / unsure pixels: {votes}")
         print(f"  where the two disagree ({split_share:.3f} of pixels): argmax {own_split:.3f}, references "
-              f"{ref_split:.3f}")
+              f"{ref_split:.3f}; share of W there {weight_split:.3f}")
         if args.passes:
             scores = [f"{name} {a:.3f} / {b:.3f}" for name, (a, b) in
                       pass_layouts(run, settings, args.groups, args.votes, args.unsure).items()]

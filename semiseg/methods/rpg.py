@@ -94,6 +94,14 @@ Nor the pass layout, nor a vote (three seeds each, ``experiments/converged.yaml`
   s = 32 (``benchmarks/bench_train_cost.py``, docs/benchmarks.md), more at the paper's s = 64. Better labels on
   the unlabelled batches, then, but no gain that three seeds can tell from noise, at a large cost, so the
   default stays Eq. 4's nearest reference.
+- Nor a larger pool (the paper's Table 2: p = 1 to 5 labelled images). On the same kind of groups, with the
+  nearest reference among p labelled slices (``--pools 4 8 16 32 --groups 12``), the labels are right on 0.877 /
+  0.876 / 0.888 / 0.892 of the pixels at p = 4 / 8 / 16 / 32 against the network's 0.898 (seed 0), 0.884–0.888
+  against 0.882 (seed 1) and 0.893–0.905 against 0.907 (seed 2): eight times the pool buys one point, to the
+  network's level. Where the network and the nearest reference disagree (7–9 % of the pixels of the first test
+  subject), the network is right on 0.69 / 0.55 / 0.70 of them and the reference on 0.31 / 0.45 / 0.30, which
+  is what Eq. 8 then trains towards, with 4.5–6.4 % of W's mass (``diagnose_rpg_labels.py
+  runs/converged/rpg_gate_separate-s{0,1,2} --k-fraction 0.1 --votes 25``).
 """
 
 from __future__ import annotations
