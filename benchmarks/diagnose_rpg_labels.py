@@ -18,7 +18,8 @@ checkpoint. It separates "the matcher mislabels" from "training on its labels dr
 train-mode pass over both (BatchNorm statistics shared: ``unlabelled_pass: joint``) and from one train-mode pass
 each (``separate``), against the network's own eval-mode argmax on the queries, then the ``--votes`` majorities
 (separate passes) over all pixels and the unsure ones. It says whether any pass layout or vote gives reference
-labels better than the network's own answer on the batches training sees.
+labels better than the network's own answer on the batches training sees. A run trained on a few labelled slices
+(``split.labelled_slices``) draws its references from those slices only.
 
 ``--pools 4 8 16 32`` asks whether a larger pool p (the paper's Table 2) would: the same kind of groups, with the
 nearest reference among p labelled slices (train-mode passes of 4 slices each), against the network's own answer.
@@ -94,6 +95,16 @@ def draw(slices: list[tuple[torch.Tensor, torch.Tensor]], count: int,
     return torch.stack(images), torch.stack(labels)
 
 
+def labelled_slices(model: object, cases: dict, split: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The labelled subject's foreground slices the run trained on: all of them, or the ``split.labelled_slices``
+    evenly spaced ones (as ``keep_labelled_slices`` keeps them)."""
+    slices = [s for case_id in split["labelled"] for s in foreground_slices(model, cases[case_id].load())]
+    count = model.cfg.split.labelled_slices
+    if count is None or len(split["labelled"]) != 1:
+        return slices
+    return [slices[i] for i in np.linspace(0, len(slices) - 1, min(count, len(slices))).round().astype(int)]
+
+
 def pass_layouts(run: str, settings: ReferenceSettings, groups: int, votes: list[int],
                  unsure: float) -> dict[str, tuple[float, float]]:
     """Training-like groups (see module doc): accuracy, plain and W-weighted, of the reference labels per layout,
@@ -102,7 +113,7 @@ def pass_layouts(run: str, settings: ReferenceSettings, groups: int, votes: list
     model = load_model(run, "last", device="cpu")
     net, cases = model.nets["model"], {c.case_id: c for c in open_configured_dataset(model.cfg).cases}
     split = json.loads((Path(run) / "split.json").read_text())
-    refs = [s for case_id in split["labelled"] for s in foreground_slices(model, cases[case_id].load())]
+    refs = labelled_slices(model, cases, split)
     queries = [s for case_id in split["unlabelled"] for s in foreground_slices(model, cases[case_id].load())]
     generator, scores = torch.Generator().manual_seed(0), []
     for _ in range(groups):
@@ -112,7 +123,8 @@ def pass_layouts(run: str, settings: ReferenceSettings, groups: int, votes: list
             ref_eval, query_eval = net(x_ref, return_features=True), net(x_query, return_features=True)
             net.train()
             joint = net(torch.cat([x_ref, x_query]), return_features=True).features
-            layouts = {"eval": (ref_eval.features, query_eval.features), "joint": (joint[:4], joint[4:]),
+            layouts = {"eval": (ref_eval.features, query_eval.features),
+                       "joint": (joint[:len(x_ref)], joint[len(x_ref):]),
                        "separate": (net(x_ref, return_features=True).features,
                                     net(x_query, return_features=True).features)}
         own = query_eval.logits.argmax(1)
@@ -147,7 +159,7 @@ def pool_sizes(run: str, settings: ReferenceSettings, groups: int, pools: list[i
     model = load_model(run, "last", device="cpu")
     net, cases = model.nets["model"], {c.case_id: c for c in open_configured_dataset(model.cfg).cases}
     split = json.loads((Path(run) / "split.json").read_text())
-    refs = [s for case_id in split["labelled"] for s in foreground_slices(model, cases[case_id].load())]
+    refs = labelled_slices(model, cases, split)
     queries = [s for case_id in split["unlabelled"] for s in foreground_slices(model, cases[case_id].load())]
     generator, scores = torch.Generator().manual_seed(0), []
     for _ in range(groups):
