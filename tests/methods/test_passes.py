@@ -18,11 +18,12 @@ def test_every_method_with_a_joint_pass_offers_separate_passes():
                            "rpg_plus", "segpl", "segpl_vi", "self_training", "ua_mt", "ucmt", "urpc"]
 
 
-def test_segpl_the_fixmatch_family_and_dual_uncertainty_state_their_passes_and_the_others_follow_the_run():
+def test_methods_that_state_their_passes_keep_them_and_the_others_follow_the_run():
     defaults = {name: available_methods()[name].Config().unlabelled_pass for name in WITH_PASSES}
     assert {name: mode for name, mode in defaults.items() if mode is not None} == {
         "segpl": "separate", "segpl_vi": "separate", "fixmatch": "joint", "fixmatch_mix": "separate",
-        "rpg_plus": "separate_until_gate", "dual_uncertainty": "separate_until_gate"}
+        "rpg": "separate_until_gate", "rpg_plus": "separate_until_gate",
+        "dual_uncertainty": "separate_until_gate"}
     assert load_config(None, []).train.unlabelled_pass == "separate"
 
 
