@@ -42,6 +42,7 @@ except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from semiseg.api import load_model
+from semiseg.data.loaders import evenly_spaced
 from semiseg.engine.run import open_configured_dataset
 from semiseg.ssl.reference import ReferenceLabels, ReferenceSettings, reference_pseudo_labels
 
@@ -95,14 +96,23 @@ def draw(slices: list[tuple[torch.Tensor, torch.Tensor]], count: int,
     return torch.stack(images), torch.stack(labels)
 
 
-def labelled_slices(model: object, cases: dict, split: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The labelled subject's foreground slices the run trained on: all of them, or the ``split.labelled_slices``
-    evenly spaced ones (as ``keep_labelled_slices`` keeps them)."""
-    slices = [s for case_id in split["labelled"] for s in foreground_slices(model, cases[case_id].load())]
+def labelled_slices(model: object, case: object) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The foreground slices of a labelled case the run trained on: all of them, or the ``split.labelled_slices``
+    evenly spaced ones (``evenly_spaced``, as ``keep_labelled_slices`` picks them)."""
+    slices = foreground_slices(model, case)
     count = model.cfg.split.labelled_slices
-    if count is None or len(split["labelled"]) != 1:
-        return slices
-    return [slices[i] for i in np.linspace(0, len(slices) - 1, min(count, len(slices))).round().astype(int)]
+    return slices if count is None else [slices[i] for i in evenly_spaced(len(slices), count)]
+
+
+def training_slices(run: str) -> tuple[torch.nn.Module, list, list]:
+    """The run's network at its last checkpoint, the labelled slices it trained on (the references) and the
+    foreground slices of its unlabelled cases (the queries)."""
+    model = load_model(run, "last", device="cpu")
+    cases = {c.case_id: c for c in open_configured_dataset(model.cfg).cases}
+    split = json.loads((Path(run) / "split.json").read_text())
+    refs = [s for case_id in split["labelled"] for s in labelled_slices(model, cases[case_id].load())]
+    queries = [s for case_id in split["unlabelled"] for s in foreground_slices(model, cases[case_id].load())]
+    return model.nets["model"], refs, queries
 
 
 def pass_layouts(run: str, settings: ReferenceSettings, groups: int, votes: list[int],
@@ -110,11 +120,7 @@ def pass_layouts(run: str, settings: ReferenceSettings, groups: int, votes: list
     """Training-like groups (see module doc): accuracy, plain and W-weighted, of the reference labels per layout,
     and of the network's own argmax (weighted by the separate layout's W); then, over all pixels and over those
     where the network is unsure, the network's and each vote's (separate passes, as training runs them)."""
-    model = load_model(run, "last", device="cpu")
-    net, cases = model.nets["model"], {c.case_id: c for c in open_configured_dataset(model.cfg).cases}
-    split = json.loads((Path(run) / "split.json").read_text())
-    refs = labelled_slices(model, cases, split)
-    queries = [s for case_id in split["unlabelled"] for s in foreground_slices(model, cases[case_id].load())]
+    net, refs, queries = training_slices(run)
     generator, scores = torch.Generator().manual_seed(0), []
     for _ in range(groups):
         (x_ref, y_ref), (x_query, y_query) = draw(refs, 4, generator), draw(queries, 4, generator)
@@ -156,11 +162,7 @@ def pool_sizes(run: str, settings: ReferenceSettings, groups: int, pools: list[i
     """Training-like groups with larger reference pools: accuracy (all pixels / where the network is unsure) of
     the nearest reference among ``p`` labelled slices (train-mode passes of 4 slices each, as training's batches
     run) for each ``p`` of ``pools``, and of the network's own eval-mode argmax on the same 4 query slices."""
-    model = load_model(run, "last", device="cpu")
-    net, cases = model.nets["model"], {c.case_id: c for c in open_configured_dataset(model.cfg).cases}
-    split = json.loads((Path(run) / "split.json").read_text())
-    refs = labelled_slices(model, cases, split)
-    queries = [s for case_id in split["unlabelled"] for s in foreground_slices(model, cases[case_id].load())]
+    net, refs, queries = training_slices(run)
     generator, scores = torch.Generator().manual_seed(0), []
     for _ in range(groups):
         (x_query, y_query), (x_ref, y_ref) = draw(queries, 4, generator), draw(refs, max(pools), generator)

@@ -116,6 +116,11 @@ def load_store(
     return stored
 
 
+def evenly_spaced(length: int, count: int) -> np.ndarray:
+    """``min(count, length)`` indices into a sequence of ``length``, evenly spaced from its first to its last."""
+    return np.linspace(0, length - 1, min(count, length)).round().astype(int)
+
+
 def keep_labelled_slices(store: Sequence[StoredCase], count: int) -> list[StoredCase]:
     """Each case restricted to ``count`` slices evenly spaced over its foreground slices (all slices if it has
     none; every one if it has fewer), so a 2D run trains on a few labelled images, as the RPG paper's budgets do.
@@ -128,8 +133,7 @@ def keep_labelled_slices(store: Sequence[StoredCase], count: int) -> list[Stored
         with_foreground = np.arange(depth)
         if case.label is not None and (case.label > 0).any():
             with_foreground = np.flatnonzero((case.label.reshape(-1, depth) > 0).any(axis=0))
-        chosen = with_foreground[np.linspace(0, len(with_foreground) - 1, min(count, len(with_foreground)))
-                                 .round().astype(int)]
+        chosen = with_foreground[evenly_spaced(len(with_foreground), count)]
         points = case.fg_points[np.isin(case.fg_points[:, 2], chosen)]
         kept.append(replace(case, fg_points=points, slices=chosen.astype(np.int64)))
     return kept
