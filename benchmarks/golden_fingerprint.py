@@ -39,8 +39,8 @@ def fingerprint(method: str, dim: int, root: Path) -> dict[str, object]:
     cfg = load_config(None, [
         "data.source=phantom", f"data.options={options}", "split.labelled=2", "split.val=1", "split.test=2",
         f"model.dim={dim}", "model.widths=[4, 8]", "train.steps=4", "train.val_every=4", "train.log_every=1",
-        "train.batch_size=2", "train.warmup_steps=1", "train.threads=1", "train.unlabelled_gate=off", f"train.method={method}",
-        f"output.root={root}", f"output.name={method}-{dim}d", "seed=0",
+        "train.batch_size=2", "train.warmup_steps=1", "train.threads=1", "train.unlabelled_gate=off",
+        f"train.method={method}", f"output.root={root}", f"output.name={method}-{dim}d", "seed=0",
     ])
     result = api.train(cfg, progress=False, evaluate=False)
     with (result.run_dir / "log.csv").open() as fh:
