@@ -72,8 +72,13 @@ def load_model(run_dir: str | Path, checkpoint: str = "best", device: str = "aut
 def evaluate_run(run_dir: str | Path, *, checkpoints: tuple[str, ...] = ("best", "last"), progress: bool = True,
                  robustness: bool = False, uncertainty: bool = False,
                  gammas: tuple[float, ...] = DEFAULT_GAMMAS, epsilons: tuple[float, ...] = DEFAULT_EPSILONS,
-                 samples: int = 5, threads: int | None = None, tta: bool = False) -> dict[str, Any]:
+                 samples: int = 5, threads: int | None = None, tta: bool = False,
+                 overwrite: bool = False) -> dict[str, Any]:
     """Evaluate the run's checkpoints on its test split; write metrics, summary, predictions and report.
+
+    They go beside the training-time evaluation, into ``<run>/evaluations/<name>/`` (``evaluation_folder``;
+    the name spells the settings, e.g. ``tta``, ``best-tta``, ``robust``); the same settings twice need
+    ``overwrite``.
 
     ``robustness`` adds Dice against the OOD mix-up strength γ and the FGSM step ε; ``uncertainty`` adds
     Brier/ECE of the (Monte-Carlo mean, ``samples`` draws where the method samples) prediction and writes
@@ -82,7 +87,8 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: tuple[str, ...] = ("best",
     ``tta`` predicts every case as the mean over flips of the spatial axes.
     """
     options = EvaluationOptions(checkpoints=checkpoints, robustness=robustness, uncertainty=uncertainty,
-                                gammas=gammas, epsilons=epsilons, samples=samples, tta=tta)
+                                gammas=gammas, epsilons=epsilons, samples=samples, tta=tta, beside=True,
+                                overwrite=overwrite)
     return Run.open(run_dir, progress=progress, threads=threads).evaluate(options)
 
 

@@ -82,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     sug.add_argument("--quiet", action="store_true", help="no progress bars")
 
     ev = sub.add_parser("evaluate", help="metrics of a run on its test split, or of a prediction folder")
-    ev.add_argument("--run", help="run folder: evaluates its checkpoints on the test split")
+    ev.add_argument("--run", help="run folder: evaluates its checkpoints on the test split, into "
+                                  "<run>/evaluations/<settings>/ (the training-time evaluation stays)")
     ev.add_argument("--checkpoint", default="both", choices=["best", "last", "both"],
                     help="with --run: which checkpoints (default both; best falls back to last without best.pt)")
     ev.add_argument("--threads", type=_positive_int,
@@ -103,6 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--epsilons", help="comma-separated FGSM ε >= 0 (default 0,0.01,0.02,0.05,0.1,0.2)")
     ev.add_argument("--samples", type=int, default=5, help="Monte-Carlo samples for --uncertainty (default 5)")
     ev.add_argument("--tta", action="store_true", help="with --run: average predictions over flips of the axes")
+    ev.add_argument("--overwrite", action="store_true",
+                    help="with --run: replace an earlier evaluation with the same settings (in <run>/evaluations/)")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
 
     cmp_ = sub.add_parser("compare", help="train several methods × seeds on one protocol and tabulate them")
@@ -280,20 +283,26 @@ def _evaluate_run(args: argparse.Namespace) -> None:
 
     from semiseg import api
     from semiseg.eval.robustness import format_robustness_table
+    from semiseg.eval.run_evaluation import EvaluationOptions, evaluation_folder
     from semiseg.eval.uncertainty import format_uncertainty_table
 
     checkpoints = ("best", "last") if args.checkpoint == "both" else (args.checkpoint,)
     summary = api.evaluate_run(args.run, checkpoints=checkpoints, progress=not args.quiet, robustness=args.robustness,
                                uncertainty=args.uncertainty, samples=args.samples, threads=args.threads, tta=args.tta,
-                               **_levels(args.gammas, "gammas"), **_levels(args.epsilons, "epsilons"))
+                               overwrite=args.overwrite, **_levels(args.gammas, "gammas"),
+                               **_levels(args.epsilons, "epsilons"))
     print(_short_table(summary))
-    saved = json.loads((Path(args.run) / "summary.json").read_text())
+    used = EvaluationOptions(checkpoints=tuple(summary), robustness=args.robustness, uncertainty=args.uncertainty,
+                             tta=args.tta, beside=True)  # the checkpoints scored: best falls back to last
+    folder = evaluation_folder(Path(args.run), used)
+    saved = json.loads((folder / "summary.json").read_text())
     if "robustness" in saved:
         print("\n" + format_robustness_table(saved["robustness"]))
     if "uncertainty" in saved:
         block = saved["uncertainty"]
         print("\n" + format_uncertainty_table(block["scores"], block["source"], block["samples"]))
-    print(f"report: {Path(args.run) / 'report.md'}")
+    print(f"evaluation: {folder} (the training-time one in {args.run} is unchanged)")
+    print(f"report: {folder / 'report.md'}")
 
 
 def _seeds(text: str) -> list[int]:

@@ -1,0 +1,122 @@
+"""Hostile inputs at the newer edges (evaluate --run again, evaluate --pred/--gt, predict --model, suggest, the
+demo's images): exit 2, one ``error:`` line naming the file, key or option, no traceback, nothing written (one
+parametrised line per mistake); and what a re-evaluation writes beside the run's own results."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from semiseg.cli import main
+
+
+def _sets(*pairs: str) -> list[str]:
+    return [arg for pair in pairs for arg in ("--set", pair)]
+
+
+def _tiny(dim: int = 2, widths: str = "[4, 8]") -> list[str]:
+    return ["--quiet", *_sets(
+        "data.source=phantom", f"data.options={{n_cases: 6, dim: {dim}, seed: 0}}", f"model.dim={dim}",
+        f"model.widths={widths}", "split.labelled=2", "split.val=1", "split.test=1", "train.steps=2",
+        "train.val_every=2", "train.batch_size=2", "train.warmup_steps=1", "eval.report_cases=1")]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("trained") / "run"
+    assert main(["train", *_tiny(), "--output", str(run)]) == 0
+    return run
+
+
+def _nifti(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, np.eye(4)), str(path))
+
+
+def _label(shape=(12, 10, 6)) -> np.ndarray:
+    label = np.zeros(shape, np.uint8)
+    label[2:8, 3:7, 1:5] = 1
+    label[8:10, 3:7, 1:5] = 2
+    return label
+
+
+@pytest.fixture
+def world(tmp_path, trained) -> Path:
+    """A user's folder: a copy of the trained run, prediction/ground-truth folders to score."""
+    shutil.copytree(trained, tmp_path / "run")
+    with_255 = _label()
+    with_255[0, 0, :] = 255
+    _nifti(tmp_path / "gt" / "a.nii.gz", _label())
+    _nifti(tmp_path / "pred" / "a.nii.gz", _label())
+    _nifti(tmp_path / "gt255" / "a.nii.gz", with_255)
+    _nifti(tmp_path / "pred255" / "a.nii.gz", with_255)
+    three = _label()
+    three[0:2, 0:2, 0:2] = 3
+    _nifti(tmp_path / "pred_more" / "a.nii.gz", three)
+    (tmp_path / "run" / "evaluations" / "tta").mkdir(parents=True)
+    (tmp_path / "run" / "evaluations" / "tta" / "summary.json").write_text("{}")  # an earlier --tta evaluation
+    return tmp_path
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "" for p in sorted(root.rglob("*"))}
+
+
+def _cli(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as done:  # argparse's own usage errors
+        return int(done.code)
+
+
+EVAL_GT = ["evaluate", "--quiet", "--gt"]
+HOSTILE = [
+    ("evaluate_same_settings_twice", ["evaluate", "--run", "{tmp}/run", "--tta", "--quiet"], "evaluations/tta"),
+]
+
+
+@pytest.mark.parametrize(("argv", "names"), [case[1:] for case in HOSTILE], ids=[case[0] for case in HOSTILE])
+def test_hostile_edge_gives_one_clean_error(argv, names, world, capsys):
+    argv = [arg.replace("{tmp}", str(world)) for arg in argv]
+    before = _snapshot(world)
+    assert _cli(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and all(name in errors[0] for name in names.split("|")), err
+    assert "Traceback" not in err
+    assert _snapshot(world) == before
+
+
+RUN_OWN = ("summary.json", "report.md", "metrics/per_case.csv")
+
+
+@pytest.mark.parametrize(("flags", "name", "checkpoints"), [
+    (["--tta"], "tta", ["best", "last"]),
+    (["--checkpoint", "best", "--tta"], "best-tta", ["best"]),
+    (["--checkpoint", "last"], "last", ["last"]),
+    ([], "default", ["best", "last"]),
+])
+def test_reevaluation_writes_beside_the_runs_own(world, capsys, flags, name, checkpoints):
+    run = world / "run"
+    shutil.rmtree(run / "evaluations")
+    own = {file: (run / file).read_bytes() for file in RUN_OWN}
+    assert main(["evaluate", "--run", str(run), *flags, "--quiet"]) == 0
+    assert {file: (run / file).read_bytes() for file in RUN_OWN} == own
+    folder = run / "evaluations" / name
+    assert f"evaluation: {folder}" in capsys.readouterr().out
+    for file in RUN_OWN:
+        assert (folder / file).is_file(), file
+    settings = json.loads((folder / "summary.json").read_text())["settings"]
+    assert settings == {"name": name, "checkpoints": checkpoints, "tta": "--tta" in flags, "robustness": False,
+                        "uncertainty": False}
+    assert json.loads((run / "summary.json").read_text())["settings"]["name"] == "default"
+
+
+def test_reevaluation_overwrite_replaces_only_its_own(world):
+    run = world / "run"
+    assert main(["evaluate", "--run", str(run), "--tta", "--overwrite", "--quiet"]) == 0
+    assert json.loads((run / "evaluations" / "tta" / "summary.json").read_text())["settings"]["tta"] is True
