@@ -130,15 +130,17 @@ def suggest(run_dir: str | Path, *, score: str = "entropy", top: int = 5, region
 
 
 def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, *, class_names: list[str] | None = None,
-                     label_mode: str = "multiclass", ignore_geometry: bool = False,
+                     label_mode: str = "multiclass", ignore_geometry: bool = False, ignore: int | None = None,
                      on_warning: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Metrics of label files in ``pred_dir`` against same-named files in ``gt_dir`` (spacing from the GT).
 
     Float/NaN labels, values outside ``class_names`` and predictions on another grid than their ground
     truth are errors naming the file (``ignore_geometry`` skips the grid check); predictions without
-    ground truth go to ``on_warning`` (default: a ``UserWarning``).
+    ground truth go to ``on_warning`` (default: a ``UserWarning``). Without ``class_names`` the classes come
+    from the ground truth, and values that are not plausible class indices (a gap up to 255) are refused;
+    ``ignore`` (e.g. 255) leaves the ground truth's voxels of that value out of every metric.
     """
     from semiseg.eval.folders import evaluate_folders as evaluate
 
     return evaluate(pred_dir, gt_dir, class_names=class_names, label_mode=label_mode,
-                    ignore_geometry=ignore_geometry, on_warning=on_warning)
+                    ignore_geometry=ignore_geometry, ignore=ignore, on_warning=on_warning)

@@ -27,6 +27,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semiseg", description="Semi-supervised medical image segmentation.")
     parser.add_argument("--version", action="version", version=f"semiseg {__version__}")
@@ -90,7 +97,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="with --run: torch CPU threads (default: the run's train.threads)")
     ev.add_argument("--pred", help="folder of predicted label files")
     ev.add_argument("--gt", help="folder of ground-truth label files (same names as --pred)")
-    ev.add_argument("--classes", help="comma-separated class names, background first (with --pred/--gt)")
+    ev.add_argument("--classes", help="comma-separated class names, background first (with --pred/--gt; default: "
+                                      "one per ground-truth value)")
+    ev.add_argument("--ignore", type=_non_negative_int, metavar="VALUE",
+                    help="with --pred/--gt: a ground-truth value (e.g. 255) whose voxels no metric counts")
     ev.add_argument("--label-mode", default="multiclass", choices=["multiclass", "multilabel"],
                     help="with --pred/--gt: one label per voxel (default) or one binary channel per class")
     ev.add_argument("--csv", help="write the per-case rows here (with --pred/--gt)")
@@ -249,7 +259,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     notes: list[str] = []
     rows, summary = api.evaluate_folders(args.pred, args.gt, class_names=classes, label_mode=args.label_mode,
-                                         ignore_geometry=args.ignore_geometry, on_warning=_noted(notes))
+                                         ignore_geometry=args.ignore_geometry, ignore=args.ignore,
+                                         on_warning=_noted(notes))
     if args.csv:
         from semiseg.eval.evaluate import write_rows
 

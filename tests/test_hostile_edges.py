@@ -37,6 +37,13 @@ def _nifti(path: Path, array: np.ndarray) -> None:
     nib.save(nib.Nifti1Image(array, np.eye(4)), str(path))
 
 
+def _png(path: Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.astype(np.uint8)).save(path)
+
+
 def _label(shape=(12, 10, 6)) -> np.ndarray:
     label = np.zeros(shape, np.uint8)
     label[2:8, 3:7, 1:5] = 1
@@ -57,6 +64,10 @@ def world(tmp_path, trained) -> Path:
     three = _label()
     three[0:2, 0:2, 0:2] = 3
     _nifti(tmp_path / "pred_more" / "a.nii.gz", three)
+    png = _label()[..., 2]
+    png[0, :] = 255
+    _png(tmp_path / "gt_png" / "a.png", png)
+    _png(tmp_path / "pred_png" / "a.png", _label()[..., 2])
     (tmp_path / "run" / "evaluations" / "tta").mkdir(parents=True)
     (tmp_path / "run" / "evaluations" / "tta" / "summary.json").write_text("{}")  # an earlier --tta evaluation
     return tmp_path
@@ -76,6 +87,13 @@ def _cli(argv: list[str]) -> int:
 EVAL_GT = ["evaluate", "--quiet", "--gt"]
 HOSTILE = [
     ("evaluate_same_settings_twice", ["evaluate", "--run", "{tmp}/run", "--tta", "--quiet"], "evaluations/tta"),
+    ("gt_holds_255", [*EVAL_GT, "{tmp}/gt255", "--pred", "{tmp}/pred"], "gt255/a.nii.gz|255|--ignore 255"),
+    ("png_gt_holds_255", [*EVAL_GT, "{tmp}/gt_png", "--pred", "{tmp}/pred_png"], "gt_png/a.png|255|--ignore 255"),
+    ("pred_holds_255", [*EVAL_GT, "{tmp}/gt", "--pred", "{tmp}/pred255"], "pred255/a.nii.gz|255"),
+    ("pred_more_classes_than_gt", [*EVAL_GT, "{tmp}/gt", "--pred", "{tmp}/pred_more"], "pred_more/a.nii.gz|[3]"),
+    ("ignore_negative", [*EVAL_GT, "{tmp}/gt", "--pred", "{tmp}/pred", "--ignore", "-1"], "--ignore"),
+    ("ignore_multilabel", [*EVAL_GT, "{tmp}/gt", "--pred", "{tmp}/pred", "--ignore", "255", "--label-mode",
+                           "multilabel"], "--ignore 255"),
 ]
 
 
@@ -120,3 +138,23 @@ def test_reevaluation_overwrite_replaces_only_its_own(world):
     run = world / "run"
     assert main(["evaluate", "--run", str(run), "--tta", "--overwrite", "--quiet"]) == 0
     assert json.loads((run / "evaluations" / "tta" / "summary.json").read_text())["settings"]["tta"] is True
+
+
+def test_ignore_leaves_the_label_out_of_every_metric(world, capsys):
+    pred = _label()
+    pred[0, 0, :] = 1  # a prediction inside the ignored voxels counts neither way
+    _nifti(world / "pred_in_ignored" / "a.nii.gz", pred)
+    assert main(["evaluate", "--gt", str(world / "gt255"), "--pred", str(world / "pred_in_ignored"),
+                 "--ignore", "255", "--csv", str(world / "rows.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "class_2" in out and "class_3" not in out  # three classes, not 256
+    assert out.count("1.000 ± 0.000 | 1.000 ± 0.000 | 0.000 ± 0.000") == 3  # Dice 1 for both classes and mean
+
+
+def test_classes_come_from_the_ground_truth(world, capsys):
+    binary = np.zeros((12, 10, 6), np.uint8)
+    _nifti(world / "gt_empty" / "a.nii.gz", binary)  # an all-background case is still a binary task
+    binary[2:4, 2:4, 2:4] = 1
+    _nifti(world / "pred_one" / "a.nii.gz", binary)
+    assert main(["evaluate", "--gt", str(world / "gt_empty"), "--pred", str(world / "pred_one")]) == 0
+    assert "class_1" in capsys.readouterr().out
