@@ -93,18 +93,39 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: tuple[str, ...] = ("best",
 
 
 def predict(run_dir: str | Path | Sequence[str | Path] | None, input_path: str | Path, output_dir: str | Path, *,
-            checkpoint: str = "best", save_probabilities: bool = False, device: str = "auto", overwrite: bool = False,
-            threads: int | None = None, tta: bool = False, model_dir: str | Path | None = None) -> list[Path]:
+            checkpoint: str | None = None, save_probabilities: bool = False, device: str = "auto",
+            overwrite: bool = False, threads: int | None = None, tta: bool = False,
+            model_dir: str | Path | None = None) -> list[Path]:
     """Segment every image in ``input_path``; outputs keep the input's geometry (NIfTI affine / PNG size).
 
     Several runs form an ensemble: their probabilities are averaged and the members' disagreement is written
     next to each prediction. ``model_dir`` predicts from an export (``semiseg export``) instead of a run;
     ``tta`` averages over flips of the spatial axes. The output folder is checked before any model or image is
-    loaded, so a clash fails at once.
+    loaded, so a clash fails at once. ``checkpoint`` (default ``best``) picks a run's checkpoint; an export holds
+    one, so asking it for another is an error. 2D images given to a 3D model are refused.
     """
+    from semiseg.engine.predict import check_input_dims
+
     runs = [] if not run_dir else [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
-    return Run.predict(runs, input_path, output_dir, model_dir=model_dir, checkpoint=checkpoint, device=device,
-                       tta=tta, save_probabilities=save_probabilities, overwrite=overwrite, threads=threads)
+    for model, dim in _model_dims(runs, model_dir, checkpoint):
+        check_input_dims(input_path, dim, model)
+    return Run.predict(runs, input_path, output_dir, model_dir=model_dir, checkpoint=checkpoint or "best",
+                       device=device, tta=tta, save_probabilities=save_probabilities, overwrite=overwrite,
+                       threads=threads)
+
+
+def _model_dims(runs: list[str | Path], model_dir: str | Path | None, checkpoint: str | None) -> list[tuple[str, int]]:
+    """(name, model.dim) of every model ``predict`` would load, read from config.yaml / export.json only."""
+    from semiseg.config import read_yaml, validate_config
+    from semiseg.engine.export import read_sidecar
+    from semiseg.engine.predict import check_export_checkpoint
+
+    if model_dir is not None and not runs:
+        sidecar = read_sidecar(Path(model_dir))
+        check_export_checkpoint(sidecar, model_dir, checkpoint)
+        return [(f"the export {model_dir}", sidecar["dim"])]
+    configs = [(run, Path(run) / "config.yaml") for run in runs]
+    return [(f"run {run}", validate_config(read_yaml(file)).model.dim) for run, file in configs if file.is_file()]
 
 
 def export(run_dir: str | Path, fmt: str = "torchscript", *, checkpoint: str = "best",

@@ -64,8 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     pred.add_argument("--tta", action="store_true", help="average over flips of the spatial axes")
     pred.add_argument("--input", required=True, help="NIfTI/PNG file or folder")
     pred.add_argument("--output", required=True, help="folder for the predictions")
-    pred.add_argument("--checkpoint", default="best", choices=["best", "last"],
-                      help="best on validation (default; last when the run has no best.pt yet) or the last one")
+    pred.add_argument("--checkpoint", choices=["best", "last"],
+                      help="with --run: best on validation (default; last when the run has no best.pt yet) or the "
+                           "last one; an export (--model) holds one checkpoint, so --checkpoint must name it")
     pred.add_argument("--probabilities", action="store_true", help="also save class probabilities")
     pred.add_argument("--overwrite", action="store_true",
                       help="replace predictions already in --output for the same cases (other files stay)")

@@ -10,6 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import yaml
 
 from semiseg.cli import main
 
@@ -51,10 +52,45 @@ def _label(shape=(12, 10, 6)) -> np.ndarray:
     return label
 
 
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("exported") / "export"
+    assert main(["export", "--run", str(trained), "--output", str(out)]) == 0
+    return out
+
+
+def _export_variant(source: Path, target: Path, change: dict | None = None, text: str | None = None,
+                    model: bytes | None = None, model_name: str = "model.pt") -> None:
+    """A copy of an export with its sidecar changed (keys, or the whole text) or its model file replaced."""
+    shutil.copytree(source, target)
+    sidecar = json.loads((target / "export.json").read_text()) | (change or {})
+    (target / "export.json").write_text(text if text is not None else json.dumps(sidecar))
+    if model is not None:
+        (target / "model.pt").unlink()
+        (target / model_name).write_bytes(model)
+
+
 @pytest.fixture
-def world(tmp_path, trained) -> Path:
-    """A user's folder: a copy of the trained run, prediction/ground-truth folders to score."""
+def world(tmp_path, trained, exported) -> Path:
+    """A user's folder: a copy of the trained run and its export (and damaged ones), images, label folders."""
     shutil.copytree(trained, tmp_path / "run")
+    _nifti(tmp_path / "scans" / "s1.nii.gz", np.random.default_rng(0).normal(size=(16, 16, 4)).astype(np.float32))
+    _nifti(tmp_path / "flat" / "s1.nii.gz", np.random.default_rng(0).normal(size=(16, 16)).astype(np.float32))
+    _png(tmp_path / "pngs" / "p1.png", np.random.default_rng(0).integers(0, 255, (16, 16)))
+    _export_variant(exported, tmp_path / "export")
+    _export_variant(exported, tmp_path / "bad_json", text="{not json")
+    _export_variant(exported, tmp_path / "a_list", text="[1, 2]")
+    _export_variant(exported, tmp_path / "dim_four", {"dim": 4})
+    _export_variant(exported, tmp_path / "roi_short", {"dim": 3})
+    _export_variant(exported, tmp_path / "export3d", {"dim": 3, "roi_size": [16, 16, 16]})
+    whole = (exported / "model.pt").read_bytes()
+    _export_variant(exported, tmp_path / "cut_pt", model=whole[: len(whole) // 2])
+    _export_variant(exported, tmp_path / "cut_onnx", {"format": "onnx", "file": "model.onnx"}, model=b"\x08\x07junk",
+                    model_name="model.onnx")
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    config["model"]["dim"] = 3
+    shutil.copytree(tmp_path / "run", tmp_path / "run3d")
+    (tmp_path / "run3d" / "config.yaml").write_text(yaml.safe_dump(config))
     with_255 = _label()
     with_255[0, 0, :] = 255
     _nifti(tmp_path / "gt" / "a.nii.gz", _label())
@@ -85,6 +121,7 @@ def _cli(argv: list[str]) -> int:
 
 
 EVAL_GT = ["evaluate", "--quiet", "--gt"]
+PREDICT = ["predict", "--output", "{tmp}/out", "--input"]
 HOSTILE = [
     ("evaluate_same_settings_twice", ["evaluate", "--run", "{tmp}/run", "--tta", "--quiet"], "evaluations/tta"),
     ("gt_holds_255", [*EVAL_GT, "{tmp}/gt255", "--pred", "{tmp}/pred"], "gt255/a.nii.gz|255|--ignore 255"),
@@ -94,6 +131,17 @@ HOSTILE = [
     ("ignore_negative", [*EVAL_GT, "{tmp}/gt", "--pred", "{tmp}/pred", "--ignore", "-1"], "--ignore"),
     ("ignore_multilabel", [*EVAL_GT, "{tmp}/gt", "--pred", "{tmp}/pred", "--ignore", "255", "--label-mode",
                            "multilabel"], "--ignore 255"),
+    ("export_bad_json", [*PREDICT, "{tmp}/scans", "--model", "{tmp}/bad_json"], "bad_json/export.json|JSON"),
+    ("export_a_list", [*PREDICT, "{tmp}/scans", "--model", "{tmp}/a_list"], "a_list/export.json|list"),
+    ("export_dim_four", [*PREDICT, "{tmp}/scans", "--model", "{tmp}/dim_four"], "dim_four/export.json|dim"),
+    ("export_roi_short", [*PREDICT, "{tmp}/scans", "--model", "{tmp}/roi_short"], "roi_short/export.json|roi_size"),
+    ("export_truncated_pt", [*PREDICT, "{tmp}/scans", "--model", "{tmp}/cut_pt"], "cut_pt/model.pt"),
+    ("export_truncated_onnx", [*PREDICT, "{tmp}/scans", "--model", "{tmp}/cut_onnx"], "cut_onnx/model.onnx"),
+    ("png_into_3d_export", [*PREDICT, "{tmp}/pngs", "--model", "{tmp}/export3d"], "pngs/p1.png|export3d|3D"),
+    ("flat_nifti_into_3d_export", [*PREDICT, "{tmp}/flat", "--model", "{tmp}/export3d"], "flat/s1.nii.gz|export3d"),
+    ("png_into_3d_run", [*PREDICT, "{tmp}/pngs", "--run", "{tmp}/run3d"], "pngs/p1.png|run3d"),
+    ("export_other_checkpoint", [*PREDICT, "{tmp}/scans", "--model", "{tmp}/export", "--checkpoint", "last"],
+     "--checkpoint last|best|export"),
 ]
 
 
@@ -158,3 +206,15 @@ def test_classes_come_from_the_ground_truth(world, capsys):
     _nifti(world / "pred_one" / "a.nii.gz", binary)
     assert main(["evaluate", "--gt", str(world / "gt_empty"), "--pred", str(world / "pred_one")]) == 0
     assert "class_1" in capsys.readouterr().out
+
+
+def test_export_answers_for_the_checkpoint_it_holds(world):
+    assert main(["predict", "--input", str(world / "scans"), "--output", str(world / "out"), "--model",
+                 str(world / "export"), "--checkpoint", "best"]) == 0
+    assert (world / "out" / "s1.nii.gz").is_file()
+
+
+def test_a_2d_model_predicts_2d_images_and_volumes(world):
+    for images in ("pngs", "flat", "scans"):
+        assert main(["predict", "--input", str(world / images), "--output", str(world / f"out_{images}"),
+                     "--run", str(world / "run")]) == 0

@@ -20,7 +20,7 @@ import torch
 
 from semiseg.data.case import Case
 from semiseg.errors import SemisegError
-from semiseg.eval.io import read_inputs, write_label, write_probabilities, write_uncertainty_map
+from semiseg.eval.io import input_slices, read_inputs, write_label, write_probabilities, write_uncertainty_map
 from semiseg.eval.labels import probs_to_label
 from semiseg.ssl.uncertainty import mutual_information as ssl_mutual_information
 
@@ -69,6 +69,29 @@ class Ensemble:
 def mutual_information(member_probs: np.ndarray, label_mode: str) -> np.ndarray:
     """``(*spatial)`` disagreement map of ``(M, K, *spatial)`` member probabilities (``ssl.uncertainty``)."""
     return ssl_mutual_information(torch.from_numpy(np.ascontiguousarray(member_probs))[:, None], label_mode)[0].numpy()
+
+
+def check_input_dims(input_path: str | Path, model_dim: int, model: str) -> None:
+    """Refuse 2D images (a PNG, a 2D or one-slice volume) for a 3D network, which would see a window of one slice.
+
+    A 2D network predicts a volume slice by slice, so it takes both; checked from the file headers only.
+    """
+    if model_dim != 3:
+        return
+    flat = [file for file, slices in input_slices(input_path) if slices < 2]
+    if flat:
+        raise SemisegError(f"{flat[0]} is a 2D image but {model} is a 3D model (model.dim 3), which predicts "
+                           f"volumes of several slices{f' ({len(flat)} such files)' if len(flat) > 1 else ''}; "
+                           "predict 2D images with a 2D model (model.dim=2)")
+
+
+def check_export_checkpoint(sidecar: dict[str, Any], model_dir: str | Path, checkpoint: str | None) -> None:
+    """An export holds the one checkpoint it was made from: refuse ``--checkpoint`` asking for another one."""
+    held = sidecar.get("checkpoint")
+    if checkpoint is not None and checkpoint != held:
+        raise SemisegError(f"--checkpoint {checkpoint}: the export {model_dir} holds the {held} checkpoint only "
+                           f"(export.json); drop --checkpoint, or export that one with 'semiseg export --checkpoint "
+                           f"{checkpoint}'")
 
 
 def predict_files(model: CasePredictor, input_path: str | Path, output: Path, *, save_probabilities: bool = False,

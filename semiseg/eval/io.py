@@ -26,6 +26,7 @@ from semiseg.data.io import (
     binary_mask_to_index,
     describe_suffixes,
     output_suffix,
+    probe_shape,
     read_image,
     read_mask,
     read_volume,
@@ -92,6 +93,17 @@ def input_case_ids(path: str | Path) -> list[str]:
     """The case ids ``read_inputs`` would give, without reading any image (to check the output folder first)."""
     groups, images_2d = _group_inputs(Path(path))
     return sorted(groups) + [stem for _, stem in images_2d]
+
+
+def input_slices(path: str | Path) -> list[tuple[Path, int]]:
+    """Every input file with the number of slices along its third axis (1 for 2D images), from headers only."""
+    groups, images_2d = _group_inputs(Path(path))
+    found = [(file, 1) for file, _ in images_2d]
+    for files in groups.values():
+        for file in files:
+            shape, _ = probe_shape(file)
+            found.append((file, shape[2] if len(shape) > 2 else 1))
+    return found
 
 
 def _group_inputs(root: Path) -> tuple[dict[str, list[Path]], list[tuple[Path, str]]]:
