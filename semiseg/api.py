@@ -20,9 +20,8 @@ from semiseg.losses import supervised_loss
 if TYPE_CHECKING:
     from semiseg.engine.run import LoadedModel
 
-__all__ = ["RunResult", "evaluate_folders", "evaluate_run", "export", "load_model", "plan", "predict", "resume",
-           "suggest",
-           "supervised_loss", "train"]
+__all__ = ["RunResult", "evaluate_folders", "evaluate_run", "export", "export_demo", "load_model", "plan", "predict",
+           "resume", "suggest", "supervised_loss", "train"]
 
 
 @dataclass
@@ -132,6 +131,34 @@ def export(run_dir: str | Path, fmt: str = "torchscript", *, checkpoint: str = "
            output_dir: str | Path | None = None, overwrite: bool = False) -> Path:
     """Write the run's predicting network as TorchScript or ONNX plus ``export.json``; returns the folder."""
     return Run.export(run_dir, fmt, checkpoint=checkpoint, output_dir=output_dir, overwrite=overwrite)
+
+
+def export_demo(output_dir: str | Path, *, overwrite: bool = False) -> list[Path]:
+    """The built-in demo's test subjects (the default config's split), images only, as ``<case>.nii.gz``.
+
+    Images to try ``predict`` on: a model trained with ``semiseg train`` never saw them. Files already in
+    ``output_dir`` under those names are refused unless ``overwrite``.
+    """
+    from semiseg.config import Config
+    from semiseg.data.splits import make_split, refs_by_id
+    from semiseg.engine.run import open_configured_dataset
+    from semiseg.errors import SemisegError
+    from semiseg.eval.io import write_image
+    from semiseg.paths import check_writable_dir
+
+    out = Path(output_dir)
+    check_writable_dir(out, "data export-demo")
+    cfg = Config()
+    spec = open_configured_dataset(cfg)
+    split = make_split(spec, labelled=cfg.split.labelled, val=cfg.split.val, test=cfg.split.test,
+                       unlabelled=cfg.split.unlabelled, seed=cfg.split.seed if cfg.split.seed is not None else cfg.seed)
+    targets = {case_id: out / f"{case_id}.nii.gz" for case_id in split["test"]}
+    clashes = [str(path) for path in targets.values() if path.exists()]
+    if clashes and not overwrite:
+        raise SemisegError(f"{clashes[0]} already exists ({len(clashes)} of the demo's {len(targets)} test images "
+                           "are there); pass --overwrite or choose another folder")
+    refs = refs_by_id(spec)
+    return [write_image(refs[case_id].load(), path) for case_id, path in targets.items()]
 
 
 def plan(config_file: str | Path | None, overrides: list[str] | None = None) -> str:

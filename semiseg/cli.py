@@ -147,10 +147,14 @@ def _parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="dataset tools")
     data.set_defaults(print_data_help=data.print_help)
-    data_sub = data.add_subparsers(dest="data_command", metavar="{check}")
+    data_sub = data.add_subparsers(dest="data_command", metavar="{check,export-demo}")
     check = data_sub.add_parser("check", help="validate a dataset and print a summary")
     check.add_argument("path", help="dataset folder ('demo' for the built-in brain demo)")
     check.add_argument("--source", default="auto", help="auto, nnunet, folder2d, acdc, la, demo_brain, phantom")
+    demo = data_sub.add_parser("export-demo", help="write the built-in demo's test images (no labels) as NIfTI, "
+                                                   "to try 'semiseg predict' on")
+    demo.add_argument("path", metavar="DIR", help="folder for the images (<subject>.nii.gz)")
+    demo.add_argument("--overwrite", action="store_true", help="replace demo images already in DIR")
 
     exp = sub.add_parser("export", help="write a run's network as TorchScript or ONNX with its preprocessing")
     exp.add_argument("--run", required=True, help="run folder")
@@ -413,6 +417,15 @@ def _data_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _export_demo(args: argparse.Namespace) -> None:
+    from semiseg import api
+
+    files = api.export_demo(args.path, overwrite=args.overwrite)
+    print(f"wrote {len(files)} test image(s) of the demo to {args.path}: images only, the test subjects of the "
+          "default split, which 'semiseg train' on the demo never trains on")
+    print(f"try: semiseg predict --run runs/<id> --input {args.path} --output preds/")
+
+
 def _methods() -> None:
     from semiseg.method_catalog import BUILTIN_METHODS  # a static table: no torch import
 
@@ -475,6 +488,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "data":
             if args.data_command is None:
                 args.print_data_help()
+                return 0
+            if args.data_command == "export-demo":
+                _export_demo(args)
                 return 0
             return _data_check(args)
         elif args.command == "methods":

@@ -87,6 +87,8 @@ def world(tmp_path, trained, exported) -> Path:
     _export_variant(exported, tmp_path / "cut_pt", model=whole[: len(whole) // 2])
     _export_variant(exported, tmp_path / "cut_onnx", {"format": "onnx", "file": "model.onnx"}, model=b"\x08\x07junk",
                     model_name="model.onnx")
+    for case in range(20):  # images a user keeps where the demo's test images would go
+        _nifti(tmp_path / "demo_images" / f"phantom_{case:03d}.nii.gz", np.zeros((4, 4, 4), np.float32))
     config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     config["model"]["dim"] = 3
     shutil.copytree(tmp_path / "run", tmp_path / "run3d")
@@ -140,9 +142,20 @@ HOSTILE = [
     ("png_into_3d_export", [*PREDICT, "{tmp}/pngs", "--model", "{tmp}/export3d"], "pngs/p1.png|export3d|3D"),
     ("flat_nifti_into_3d_export", [*PREDICT, "{tmp}/flat", "--model", "{tmp}/export3d"], "flat/s1.nii.gz|export3d"),
     ("png_into_3d_run", [*PREDICT, "{tmp}/pngs", "--run", "{tmp}/run3d"], "pngs/p1.png|run3d"),
+    ("export_demo_into_a_file", ["data", "export-demo", "{tmp}/run/config.yaml"], "export-demo|config.yaml"),
+    ("export_demo_over_images", ["data", "export-demo", "{tmp}/demo_images"], "demo_images/phantom_0"),
     ("export_other_checkpoint", [*PREDICT, "{tmp}/scans", "--model", "{tmp}/export", "--checkpoint", "last"],
      "--checkpoint last|best|export"),
 ]
+
+
+@pytest.fixture(autouse=True)
+def small_demo(monkeypatch):
+    """``data export-demo`` on a phantom of 20 3D cases: the demo's default split, without building the demo."""
+    from semiseg.data.sources import open_dataset
+
+    monkeypatch.setattr("semiseg.engine.run.open_configured_dataset",
+                        lambda cfg: open_dataset("phantom", None, n_cases=20, dim=3, seed=0))
 
 
 @pytest.mark.parametrize(("argv", "names"), [case[1:] for case in HOSTILE], ids=[case[0] for case in HOSTILE])
@@ -218,3 +231,26 @@ def test_a_2d_model_predicts_2d_images_and_volumes(world):
     for images in ("pngs", "flat", "scans"):
         assert main(["predict", "--input", str(world / images), "--output", str(world / f"out_{images}"),
                      "--run", str(world / "run")]) == 0
+
+
+def test_export_demo_writes_the_test_images_only(tmp_path, capsys):
+    from semiseg.config import Config
+
+    assert main(["data", "export-demo", str(tmp_path / "demo")]) == 0
+    files = sorted(p.name for p in (tmp_path / "demo").iterdir())
+    assert len(files) == Config().split.test and all(name.endswith(".nii.gz") for name in files)
+    assert not any("label" in name for name in files)
+    image = nib.load(str(tmp_path / "demo" / files[0])).get_fdata()
+    assert image.ndim == 3 and len(np.unique(image)) > 8  # an image, not a label map
+    assert "semiseg predict" in capsys.readouterr().out
+
+
+def test_predict_warns_about_a_label_map(world, capsys):
+    _nifti(world / "mixed" / "s1_label.nii.gz", _label().astype(np.float32))
+    _nifti(world / "mixed" / "s2.nii.gz", _label().astype(np.float32))
+    _nifti(world / "mixed" / "s3.nii.gz", np.random.default_rng(0).normal(size=(12, 10, 6)).astype(np.float32))
+    assert main(["predict", "--run", str(world / "run"), "--input", str(world / "mixed"), "--output",
+                 str(world / "out")]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2 and "s1_label.nii.gz" in warnings[0] and "'_label'" in warnings[0]
+    assert "s2.nii.gz" in warnings[1] and "[0, 1, 2]" in warnings[1]

@@ -10,6 +10,8 @@ members contradict each other (the entropy of the mean alone would also be large
 
 from __future__ import annotations
 
+import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,8 @@ from semiseg.eval.labels import probs_to_label
 from semiseg.ssl.uncertainty import mutual_information as ssl_mutual_information
 
 _MUST_AGREE = ("class_names", "label_mode", "channels")
+_LABEL_NAME = re.compile(r"[_-](label|labels|seg|segmentation|mask|gt)$", re.IGNORECASE)
+_FEW_VALUES = 8  # an image has hundreds of intensities; a label map a handful of classes
 
 
 class CasePredictor(Protocol):
@@ -71,6 +75,28 @@ def mutual_information(member_probs: np.ndarray, label_mode: str) -> np.ndarray:
     return ssl_mutual_information(torch.from_numpy(np.ascontiguousarray(member_probs))[:, None], label_mode)[0].numpy()
 
 
+def label_map_hint(case: Case) -> str | None:
+    """Why ``case`` looks like a label map rather than an image (its name, or few integer values); else None."""
+    if _LABEL_NAME.search(case.case_id):
+        return f"its name ends in {_LABEL_NAME.search(case.case_id)[0]!r}"
+    image = case.image
+    sample = image.ravel()[:: max(1, image.size // 100_000)]  # an image shows many values in any sample
+    if image.size and np.unique(sample).size <= _FEW_VALUES and np.array_equal(image, np.round(image)):
+        values = np.unique(image)
+        if values.size <= _FEW_VALUES:
+            return f"it holds only the {values.size} integer value(s) {values.astype(np.int64).tolist()}"
+    return None
+
+
+def _warn_label_maps(cases: Sequence[Case]) -> None:
+    for case in cases:
+        hint = label_map_hint(case)
+        if hint is not None:
+            source = case.meta.get("files", [case.case_id])[0]
+            print(f"warning: {source} looks like a label map, not an image ({hint}); predicting it anyway, but "
+                  "give predict images only (e.g. 'semiseg data export-demo DIR' for the demo's)", file=sys.stderr)
+
+
 def check_input_dims(input_path: str | Path, model_dim: int, model: str) -> None:
     """Refuse 2D images (a PNG, a 2D or one-slice volume) for a 3D network, which would see a window of one slice.
 
@@ -101,6 +127,7 @@ def predict_files(model: CasePredictor, input_path: str | Path, output: Path, *,
     An ``Ensemble`` of more than one member also writes ``<case>_uncertainty`` (mutual information).
     """
     cases = read_inputs(input_path, model.info["channels"])
+    _warn_label_maps(cases)
     clashes = [c.case_id for c in cases if any(output.glob(f"{c.case_id}.*"))]
     if clashes and not overwrite:
         raise SemisegError(

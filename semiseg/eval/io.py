@@ -150,6 +150,14 @@ def write_label(case: Case, label: np.ndarray, out_dir: Path, suffix: str = "") 
     return path
 
 
+def write_image(case: Case, path: Path) -> Path:
+    """The case's image as a float32 volume with its geometry (channels on a 4th axis when there are several)."""
+    image = case.image[0] if case.image.shape[0] == 1 else np.moveaxis(case.image, 0, -1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_volume(path, image, nifti_affine(case), np.float32)
+    return path
+
+
 def write_probabilities(case: Case, probs: np.ndarray, out_dir: Path) -> Path:
     """Class probabilities as float32 volumes (classes on the last axis) or .npy for 2D image inputs."""
     return _write_float_map(case, probs, out_dir, "probs", components=True)
