@@ -402,8 +402,11 @@ def _suggest(args: argparse.Namespace) -> None:
     ranked = api.suggest(args.run, score=args.score, top=args.top, region=args.region, diversity=args.diversity,
                          samples=args.samples, input_path=args.input, output=args.output, checkpoint=args.checkpoint,
                          device=args.device, overwrite=args.overwrite, progress=not args.quiet)
+    from semiseg.eval.suggest import score_digits
+
+    digits = score_digits([case.score for case in ranked[: args.top]])
     for rank, case in enumerate(ranked[: args.top], start=1):
-        print(f"{rank:>3}  {case.case_id}  {args.score} {case.score:.4g}")
+        print(f"{rank:>3}  {case.case_id}  {args.score} {case.score:.{digits}g}")
     print(f"report: {Path(args.output or Path(args.run) / 'suggest') / 'suggest.md'}")
 
 
@@ -422,7 +425,7 @@ def _export_demo(args: argparse.Namespace) -> None:
 
     files = api.export_demo(args.path, overwrite=args.overwrite)
     print(f"wrote {len(files)} test image(s) of the demo to {args.path}: images only, the test subjects of the "
-          "default split, which 'semiseg train' on the demo never trains on")
+          "default split, which 'semiseg train' on the demo never trains on (at the default seed)")
     print(f"try: semiseg predict --run runs/<id> --input {args.path} --output preds/")
 
 

@@ -144,6 +144,10 @@ HOSTILE = [
     ("png_into_3d_run", [*PREDICT, "{tmp}/pngs", "--run", "{tmp}/run3d"], "pngs/p1.png|run3d"),
     ("export_demo_into_a_file", ["data", "export-demo", "{tmp}/run/config.yaml"], "export-demo|config.yaml"),
     ("export_demo_over_images", ["data", "export-demo", "{tmp}/demo_images"], "demo_images/phantom_0"),
+    ("suggest_top_zero", ["suggest", "--run", "{tmp}/run", "--top", "0"], "--top|!--diversity|!--samples"),
+    ("suggest_top_negative", ["suggest", "--run", "{tmp}/run", "--top", "-1"], "--top|!--diversity|!--samples"),
+    ("suggest_diversity_negative", ["suggest", "--run", "{tmp}/run", "--diversity", "-1"],
+     "--diversity|!--top|!--samples"),
     ("export_other_checkpoint", [*PREDICT, "{tmp}/scans", "--model", "{tmp}/export", "--checkpoint", "last"],
      "--checkpoint last|best|export"),
 ]
@@ -165,7 +169,9 @@ def test_hostile_edge_gives_one_clean_error(argv, names, world, capsys):
     assert _cli(argv) == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if "error:" in line]
-    assert len(errors) == 1 and all(name in errors[0] for name in names.split("|")), err
+    wanted = names.split("|")  # '!x': x must not be named
+    assert len(errors) == 1 and all((name[1:] not in errors[0]) if name.startswith("!") else (name in errors[0])
+                                    for name in wanted), err
     assert "Traceback" not in err
     assert _snapshot(world) == before
 
@@ -254,3 +260,16 @@ def test_predict_warns_about_a_label_map(world, capsys):
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 2 and "s1_label.nii.gz" in warnings[0] and "'_label'" in warnings[0]
     assert "s2.nii.gz" in warnings[1] and "[0, 1, 2]" in warnings[1]
+
+
+def test_suggest_report_tells_close_scores_apart(tmp_path):
+    from semiseg.eval.suggest import CaseSuggestion, write_suggestions
+
+    pixels = np.zeros((8, 8))
+    ranked = [CaseSuggestion(f"c{k}", score, 0, {"one": 1.0}, pixels, pixels.astype(np.int64), pixels)
+              for k, score in enumerate([1.07834, 1.07812, 1.0779])]
+    write_suggestions(ranked, tmp_path, score="entropy", region="volume", top=3, label_mode="multiclass",
+                      class_names=["background", "one"], facts={})
+    shown = [line.split("|")[3].strip() for line in (tmp_path / "suggest.md").read_text().splitlines()
+             if line.startswith("| ") and "case" not in line]
+    assert shown == ["1.0783", "1.0781", "1.0779"]
