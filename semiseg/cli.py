@@ -116,7 +116,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--samples", type=int, default=5, help="Monte-Carlo samples for --uncertainty (default 5)")
     ev.add_argument("--tta", action="store_true", help="with --run: average predictions over flips of the axes")
     ev.add_argument("--overwrite", action="store_true",
-                    help="with --run: replace an earlier evaluation with the same settings (in <run>/evaluations/)")
+                    help="with --run: replace an earlier evaluation with the same settings (in <run>/evaluations/); "
+                         "with --csv: replace that file")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
 
     cmp_ = sub.add_parser("compare", help="train several methods × seeds on one protocol and tabulate them")
@@ -262,6 +263,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     if not (args.pred and args.gt):
         raise SemisegError("give --run RUN, or both --pred FOLDER and --gt FOLDER")
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    if args.csv and Path(args.csv).exists() and not args.overwrite:
+        raise SemisegError(f"--csv {args.csv} already exists; pass --overwrite to replace it, or another path")
     notes: list[str] = []
     rows, summary = api.evaluate_folders(args.pred, args.gt, class_names=classes, label_mode=args.label_mode,
                                          ignore_geometry=args.ignore_geometry, ignore=args.ignore,

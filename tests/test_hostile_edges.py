@@ -130,6 +130,8 @@ HOSTILE = [
     ("png_gt_holds_255", [*EVAL_GT, "{tmp}/gt_png", "--pred", "{tmp}/pred_png"], "gt_png/a.png|255|--ignore 255"),
     ("pred_holds_255", [*EVAL_GT, "{tmp}/gt", "--pred", "{tmp}/pred255"], "pred255/a.nii.gz|255"),
     ("pred_more_classes_than_gt", [*EVAL_GT, "{tmp}/gt", "--pred", "{tmp}/pred_more"], "pred_more/a.nii.gz|[3]"),
+    ("csv_exists", [*EVAL_GT, "{tmp}/gt", "--pred", "{tmp}/pred", "--csv", "{tmp}/run/config.yaml"],
+     "--csv|config.yaml|--overwrite"),
     ("ignore_negative", [*EVAL_GT, "{tmp}/gt", "--pred", "{tmp}/pred", "--ignore", "-1"], "--ignore"),
     ("ignore_multilabel", [*EVAL_GT, "{tmp}/gt", "--pred", "{tmp}/pred", "--ignore", "255", "--label-mode",
                            "multilabel"], "--ignore 255"),
