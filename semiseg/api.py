@@ -103,28 +103,9 @@ def predict(run_dir: str | Path | Sequence[str | Path] | None, input_path: str |
     loaded, so a clash fails at once. ``checkpoint`` (default ``best``) picks a run's checkpoint; an export holds
     one, so asking it for another is an error. 2D images given to a 3D model are refused.
     """
-    from semiseg.engine.predict import check_input_dims
-
     runs = [] if not run_dir else [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
-    for model, dim in _model_dims(runs, model_dir, checkpoint):
-        check_input_dims(input_path, dim, model)
-    return Run.predict(runs, input_path, output_dir, model_dir=model_dir, checkpoint=checkpoint or "best",
-                       device=device, tta=tta, save_probabilities=save_probabilities, overwrite=overwrite,
-                       threads=threads)
-
-
-def _model_dims(runs: list[str | Path], model_dir: str | Path | None, checkpoint: str | None) -> list[tuple[str, int]]:
-    """(name, model.dim) of every model ``predict`` would load, read from config.yaml / export.json only."""
-    from semiseg.config import read_yaml, validate_config
-    from semiseg.engine.export import read_sidecar
-    from semiseg.engine.predict import check_export_checkpoint
-
-    if model_dir is not None and not runs:
-        sidecar = read_sidecar(Path(model_dir))
-        check_export_checkpoint(sidecar, model_dir, checkpoint)
-        return [(f"the export {model_dir}", sidecar["dim"])]
-    configs = [(run, Path(run) / "config.yaml") for run in runs]
-    return [(f"run {run}", validate_config(read_yaml(file)).model.dim) for run, file in configs if file.is_file()]
+    return Run.predict(runs, input_path, output_dir, model_dir=model_dir, checkpoint=checkpoint, device=device,
+                       tta=tta, save_probabilities=save_probabilities, overwrite=overwrite, threads=threads)
 
 
 def export(run_dir: str | Path, fmt: str = "torchscript", *, checkpoint: str = "best",
@@ -139,26 +120,7 @@ def export_demo(output_dir: str | Path, *, overwrite: bool = False) -> list[Path
     Images to try ``predict`` on: a model trained with ``semiseg train`` never saw them. Files already in
     ``output_dir`` under those names are refused unless ``overwrite``.
     """
-    from semiseg.config import Config
-    from semiseg.data.splits import make_split, refs_by_id
-    from semiseg.engine.run import open_configured_dataset
-    from semiseg.errors import SemisegError
-    from semiseg.eval.io import write_image
-    from semiseg.paths import check_writable_dir
-
-    out = Path(output_dir)
-    check_writable_dir(out, "data export-demo")
-    cfg = Config()
-    spec = open_configured_dataset(cfg)
-    split = make_split(spec, labelled=cfg.split.labelled, val=cfg.split.val, test=cfg.split.test,
-                       unlabelled=cfg.split.unlabelled, seed=cfg.split.seed if cfg.split.seed is not None else cfg.seed)
-    targets = {case_id: out / f"{case_id}.nii.gz" for case_id in split["test"]}
-    clashes = [str(path) for path in targets.values() if path.exists()]
-    if clashes and not overwrite:
-        raise SemisegError(f"{clashes[0]} already exists ({len(clashes)} of the demo's {len(targets)} test images "
-                           "are there); pass --overwrite or choose another folder")
-    refs = refs_by_id(spec)
-    return [write_image(refs[case_id].load(), path) for case_id, path in targets.items()]
+    return Run.export_demo(output_dir, overwrite=overwrite)
 
 
 def plan(config_file: str | Path | None, overrides: list[str] | None = None) -> str:

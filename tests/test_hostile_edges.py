@@ -160,7 +160,7 @@ def small_demo(monkeypatch):
     """``data export-demo`` on a phantom of 20 3D cases: the demo's default split, without building the demo."""
     from semiseg.data.sources import open_dataset
 
-    monkeypatch.setattr("semiseg.engine.run.open_configured_dataset",
+    monkeypatch.setattr("semiseg.engine.demo._demo_dataset",
                         lambda cfg: open_dataset("phantom", None, n_cases=20, dim=3, seed=0))
 
 

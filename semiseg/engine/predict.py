@@ -120,6 +120,26 @@ def check_export_checkpoint(sidecar: dict[str, Any], model_dir: str | Path, chec
                            f"{checkpoint}'")
 
 
+def check_models_and_inputs(runs: Sequence[str | Path], model_dir: str | Path | None, checkpoint: str | None,
+                            input_path: str | Path) -> None:
+    """What ``predict`` can refuse before loading a model: an export asked for another checkpoint than the one it
+    holds, 2D images for a 3D model (read from ``config.yaml`` / ``export.json`` and the images' headers)."""
+    for model, dim in _model_dims(runs, model_dir, checkpoint):
+        check_input_dims(input_path, dim, model)
+
+
+def _model_dims(runs: Sequence[str | Path], model_dir: str | Path | None,
+                checkpoint: str | None) -> list[tuple[str, int]]:
+    from semiseg.config import read_yaml, validate_config
+    from semiseg.engine.export import read_sidecar
+
+    if model_dir is not None:
+        sidecar = read_sidecar(Path(model_dir))
+        check_export_checkpoint(sidecar, model_dir, checkpoint)
+        return [(f"the export {model_dir}", sidecar["dim"])]
+    return [(f"run {run}", validate_config(read_yaml(Path(run) / "config.yaml")).model.dim) for run in runs]
+
+
 def predict_files(model: CasePredictor, input_path: str | Path, output: Path, *, save_probabilities: bool = False,
                   overwrite: bool = False) -> list[Path]:
     """Predict every image in ``input_path`` into ``output`` with the input's geometry.
