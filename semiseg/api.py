@@ -20,9 +20,8 @@ from semiseg.losses import supervised_loss
 if TYPE_CHECKING:
     from semiseg.engine.run import LoadedModel
 
-__all__ = ["RunResult", "evaluate_folders", "evaluate_run", "export", "load_model", "plan", "predict", "resume",
-           "suggest",
-           "supervised_loss", "train"]
+__all__ = ["RunResult", "evaluate_folders", "evaluate_run", "export", "export_demo", "load_model", "plan", "predict",
+           "resume", "suggest", "supervised_loss", "train"]
 
 
 @dataclass
@@ -72,8 +71,13 @@ def load_model(run_dir: str | Path, checkpoint: str = "best", device: str = "aut
 def evaluate_run(run_dir: str | Path, *, checkpoints: tuple[str, ...] = ("best", "last"), progress: bool = True,
                  robustness: bool = False, uncertainty: bool = False,
                  gammas: tuple[float, ...] = DEFAULT_GAMMAS, epsilons: tuple[float, ...] = DEFAULT_EPSILONS,
-                 samples: int = 5, threads: int | None = None, tta: bool = False) -> dict[str, Any]:
+                 samples: int = 5, threads: int | None = None, tta: bool = False,
+                 overwrite: bool = False) -> dict[str, Any]:
     """Evaluate the run's checkpoints on its test split; write metrics, summary, predictions and report.
+
+    They go beside the training-time evaluation, into ``<run>/evaluations/<name>/`` (``evaluation_folder``;
+    the name spells the settings, e.g. ``tta``, ``best-tta``, ``robust``); the same settings twice need
+    ``overwrite``.
 
     ``robustness`` adds Dice against the OOD mix-up strength γ and the FGSM step ε; ``uncertainty`` adds
     Brier/ECE of the (Monte-Carlo mean, ``samples`` draws where the method samples) prediction and writes
@@ -82,19 +86,22 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: tuple[str, ...] = ("best",
     ``tta`` predicts every case as the mean over flips of the spatial axes.
     """
     options = EvaluationOptions(checkpoints=checkpoints, robustness=robustness, uncertainty=uncertainty,
-                                gammas=gammas, epsilons=epsilons, samples=samples, tta=tta)
+                                gammas=gammas, epsilons=epsilons, samples=samples, tta=tta, beside=True,
+                                overwrite=overwrite)
     return Run.open(run_dir, progress=progress, threads=threads).evaluate(options)
 
 
 def predict(run_dir: str | Path | Sequence[str | Path] | None, input_path: str | Path, output_dir: str | Path, *,
-            checkpoint: str = "best", save_probabilities: bool = False, device: str = "auto", overwrite: bool = False,
-            threads: int | None = None, tta: bool = False, model_dir: str | Path | None = None) -> list[Path]:
+            checkpoint: str | None = None, save_probabilities: bool = False, device: str = "auto",
+            overwrite: bool = False, threads: int | None = None, tta: bool = False,
+            model_dir: str | Path | None = None) -> list[Path]:
     """Segment every image in ``input_path``; outputs keep the input's geometry (NIfTI affine / PNG size).
 
     Several runs form an ensemble: their probabilities are averaged and the members' disagreement is written
     next to each prediction. ``model_dir`` predicts from an export (``semiseg export``) instead of a run;
     ``tta`` averages over flips of the spatial axes. The output folder is checked before any model or image is
-    loaded, so a clash fails at once.
+    loaded, so a clash fails at once. ``checkpoint`` (default ``best``) picks a run's checkpoint; an export holds
+    one, so asking it for another is an error. 2D images given to a 3D model are refused.
     """
     runs = [] if not run_dir else [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
     return Run.predict(runs, input_path, output_dir, model_dir=model_dir, checkpoint=checkpoint, device=device,
@@ -105,6 +112,15 @@ def export(run_dir: str | Path, fmt: str = "torchscript", *, checkpoint: str = "
            output_dir: str | Path | None = None, overwrite: bool = False) -> Path:
     """Write the run's predicting network as TorchScript or ONNX plus ``export.json``; returns the folder."""
     return Run.export(run_dir, fmt, checkpoint=checkpoint, output_dir=output_dir, overwrite=overwrite)
+
+
+def export_demo(output_dir: str | Path, *, overwrite: bool = False) -> list[Path]:
+    """The built-in demo's test subjects (the default config's split), images only, as ``<case>.nii.gz``.
+
+    Images to try ``predict`` on: a model trained with ``semiseg train`` never saw them. Files already in
+    ``output_dir`` under those names are refused unless ``overwrite``.
+    """
+    return Run.export_demo(output_dir, overwrite=overwrite)
 
 
 def plan(config_file: str | Path | None, overrides: list[str] | None = None) -> str:
@@ -124,15 +140,17 @@ def suggest(run_dir: str | Path, *, score: str = "entropy", top: int = 5, region
 
 
 def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, *, class_names: list[str] | None = None,
-                     label_mode: str = "multiclass", ignore_geometry: bool = False,
+                     label_mode: str = "multiclass", ignore_geometry: bool = False, ignore: int | None = None,
                      on_warning: Callable[[str], None] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Metrics of label files in ``pred_dir`` against same-named files in ``gt_dir`` (spacing from the GT).
 
     Float/NaN labels, values outside ``class_names`` and predictions on another grid than their ground
     truth are errors naming the file (``ignore_geometry`` skips the grid check); predictions without
-    ground truth go to ``on_warning`` (default: a ``UserWarning``).
+    ground truth go to ``on_warning`` (default: a ``UserWarning``). Without ``class_names`` the classes come
+    from the ground truth, and values that are not plausible class indices (a gap up to 255) are refused;
+    ``ignore`` (e.g. 255) leaves the ground truth's voxels of that value out of every metric.
     """
     from semiseg.eval.folders import evaluate_folders as evaluate
 
     return evaluate(pred_dir, gt_dir, class_names=class_names, label_mode=label_mode,
-                    ignore_geometry=ignore_geometry, on_warning=on_warning)
+                    ignore_geometry=ignore_geometry, ignore=ignore, on_warning=on_warning)

@@ -27,6 +27,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semiseg", description="Semi-supervised medical image segmentation.")
     parser.add_argument("--version", action="version", version=f"semiseg {__version__}")
@@ -57,8 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     pred.add_argument("--tta", action="store_true", help="average over flips of the spatial axes")
     pred.add_argument("--input", required=True, help="NIfTI/PNG file or folder")
     pred.add_argument("--output", required=True, help="folder for the predictions")
-    pred.add_argument("--checkpoint", default="best", choices=["best", "last"],
-                      help="best on validation (default; last when the run has no best.pt yet) or the last one")
+    pred.add_argument("--checkpoint", choices=["best", "last"],
+                      help="with --run: best on validation (default; last when the run has no best.pt yet) or the "
+                           "last one; an export (--model) holds one checkpoint, so --checkpoint must name it")
     pred.add_argument("--probabilities", action="store_true", help="also save class probabilities")
     pred.add_argument("--overwrite", action="store_true",
                       help="replace predictions already in --output for the same cases (other files stay)")
@@ -82,14 +90,18 @@ def _parser() -> argparse.ArgumentParser:
     sug.add_argument("--quiet", action="store_true", help="no progress bars")
 
     ev = sub.add_parser("evaluate", help="metrics of a run on its test split, or of a prediction folder")
-    ev.add_argument("--run", help="run folder: evaluates its checkpoints on the test split")
+    ev.add_argument("--run", help="run folder: evaluates its checkpoints on the test split, into "
+                                  "<run>/evaluations/<settings>/ (the training-time evaluation stays)")
     ev.add_argument("--checkpoint", default="both", choices=["best", "last", "both"],
                     help="with --run: which checkpoints (default both; best falls back to last without best.pt)")
     ev.add_argument("--threads", type=_positive_int,
                     help="with --run: torch CPU threads (default: the run's train.threads)")
     ev.add_argument("--pred", help="folder of predicted label files")
     ev.add_argument("--gt", help="folder of ground-truth label files (same names as --pred)")
-    ev.add_argument("--classes", help="comma-separated class names, background first (with --pred/--gt)")
+    ev.add_argument("--classes", help="comma-separated class names, background first (with --pred/--gt; default: "
+                                      "one per ground-truth value)")
+    ev.add_argument("--ignore", type=_non_negative_int, metavar="VALUE",
+                    help="with --pred/--gt: a ground-truth value (e.g. 255) whose voxels no metric counts")
     ev.add_argument("--label-mode", default="multiclass", choices=["multiclass", "multilabel"],
                     help="with --pred/--gt: one label per voxel (default) or one binary channel per class")
     ev.add_argument("--csv", help="write the per-case rows here (with --pred/--gt)")
@@ -103,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--epsilons", help="comma-separated FGSM ε >= 0 (default 0,0.01,0.02,0.05,0.1,0.2)")
     ev.add_argument("--samples", type=int, default=5, help="Monte-Carlo samples for --uncertainty (default 5)")
     ev.add_argument("--tta", action="store_true", help="with --run: average predictions over flips of the axes")
+    ev.add_argument("--overwrite", action="store_true",
+                    help="with --run: replace an earlier evaluation with the same settings (in <run>/evaluations/); "
+                         "with --csv: replace that file")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
 
     cmp_ = sub.add_parser("compare", help="train several methods × seeds on one protocol and tabulate them")
@@ -133,10 +148,14 @@ def _parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="dataset tools")
     data.set_defaults(print_data_help=data.print_help)
-    data_sub = data.add_subparsers(dest="data_command", metavar="{check}")
+    data_sub = data.add_subparsers(dest="data_command", metavar="{check,export-demo}")
     check = data_sub.add_parser("check", help="validate a dataset and print a summary")
     check.add_argument("path", help="dataset folder ('demo' for the built-in brain demo)")
     check.add_argument("--source", default="auto", help="auto, nnunet, folder2d, acdc, la, demo_brain, phantom")
+    demo = data_sub.add_parser("export-demo", help="write the built-in demo's test images (no labels) as NIfTI, "
+                                                   "to try 'semiseg predict' on")
+    demo.add_argument("path", metavar="DIR", help="folder for the images (<subject>.nii.gz)")
+    demo.add_argument("--overwrite", action="store_true", help="replace demo images already in DIR")
 
     exp = sub.add_parser("export", help="write a run's network as TorchScript or ONNX with its preprocessing")
     exp.add_argument("--run", required=True, help="run folder")
@@ -244,9 +263,12 @@ def _evaluate(args: argparse.Namespace) -> None:
     if not (args.pred and args.gt):
         raise SemisegError("give --run RUN, or both --pred FOLDER and --gt FOLDER")
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    if args.csv and Path(args.csv).exists() and not args.overwrite:
+        raise SemisegError(f"--csv {args.csv} already exists; pass --overwrite to replace it, or another path")
     notes: list[str] = []
     rows, summary = api.evaluate_folders(args.pred, args.gt, class_names=classes, label_mode=args.label_mode,
-                                         ignore_geometry=args.ignore_geometry, on_warning=_noted(notes))
+                                         ignore_geometry=args.ignore_geometry, ignore=args.ignore,
+                                         on_warning=_noted(notes))
     if args.csv:
         from semiseg.eval.evaluate import write_rows
 
@@ -280,20 +302,26 @@ def _evaluate_run(args: argparse.Namespace) -> None:
 
     from semiseg import api
     from semiseg.eval.robustness import format_robustness_table
+    from semiseg.eval.run_evaluation import EvaluationOptions, evaluation_folder
     from semiseg.eval.uncertainty import format_uncertainty_table
 
     checkpoints = ("best", "last") if args.checkpoint == "both" else (args.checkpoint,)
     summary = api.evaluate_run(args.run, checkpoints=checkpoints, progress=not args.quiet, robustness=args.robustness,
                                uncertainty=args.uncertainty, samples=args.samples, threads=args.threads, tta=args.tta,
-                               **_levels(args.gammas, "gammas"), **_levels(args.epsilons, "epsilons"))
+                               overwrite=args.overwrite, **_levels(args.gammas, "gammas"),
+                               **_levels(args.epsilons, "epsilons"))
     print(_short_table(summary))
-    saved = json.loads((Path(args.run) / "summary.json").read_text())
+    used = EvaluationOptions(checkpoints=tuple(summary), robustness=args.robustness, uncertainty=args.uncertainty,
+                             tta=args.tta, beside=True)  # the checkpoints scored: best falls back to last
+    folder = evaluation_folder(Path(args.run), used)
+    saved = json.loads((folder / "summary.json").read_text())
     if "robustness" in saved:
         print("\n" + format_robustness_table(saved["robustness"]))
     if "uncertainty" in saved:
         block = saved["uncertainty"]
         print("\n" + format_uncertainty_table(block["scores"], block["source"], block["samples"]))
-    print(f"report: {Path(args.run) / 'report.md'}")
+    print(f"evaluation: {folder} (the training-time one in {args.run} is unchanged)")
+    print(f"report: {folder / 'report.md'}")
 
 
 def _seeds(text: str) -> list[int]:
@@ -377,8 +405,11 @@ def _suggest(args: argparse.Namespace) -> None:
     ranked = api.suggest(args.run, score=args.score, top=args.top, region=args.region, diversity=args.diversity,
                          samples=args.samples, input_path=args.input, output=args.output, checkpoint=args.checkpoint,
                          device=args.device, overwrite=args.overwrite, progress=not args.quiet)
+    from semiseg.eval.suggest import score_digits
+
+    digits = score_digits([case.score for case in ranked[: args.top]])
     for rank, case in enumerate(ranked[: args.top], start=1):
-        print(f"{rank:>3}  {case.case_id}  {args.score} {case.score:.4g}")
+        print(f"{rank:>3}  {case.case_id}  {args.score} {case.score:.{digits}g}")
     print(f"report: {Path(args.output or Path(args.run) / 'suggest') / 'suggest.md'}")
 
 
@@ -390,6 +421,15 @@ def _data_check(args: argparse.Namespace) -> int:
     report = check_dataset(spec)
     print(format_report(report))
     return 0 if report.ok else 1
+
+
+def _export_demo(args: argparse.Namespace) -> None:
+    from semiseg import api
+
+    files = api.export_demo(args.path, overwrite=args.overwrite)
+    print(f"wrote {len(files)} test image(s) of the demo to {args.path}: images only, the test subjects of the "
+          "default split, which 'semiseg train' on the demo never trains on (at the default seed)")
+    print(f"try: semiseg predict --run runs/<id> --input {args.path} --output preds/")
 
 
 def _methods() -> None:
@@ -454,6 +494,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "data":
             if args.data_command is None:
                 args.print_data_help()
+                return 0
+            if args.data_command == "export-demo":
+                _export_demo(args)
                 return 0
             return _data_check(args)
         elif args.command == "methods":

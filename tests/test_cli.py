@@ -101,11 +101,12 @@ def test_evaluate_with_robustness_and_uncertainty(tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "| OOD mix-up γ | 1 |" in out and "| FGSM ε | 0.1 |" in out and "monte_carlo, S = 3" in out
+    folder = run / "evaluations" / "robust-uncertainty"
     for name in ("metrics/robustness.csv", "metrics/uncertainty.csv", "figures/robustness.png",
                  "figures/uncertainty.png", "figures/threshold.png"):
-        assert (run / name).exists(), name
-    assert len(list((run / "uncertainty").glob("*_variance.png"))) == 2  # 2D test images: PNG maps
-    report = (run / "report.md").read_text()
+        assert (folder / name).exists(), name
+    assert len(list((folder / "uncertainty").glob("*_variance.png"))) == 2  # 2D test images: PNG maps
+    report = (folder / "report.md").read_text()
     assert "## Robustness" in report and "## Uncertainty" in report and "## Learnt threshold" in report
 
 

@@ -190,7 +190,7 @@ def test_predict_falls_back_to_last_without_best(without_best, world, capsys):
 def test_evaluate_run_falls_back_to_last_without_best(without_best, capsys):
     assert main(["evaluate", "--run", str(without_best), "--checkpoint", "best", "--quiet"]) == 0
     assert "using last.pt" in capsys.readouterr().err
-    assert _checkpoints_scored(without_best) == {"last"}
+    assert _checkpoints_scored(without_best / "evaluations" / "last") == {"last"}
 
 
 def test_evaluate_run_checkpoint_and_threads(trained, tmp_path, monkeypatch):
@@ -200,7 +200,7 @@ def test_evaluate_run_checkpoint_and_threads(trained, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "set_num_threads", chosen.append)
     assert main(["evaluate", "--run", str(run), "--checkpoint", "last", "--threads", "1", "--quiet"]) == 0
     assert chosen == [1]
-    assert _checkpoints_scored(run) == {"last"}
+    assert _checkpoints_scored(run / "evaluations" / "last") == {"last"}
 
 
 def test_predict_checks_the_output_before_loading_the_model(trained, world, monkeypatch, capsys):

@@ -16,10 +16,11 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 from torch import Tensor, nn
 
 from semiseg import __version__
@@ -101,20 +102,64 @@ def _export_onnx(module: nn.Module, example: Tensor, path: Path) -> None:
                           dynamic_axes={"image": axes, "logits": axes}, dynamo=False)
 
 
+class Sidecar(BaseModel):
+    """What ``export.json`` must hold for prediction to reproduce the run (later versions may add keys)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: Literal["torchscript", "onnx"]
+    file: str = Field(min_length=1)
+    checkpoint: str
+    channels: PositiveInt
+    class_names: list[str] = Field(min_length=1)
+    label_mode: Literal["multiclass", "multilabel"]
+    normalize: Literal["zscore", "minmax", "none"]
+    spacing: list[float] | None = None
+    dim: Literal[2, 3]
+    divisor: PositiveInt
+    roi_size: list[PositiveInt]
+    sw_batch_size: PositiveInt
+    overlap: float = Field(ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _roi_fits_dim(self) -> Sidecar:
+        if len(self.roi_size) != self.dim:
+            raise ValueError(f"roi_size {self.roi_size} has {len(self.roi_size)} entries but dim is {self.dim}")
+        return self
+
+
+def _sidecar_problem(exc: ValidationError) -> str:
+    """The first schema error as ``key: message (got value)``."""
+    error = exc.errors()[0]
+    message = error["msg"].removeprefix("Value error, ")
+    if not error["loc"]:  # a check across keys: its message names them
+        return message
+    return f"{'.'.join(str(part) for part in error['loc'])}: {message} (got {error['input']!r})"
+
+
 def read_sidecar(export_dir: Path) -> dict[str, Any]:
+    """The export's ``export.json``, checked against ``Sidecar``: a damaged one is an error naming the file."""
     file = export_dir / SIDECAR
     if not file.is_file():
         raise SemisegError(f"{export_dir} is not a semiseg export (no {SIDECAR}); make one with 'semiseg export'")
-    sidecar = json.loads(file.read_text())
-    if sidecar.get("format") not in FORMATS or not (export_dir / sidecar.get("file", "")).is_file():
-        raise SemisegError(f"{file}: format {sidecar.get('format')!r} or model file {sidecar.get('file')!r} "
-                           "is missing; export the run again")
-    return sidecar
+    again = "export the run again with 'semiseg export'"
+    try:
+        raw = json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SemisegError(f"{file} is not valid JSON ({exc}); {again}") from None
+    if not isinstance(raw, dict):
+        raise SemisegError(f"{file} holds a {type(raw).__name__}, not the export's description (an object); {again}")
+    try:
+        Sidecar.model_validate(raw)
+    except ValidationError as exc:
+        raise SemisegError(f"{file}: {_sidecar_problem(exc)}; {again}") from None
+    if not (export_dir / raw["file"]).is_file():
+        raise SemisegError(f"{file}: model file {raw['file']!r} is missing from {export_dir}; {again}")
+    return raw
 
 
 def _torchscript_predictor(path: Path, device: torch.device) -> Callable[[Tensor], Tensor]:
-    module = torch.jit.load(str(path), map_location=device).eval()
-    return module
+    return torch.jit.load(str(path), map_location=device).eval()
 
 
 def _onnx_predictor(path: Path) -> Callable[[Tensor], Tensor]:
@@ -142,7 +187,14 @@ class ExportedModel:
         info = read_sidecar(export_dir)
         dev = resolve_device(device) if info["format"] == "torchscript" else torch.device("cpu")
         path = export_dir / info["file"]
-        predictor = _torchscript_predictor(path, dev) if info["format"] == "torchscript" else _onnx_predictor(path)
+        try:
+            predictor = _torchscript_predictor(path, dev) if info["format"] == "torchscript" else _onnx_predictor(path)
+        except SemisegError:
+            raise
+        except Exception as exc:  # torch and onnxruntime raise their own types for a damaged file
+            reason = str(exc).strip().split(". ")[0].splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SemisegError(f"{path} cannot be loaded as {info['format']} ({reason}); the file is damaged or "
+                               "truncated: export the run again with 'semiseg export'") from None
         inferer = Inferer(dim=info["dim"], label_mode=info["label_mode"], device=dev, divisor=info["divisor"],
                           roi_size=tuple(info["roi_size"]), batch_size=info["sw_batch_size"],
                           overlap=info["overlap"], tta=tta)

@@ -10,6 +10,8 @@ members contradict each other (the entropy of the mean alone would also be large
 
 from __future__ import annotations
 
+import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +22,13 @@ import torch
 
 from semiseg.data.case import Case
 from semiseg.errors import SemisegError
-from semiseg.eval.io import read_inputs, write_label, write_probabilities, write_uncertainty_map
+from semiseg.eval.io import input_slices, read_inputs, write_label, write_probabilities, write_uncertainty_map
 from semiseg.eval.labels import probs_to_label
 from semiseg.ssl.uncertainty import mutual_information as ssl_mutual_information
 
 _MUST_AGREE = ("class_names", "label_mode", "channels")
+_LABEL_NAME = re.compile(r"[_-](label|labels|seg|segmentation|mask|gt)$", re.IGNORECASE)
+_FEW_VALUES = 8  # an image has hundreds of intensities; a label map a handful of classes
 
 
 class CasePredictor(Protocol):
@@ -71,6 +75,71 @@ def mutual_information(member_probs: np.ndarray, label_mode: str) -> np.ndarray:
     return ssl_mutual_information(torch.from_numpy(np.ascontiguousarray(member_probs))[:, None], label_mode)[0].numpy()
 
 
+def label_map_hint(case: Case) -> str | None:
+    """Why ``case`` looks like a label map rather than an image (its name, or few integer values); else None."""
+    if _LABEL_NAME.search(case.case_id):
+        return f"its name ends in {_LABEL_NAME.search(case.case_id)[0]!r}"
+    image = case.image
+    sample = image.ravel()[:: max(1, image.size // 100_000)]  # an image shows many values in any sample
+    if image.size and np.unique(sample).size <= _FEW_VALUES and np.array_equal(image, np.round(image)):
+        values = np.unique(image)
+        if values.size <= _FEW_VALUES:
+            return f"it holds only the {values.size} integer value(s) {values.astype(np.int64).tolist()}"
+    return None
+
+
+def _warn_label_maps(cases: Sequence[Case]) -> None:
+    for case in cases:
+        hint = label_map_hint(case)
+        if hint is not None:
+            source = case.meta.get("files", [case.case_id])[0]
+            print(f"warning: {source} looks like a label map, not an image ({hint}); predicting it anyway, but "
+                  "give predict images only (e.g. 'semiseg data export-demo DIR' for the demo's)", file=sys.stderr)
+
+
+def check_input_dims(input_path: str | Path, model_dim: int, model: str) -> None:
+    """Refuse 2D images (a PNG, a 2D or one-slice volume) for a 3D network, which would see a window of one slice.
+
+    A 2D network predicts a volume slice by slice, so it takes both; checked from the file headers only.
+    """
+    if model_dim != 3:
+        return
+    flat = [file for file, slices in input_slices(input_path) if slices < 2]
+    if flat:
+        raise SemisegError(f"{flat[0]} is a 2D image but {model} is a 3D model (model.dim 3), which predicts "
+                           f"volumes of several slices{f' ({len(flat)} such files)' if len(flat) > 1 else ''}; "
+                           "predict 2D images with a 2D model (model.dim=2)")
+
+
+def check_export_checkpoint(sidecar: dict[str, Any], model_dir: str | Path, checkpoint: str | None) -> None:
+    """An export holds the one checkpoint it was made from: refuse ``--checkpoint`` asking for another one."""
+    held = sidecar.get("checkpoint")
+    if checkpoint is not None and checkpoint != held:
+        raise SemisegError(f"--checkpoint {checkpoint}: the export {model_dir} holds the {held} checkpoint only "
+                           f"(export.json); drop --checkpoint, or export that one with 'semiseg export --checkpoint "
+                           f"{checkpoint}'")
+
+
+def check_models_and_inputs(runs: Sequence[str | Path], model_dir: str | Path | None, checkpoint: str | None,
+                            input_path: str | Path) -> None:
+    """What ``predict`` can refuse before loading a model: an export asked for another checkpoint than the one it
+    holds, 2D images for a 3D model (read from ``config.yaml`` / ``export.json`` and the images' headers)."""
+    for model, dim in _model_dims(runs, model_dir, checkpoint):
+        check_input_dims(input_path, dim, model)
+
+
+def _model_dims(runs: Sequence[str | Path], model_dir: str | Path | None,
+                checkpoint: str | None) -> list[tuple[str, int]]:
+    from semiseg.config import read_yaml, validate_config
+    from semiseg.engine.export import read_sidecar
+
+    if model_dir is not None:
+        sidecar = read_sidecar(Path(model_dir))
+        check_export_checkpoint(sidecar, model_dir, checkpoint)
+        return [(f"the export {model_dir}", sidecar["dim"])]
+    return [(f"run {run}", validate_config(read_yaml(Path(run) / "config.yaml")).model.dim) for run in runs]
+
+
 def predict_files(model: CasePredictor, input_path: str | Path, output: Path, *, save_probabilities: bool = False,
                   overwrite: bool = False) -> list[Path]:
     """Predict every image in ``input_path`` into ``output`` with the input's geometry.
@@ -78,6 +147,7 @@ def predict_files(model: CasePredictor, input_path: str | Path, output: Path, *,
     An ``Ensemble`` of more than one member also writes ``<case>_uncertainty`` (mutual information).
     """
     cases = read_inputs(input_path, model.info["channels"])
+    _warn_label_maps(cases)
     clashes = [c.case_id for c in cases if any(output.glob(f"{c.case_id}.*"))]
     if clashes and not overwrite:
         raise SemisegError(

@@ -55,7 +55,7 @@ from semiseg.engine.inferer import Inferer, network_divisor
 from semiseg.engine.loop import Trainer, TrainingData, build_nets, check_unlabelled_batch
 from semiseg.engine.manifest import MANIFEST, recorded, remove_run_files
 from semiseg.engine.performance import pin_legacy_speed_settings
-from semiseg.engine.predict import CasePredictor, Ensemble, predict_files
+from semiseg.engine.predict import CasePredictor, Ensemble, check_models_and_inputs, predict_files
 from semiseg.engine.reliability import pin_legacy_unlabelled_settings
 from semiseg.engine.tensorboard import check_tensorboard
 from semiseg.errors import ConfigError, DataError, SemisegError
@@ -483,11 +483,13 @@ class Run:
 
     @staticmethod
     def predict(runs: Sequence[str | Path], input_path: str | Path, output_dir: str | Path, *,
-                model_dir: str | Path | None = None, checkpoint: str = "best", device: str = "auto", tta: bool = False,
-                save_probabilities: bool = False, overwrite: bool = False, threads: int | None = None) -> list[Path]:
+                model_dir: str | Path | None = None, checkpoint: str | None = None, device: str = "auto",
+                tta: bool = False, save_probabilities: bool = False, overwrite: bool = False,
+                threads: int | None = None) -> list[Path]:
         """Predict with one run, an ensemble of runs (mean + disagreement map) or an export.
 
-        Runs, output folder and name clashes are checked before any model or image is loaded.
+        Runs, output folder, name clashes, ``checkpoint`` (default best; an export's own) and the inputs'
+        dimension are checked before any model or image is loaded.
         """
         if (model_dir is None) == (not runs):
             raise SemisegError("predict needs --run RUN (repeatable: an ensemble) or --model EXPORT_DIR, not both")
@@ -500,10 +502,11 @@ class Run:
             raise SemisegError(
                 f"{output} already holds predictions for {clashes[:3]}; pass --overwrite or another --output"
             )
+        check_models_and_inputs(runs, model_dir, checkpoint, input_path)
         if model_dir is not None:
             model: CasePredictor = ExportedModel.load(model_dir, device, tta=tta)
         else:
-            members = [Run.load_model(r, checkpoint, device, threads).with_tta(tta) for r in runs]
+            members = [Run.load_model(r, checkpoint or "best", device, threads).with_tta(tta) for r in runs]
             model = members[0] if len(members) == 1 else Ensemble(members, [str(r) for r in runs])
         return predict_files(model, input_path, output, save_probabilities=save_probabilities, overwrite=True)
 
@@ -521,6 +524,13 @@ class Run:
         spacing = training_spacing(Run.open(run_dir, progress=False))
         export_model(model, describe_export(model, fmt, checkpoint, run_dir, spacing), out)
         return out
+
+    @staticmethod
+    def export_demo(output_dir: str | Path, *, overwrite: bool = False) -> list[Path]:
+        """The built-in demo's test images, to try ``predict`` on (``semiseg.engine.demo``)."""
+        from semiseg.engine.demo import export_demo_images
+
+        return export_demo_images(Path(output_dir), overwrite=overwrite)
 
     @staticmethod
     def plan(config_file: str | Path | None, overrides: list[str]) -> str:

@@ -42,8 +42,10 @@ class SuggestOptions:
             raise ConfigError(f"--score {self.score!r} is not a score; choose one of {', '.join(scoring.SCORES)}")
         if self.region not in scoring.REGIONS:
             raise ConfigError(f"--region {self.region!r}: choose one of {', '.join(scoring.REGIONS)}")
-        if self.top < 1 or self.samples < 2 or self.diversity < 0:
-            raise ConfigError("--top must be >= 1, --samples >= 2 and --diversity >= 0")
+        for flag, value, smallest in (("--top", self.top, 1), ("--samples", self.samples, 2),
+                                      ("--diversity", self.diversity, 0)):
+            if value < smallest:
+                raise ConfigError(f"{flag} must be >= {smallest}, got {value:g}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from semiseg.data.io import (
     binary_mask_to_index,
     describe_suffixes,
     output_suffix,
+    probe_shape,
     read_image,
     read_mask,
     read_volume,
@@ -94,6 +95,17 @@ def input_case_ids(path: str | Path) -> list[str]:
     return sorted(groups) + [stem for _, stem in images_2d]
 
 
+def input_slices(path: str | Path) -> list[tuple[Path, int]]:
+    """Every input file with the number of slices along its third axis (1 for 2D images), from headers only."""
+    groups, images_2d = _group_inputs(Path(path))
+    found = [(file, 1) for file, _ in images_2d]
+    for files in groups.values():
+        for file in files:
+            shape, _ = probe_shape(file)
+            found.append((file, shape[2] if len(shape) > 2 else 1))
+    return found
+
+
 def _group_inputs(root: Path) -> tuple[dict[str, list[Path]], list[tuple[Path, str]]]:
     """Volume files grouped by case id (nnU-Net channel files share one) and the 2D image files."""
     if not root.exists():
@@ -135,6 +147,14 @@ def write_label(case: Case, label: np.ndarray, out_dir: Path, suffix: str = "") 
     multilabel = label.ndim != case.ndim
     data = np.moveaxis(label, 0, -1) if multilabel else label
     write_volume(path, data, nifti_affine(case), np.uint8, components=multilabel)
+    return path
+
+
+def write_image(case: Case, path: Path) -> Path:
+    """The case's image as a float32 volume with its geometry (channels on a 4th axis when there are several)."""
+    image = case.image[0] if case.image.shape[0] == 1 else np.moveaxis(case.image, 0, -1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_volume(path, image, nifti_affine(case), np.float32)
     return path
 
 

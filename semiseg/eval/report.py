@@ -240,17 +240,20 @@ def _extra_sections(figures: Path, label_mode: str, robustness: dict[str, Any] |
 def write_report(
     run_dir: Path, *, summary: dict[str, Any], info: dict[str, Any], examples: list[dict[str, Any]], label_mode: str,
     robustness: dict[str, Any] | None = None, uncertainty: dict[str, Any] | None = None,
-    class_names: list[str] | None = None,
+    class_names: list[str] | None = None, log: Path | None = None,
 ) -> Path:
     """Write ``report.md`` and its figures into ``run_dir``; returns the report path.
+
+    The training curves come from ``log`` (default ``run_dir/log.csv``; a re-evaluation folder names its run's).
 
     ``robustness`` (``summarize_robustness``) and ``uncertainty`` (scores, source, samples, examples) add
     their sections; a learnt-threshold plot appears whenever ``log.csv`` holds ``threshold_mu``.
     """
     figures = run_dir / "figures"
-    figures.mkdir(exist_ok=True)
+    figures.mkdir(parents=True, exist_ok=True)
+    log = run_dir / "log.csv" if log is None else log
     overlay_figure(examples, label_mode, figures / "overlays.png", class_names)
-    has_curves = curves_figure(run_dir / "log.csv", figures / "training.png")
+    has_curves = curves_figure(log, figures / "training.png")
     lines = [f"# semiseg report: {info['method']} on {info['dataset']}", ""]
     lines += [f"- {key}: {value}" for key, value in info.items()]
     lines += ["", "## Test metrics (per volume, mean ± std over cases)", "", format_table(summary), ""]
@@ -263,9 +266,9 @@ def write_report(
         lines += ["## Predictions", "", "![overlays](figures/overlays.png)", ""]
     if has_curves:
         lines += ["## Training", "", "![training](figures/training.png)", ""]
-    if threshold_figure(run_dir / "log.csv", figures / "threshold.png"):
+    if threshold_figure(log, figures / "threshold.png"):
         lines += ["## Learnt threshold", "", "![threshold](figures/threshold.png)", ""]
-    if teaching_figure(run_dir / "log.csv", figures / "teaching.png"):
+    if teaching_figure(log, figures / "teaching.png"):
         lines += ["## What the method teaches", "",
                   "Measured against the labels of the unlabelled training cases, which the method never saw: "
                   "Dice of the targets (pseudo labels) it trained on next to the model's own prediction on the same "

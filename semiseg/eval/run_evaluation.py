@@ -3,6 +3,13 @@
 The engine hands over what it already holds (the models, the test cases, the facts the report states), so
 nothing here reads a config or opens a dataset: evaluating right after training and evaluating an old run
 folder are the same code. Robustness and uncertainty use the first checkpoint only (``best`` by default).
+
+The evaluation made right after training lives in the run folder itself (``summary.json``, ``report.md``,
+``metrics/per_case.csv``). A later one (``semiseg evaluate --run``: TTA, one checkpoint, robustness, ...) is
+written beside it, in ``<run>/evaluations/<name>/`` with the same file names, the name spelling its settings;
+both record those settings in ``summary.json`` (``"settings"``) so a comparison can pick evaluations made
+alike. Nothing replaces the training-time evaluation, and a second evaluation with the same settings needs
+``overwrite``.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from semiseg.data.case import Case, CaseRef, label_to_onehot
-from semiseg.errors import ConfigError
+from semiseg.errors import ConfigError, SemisegError
 from semiseg.eval.evaluate import score_case, summarize, write_rows
 from semiseg.eval.io import write_label, write_probabilities
 from semiseg.eval.labels import probs_to_label
@@ -58,12 +65,43 @@ class EvaluationOptions:
     epsilons: tuple[float, ...] = DEFAULT_EPSILONS
     samples: int = 5
     tta: bool = False  # flip test-time augmentation of every prediction
+    beside: bool = False  # a re-evaluation: write into <run>/evaluations/<name>/, never over the run's own files
+    overwrite: bool = False  # with beside: replace an earlier evaluation made with the same settings
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gammas", check_grid(self.gammas, "gammas", upper=1.0))
         object.__setattr__(self, "epsilons", check_grid(self.epsilons, "epsilons"))
         if self.samples < 1:
             raise ConfigError(f"samples: Monte-Carlo samples must be at least 1, got {self.samples}")
+
+    def settings(self) -> dict[str, Any]:
+        """What changes the numbers, as ``summary.json`` records it (grids and samples only where used)."""
+        out: dict[str, Any] = {"name": self.name, "checkpoints": list(self.checkpoints), "tta": self.tta,
+                               "robustness": self.robustness, "uncertainty": self.uncertainty}
+        if self.robustness:
+            out |= {"gammas": list(self.gammas), "epsilons": list(self.epsilons)}
+        if self.uncertainty:
+            out["samples"] = self.samples
+        return out
+
+    @property
+    def name(self) -> str:
+        """The evaluation folder's name: one word per setting, e.g. ``tta``, ``best-tta``, ``robust``."""
+        words = [] if set(self.checkpoints) == {"best", "last"} else list(self.checkpoints)
+        words += [word for flag, word in ((self.tta, "tta"), (self.robustness, "robust"),
+                                          (self.uncertainty, "uncertainty")) if flag]
+        return "-".join(words) or "default"
+
+
+def evaluation_folder(run_dir: Path, options: EvaluationOptions) -> Path:
+    """Where an evaluation writes: the run folder after training, ``evaluations/<name>/`` for a re-evaluation."""
+    return run_dir / "evaluations" / options.name if options.beside else run_dir
+
+
+def _check_new_evaluation(folder: Path, options: EvaluationOptions) -> None:
+    if options.beside and (folder / "summary.json").exists() and not options.overwrite:
+        raise SemisegError(f"{folder} already holds an evaluation with these settings ({options.name}); "
+                           "pass --overwrite to replace it")
 
 
 @dataclass(frozen=True)
@@ -85,7 +123,7 @@ class _ExtraEvaluation:
 
     options: EvaluationOptions
     facts: RunFacts
-    run_dir: Path
+    out_dir: Path  # the evaluation's folder
     robustness_rows: list[dict[str, Any]] = field(default_factory=list)
     uncertainty_rows: list[dict[str, Any]] = field(default_factory=list)
     uncertainty_examples: list[dict[str, Any]] = field(default_factory=list)
@@ -102,7 +140,7 @@ class _ExtraEvaluation:
             row, maps = case_uncertainty(
                 case, probs, model.sample_probabilities(image, opts.samples),
                 label_to_onehot(case.label, label_mode, num_classes), label_mode=label_mode,
-                out_dir=self.run_dir / "uncertainty", checkpoint=checkpoint)
+                out_dir=self.out_dir / "uncertainty", checkpoint=checkpoint)
             self.uncertainty_rows.append(row)
             if len(self.uncertainty_examples) < self.facts.report_cases:
                 self.uncertainty_examples.append({"case_id": case.case_id, "image": case.image, "gt": case.label,
@@ -112,10 +150,10 @@ class _ExtraEvaluation:
         """Write the per-case CSVs; the summaries go into ``summary.json`` and the report."""
         out: dict[str, Any] = {}
         if self.robustness_rows:
-            write_robustness(self.robustness_rows, self.run_dir / "metrics" / "robustness.csv")
+            write_robustness(self.robustness_rows, self.out_dir / "metrics" / "robustness.csv")
             out["robustness"] = summarize_robustness(self.robustness_rows)
         if self.uncertainty_rows:
-            write_uncertainty(self.uncertainty_rows, self.run_dir / "metrics" / "uncertainty.csv")
+            write_uncertainty(self.uncertainty_rows, self.out_dir / "metrics" / "uncertainty.csv")
             first = self.uncertainty_rows[0]
             out["uncertainty"] = {"source": first["source"], "samples": first["samples"],
                                   "scores": summarize_uncertainty(self.uncertainty_rows)}
@@ -124,11 +162,16 @@ class _ExtraEvaluation:
 
 def evaluate_checkpoints(models: Mapping[str, CaseModel], test_cases: Sequence[CaseRef], facts: RunFacts,
                          run_dir: Path, options: EvaluationOptions, *, progress: bool = True) -> dict[str, Any]:
-    """Score every model on every test case; write metrics, ``summary.json``, predictions and the report."""
+    """Score every model on every test case; write metrics, ``summary.json``, predictions and the report.
+
+    They go into ``evaluation_folder(run_dir, options)``: the run folder, or beside it for a re-evaluation.
+    """
+    out_dir = evaluation_folder(run_dir, options)
+    _check_new_evaluation(out_dir, options)
     first = options.checkpoints[0]
     rows: list[dict[str, Any]] = []
     examples: list[dict[str, Any]] = []
-    extra = _ExtraEvaluation(options, facts, run_dir)
+    extra = _ExtraEvaluation(options, facts, out_dir)
     for ref in tqdm(test_cases, desc="evaluate", disable=not progress, leave=False):
         case = ref.load()
         for name, model in models.items():
@@ -138,26 +181,29 @@ def evaluate_checkpoints(models: Mapping[str, CaseModel], test_cases: Sequence[C
                                    spacing=case.spacing, class_names=facts.class_names, label_mode=facts.label_mode)
             rows += case_rows
             if name == first:
-                _save_prediction(facts, run_dir, case, pred, probs)
+                _save_prediction(facts, out_dir, case, pred, probs)
                 extra.add_case(model, case, probs, name)
                 if len(examples) < facts.report_cases:
                     dice = float(np.mean([r["dice"] for r in case_rows]))
                     examples.append({"case_id": case.case_id, "image": case.image, "gt": case.label, "pred": pred,
                                      "dice": dice, "checkpoint": name})
-    write_rows(rows, run_dir / "metrics" / "per_case.csv")
+    write_rows(rows, out_dir / "metrics" / "per_case.csv")
     summary = summarize(rows)
     extras = extra.finish()
-    (run_dir / "summary.json").write_text(json.dumps({**facts.summary_header, "metrics": summary, **extras},
-                                                     indent=2))
+    header = {**facts.summary_header, "settings": options.settings()}
+    (out_dir / "summary.json").write_text(json.dumps({**header, "metrics": summary, **extras}, indent=2))
     uncertainty_block = ({**extras["uncertainty"], "examples": extra.uncertainty_examples}
                          if "uncertainty" in extras else None)
-    write_report(run_dir, summary=summary, info=facts.report_info, examples=examples, label_mode=facts.label_mode,
-                 robustness=extras.get("robustness"), uncertainty=uncertainty_block, class_names=facts.class_names)
+    info = facts.report_info | ({"evaluation": f"{options.name} (beside the training-time evaluation in {run_dir})"}
+                                if options.beside else {})
+    write_report(out_dir, summary=summary, info=info, examples=examples, label_mode=facts.label_mode,
+                 robustness=extras.get("robustness"), uncertainty=uncertainty_block, class_names=facts.class_names,
+                 log=run_dir / "log.csv")
     return summary
 
 
-def _save_prediction(facts: RunFacts, run_dir: Path, case: Case, pred: np.ndarray, probs: np.ndarray) -> None:
+def _save_prediction(facts: RunFacts, out_dir: Path, case: Case, pred: np.ndarray, probs: np.ndarray) -> None:
     if facts.save_predictions:
-        write_label(case, pred, run_dir / "predictions")
+        write_label(case, pred, out_dir / "predictions")
     if facts.save_probabilities:
-        write_probabilities(case, probs, run_dir / "predictions")
+        write_probabilities(case, probs, out_dir / "predictions")

@@ -152,6 +152,15 @@ def suggestion_columns(class_names: list[str], label_mode: str) -> list[str]:
     return ["rank", "case_id", "score", "slice", *[f"volume_mm3_{name}" for name in names]]
 
 
+def score_digits(scores: list[float], least: int = 4) -> int:
+    """Significant digits that tell every two neighbouring scores of the ranking apart (where they differ)."""
+    for digits in range(least, 13):
+        texts = [f"{score:.{digits}g}" for score in scores]
+        if all(a != b or x == y for a, b, x, y in zip(texts, texts[1:], scores, scores[1:], strict=False)):
+            return digits
+    return 12
+
+
 def write_suggestions(ranked: list[CaseSuggestion], out_dir: Path, *, score: str, region: str, top: int,
                       label_mode: str, class_names: list[str], facts: dict[str, Any]) -> list[Path]:
     """``suggest.csv`` (every case, ranked), ``suggest.md`` and one picture per top case in ``figures/``."""
@@ -164,11 +173,14 @@ def write_suggestions(ranked: list[CaseSuggestion], out_dir: Path, *, score: str
         for rank, case in enumerate(ranked, start=1):
             writer.writerow([rank, case.case_id, f"{case.score:.6g}", case.slice_index,
                              *[f"{case.volumes[c[len('volume_mm3_'):]]:.1f}" for c in columns[4:]]])
-    pictures = [_case_figure(case, score, label_mode, figures / f"{case.case_id}.png") for case in ranked[:top]]
+    digits = score_digits([case.score for case in ranked[:top]])
+    pictures = [_case_figure(case, score, label_mode, figures / f"{case.case_id}.png", rank, digits)
+                for rank, case in enumerate(ranked[:top], start=1)]
     lines = ["# What to annotate next", "", *[f"- {k}: {v}" for k, v in facts.items()],
              f"- score: `{score}`, mean over the {region}", "",
              "| rank | case | score | slice |", "|---|---|---|---|",
-             *[f"| {r} | {c.case_id} | {c.score:.4g} | {c.slice_index} |" for r, c in enumerate(ranked[:top], 1)], ""]
+             *[f"| {r} | {c.case_id} | {c.score:.{digits}g} | {c.slice_index} |"
+               for r, c in enumerate(ranked[:top], 1)], ""]
     for rank, (case, picture) in enumerate(zip(ranked[:top], pictures, strict=True), start=1):
         lines += [f"## {rank}. {case.case_id}", "", f"![{case.case_id}](figures/{picture.name})", ""]
     lines.append("Every case, ranked, with predicted volumes: `suggest.csv`.")
@@ -176,7 +188,7 @@ def write_suggestions(ranked: list[CaseSuggestion], out_dir: Path, *, score: str
     return [out_dir / "suggest.csv", out_dir / "suggest.md", *pictures]
 
 
-def _case_figure(case: CaseSuggestion, score: str, label_mode: str, path: Path) -> Path:
+def _case_figure(case: CaseSuggestion, score: str, label_mode: str, path: Path, rank: int, digits: int) -> Path:
     """Image with the predicted labels, and the score map, on the case's most uncertain slice."""
     fig, (left, right) = _subplots(1, 2, figsize=(6, 3))
     left.imshow(case.image.T, cmap="gray", origin="lower")
@@ -184,7 +196,7 @@ def _case_figure(case: CaseSuggestion, score: str, label_mode: str, path: Path) 
     left.set_title(f"{case.case_id}: prediction (slice {case.slice_index})", fontsize=8)
     shown = right.imshow(case.score_map.T, cmap="magma", origin="lower")
     fig.colorbar(shown, ax=right, fraction=0.046)
-    right.set_title(f"{score} (case score {case.score:.3g})", fontsize=8)
+    right.set_title(f"{score} (rank {rank}, case score {case.score:.{digits}g})", fontsize=8)
     for ax in (left, right):
         ax.axis("off")
     fig.tight_layout()

@@ -149,7 +149,7 @@ def test_curves_fall_with_gamma_and_epsilon_on_a_trained_model(tmp_path):
     api.train(cfg, progress=False, evaluate=False)
     api.evaluate_run(tmp_path / "run", checkpoints=("last",), progress=False, robustness=True,
                      gammas=(0.0, 0.25, 0.5, 0.75, 1.0), epsilons=(0.0, 0.1, 0.25, 0.5, 1.0))
-    curves = json.loads((tmp_path / "run" / "summary.json").read_text())["robustness"]
+    curves = json.loads((tmp_path / "run" / "evaluations" / "last-robust" / "summary.json").read_text())["robustness"]
     for attack in ("ood", "fgsm"):
         dice = [p["mean"] for p in curves[attack]]
         assert dice[0] > 0.7, (attack, dice)  # the model did learn
