@@ -50,7 +50,7 @@ class SplitConfig(Strict):
     labelled_slices: int | None = Field(None, gt=0,
         description="2D only: train on the labels of this many slices of each labelled case, evenly spaced over "
                     "its foreground slices (the RPG paper's budget of a few labelled images); None: every slice")
-    seed: int | None = Field(None, description="defaults to the run seed")
+    seed: int | None = Field(None, ge=0, description="defaults to the run seed; a non-negative integer")
     file: str | None = Field(None, description="reuse a saved split JSON (every method of a comparison should)")
 
     def labelled_budget(self) -> str:
@@ -202,7 +202,8 @@ class OutputConfig(Strict):
 
 
 class Config(Strict):
-    seed: int = Field(0, description="run seed: initialisation, sampling and (by default) the split")
+    seed: int = Field(0, ge=0, description="run seed: initialisation, sampling and (by default) the split; a "
+                      "non-negative integer (numpy's generators take no negative seed)")
     data: DataConfig = Field(default_factory=DataConfig, description="where the cases come from")
     split: SplitConfig = Field(default_factory=SplitConfig, description="how cases are divided")
     model: ModelConfig = Field(default_factory=ModelConfig, description="the network")

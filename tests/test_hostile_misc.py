@@ -1,0 +1,50 @@
+"""Hostile inputs at the config, data-source and fine-tuning edges, through the console script: exit 2, one
+``error:`` line naming the key, no traceback, nothing written (one parametrised line per mistake)."""
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from semiseg.cli import main
+
+
+def _sets(*pairs: str) -> list[str]:
+    return [arg for pair in pairs for arg in ("--set", pair)]
+
+
+TINY = ["--quiet", *_sets(
+    "data.source=phantom", "data.options={n_cases: 6, dim: 2, seed: 0}", "model.widths=[4, 8]", "split.labelled=2",
+    "split.val=1", "split.test=1", "train.steps=2", "train.val_every=2", "train.batch_size=2",
+    "train.warmup_steps=1", "eval.report_cases=1")]
+TRAIN = ["train", *TINY, "--output", "{tmp}/r"]
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "" for p in sorted(root.rglob("*"))}
+
+
+def _cli(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as done:  # argparse's own usage errors
+        return int(done.code)
+
+
+HOSTILE = [
+    ("seed_negative", [*TRAIN, *_sets("seed=-5")], "'seed'"),
+    ("split_seed_negative", [*TRAIN, *_sets("split.seed=-1")], "split.seed"),
+]
+
+
+@pytest.mark.parametrize(("argv", "names"), [case[1:] for case in HOSTILE], ids=[case[0] for case in HOSTILE])
+def test_hostile_input_gives_one_clean_error(argv, names, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("the user's notes\n")
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in argv]
+    before = _snapshot(tmp_path)
+    assert _cli(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and names in errors[0], err
+    assert "Traceback" not in err
+    assert _snapshot(tmp_path) == before
