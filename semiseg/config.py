@@ -40,11 +40,16 @@ class DataConfig(Strict):
 
 
 class SplitConfig(Strict):
-    """How cases are divided. Counts are numbers of cases; floats in (0, 1) are fractions."""
+    """How cases are divided. Counts are numbers of cases; floats in (0, 1) are fractions. The ``auto`` sizes
+    keep 6 test and 2 validation cases on datasets of 20 labelled cases or more (the brain demo's split) and
+    shrink on smaller ones, so that a dataset of a few cases (``data.source=phantom``) trains with the defaults."""
 
     labelled: int | float | Literal["all"] = Field(2, description="labelled training cases; all: full supervision")
-    val: int | float = Field(2, description="validation cases (best checkpoint selection)")
-    test: int | float = Field(6, description="test cases, drawn first so they do not depend on the budget")
+    val: int | float | Literal["auto"] = Field("auto", description="validation cases (best checkpoint selection); "
+                                               "auto: 2, or a tenth of the labelled cases (at least 1) if fewer")
+    test: int | float | Literal["auto"] = Field("auto", description="test cases, drawn first so they do not depend "
+                                                "on the budget; auto: 6, or 30% of the labelled cases (at least 1) "
+                                                "if fewer")
     unlabelled: int | float | Literal["rest"] = Field("rest",
         description="unlabelled training cases; rest: every remaining case")
     labelled_slices: int | None = Field(None, gt=0,

@@ -34,6 +34,12 @@ def _cli(argv: list[str]) -> int:
 HOSTILE = [
     ("seed_negative", [*TRAIN, *_sets("seed=-5")], "'seed'"),
     ("split_seed_negative", [*TRAIN, *_sets("split.seed=-1")], "split.seed"),
+    ("phantom_seed_negative", [*TRAIN, *_sets("data.options={seed: -1}")], "data.options.seed"),
+    ("phantom_cases_negative", [*TRAIN, *_sets("data.options={n_cases: -1}")], "data.options.n_cases"),
+    ("demo_seed_negative", [*TRAIN, *_sets("data.source=demo_brain", "data.options={seed: -3}")],
+     "data.options.seed"),
+    ("dataset_too_small_for_split", [*TRAIN, *_sets("data.options={n_cases: 2}", "split.test=auto",
+                                                     "split.val=auto")], "split.test=auto (1 case)"),
 ]
 
 
