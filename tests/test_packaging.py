@@ -55,7 +55,8 @@ def test_imports_are_parsed_including_lazy_and_dynamic_ones(tmp_path):
     package = tmp_path / "pkg"
     package.mkdir()
     (package / "a.py").write_text("import os\nimport numpy as np\nfrom pkg import b\n\ndef f():\n"
-                                  "    import SimpleITK\n    return __import__('onnx'), importlib.import_module('ray.util')\n")
+                                  "    import SimpleITK\n"
+                                  "    return __import__('onnx'), importlib.import_module('ray.util')\n")
     assert set(third_party_imports(package)) == {"numpy", "SimpleITK", "onnx", "ray"}
 
 
