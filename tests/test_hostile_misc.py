@@ -49,6 +49,8 @@ HOSTILE = [
      "data.options.seed"),
     ("dataset_too_small_for_split", [*TRAIN, *_sets("data.options={n_cases: 2}", "split.test=auto",
                                                      "split.val=auto")], "split.test=auto (1 case)"),
+    ("dry_run_dataset_too_small_for_split", ["train", "--dry-run", *_sets("data.source=phantom",
+                                             "data.options={n_cases: 2}")], "split.test=auto (1 case)"),
     ("init_from_other_dim", [*TRAIN, *TO_3D, "--init-from", "{src}"], "model.dim=2 in the source, 3 here"),
     ("init_from_other_widths", [*TRAIN, *_sets("model.widths=[4, 16]"), "--init-from", "{src}"],
      "model.widths=[4, 8] in the source"),

@@ -76,3 +76,10 @@ def test_phantom_options_are_checked_by_name(options, key):
 def test_valid_options_reach_the_source_unchanged():
     spec = open_dataset("phantom", n_cases=3, size=[16, 16], seed=2)
     assert len(spec.cases) == 3 and spec.cases[0].load().image.shape[1:] == (16, 16)
+
+
+def test_the_dry_run_shows_the_split_in_cases():
+    from semiseg.engine.plan import dry_run
+
+    plan = dry_run(None, ["data.source=phantom", "model.widths=[4, 8]"])
+    assert "split into 2 labelled, 3 unlabelled, 1 val, 2 test" in plan
