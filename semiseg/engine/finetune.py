@@ -97,7 +97,7 @@ def provenance(run_dir: Path, split_file: str | None) -> dict[str, str]:
         lines["initialised from"] = InitRecord(**json.loads(record.read_text())).describe().removeprefix(
             "initialised from ")
     if split_file:
-        lines["split file"] = str(Path(split_file).resolve())
+        lines["split file"] = split_file  # as the config gives it: resolving here would use today's folder
     return lines
 
 
