@@ -40,17 +40,22 @@ class DataConfig(Strict):
 
 
 class SplitConfig(Strict):
-    """How cases are divided. Counts are numbers of cases; floats in (0, 1) are fractions."""
+    """How cases are divided. Counts are numbers of cases; floats in (0, 1) are fractions. The ``auto`` sizes
+    keep 6 test and 2 validation cases on datasets of 20 labelled cases or more (the brain demo's split) and
+    shrink on smaller ones, so that a dataset of a few cases (``data.source=phantom``) trains with the defaults."""
 
     labelled: int | float | Literal["all"] = Field(2, description="labelled training cases; all: full supervision")
-    val: int | float = Field(2, description="validation cases (best checkpoint selection)")
-    test: int | float = Field(6, description="test cases, drawn first so they do not depend on the budget")
+    val: int | float | Literal["auto"] = Field("auto", description="validation cases (best checkpoint selection); "
+                                               "auto: 2, or a tenth of the labelled cases (at least 1) if fewer")
+    test: int | float | Literal["auto"] = Field("auto", description="test cases, drawn first so they do not depend "
+                                                "on the budget; auto: 6, or 30% of the labelled cases (at least 1) "
+                                                "if fewer")
     unlabelled: int | float | Literal["rest"] = Field("rest",
         description="unlabelled training cases; rest: every remaining case")
     labelled_slices: int | None = Field(None, gt=0,
         description="2D only: train on the labels of this many slices of each labelled case, evenly spaced over "
                     "its foreground slices (the RPG paper's budget of a few labelled images); None: every slice")
-    seed: int | None = Field(None, description="defaults to the run seed")
+    seed: int | None = Field(None, ge=0, description="defaults to the run seed; a non-negative integer")
     file: str | None = Field(None, description="reuse a saved split JSON (every method of a comparison should)")
 
     def labelled_budget(self) -> str:
@@ -202,7 +207,8 @@ class OutputConfig(Strict):
 
 
 class Config(Strict):
-    seed: int = Field(0, description="run seed: initialisation, sampling and (by default) the split")
+    seed: int = Field(0, ge=0, description="run seed: initialisation, sampling and (by default) the split; a "
+                      "non-negative integer (numpy's generators take no negative seed)")
     data: DataConfig = Field(default_factory=DataConfig, description="where the cases come from")
     split: SplitConfig = Field(default_factory=SplitConfig, description="how cases are divided")
     model: ModelConfig = Field(default_factory=ModelConfig, description="the network")

@@ -164,6 +164,22 @@ def configuration_page() -> str:
         intro = markdown(model.__doc__) if prefix and model.__doc__ else ""
         parts += [f"\n## {title}\n\n", f"{intro}\n\n" if intro else "",
                   table(("key", "type", "default", "constraint", "description"), rows)]
+    return "".join(parts) + source_options_section()
+
+
+def source_options_section() -> str:
+    """One table per data source: the keys ``data.options`` accepts (from ``semiseg.data.sources.options``)."""
+    from semiseg.data.sources import SOURCES
+    from semiseg.data.sources.options import OPTIONS
+
+    parts = ["\n## `data.options` of each source\n\n",
+             "Set them as a mapping, e.g. `--set data.options=\"{n_cases: 20, dim: 3}\"`; an unknown or invalid "
+             "option is an error naming `data.options.<key>`. Layouts: [data.md](data.md).\n"]
+    for source, model in OPTIONS.items():
+        rows = [(f"`{name}`", type_name(info.annotation), default_text(info), constraint_text(info),
+                 describe(model, name, info)) for name, info in model.model_fields.items()]
+        parts += [f"\n### `{source}`\n\n", f"{SOURCES[source]}.\n\n",
+                  table(("option", "type", "default", "constraint", "description"), rows)]
     return "".join(parts)
 
 

@@ -21,15 +21,27 @@ from semiseg.errors import DataError
 SPLIT_KEYS = ("labelled", "unlabelled", "val", "test")
 
 
-def _count(value: int | float, available: int, key: str) -> int:
-    """Resolve a count or a fraction of ``available`` cases."""
-    if isinstance(value, bool):
+# split.<key>: auto → (cases on a large dataset, share of the labelled cases below that); at least 1 case.
+AUTO_SIZES = {"test": (6, 0.3), "val": (2, 0.1)}
+
+
+def _count(value: int | float | Literal["auto"], available: int, key: str) -> int:
+    """Resolve a count, a fraction of ``available`` cases, or ``auto`` (``AUTO_SIZES``)."""
+    if value == "auto" and key in AUTO_SIZES:
+        cases, share = AUTO_SIZES[key]
+        return min(cases, max(1, int(round(share * available))))
+    if isinstance(value, bool | str):
         raise DataError(f"split.{key} must be a number of cases or a fraction, not {value!r}")
     if isinstance(value, float) and 0 < value < 1:
         return max(1, int(round(value * available)))
     if value < 0 or (isinstance(value, float) and not value.is_integer()):
         raise DataError(f"split.{key}={value!r}: give a whole number of cases or a fraction in (0, 1)")
     return int(value)
+
+
+def _said(value: int | float | str, cases: int) -> str:
+    """A split size as the user wrote it, with the cases it came to when that differs."""
+    return f"{value}" if value == cases else f"{value} ({cases} case{'' if cases == 1 else 's'})"
 
 
 def _permute(ids: list[str], seed: int) -> list[str]:
@@ -50,7 +62,8 @@ def _fixed(spec: DatasetSpec, seed: int) -> dict[str, list[str]]:
     }
 
 
-def _drawn(spec: DatasetSpec, val: int | float, test: int | float, seed: int) -> dict[str, list[str]]:
+def _drawn(spec: DatasetSpec, val: int | float | Literal["auto"], test: int | float | Literal["auto"],
+           seed: int) -> dict[str, list[str]]:
     labelled = _permute([c.case_id for c in spec.cases if c.has_label], seed)
     explicit_test = [c.case_id for c in spec.test_cases if c.has_label]
     n_test = 0 if explicit_test else _count(test, len(labelled), "test")
@@ -63,8 +76,8 @@ def _drawn(spec: DatasetSpec, val: int | float, test: int | float, seed: int) ->
         )
     if n_test + n_val >= len(labelled):
         raise DataError(
-            f"the dataset has {len(labelled)} labelled cases, too few for split.test={n_test} and "
-            f"split.val={n_val} plus at least one labelled training case; lower split.test or split.val"
+            f"the dataset has {len(labelled)} labelled cases, too few for split.test={_said(test, n_test)} and "
+            f"split.val={_said(val, n_val)} plus at least one labelled training case; lower split.test or split.val"
         )
     return {
         "test": explicit_test or labelled[:n_test],
@@ -77,15 +90,15 @@ def make_split(
     spec: DatasetSpec,
     *,
     labelled: int | float | Literal["all"],
-    val: int | float,
-    test: int | float,
+    val: int | float | Literal["auto"],
+    test: int | float | Literal["auto"],
     seed: int,
     unlabelled: int | float | Literal["rest"] = "rest",
 ) -> dict[str, Any]:
     """Return ``{"labelled", "unlabelled", "val", "test": [case ids], "seed", "dataset"}``.
 
-    Counts are numbers of cases, floats in (0, 1) fractions (the ``split.*`` settings); ``val`` and
-    ``test`` are ignored where the source prescribes its own split.
+    Counts are numbers of cases, floats in (0, 1) fractions (the ``split.*`` settings), ``auto`` sizes follow
+    ``AUTO_SIZES``; ``val`` and ``test`` are ignored where the source prescribes its own split.
     """
     parts = _fixed(spec, seed) if spec.fixed_split else _drawn(spec, val, test, seed)
     pool = parts["pool"]

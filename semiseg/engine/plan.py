@@ -15,6 +15,8 @@ from typing import Any
 import torch
 
 from semiseg.config import Config, load_config, read_yaml
+from semiseg.data.case import DatasetSpec
+from semiseg.data.splits import load_split, make_split
 from semiseg.engine.inferer import network_divisor
 from semiseg.engine.loop import build_nets
 from semiseg.engine.reliability import make_gate
@@ -53,7 +55,15 @@ def _dataset(cfg: Config, recipe: dict[str, Any], file: str | Path | None) -> tu
         info = {"name": cfg.data.path or cfg.data.source, "dim": cfg.model.dim, **declared}
         return info, f"MISSING ({exc}); channels/classes from recipe.dataset"
     counts = f"{len(spec.labelled)} labelled, {len(spec.unlabelled)} unlabelled, {len(spec.test_cases)} test cases"
-    return dataset_info(spec), f"found: {spec.name}, {counts}"
+    return dataset_info(spec), f"found: {spec.name}, {counts}; {_split_line(cfg, spec)}"
+
+
+def _split_line(cfg: Config, spec: DatasetSpec) -> str:
+    """The split training would make (or read), in cases: a split the data cannot fill fails here, as it would."""
+    split = load_split(cfg.split.file, spec) if cfg.split.file else make_split(
+        spec, labelled=cfg.split.labelled, val=cfg.split.val, test=cfg.split.test, unlabelled=cfg.split.unlabelled,
+        seed=cfg.split.seed if cfg.split.seed is not None else cfg.seed)
+    return "split into " + ", ".join(f"{len(split[k])} {k}" for k in ("labelled", "unlabelled", "val", "test"))
 
 
 def dry_run(file: str | Path | None, overrides: list[str]) -> str:

@@ -50,7 +50,7 @@ from semiseg.engine.checkpoint import load_checkpoint
 from semiseg.engine.device import amp_enabled, resolve_amp_dtype, resolve_device
 from semiseg.engine.export import FORMATS as EXPORT_FORMATS
 from semiseg.engine.export import SIDECAR, ExportedModel, describe_export, export_model, training_spacing
-from semiseg.engine.finetune import init_from_run
+from semiseg.engine.finetune import InitRecord, init_from_run, provenance
 from semiseg.engine.inferer import Inferer, network_divisor
 from semiseg.engine.loop import Trainer, TrainingData, build_nets, check_unlabelled_batch
 from semiseg.engine.manifest import MANIFEST, recorded, remove_run_files
@@ -241,7 +241,8 @@ class _RunFolderUndo:
                 shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
 
 
-def _new_run_folder(cfg: Config, overwrite: bool, split: dict[str, Any]) -> tuple[_RunFolderUndo, Path]:
+def _new_run_folder(cfg: Config, overwrite: bool, split: dict[str, Any],
+                    init: InitRecord | None = None) -> tuple[_RunFolderUndo, Path]:
     """The run folder with its config and split (on rank 0 under torchrun); a failure leaves nothing of it."""
     undo = _RunFolderUndo.before(cfg)
     run_dir = prepare_run_dir(cfg, overwrite)
@@ -249,6 +250,8 @@ def _new_run_folder(cfg: Config, overwrite: bool, split: dict[str, Any]) -> tupl
         with recorded(run_dir):
             (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
             save_split(split, run_dir / "split.json")
+            if init is not None:
+                init.save(run_dir)
     except BaseException:
         undo.undo(run_dir)
         raise
@@ -401,13 +404,15 @@ class Run:
         if ctx.is_main:
             print_ema_warnings(method, cfg.train.steps)
             print_schedule_warnings(cfg.train)
-        if cfg.model.init_from:
-            init_from_run(nets, method, cfg.model.init_from)
+        init = init_from_run(nets, method, cfg.model.init_from, model=cfg.model.model_dump()) \
+            if cfg.model.init_from else None
+        if init and ctx.is_main:
+            print(init.describe(), file=sys.stderr)
         check_patch(cfg, network_divisor(nets.values()))
         split = load_split(cfg.split.file, spec) if cfg.split.file else make_split(
             spec, labelled=cfg.split.labelled, val=cfg.split.val, test=cfg.split.test,
             unlabelled=cfg.split.unlabelled, seed=cfg.split.seed if cfg.split.seed is not None else cfg.seed)
-        undo, run_dir = ctx.on_main(lambda: _new_run_folder(cfg, overwrite, split))  # one folder, rank 0 writes
+        undo, run_dir = ctx.on_main(lambda: _new_run_folder(cfg, overwrite, split, init))  # one folder, rank 0 writes
         try:
             run = cls(cfg, run_dir, spec, split, device, progress)
             run.trainer = run._trainer(method, nets)
@@ -589,6 +594,7 @@ class Run:
                 "best checkpoint": f"step {best['step']} (val Dice {best['score']:.3f})", "seed": cfg.seed}
         if options.tta:
             info["test-time augmentation"] = "mean over flips of the spatial axes"
+        info |= provenance(self.run_dir, cfg.split.file)
         return RunFacts(label_mode=spec.label_mode, class_names=list(spec.class_names), summary_header=header,
                         report_info=info, report_cases=cfg.eval.report_cases,
                         save_predictions=cfg.eval.save_predictions, save_probabilities=cfg.eval.save_probabilities)

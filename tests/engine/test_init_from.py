@@ -1,5 +1,7 @@
 """train --init-from: a new run starts from a trained run's weights, or says why it cannot."""
 
+import json
+
 import pytest
 import torch
 
@@ -49,3 +51,38 @@ def test_init_from_a_run_with_other_widths_or_no_run_is_a_clear_error(source, tm
         Run.build(_cfg(tmp_path, "none", f"model.init_from={tmp_path / 'nothing'}"), progress=False)
     assert not (tmp_path / "wide").exists()
     assert main(["train", "--resume", str(source), "--init-from", str(source)]) == 2
+
+
+def test_init_from_says_which_nets_came_from_where_and_the_report_names_source_and_split(source, tmp_path, capsys):
+    split_file = source / "split.json"
+    run = Run.build(_cfg(tmp_path, "vi", "train.method=segpl_vi", f"model.init_from={source}",
+                         f"split.file={split_file}"), progress=False)
+    said = capsys.readouterr().err
+    assert f"initialised from {source.resolve()} (best.pt of a 'supervised' run): model <- model" in said
+    assert "not matched, initialised fresh: threshold" in said
+    run.fit()
+    run.evaluate()
+    report = (tmp_path / "vi" / "report.md").read_text()
+    assert f"- initialised from: {source.resolve()}" in report and "model <- model" in report
+    assert f"- split file: {split_file}" in report
+
+
+def test_init_from_cps_run_names_the_source_nets_it_did_not_use(tmp_path):
+    cps_root = tmp_path / "cps_src"
+    Run.build(_cfg(cps_root, "cps", "train.method=cps"), progress=False).fit()
+    run = Run.build(_cfg(tmp_path, "sup", f"model.init_from={cps_root / 'cps'}"), progress=False)
+    record = json.loads((run.run_dir / "init_from.json").read_text())
+    assert record["nets"] == {"model": "net1"} and record["unused"] == ["net2"] and record["fresh"] == []
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ("model.dim=3", "model.dim=2 in the source, 3 here"),
+    ("model.widths=[4, 16]", "model.widths=[4, 8] in the source, [4, 16] here"),
+    ("data.options={n_cases: 6, dim: 2, seed: 0, channels: 2}", "the data differs (image channels or classes)"),
+])
+def test_a_mismatch_names_the_setting_that_differs(source, tmp_path, override, named):
+    extra = ["model.widths=[4, 8, 8, 8]", "data.options={n_cases: 6, dim: 3, size: 16, seed: 0}"] \
+        if override == "model.dim=3" else []
+    with pytest.raises(ConfigError) as error:
+        Run.build(_cfg(tmp_path, "bad", override, *extra, f"model.init_from={source}"), progress=False)
+    assert named in str(error.value)

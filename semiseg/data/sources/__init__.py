@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from semiseg.data.case import DatasetSpec
+from semiseg.data.sources.options import check_options
 from semiseg.errors import ConfigError, DataError
 
 SOURCES: dict[str, str] = {
@@ -110,12 +111,12 @@ def open_dataset(source: str = "auto", path: str | Path | None = None, **options
         if not root.exists():
             raise DataError(f"{root}: path does not exist; pass an existing dataset folder")
         _check_options(source, fn, options, needs_path)
-        return fn(root, **options)
+        return fn(root, **check_options(source, options))
     takes_cache = "cache_dir" in inspect.signature(fn).parameters
     if path is not None and source == "demo_brain" and takes_cache and "cache_dir" not in options:
         options = {**options, "cache_dir": str(path)}
     _check_options(source, fn, options, needs_path)
-    return fn(**options)
+    return fn(**check_options(source, options))
 
 
 __all__ = ["SOURCES", "detect_source", "open_dataset"]

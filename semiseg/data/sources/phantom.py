@@ -169,7 +169,9 @@ def make_phantoms(
 ) -> DatasetSpec:
     """A lazy synthetic dataset: ``n_cases`` labelled plus ``n_unlabelled`` unlabelled phantoms.
 
-    ``num_classes`` counts background for multiclass labels and channels for multilabel ones.
+    ``num_classes`` counts background for multiclass labels and channels for multilabel ones. From a config
+    these are ``data.options`` (``--set data.options="{n_cases: 20, dim: 3}"``), checked and documented by
+    ``semiseg.data.sources.options.PhantomOptions``.
     """
     size = _DEFAULT_SIZE.get(dim, 0) if size is None else size
     shape = (int(size),) * dim if isinstance(size, int | np.integer) else tuple(int(s) for s in size)
