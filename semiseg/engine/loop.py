@@ -550,7 +550,7 @@ class Trainer:
                 self.tensorboard.close()
         bar.close()
         if main and self.gate is not None and not self.gate.is_open:
-            print(closed_gate_note(self.gate), file=sys.stderr)
+            print(closed_gate_note(self.gate, self.step), file=sys.stderr)
         return {"best": dict(self.best), "steps": self.step, "seconds": time.perf_counter() - start_time}
 
     def _log(self, log: CsvLog | None, row: dict[str, Any]) -> None:

@@ -28,13 +28,22 @@ def make_gate(cfg: Config, method: Method) -> ReliabilityGate | None:
                            ramp_steps=train.unlabelled_gate_ramp * train.steps)
 
 
-def closed_gate_note(gate: ReliabilityGate) -> str:
-    """What a user should know when a run ended with its gate still closed: it trained as supervised training."""
-    reached = "was never measured" if gate.reliability is None else f"ended at {gate.reliability:.3f}"
-    return (f"note: the unlabelled loss terms never switched on: the smoothed labelled-batch Dice {reached}, "
-            f"below train.unlabelled_gate_threshold={gate.threshold:g}, so this run trained on the labelled images "
-            "alone (the unlabelled ones reached only BatchNorm statistics). Train longer, lower the threshold, or "
-            "set train.unlabelled_gate=off to apply the unlabelled terms from the start.")
+def closed_gate_note(gate: ReliabilityGate, steps: int) -> str:
+    """What a user should know when a run ended with its gate still closed: it trained as supervised training.
+
+    A run shorter than ``OBSERVE_EVERY`` steps ended before the gate's first look, so no threshold was missed:
+    the note says that rather than comparing a Dice nobody measured with the threshold."""
+    alone = ("so this run trained on the labelled images alone (the unlabelled ones reached only BatchNorm "
+             "statistics).")
+    if gate.reliability is None:
+        return (f"note: the unlabelled loss terms never switched on: the run ended after {steps} step(s), before "
+                f"the gate's first labelled-batch Dice (measured every {OBSERVE_EVERY} steps), {alone} Train for "
+                f"more than {OBSERVE_EVERY} steps, or set train.unlabelled_gate=off to apply the unlabelled terms "
+                "from the start.")
+    return (f"note: the unlabelled loss terms never switched on: the smoothed labelled-batch Dice ended at "
+            f"{gate.reliability:.3f}, below train.unlabelled_gate_threshold={gate.threshold:g}, {alone} Train "
+            "longer, lower the threshold, or set train.unlabelled_gate=off to apply the unlabelled terms from the "
+            "start.")
 
 
 def pin_legacy_unlabelled_settings(raw: dict[str, Any]) -> dict[str, Any]:

@@ -67,6 +67,8 @@ from semiseg.methods.base import Nets
 from semiseg.paths import check_writable_dir
 from semiseg.ssl.ema import decay_for_horizon, ema_half_life, ema_horizon
 
+_SHORTEST_EMA_HORIZON = 2  # updates: an "average" over fewer is the student itself (decay 0)
+
 RUN_ARTEFACTS = ("config.yaml", "split.json", "log.csv", "summary.json", "report.md",
                  "checkpoints", "metrics", "figures", "predictions", "uncertainty", "artifacts",
                  "export", "tensorboard")
@@ -106,9 +108,18 @@ def print_ema_warnings(method: Method, steps: int) -> None:
         if spec.ema_of and horizon > steps:
             print(f"warning: net {name!r} of {method.name!r} is an EMA with decay {decay:.4g}, which averages "
                   f"over ~{horizon:.0f} updates (half-life {ema_half_life(decay):.0f}), but train.steps is "
-                  f"{steps}: the teacher keeps much of its early, untrained students; train longer, set "
-                  f"method.ema_half_life (e.g. 0.05, a twentieth of the run) or lower method.ema_decay "
-                  f"(e.g. {decay_for_horizon(steps / 10):.3g}, a tenth of the run)", file=sys.stderr)
+                  f"{steps}: the teacher keeps much of its early, untrained students; {_shorter_ema(steps)}",
+                  file=sys.stderr)
+
+
+def _shorter_ema(steps: int) -> str:
+    """The way out: an average over a tenth of the run, or, when a tenth is under two updates, no average at all."""
+    tenth = steps / 10
+    if tenth < _SHORTEST_EMA_HORIZON:
+        return (f"train longer (an average over a tenth of the run needs {10 * _SHORTEST_EMA_HORIZON} steps or more) "
+                "or set method.ema_decay=0 (the teacher then copies its student at every update)")
+    return (f"train longer, set method.ema_half_life (e.g. 0.05, a twentieth of the run) or lower method.ema_decay "
+            f"(e.g. {decay_for_horizon(tenth):.3g}, an average over ~{tenth:.0f} updates, a tenth of the run)")
 
 
 def print_schedule_warnings(train: TrainConfig) -> None:
