@@ -15,16 +15,11 @@ from typing import Any
 import torch
 
 from semiseg.config import Config, load_config, read_yaml
+from semiseg.engine.assemble import dataset_info, method_context, open_configured_dataset
+from semiseg.engine.checks import check_method_settings, check_patch
 from semiseg.engine.inferer import network_divisor
-from semiseg.engine.loop import build_nets
+from semiseg.engine.networks import build_nets
 from semiseg.engine.reliability import make_gate
-from semiseg.engine.run import (
-    check_method_settings,
-    check_patch,
-    dataset_info,
-    method_context,
-    open_configured_dataset,
-)
 from semiseg.errors import ConfigError, SemisegError
 from semiseg.methods.base import NetSpec
 from semiseg.ssl.ema import ema_half_life

@@ -1,13 +1,19 @@
-"""The engine's side of the reliability gate (``train.unlabelled_gate``): when to look, and what it measures."""
+"""The engine's side of the reliability gate (``train.unlabelled_gate``): when to look, and what it measures.
+
+The loop weighs the unlabelled loss terms by the gate's value; ``GateHandler`` feeds the gate its observations
+after each step, carries its state across ``--resume`` and says so when a run ended with the gate closed."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
 import torch
 
 from semiseg.config import Config
+from semiseg.engine.handlers import Handler, StepRecord, TrainingLoop
+from semiseg.eval.metrics import mean_foreground_dice
 from semiseg.methods.base import Batch, Method, Nets
 from semiseg.nets import evaluating
 from semiseg.ssl.gate import ReliabilityGate
@@ -65,8 +71,6 @@ def labelled_batch_dice(method: Method, nets: Nets, batch: Batch, label_mode: st
 
     The whole batch counts as one volume, so a slice without some class does not score that class 1 or 0.
     """
-    from semiseg.engine.loop import mean_foreground_dice
-
     with evaluating(nets.values()):
         logits = method.predict(nets, batch.image)
     pred = hard_labels(probabilities(logits, label_mode), label_mode).cpu().numpy()
@@ -74,3 +78,37 @@ def labelled_batch_dice(method: Method, nets: Nets, batch: Batch, label_mode: st
     if label_mode == "multilabel":  # (B, K, ...) → (K, B, ...): mean_foreground_dice reads channels first
         pred, label = np.moveaxis(pred, 1, 0), np.moveaxis(label, 1, 0)
     return mean_foreground_dice(pred, label, label_mode, num_classes)
+
+
+class GateHandler(Handler):
+    """``on_step_end``: while the gate is closed, every ``OBSERVE_EVERY`` steps a labelled-batch Dice feeds it.
+
+    Logs ``unlabelled_gate`` every step (and ``labelled_dice``, ``labelled_dice_smoothed`` when it looked); the
+    Dice is averaged over processes, so every rank opens the gate at the same step.
+    """
+
+    state_key = "gate"
+
+    def __init__(self, gate: ReliabilityGate, *, notes: bool = True) -> None:
+        self.gate, self.notes = gate, notes
+
+    def on_step_end(self, loop: TrainingLoop, step: StepRecord) -> None:
+        value = self.gate.value(loop.step - 1)  # the factor this step's unlabelled terms were weighted by
+        step.row["unlabelled_gate"] = value
+        if self.gate.is_open or loop.step % OBSERVE_EVERY or step.labelled is None:
+            return
+        ctx = loop.ctx
+        dice = loop.dist.mean(labelled_batch_dice(loop.method, loop.nets, step.labelled, ctx.label_mode,
+                                                  ctx.num_classes))
+        self.gate.observe(loop.step, dice)
+        step.row.update({"labelled_dice": dice, "labelled_dice_smoothed": self.gate.reliability})
+
+    def on_train_end(self, loop: TrainingLoop, error: BaseException | None) -> None:
+        if error is None and self.notes and not self.gate.is_open:
+            print(closed_gate_note(self.gate, loop.step), file=sys.stderr)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.gate.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gate.load_state_dict(state)

@@ -27,7 +27,7 @@ def test_a_measured_gate_names_its_dice_and_the_threshold() -> None:
     (1000, "e.g. 0.99, an average over ~100 updates, a tenth of the run", "ema_decay=0"),
 ])
 def test_the_ema_warning_offers_a_decay_that_fits_the_run(capsys, steps, expected, absent) -> None:
-    from semiseg.engine.run import print_ema_warnings
+    from semiseg.engine.checks import print_ema_warnings
     from semiseg.methods import MethodContext, get_method
 
     ctx = MethodContext(label_mode="multiclass", num_classes=2, spatial_dims=2, in_channels=1,
