@@ -111,8 +111,11 @@ class Trainer:
         """Where training stands, as the method is told it (built in this one place)."""
         return Progress(self.step, self.cfg.train.steps)
 
-    def train_step(self, record: StepRecord) -> dict[str, Any]:
-        """One step: batches, the method's loss terms, the update(s) and the schedule; returns the step's row."""
+    def train_step(self, record: StepRecord | None = None) -> dict[str, Any]:
+        """One step: batches, the method's loss terms, the update(s) and the schedule; returns the step's row.
+
+        ``fit`` passes the step's record (after ``on_step_start``); alone (a benchmark) it makes its own."""
+        record = record if record is not None else StepRecord(self._progress())
         for net in self.nets.values():
             net.train()
         self.dist.seed_step(self.cfg.seed, self.step)

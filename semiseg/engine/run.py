@@ -12,6 +12,7 @@ asks a Run, or the plain functions that need only a run folder (``engine.model.l
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -182,7 +183,7 @@ class Run:
         """The best-on-validation record so far: ``{"score": val Dice, "step": step}``."""
         return dict(self._handler(CheckpointHandler).best)
 
-    def fit(self, on_step: Any = None) -> dict[str, Any]:
+    def fit(self, on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Train until ``train.steps`` (from where a resumed run stopped); ``on_step(step)`` after each step."""
         if self.trainer is None:
             raise SemisegError(f"{self.run_dir}: this run was opened for evaluation; build or resume it to train")
