@@ -134,7 +134,7 @@ class Run:
             print(f"{run_dir}: stopped before its first checkpoint ({last} does not exist); "
                   "restarting it from step 0", file=sys.stderr)
         set_threads(cfg)
-        spec = open_configured_dataset(cfg)
+        spec = _open_recorded_dataset(cfg, run_dir)
         run = cls(cfg, run_dir, spec, load_split(run_dir / "split.json", spec), device,
                   progress and distributed.current().is_main)
         run.trainer = run._trainer(*method_and_nets(cfg, spec, run.device), handlers)
@@ -154,7 +154,7 @@ class Run:
         require_run(run_dir)
         cfg = _with_data(validate_config(read_yaml(run_dir / "config.yaml")), data)
         set_threads(cfg, threads)
-        spec = open_configured_dataset(cfg)
+        spec = _open_recorded_dataset(cfg, run_dir)
         return cls(cfg, run_dir, spec, load_split(run_dir / "split.json", spec), resolve_device(cfg.train.device),
                    progress)
 
@@ -235,6 +235,16 @@ class Run:
 def is_main_process() -> bool:
     """Whether this process reports the run: always, but under torchrun only rank 0 (the others train only)."""
     return distributed.current().is_main
+
+
+def _open_recorded_dataset(cfg: Config, run_dir: Path) -> DatasetSpec:
+    """The dataset a run folder records; when it is not there, the error says how to point at its new place."""
+    try:
+        return open_configured_dataset(cfg)
+    except SemisegError as exc:
+        if cfg.data.path is None:
+            raise
+        raise type(exc)(f"{exc} (the dataset {run_dir} was trained on; if it moved, pass --data PATH)") from None
 
 
 def _with_data(cfg: Config, data: str | Path | None) -> Config:

@@ -73,7 +73,8 @@ def test_a_moved_run_without_its_data_exports_predicts_and_suggests_from_another
     assert (other / "sug" / "suggest.csv").is_file()
     capsys.readouterr()
     assert main(["evaluate", "--run", str(moved), "--quiet"]) == 2  # the test cases need the data
-    assert "does not exist" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "if it moved, pass --data PATH" in err
 
 
 def test_data_points_a_moved_run_at_its_moved_data(trained, tmp_path, monkeypatch):
