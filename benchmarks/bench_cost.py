@@ -29,7 +29,7 @@ except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
 
 from semiseg.api import supervised_loss
 from semiseg.config import load_config
-from semiseg.engine.loop import build_nets, trainable_parameters
+from semiseg.engine.networks import build_nets, trainable_parameters
 from semiseg.methods import Batch, Method, MethodContext, Progress, available_methods
 from semiseg.methods.base import Nets
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_step_time, run
 from bench_step_time import TOTAL_STEPS, Bench, Setting, timed  # noqa: E402
 
 from semiseg.engine.device import autocast, resolve_amp_dtype  # noqa: E402
-from semiseg.engine.loop import update_ema_net  # noqa: E402
+from semiseg.engine.networks import update_ema_net  # noqa: E402
 from semiseg.engine.performance import (  # noqa: E402
     channels_last_enabled,
     compile_nets,

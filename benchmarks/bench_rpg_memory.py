@@ -41,7 +41,8 @@ from semiseg.api import supervised_loss
 from semiseg.config import load_config
 from semiseg.data.sources.phantom import make_phantoms
 from semiseg.engine.device import resolve_device
-from semiseg.engine.loop import build_nets, make_optimizer, trainable_parameters
+from semiseg.engine.networks import build_nets, trainable_parameters
+from semiseg.engine.optim import make_optimizer
 from semiseg.methods import Batch, MethodContext, Progress, available_methods
 from semiseg.ssl.reference import ReferenceSettings, reference_pseudo_labels
 

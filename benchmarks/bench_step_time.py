@@ -39,7 +39,8 @@ except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
 
 from semiseg.api import supervised_loss
 from semiseg.config import Config, load_config
-from semiseg.engine.loop import build_nets, make_optimizer, network_options, trainable_parameters, update_ema_net
+from semiseg.engine.networks import build_nets, network_options, trainable_parameters, update_ema_net
+from semiseg.engine.optim import make_optimizer
 from semiseg.methods import Batch, Method, MethodContext, Progress, StepOut, available_methods
 from semiseg.methods.base import Nets
 from semiseg.nets import build_network

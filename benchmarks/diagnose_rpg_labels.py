@@ -43,7 +43,7 @@ except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
 
 from semiseg.api import load_model
 from semiseg.data.loaders import evenly_spaced
-from semiseg.engine.run import open_configured_dataset
+from semiseg.engine.assemble import open_configured_dataset
 from semiseg.ssl.reference import ReferenceLabels, ReferenceSettings, reference_pseudo_labels
 
 

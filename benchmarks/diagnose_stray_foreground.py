@@ -25,7 +25,7 @@ except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from semiseg.api import load_model
-from semiseg.engine.run import open_configured_dataset
+from semiseg.engine.assemble import open_configured_dataset
 
 
 def near_foreground(truth: np.ndarray, margin: int) -> np.ndarray:

@@ -20,6 +20,9 @@ from semiseg.errors import SemisegError
 _PATH_ARGUMENTS = ("config", "data", "output", "resume", "run", "input", "pred", "gt", "csv", "path", "experiment")
 
 
+_MOVED_DATA = "where the run's dataset is now, when it moved since training (default: the path the run recorded)"
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -75,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sug = sub.add_parser("suggest", help="rank unlabelled cases by what a label would teach the model")
     sug.add_argument("--run", required=True, help="run folder")
+    sug.add_argument("--data", metavar="PATH", help=_MOVED_DATA)
     sug.add_argument("--top", type=int, default=5, help="cases shown with pictures in suggest.md (default 5)")
     sug.add_argument("--score", default="entropy", help="entropy | mutual_info | disagreement | threshold_variance")
     sug.add_argument("--input", help="rank the images of this folder instead of the run's unlabelled cases")
@@ -92,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="metrics of a run on its test split, or of a prediction folder")
     ev.add_argument("--run", help="run folder: evaluates its checkpoints on the test split, into "
                                   "<run>/evaluations/<settings>/ (the training-time evaluation stays)")
+    ev.add_argument("--data", metavar="PATH", help=_MOVED_DATA)
     ev.add_argument("--checkpoint", default="both", choices=["best", "last", "both"],
                     help="with --run: which checkpoints (default both; best falls back to last without best.pt)")
     ev.add_argument("--threads", type=_positive_int,
@@ -159,6 +164,8 @@ def _parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser("export", help="write a run's network as TorchScript or ONNX with its preprocessing")
     exp.add_argument("--run", required=True, help="run folder")
+    exp.add_argument("--data", metavar="PATH", help="where the training data is now, only for the sidecar's spacing "
+                     "(the export itself needs only the run folder)")
     exp.add_argument("--format", default="torchscript", choices=["torchscript", "onnx"],
                      help="torchscript (default) or onnx (needs pip install \"semiseg[export]\")")
     exp.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint (default best)")
@@ -196,10 +203,10 @@ def _train(args: argparse.Namespace, started: list[Path]) -> None:
         _continue(args, on_start)
         return
     if args.resume:
-        if args.config or args.overrides or args.method or args.data or args.output or args.init_from:
-            raise SemisegError("--resume takes everything from the run folder; "
-                               "drop --config/--set/--method/--data/--init-from")
-        result = api.resume(args.resume, progress=not args.quiet, on_start=on_start)
+        if args.config or args.overrides or args.method or args.output or args.init_from:
+            raise SemisegError("--resume takes everything from the run folder (--data only if its dataset moved); "
+                               "drop --config/--set/--method/--init-from")
+        result = api.resume(args.resume, progress=not args.quiet, on_start=on_start, data=args.data)
     else:
         cfg = load_config(args.config, _train_overrides(args))
         result = api.train(cfg, overwrite=args.overwrite, progress=not args.quiet, on_start=on_start)
@@ -308,7 +315,7 @@ def _evaluate_run(args: argparse.Namespace) -> None:
     checkpoints = ("best", "last") if args.checkpoint == "both" else (args.checkpoint,)
     summary = api.evaluate_run(args.run, checkpoints=checkpoints, progress=not args.quiet, robustness=args.robustness,
                                uncertainty=args.uncertainty, samples=args.samples, threads=args.threads, tta=args.tta,
-                               overwrite=args.overwrite, **_levels(args.gammas, "gammas"),
+                               overwrite=args.overwrite, data=args.data, **_levels(args.gammas, "gammas"),
                                **_levels(args.epsilons, "epsilons"))
     print(_short_table(summary))
     used = EvaluationOptions(checkpoints=tuple(summary), robustness=args.robustness, uncertainty=args.uncertainty,
@@ -404,7 +411,7 @@ def _suggest(args: argparse.Namespace) -> None:
 
     ranked = api.suggest(args.run, score=args.score, top=args.top, region=args.region, diversity=args.diversity,
                          samples=args.samples, input_path=args.input, output=args.output, checkpoint=args.checkpoint,
-                         device=args.device, overwrite=args.overwrite, progress=not args.quiet)
+                         device=args.device, overwrite=args.overwrite, progress=not args.quiet, data=args.data)
     from semiseg.eval.suggest import score_digits
 
     digits = score_digits([case.score for case in ranked[: args.top]])
@@ -483,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
             from semiseg import api
 
             out = api.export(args.run, args.format, checkpoint=args.checkpoint, output_dir=args.output,
-                             overwrite=args.overwrite)
+                             overwrite=args.overwrite, data=args.data)
             print(f"exported to {out} (sidecar: {out / 'export.json'})")
         elif args.command == "evaluate":
             _evaluate(args)

@@ -169,12 +169,17 @@ class TrainConfig(Strict):
                     "own BatchNorm statistics; joint: as one batch (the papers' code); separate_until_gate: "
                     "separate while the reliability gate keeps the unlabelled terms off, joint once it has opened. "
                     "A method's own method.unlabelled_pass wins")
-    unlabelled_gate: Literal["auto", "off", "labelled_dice"] = Field("auto",
+    unlabelled_gate: Literal["auto", "off", "labelled_dice", "labelled_dice_plateau"] = Field("auto",
         description="labelled_dice: unlabelled loss terms stay off until the predicting network's Dice on the "
-                    "labelled batch reaches unlabelled_gate_threshold; off: from step 0 (the papers' schedule); "
+                    "labelled batch reaches unlabelled_gate_threshold; labelled_dice_plateau: ... or, sooner, "
+                    "until that Dice stops improving on its own best (unlabelled_gate_patience), a rule relative to "
+                    "what the run measures; off: from step 0 (the papers' schedule); "
                     "auto: the method's choice (labelled_dice, except fixmatch: off)")
     unlabelled_gate_threshold: float = Field(0.8, ge=0.0, le=1.0,
         description="smoothed labelled-batch Dice at which the unlabelled terms switch on")
+    unlabelled_gate_patience: int = Field(4, ge=1,
+        description="labelled_dice_plateau: measurements (one every 5 steps) without a new best smoothed "
+                    "labelled-batch Dice after which the gate opens")
     unlabelled_gate_ramp: float = Field(0.1, ge=0.0, le=1.0,
         description="share of the run over which the unlabelled terms rise to full weight once switched on")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from semiseg.config import load_config
-from semiseg.engine.loop import build_nets, trainable_parameters
+from semiseg.engine.networks import build_nets, trainable_parameters
 from semiseg.losses import supervised_loss
 from semiseg.methods import Batch, MethodContext, Progress, registry
 

@@ -15,7 +15,6 @@ import torch
 
 from semiseg.cli import main
 from semiseg.engine.loop import Trainer
-from semiseg.engine.run import Run
 
 
 def _sets(*pairs: str) -> list[str]:
@@ -134,7 +133,7 @@ def test_internal_oserror_keeps_its_traceback(monkeypatch):
         main(["predict", "--run", "r", "--input", "i", "--output", "o"])
 
 
-def _fail_first_step(self):
+def _fail_first_step(self, *step):
     raise RuntimeError("a bug in the first step")
 
 
@@ -204,7 +203,9 @@ def test_evaluate_run_checkpoint_and_threads(trained, tmp_path, monkeypatch):
 
 
 def test_predict_checks_the_output_before_loading_the_model(trained, world, monkeypatch, capsys):
-    monkeypatch.setattr(Run, "load_model", staticmethod(lambda *a, **k: pytest.fail("model loaded before check")))
+    from semiseg.engine import predict
+
+    monkeypatch.setattr(predict, "load_model", lambda *a, **k: pytest.fail("model loaded before check"))
     assert main(["predict", "--run", str(trained), "--input", str(world / "inputs"),
                  "--output", str(world / "preds")]) == 2
     assert "already holds predictions" in capsys.readouterr().err

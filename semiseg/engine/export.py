@@ -28,6 +28,8 @@ from semiseg.data.case import Case
 from semiseg.data.loaders import normalize_image
 from semiseg.engine.device import resolve_device
 from semiseg.engine.inferer import Inferer
+from semiseg.engine.model import load_model
+from semiseg.engine.run import Run
 from semiseg.errors import SemisegError
 
 SIDECAR = "export.json"
@@ -205,11 +207,30 @@ class ExportedModel:
         return self.inferer.probabilities(self.predictor, normalize_image(case.image, self.info["normalize"]))
 
 
-def training_spacing(run: Any) -> list[float] | None:
-    """Median spacing (mm, array axis order) of the run's labelled cases; None when its data is not here."""
+def training_spacing(run_dir: Path, data: str | Path | None = None) -> list[float] | None:
+    """Median spacing (mm, array axis order) of the run's labelled cases; None when its data is not here
+    (moved, deleted, another machine): the export needs only the weights and the recorded preprocessing."""
     try:
+        run = Run.open(run_dir, progress=False, data=data)
         refs = {ref.case_id: ref for ref in run.dataset.cases}
         spacings = [refs[case_id].load().spacing for case_id in run.split["labelled"]]
     except (SemisegError, OSError, KeyError):
         return None
     return [float(s) for s in np.median(np.array(spacings, dtype=np.float64), axis=0)] if spacings else None
+
+
+def export_run(run_dir: str | Path, fmt: str, *, checkpoint: str = "best", output_dir: str | Path | None = None,
+               overwrite: bool = False, data: str | Path | None = None) -> Path:
+    """The run's predicting network as TorchScript or ONNX plus ``export.json``, in ``output_dir``.
+
+    ``data`` is where the training data is now (for the sidecar's spacing), when it moved since training."""
+    if fmt not in FORMATS:
+        raise SemisegError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
+    run_dir = Path(run_dir)
+    out = Path(output_dir) if output_dir is not None else run_dir / "export" / fmt
+    if (out / SIDECAR).exists() and not overwrite:
+        raise SemisegError(f"{out} already holds an export; pass --overwrite or another --output")
+    model = load_model(run_dir, checkpoint, "cpu")
+    spacing = training_spacing(run_dir, data)
+    export_model(model, describe_export(model, fmt, checkpoint, run_dir, spacing), out)
+    return out

@@ -17,16 +17,11 @@ import torch
 from semiseg.config import Config, load_config, read_yaml
 from semiseg.data.case import DatasetSpec
 from semiseg.data.splits import load_split, make_split
+from semiseg.engine.assemble import dataset_info, method_context, open_configured_dataset
+from semiseg.engine.checks import check_method_settings, check_patch
 from semiseg.engine.inferer import network_divisor
-from semiseg.engine.loop import build_nets
-from semiseg.engine.reliability import make_gate
-from semiseg.engine.run import (
-    check_method_settings,
-    check_patch,
-    dataset_info,
-    method_context,
-    open_configured_dataset,
-)
+from semiseg.engine.networks import build_nets
+from semiseg.engine.reliability import PlateauGate, make_gate
 from semiseg.errors import ConfigError, SemisegError
 from semiseg.methods.base import NetSpec
 from semiseg.ssl.ema import ema_half_life
@@ -95,7 +90,7 @@ def _net_note(spec: NetSpec, steps: int) -> str:
 
 def format_plan(cfg: Config, method: Any, nets: dict[str, torch.nn.Module], info: dict[str, Any], data_line: str,
                 divisor: int) -> str:
-    train, split, specs = cfg.train, cfg.split, method.networks()
+    train, split, specs, gate = cfg.train, cfg.split, method.networks(), make_gate(cfg, method)
     patch = train.patch_size or ("whole slices padded to the divisor (≤ 256)" if cfg.model.dim == 2 else
                                  "64³ (or the volume, if smaller)")
     rows = [f"  {name:<12} {_count(net):>12,} parameters{_net_note(specs[name], train.steps)}"
@@ -124,9 +119,11 @@ def format_plan(cfg: Config, method: Any, nets: dict[str, torch.nn.Module], info
         f"patch:      {patch}",
         f"optimiser:  {optimiser}",
         f"schedule:   {train.schedule} after {train.warmup_steps} warm-up steps; loss {train.loss}; amp {train.amp}",
-        *([f"gate:       unlabelled terms from a labelled-batch Dice of {train.unlabelled_gate_threshold:g}, "
-           f"then a ramp over {train.unlabelled_gate_ramp:g} of the run"]
-          if make_gate(cfg, method) is not None else []),
+        *([f"gate:       unlabelled terms from a labelled-batch Dice of {train.unlabelled_gate_threshold:g}"
+           + (f" or once it stops improving ({train.unlabelled_gate_patience} measurements without a new best)"
+              if isinstance(gate, PlateauGate) else "")
+           + f", then a ramp over {train.unlabelled_gate_ramp:g} of the run"]
+          if gate is not None else []),
         f"run folder: {Path(cfg.output.root) / (cfg.output.name or '<time>_<method>_<source>')} (not written)",
     ]
     return "\n".join(lines)

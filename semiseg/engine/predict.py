@@ -10,6 +10,7 @@ members contradict each other (the entropy of the mean alone would also be large
 
 from __future__ import annotations
 
+import glob
 import re
 import sys
 from collections.abc import Sequence
@@ -21,9 +22,20 @@ import numpy as np
 import torch
 
 from semiseg.data.case import Case
+from semiseg.engine.export import ExportedModel
+from semiseg.engine.model import load_model
+from semiseg.engine.run_folder import require_run
 from semiseg.errors import SemisegError
-from semiseg.eval.io import input_slices, read_inputs, write_label, write_probabilities, write_uncertainty_map
+from semiseg.eval.io import (
+    input_case_ids,
+    input_slices,
+    read_inputs,
+    write_label,
+    write_probabilities,
+    write_uncertainty_map,
+)
 from semiseg.eval.labels import probs_to_label
+from semiseg.paths import check_writable_dir
 from semiseg.ssl.uncertainty import mutual_information as ssl_mutual_information
 
 _MUST_AGREE = ("class_names", "label_mode", "channels")
@@ -164,3 +176,32 @@ def predict_files(model: CasePredictor, input_path: str | Path, output: Path, *,
         if members is not None:
             written.append(write_uncertainty_map(case, mutual_information(members, label_mode), output))
     return written
+
+
+def predict_runs(runs: Sequence[str | Path], input_path: str | Path, output_dir: str | Path, *,
+                 model_dir: str | Path | None = None, checkpoint: str | None = None, device: str = "auto",
+                 tta: bool = False, save_probabilities: bool = False, overwrite: bool = False,
+                 threads: int | None = None) -> list[Path]:
+    """Predict with one run, an ensemble of runs (mean + disagreement map) or an export.
+
+    Runs, output folder, name clashes, ``checkpoint`` (default best; an export's own) and the inputs'
+    dimension are checked before any model or image is loaded.
+    """
+    if (model_dir is None) == (not runs):
+        raise SemisegError("predict needs --run RUN (repeatable: an ensemble) or --model EXPORT_DIR, not both")
+    output = Path(output_dir)
+    for run in runs:
+        require_run(Path(run))
+    check_writable_dir(output, "--output")
+    clashes = [cid for cid in input_case_ids(input_path) if any(output.glob(f"{glob.escape(cid)}.*"))]
+    if clashes and not overwrite:
+        raise SemisegError(
+            f"{output} already holds predictions for {clashes[:3]}; pass --overwrite or another --output"
+        )
+    check_models_and_inputs(runs, model_dir, checkpoint, input_path)
+    if model_dir is not None:
+        model: CasePredictor = ExportedModel.load(model_dir, device, tta=tta)
+    else:
+        members = [load_model(r, checkpoint or "best", device, threads).with_tta(tta) for r in runs]
+        model = members[0] if len(members) == 1 else Ensemble(members, [str(r) for r in runs])
+    return predict_files(model, input_path, output, save_probabilities=save_probabilities, overwrite=True)

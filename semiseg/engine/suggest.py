@@ -12,21 +12,22 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from semiseg.data.case import Case
+from semiseg.engine.model import LoadedModel, load_model
+from semiseg.engine.run import Run
+from semiseg.engine.run_folder import require_run
 from semiseg.errors import ConfigError, SemisegError
 from semiseg.eval import suggest as scoring
+from semiseg.eval.io import read_inputs
 from semiseg.eval.labels import probs_to_label
 from semiseg.methods import Method
 from semiseg.ssl.pseudo_labels import probabilities
-
-if TYPE_CHECKING:
-    from semiseg.engine.run import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -188,28 +189,27 @@ def suggest_cases(model: LoadedModel, cases: Iterable[Case], out_dir: Path, opti
 
 def suggest_run(run_dir: Path, *, input_path: str | Path | None = None, output: str | Path | None = None,
                 checkpoint: str = "best", device: str = "auto", overwrite: bool = False, progress: bool = True,
-                **options: Any) -> list[scoring.CaseSuggestion]:
+                data: str | Path | None = None, **options: Any) -> list[scoring.CaseSuggestion]:
     """Rank the run's unlabelled cases (or the images in ``input_path``) with ``SuggestOptions(**options)``;
-    report into ``output`` (default ``<run>/suggest/``)."""
-    from semiseg.engine.run import Run
-    from semiseg.eval.io import read_inputs
-
+    report into ``output`` (default ``<run>/suggest/``). The run's own cases need its data (``data``: where it
+    is now, when it moved); ``input_path`` needs only the weights."""
+    require_run(Path(run_dir))
     opts = SuggestOptions(**options)
     opts.check()
     out_dir = Path(output) if output else Path(run_dir) / "suggest"
     if (out_dir / "suggest.csv").exists() and not overwrite:
         raise SemisegError(f"{out_dir} already holds suggest.csv; pass --overwrite or another --output")
     if input_path is None:
-        run = Run.open(run_dir, progress=progress)
+        run = Run.open(run_dir, progress=progress, data=data)
         ids = list(run.split["unlabelled"])
         if not ids:
             raise SemisegError(f"{run_dir}/split.json has no unlabelled cases to rank; pass --input FOLDER of images")
         refs = {ref.case_id: ref for ref in run.dataset.all_refs()}
-        model = Run.load_model(run_dir, checkpoint, device)
+        model = load_model(run_dir, checkpoint, device)
         cases: Iterable[Case] = (refs[i].load() for i in ids)
         where = f"{len(ids)} unlabelled cases of the run's split"
     else:
-        model = Run.load_model(run_dir, checkpoint, device)
+        model = load_model(run_dir, checkpoint, device)
         cases = read_inputs(input_path, model.info["channels"])
         where = str(input_path)
     _require(model, opts.score)  # before any inference

@@ -26,11 +26,15 @@ import torch
 from torch import Tensor
 
 from semiseg.data.loaders import StoredCase
+from semiseg.engine.device import autocast
+from semiseg.engine.handlers import Handler, StepRecord, TrainingLoop, logs, validates
 from semiseg.errors import SemisegError
 from semiseg.eval.labels import probs_to_label
-from semiseg.eval.metrics import foreground_overlaps
+from semiseg.eval.metrics import foreground_overlaps, mean_foreground_dice
 from semiseg.eval.report import PREDICTION, UNLABELLED_DICE
 from semiseg.eval.report import TEACH as PREFIX
+from semiseg.methods.base import Batch
+from semiseg.nets import evaluating
 from semiseg.ssl.pseudo_labels import probabilities
 
 # Whole unlabelled cases scored per network at each validation (the first of the store, so every validation
@@ -137,7 +141,7 @@ class UnlabelledDice:
 
     def __call__(
         self, nets: dict[str, torch.nn.Module], cases: Sequence[StoredCase], probabilities: Callable[..., np.ndarray],
-        *, label_mode: str, num_classes: int, dice: Callable[..., float],
+        *, label_mode: str, num_classes: int, dice: Callable[..., float] = mean_foreground_dice,
     ) -> dict[str, float]:
         scored = [c for c in cases if c.truth is not None][:UNLABELLED_CASES]
         if not scored:
@@ -152,3 +156,54 @@ class UnlabelledDice:
                 self._cache[name] = (fingerprint, float(np.mean(scores)))
             row[f"{PREFIX}{UNLABELLED_DICE}_{name}"] = self._cache[name][1]
         return row
+
+
+class TeachHandler(Handler):
+    """The ``teach/*`` columns: the step's targets and the network's own answer against the held-out truth
+    (on logged steps), and ``teach/unl_dice_<net>`` on whole unlabelled cases (at validations)."""
+
+    def __init__(self) -> None:
+        self.truth: Tensor | None = None
+        self.unlabelled_dice = UnlabelledDice()
+
+    def on_batches(self, loop: TrainingLoop, step: StepRecord) -> None:
+        self.truth = None
+        if step.raw_unlabelled is None or not logs(loop.cfg.train, loop.step + 1):
+            return
+        self.truth = truth_tensor(step.raw_unlabelled, loop.inferer.device, loop.ctx.label_mode)
+        if self.truth is not None:  # before the forward: BatchNorm's running statistics as the step found them
+            assert step.unlabelled is not None
+            step.row.update(self._prediction_scores(loop, step.unlabelled, self.truth))
+
+    def on_forward(self, loop: TrainingLoop, step: StepRecord) -> None:
+        # the truth describes the batch as drawn, which only the first update of a chained step trains on
+        if self.truth is not None and step.out is not None:
+            step.row.update(score_step(step.out.targets, step.out.masks, self.truth, label_mode=loop.ctx.label_mode,
+                                       num_classes=loop.ctx.num_classes, method=loop.method.name))
+
+    def on_step_end(self, loop: TrainingLoop, step: StepRecord) -> None:
+        self.truth = None
+        if validates(loop.cfg.train, loop.step):
+            step.row.update(loop.dist.on_main(lambda: self._whole_cases(loop)))
+
+    @torch.no_grad()
+    def _prediction_scores(self, loop: TrainingLoop, unlabelled: Batch, truth: Tensor) -> dict[str, float]:
+        """``teach/prediction_*``: the predicting network's own answer on the unlabelled batch, in eval mode.
+
+        Why: a method's targets help only where they beat what the model would predict anyway; this puts that
+        yardstick on the same pixels and the same step, and leaves training as it was (``evaluating``).
+        """
+        with evaluating(loop.nets.values()), autocast(loop.amp, loop.inferer.device, loop.amp_dtype):
+            logits = loop.method.predict(loop.nets, unlabelled.image)
+        return score_prediction(logits, truth, label_mode=loop.ctx.label_mode, num_classes=loop.ctx.num_classes)
+
+    @torch.no_grad()
+    def _whole_cases(self, loop: TrainingLoop) -> dict[str, float]:
+        """``teach/unl_dice_<net>`` of every segmentation net on whole unlabelled cases with truth."""
+        if loop.data.unlabelled is None or not loop.cfg.train.monitor_unlabelled:
+            return {}
+        nets = {name: net for name, net in loop.nets.items() if loop.specs[name].builder is None}
+        for net in nets.values():
+            net.eval()
+        return self.unlabelled_dice(nets, loop.data.unlabelled.store, loop.inferer.probabilities,
+                                    label_mode=loop.ctx.label_mode, num_classes=loop.ctx.num_classes)

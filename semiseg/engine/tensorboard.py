@@ -14,10 +14,17 @@ from typing import Any
 
 import numpy as np
 
+from semiseg.engine.handlers import Handler, StepRecord, TrainingLoop
+from semiseg.engine.validation import ValidationHandler
 from semiseg.errors import ConfigError
 
 OVERLAY_CASES = 3
 FOLDER = "tensorboard"
+
+
+def tensorboard_wanted(mode: str) -> bool:
+    """Whether ``train.tensorboard`` writes event files (``auto``: when the package is installed)."""
+    return mode != "off" and tensorboard_installed()
 
 
 def tensorboard_installed() -> bool:
@@ -80,3 +87,25 @@ def overlay(image: np.ndarray, label: np.ndarray, pred: np.ndarray, label_mode: 
     rgb[..., 1] += 0.3 * truth[:, :, z]
     rgb[..., 0] += 0.3 * guess[:, :, z]
     return np.rint(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+class TensorBoardHandler(Handler):
+    """Mirrors every ``log.csv`` row (``StepRecord.logged``) and, at validations, the validation overlays."""
+
+    def __init__(self, mode: str, run_dir: Path, validation: ValidationHandler) -> None:
+        self.mode, self.run_dir, self.validation = mode, run_dir, validation
+        self.log: TensorBoardLog | None = None
+
+    def on_train_start(self, loop: TrainingLoop) -> None:
+        self.log = TensorBoardLog.open(self.mode, self.run_dir, loop.step)
+
+    def on_step_end(self, loop: TrainingLoop, step: StepRecord) -> None:
+        if self.log is None or step.logged is None:
+            return
+        self.log.scalars(step.logged)
+        if "val_dice" in step.logged:
+            self.log.overlays(self.validation.overlays, loop.step, loop.ctx.label_mode)
+
+    def on_train_end(self, loop: TrainingLoop, error: BaseException | None) -> None:
+        if self.log is not None:
+            self.log.close()

@@ -80,6 +80,12 @@ def foreground_overlaps(pred: Any, label: Any, label_mode: str, num_classes: int
     return counts
 
 
+def mean_foreground_dice(pred: Any, label: Any, label_mode: str, num_classes: int) -> float:
+    """Mean Dice over foreground classes; a class absent from both counts as 1 (fast: validation, the gate)."""
+    overlaps = foreground_overlaps(pred, label, label_mode, num_classes)
+    return float(np.mean([1.0 if size == 0 else 2.0 * inter / size for inter, size in overlaps]))
+
+
 def _dice_from(inter: int, n_pred: int, n_gt: int) -> float:
     return 1.0 if n_pred + n_gt == 0 else 2.0 * inter / (n_pred + n_gt)
 

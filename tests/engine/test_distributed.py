@@ -57,7 +57,7 @@ def _final_state(run: Run) -> dict:
     trainer = run.trainer
     nets = {n: {k: v.detach().clone() for k, v in net.state_dict().items()} for n, net in trainer.nets.items()}
     return {"nets": nets,
-            "method_state": trainer.method.state_dict(), "best": dict(trainer.best), "step": trainer.step}
+            "method_state": trainer.method.state_dict(), "best": run.best, "step": trainer.step}
 
 
 def _train_all(root: Path, out: Path, tag: str) -> None:

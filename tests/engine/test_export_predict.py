@@ -171,9 +171,9 @@ def test_predict_and_export_errors_are_one_line(argv, match, capsys):
 @pytest.mark.parametrize("name", sorted(available_methods()))
 def test_every_method_traces_to_a_module_that_predicts_other_sizes(name):
     """The exported module is ``method.predict`` traced: it must hold for teachers, ensembles, extra heads."""
+    from semiseg.engine.assemble import method_context
     from semiseg.engine.export import PredictingNetwork
-    from semiseg.engine.loop import build_nets
-    from semiseg.engine.run import method_context
+    from semiseg.engine.networks import build_nets
     from semiseg.methods import get_method
 
     info = {"label_mode": "multiclass", "class_names": ["background", "a", "b"], "channels": 1}

@@ -7,6 +7,7 @@ import pytest
 import torch
 from test_training import _cfg
 
+from semiseg.engine.model import load_model
 from semiseg.engine.performance import memory_format
 from semiseg.engine.run import Run
 
@@ -27,5 +28,5 @@ def test_cuda_training_with_amp_and_channels_last(tmp_path, dim, amp_dtype):
     run.fit()
     with (run.run_dir / "log.csv").open() as fh:
         assert all(math.isfinite(float(row["loss"])) for row in csv.DictReader(fh))
-    model = Run.load_model(run.run_dir, "last", device="cpu")  # a CUDA checkpoint predicts on CPU
+    model = load_model(run.run_dir, "last", device="cpu")  # a CUDA checkpoint predicts on CPU
     assert next(model.nets["student"].parameters()).device.type == "cpu"

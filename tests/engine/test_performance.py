@@ -10,6 +10,7 @@ from test_training import _cfg, _interrupt_at, _log_without_time
 from semiseg import api
 from semiseg.engine import performance
 from semiseg.engine.device import resolve_amp_dtype
+from semiseg.engine.model import load_model
 from semiseg.engine.performance import channels_last_enabled, memory_format, pin_legacy_speed_settings
 from semiseg.engine.run import Run
 from semiseg.methods import available_methods
@@ -141,5 +142,5 @@ def test_compiled_nets_train_through_dynamo_and_save_plain_checkpoints(tmp_path,
     for net in ("student", "teacher"):  # the teacher (EMA) follows the compiled student's real parameters
         a, b = _weights(plain.run_dir, net), _weights(compiled.run_dir, net)
         assert set(a) == set(b) and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
-    model = Run.load_model(compiled.run_dir, "last", device="cpu")  # uncompiled nets load it
+    model = load_model(compiled.run_dir, "last", device="cpu")  # uncompiled nets load it
     assert all(getattr(n, "_compiled_call_impl", None) is None for n in model.nets.values())

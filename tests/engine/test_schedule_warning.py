@@ -1,7 +1,7 @@
 """A warm-up as long as the run is announced before training; half the run is not (it measured better)."""
 
 from semiseg.config import load_config
-from semiseg.engine.run import print_schedule_warnings
+from semiseg.engine.checks import print_schedule_warnings
 
 
 def test_warm_up_of_the_whole_run_warns_and_half_of_it_does_not(capsys) -> None:

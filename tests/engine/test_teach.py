@@ -10,7 +10,7 @@ import torch
 from semiseg import api
 from semiseg.config import load_config
 from semiseg.data.loaders import Augmentation, PatchSampler, StoredCase
-from semiseg.engine.loop import build_nets
+from semiseg.engine.networks import build_nets
 from semiseg.engine.teach import UnlabelledDice, score_prediction, score_step
 from semiseg.errors import SemisegError
 from semiseg.eval.report import _teach_keys, teaching_figure, write_report

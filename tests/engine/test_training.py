@@ -123,22 +123,22 @@ def test_ctrl_c_during_validation_waits_for_the_log_row_and_checkpoint(tmp_path,
     import os
     import signal
 
-    from semiseg.engine.loop import Trainer
+    from semiseg.engine.validation import ValidationHandler
 
     handler = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN under a background shell
     straight = api.train(_cfg(tmp_path / "a"), progress=False, evaluate=False)
-    validate = Trainer.validate
+    validate = ValidationHandler.validate
 
-    def validate_then_ctrl_c(self):
-        score = validate(self)
-        if self.step == 3:
+    def validate_then_ctrl_c(self, loop):
+        score = validate(self, loop)
+        if loop.step == 3:
             os.kill(os.getpid(), signal.SIGINT)  # arrives mid-step: must wait for the row and last.pt of step 3
         return score
 
-    monkeypatch.setattr(Trainer, "validate", validate_then_ctrl_c)
+    monkeypatch.setattr(ValidationHandler, "validate", validate_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         api.train(_cfg(tmp_path / "b"), progress=False, evaluate=False)
-    monkeypatch.setattr(Trainer, "validate", validate)
+    monkeypatch.setattr(ValidationHandler, "validate", validate)
     assert torch.load(tmp_path / "b" / "run" / "checkpoints" / "last.pt", weights_only=False)["step"] == 3
     resumed = api.resume(tmp_path / "b" / "run", progress=False, evaluate=False)
     assert _log_without_time(resumed.run_dir) == _log_without_time(straight.run_dir)
@@ -150,23 +150,23 @@ def test_ctrl_c_with_loader_workers_stops_them_and_resumes_exactly(tmp_path, mon
     import os
     import signal
 
-    from semiseg.engine.loop import Trainer
+    from semiseg.engine.validation import ValidationHandler
 
     straight = api.train(_cfg(tmp_path / "a"), progress=False, evaluate=False)
-    validate, workers = Trainer.validate, []
+    validate, workers = ValidationHandler.validate, []
 
-    def validate_then_ctrl_c(self):
-        score = validate(self)
-        if self.step == 3:
-            workers.extend(self.stream._iterator._workers)
+    def validate_then_ctrl_c(self, loop):
+        score = validate(self, loop)
+        if loop.step == 3:
+            workers.extend(loop.stream._iterator._workers)
             for pid in (os.getpid(), *(w.pid for w in workers)):
                 os.kill(pid, signal.SIGINT)
         return score
 
-    monkeypatch.setattr(Trainer, "validate", validate_then_ctrl_c)
+    monkeypatch.setattr(ValidationHandler, "validate", validate_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         api.train(_cfg(tmp_path / "b", "train.workers=2"), progress=False, evaluate=False)
-    monkeypatch.setattr(Trainer, "validate", validate)
+    monkeypatch.setattr(ValidationHandler, "validate", validate)
     assert len(workers) == 2 and not any(w.is_alive() for w in workers)
     assert torch.load(tmp_path / "b" / "run" / "checkpoints" / "last.pt", weights_only=False)["step"] == 3
     resumed = api.resume(tmp_path / "b" / "run", progress=False, evaluate=False)
@@ -220,7 +220,7 @@ def test_png_folder_train_predict_and_folder_evaluation(tmp_path):
 
 
 def test_csv_log_keeps_counting_elapsed_time_across_a_resume(tmp_path):
-    from semiseg.engine.loop import CsvLog
+    from semiseg.engine.csvlog import CsvLog
 
     path = tmp_path / "log.csv"
     log = CsvLog(path)
@@ -233,7 +233,7 @@ def test_csv_log_keeps_counting_elapsed_time_across_a_resume(tmp_path):
 
 
 def test_csv_log_keeps_a_key_first_reported_late_and_resumes(tmp_path):
-    from semiseg.engine.loop import CsvLog
+    from semiseg.engine.csvlog import CsvLog
 
     path = tmp_path / "log.csv"
     log = CsvLog(path)

@@ -138,7 +138,7 @@ def test_a_folder_of_images_with_a_near_copy_is_ranked_and_diversity_moves_the_c
 
 
 def test_which_methods_have_disagreement():
-    from semiseg.engine.run import method_context
+    from semiseg.engine.assemble import method_context
     from semiseg.engine.suggest import members
     from semiseg.methods import get_method
 

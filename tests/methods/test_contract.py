@@ -6,7 +6,7 @@ import torch
 from semiseg.api import supervised_loss
 from semiseg.config import load_config
 from semiseg.engine.checkpoint import load_checkpoint, save_checkpoint
-from semiseg.engine.loop import build_nets, trainable_parameters
+from semiseg.engine.networks import build_nets, trainable_parameters
 from semiseg.methods import Batch, MethodContext, Progress, available_methods
 
 METHODS = sorted(available_methods())

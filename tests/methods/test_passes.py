@@ -5,7 +5,7 @@ import torch
 
 from semiseg.api import supervised_loss
 from semiseg.config import load_config
-from semiseg.engine.loop import build_nets
+from semiseg.engine.networks import build_nets
 from semiseg.methods import Batch, MethodContext, Progress, available_methods
 
 K = 3
@@ -65,8 +65,8 @@ def test_separate_until_gate_resolves_by_whether_the_unlabelled_terms_act():
 
 
 def test_the_run_setting_reaches_the_method_and_a_run_saved_before_it_resumes_joint():
+    from semiseg.engine.assemble import method_context
     from semiseg.engine.reliability import pin_legacy_unlabelled_settings
-    from semiseg.engine.run import method_context
 
     info = {"label_mode": "multiclass", "class_names": ["bg", "a"], "channels": 1}
     cfg = load_config(None, ["train.unlabelled_pass=joint"])

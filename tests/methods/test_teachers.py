@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from semiseg.api import supervised_loss
 from semiseg.config import load_config
-from semiseg.engine.loop import build_nets, update_ema_net
+from semiseg.engine.networks import build_nets, update_ema_net
 from semiseg.errors import ConfigError
 from semiseg.losses import dice_loss
 from semiseg.methods import Batch, MethodContext, Progress, available_methods

@@ -7,7 +7,7 @@ import torch
 
 from semiseg.api import supervised_loss
 from semiseg.config import load_config
-from semiseg.engine.loop import build_nets
+from semiseg.engine.networks import build_nets
 from semiseg.methods import Batch, MethodContext, Progress, get_method
 from semiseg.methods.urpc import pyramid_consistency, upsample_logits
 

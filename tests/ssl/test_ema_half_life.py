@@ -50,7 +50,7 @@ def test_half_life_must_be_positive() -> None:
 
 
 def test_half_life_replaces_a_too_long_decay_in_the_warning(capsys) -> None:
-    from semiseg.engine.run import print_ema_warnings
+    from semiseg.engine.checks import print_ema_warnings
 
     print_ema_warnings(get_method("mean_teacher")(context(), {"ema_decay": 0.999}), 600)
     assert "method.ema_half_life" in capsys.readouterr().err
