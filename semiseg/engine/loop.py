@@ -319,7 +319,7 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
-        progress = Progress(self.step, self.cfg.train.steps)
+        progress = Progress(self.step, self.cfg.train.steps, unlabelled_on=self.gate is None or self.gate.is_open)
         self._prepare_unlabelled(progress)
         for net in self.nets.values():
             net.train()
@@ -334,7 +334,6 @@ class Trainer:
         row: dict[str, float] = {"loss": 0.0}
         if scored:  # before the step's forward, so BatchNorm's running statistics are the ones it started with
             row.update(self._prediction_scores(unlabelled, truth))
-        self.method.unlabelled_terms_on = self.gate is None or self.gate.is_open  # separate_until_gate reads it
         with autocast(self.amp, self.device, self.amp_dtype), self.dist.whole_batch_losses():
             out = self._method_step(labelled, unlabelled, progress)
         # the truth describes the batch as drawn, which only the first update of a chained step trains on
@@ -344,7 +343,7 @@ class Trainer:
         gate = 1.0 if self.gate is None else self.gate.value(self.step)
         for update in range(_MAX_UPDATES_PER_STEP):
             prefix = f"u{update + 1}_" if update else ""
-            losses = gate_unlabelled_terms(out.losses, gate)
+            losses = gate_unlabelled_terms(out.losses, out.unlabelled, gate)
             total = self._update(losses)
             row["loss"] += float(total.detach())
             row.update({prefix + k: float(v.detach()) for k, v in losses.items()})

@@ -91,12 +91,13 @@ class CCT(Method):
         if w == 0:  # no unlabelled term: the auxiliary decoders and the unlabelled images are not needed
             return StepOut(self.supervised_step(nets, labelled, progress).losses, logs)
         (_, main_l), (skips_u, main_u) = joint_forward(partial(self.main_pass, net), labelled.image, unlabelled.image,
-                                                         self.unlabelled_pass)
+                                                         self.unlabelled_pass(progress))
         sup = self.ctx.supervised_loss(main_l, labelled.label)
         aux = self.aux_logits(net, skips_u)
         mode = self.ctx.label_mode
         cons = cross_consistency(probabilities(main_u, mode), [probabilities(a, mode) for a in aux])
-        return StepOut({"sup": sup, "consistency": w * cons}, logs, targets={"main": main_u.detach()})
+        return StepOut({"sup": sup, "consistency": w * cons}, logs, targets={"main": main_u.detach()},
+                       unlabelled=frozenset({"consistency"}))
 
     @staticmethod
     def main_pass(net: UNet, x: Tensor) -> tuple[list[Tensor], Tensor]:

@@ -70,7 +70,7 @@ from semiseg.methods._options import PassesOption, RampedWeight, RampKind
 from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.cps import agreement
 from semiseg.methods.registry import register
-from semiseg.ssl.joint import joint_forward
+from semiseg.ssl.joint import Passes, joint_forward
 from semiseg.ssl.pseudo_labels import hard_labels, probabilities
 
 TEACHER_WEIGHTS = {"paper": (0.5, 0.5), "code": (0.99, 0.01)}
@@ -117,6 +117,11 @@ class CMTOutputs:
     teacher_pseudo_u: Tensor | None
     taught: dict[str, Tensor] = field(default_factory=dict)  # each net's hard labels on x_u (StepOut.targets)
 
+    @property
+    def unlabelled(self) -> frozenset[str]:
+        """The terms on unlabelled images (StepOut.unlabelled): CPS between the students, MTS from the teacher."""
+        return frozenset(self.losses) & {"cps", "mts"}
+
     def agreement(self) -> dict[str, float]:
         """Share of unlabelled pixels where the two students' hard labels agree (absent with one student)."""
         students = [v for k, v in self.taught.items() if k != "teacher"]
@@ -128,7 +133,6 @@ class CMTCore:
 
     def __init__(self, method: Method, cfg: CMTConfig) -> None:
         self.ctx, self.cfg = method.ctx, cfg
-        self.method = method  # its unlabelled_pass can change with the gate (separate_until_gate)
         self.students = ["student1"] if cfg.architecture == "ts" else ["student1", "student2"]
         self.has_teacher = cfg.architecture != "ss"
 
@@ -148,11 +152,11 @@ class CMTCore:
     def prediction_net(self) -> str:
         return "teacher" if self.has_teacher else "student1"
 
-    def step(self, nets: Nets, x_l: Tensor, y_l: Tensor, x_u: Tensor, weight: float,
+    def step(self, nets: Nets, x_l: Tensor, y_l: Tensor, x_u: Tensor, weight: float, passes: Passes,
              teacher_pseudo_u: Tensor | None = None, need_teacher_l: bool = False) -> CMTOutputs:
         """Losses on one batch; ``teacher_pseudo_u`` replaces the teacher's pass on x_u (UMIX step)."""
         mode, loss = self.ctx.label_mode, self.ctx.loss(self.cfg.loss)
-        logits = {s: joint_forward(nets[s], x_l, x_u, self.method.unlabelled_pass) for s in self.students}
+        logits = {s: joint_forward(nets[s], x_l, x_u, passes) for s in self.students}
         sup = sum(loss(out_l, y_l) for out_l, _ in logits.values())
         teacher_l = teacher_u = None
         if self.has_teacher:
@@ -201,8 +205,10 @@ class CMT(Method):
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         weight = self.cfg.weight_at(progress)
-        out = self.core.step(nets, labelled.image, labelled.label, unlabelled.image, weight)
-        return StepOut(losses=out.losses, logs={"unsup_weight": weight, **out.agreement()}, targets=out.taught)
+        out = self.core.step(nets, labelled.image, labelled.label, unlabelled.image, weight,
+                             self.unlabelled_pass(progress))
+        return StepOut(losses=out.losses, logs={"unsup_weight": weight, **out.agreement()}, targets=out.taught,
+                       unlabelled=out.unlabelled)
 
     def predict(self, nets: Nets, x: Tensor) -> Tensor:
         return nets[self.core.prediction_net()](x)

@@ -63,7 +63,8 @@ class CPS(Method):
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         # the cross term may read every row, so each net's two parts are put back together
         n = labelled.image.shape[0]
-        logits1, logits2 = (torch.cat(joint_forward(nets[name], labelled.image, unlabelled.image, self.unlabelled_pass))
+        passes = self.unlabelled_pass(progress)
+        logits1, logits2 = (torch.cat(joint_forward(nets[name], labelled.image, unlabelled.image, passes))
                             for name in ("net1", "net2"))
         sup = sum(self.ctx.supervised_loss(logits[:n], labelled.label) for logits in (logits1, logits2))
         start = 0 if self.cfg.on_labelled else n
@@ -75,7 +76,7 @@ class CPS(Method):
                   for name, logits in (("net1", logits1), ("net2", logits2))}
         return StepOut(losses={"sup": sup, "cps": weight * cross},
                        logs={"cps_weight": weight, "agreement": agreement(taught["net1"], taught["net2"])},
-                       targets=taught)
+                       targets=taught, unlabelled=frozenset({"cps"}))
 
     def cross_loss(self, logits1: Tensor, logits2: Tensor) -> Tensor:
         mode, loss = self.ctx.label_mode, self.ctx.loss(self.cfg.loss)

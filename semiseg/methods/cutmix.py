@@ -52,7 +52,7 @@ class CutMix(MeanTeacher):
             # pair every image with the next one in the batch: one teacher pass covers both partners
             mixed_x = mix(x, x.roll(1, dims=0), masks)
             target = mix(teacher_probs, teacher_probs.roll(1, dims=0), masks)
-        sup, student_logits = self.student_forward(nets, labelled, mixed_x)
+        sup, student_logits = self.student_forward(nets, labelled, mixed_x, progress)
         if self.cfg.consistency == "mse":
             consistency = probability_mse(probabilities(student_logits, mode), target)
         else:
@@ -60,4 +60,5 @@ class CutMix(MeanTeacher):
         weight = self.cfg.weight_at(progress)
         return StepOut(losses={"sup": sup, "consistency": weight * consistency},
                        logs={"consistency_weight": weight, "mixed_fraction": float(masks.float().mean())},
-                       targets={"teacher": teacher_probs})  # before mixing, aligned with the batch as drawn
+                       targets={"teacher": teacher_probs},  # before mixing, aligned with the batch as drawn
+                       unlabelled=frozenset({"consistency"}))

@@ -245,14 +245,15 @@ class DualUncertainty(Method):
         if self.stage == 1:
             return self.supervised_step(nets, labelled, progress)
         (main_l, aux_l), (main_u, aux_u) = joint_forward(partial(self._decoders, nets["model"]), labelled.image,
-                                                         unlabelled.image, self.unlabelled_pass)
+                                                         unlabelled.image, self.unlabelled_pass(progress))
         losses = self._supervised_terms(main_l, aux_l, labelled)
         logs = {"stage": float(self.stage)}
         target = self._pseudo_labels(nets["teacher"], unlabelled.image)
         ce = cross_entropy_map(main_u, target, self.ctx.label_mode)  # Eq. 3, per pixel
         if aux_u is None:
             losses["unsup"] = self.cfg.weight * ce.mean()
-            return StepOut(losses, logs, targets={"pseudo": target, "student": main_u.detach()})
+            return StepOut(losses, logs, targets={"pseudo": target, "student": main_u.detach()},
+                           unlabelled=frozenset({"unsup"}))
         mode = self.ctx.label_mode
         if self.cfg.divergence == "exact":
             d = kl_divergence_logits(main_u, aux_u, mode)  # Eq. 2
@@ -261,7 +262,8 @@ class DualUncertainty(Method):
         losses["unsup"] = self.cfg.weight * rectified_loss(ce, d)  # Eq. 4
         rectification = torch.exp(-d.detach())  # the weight exp(−D) each pixel's CE gets
         return StepOut(losses, logs | {"pixel_uncertainty": float(d.detach().mean())},
-                       targets={"pseudo": target, "student": main_u.detach()}, masks={"pseudo": rectification})
+                       targets={"pseudo": target, "student": main_u.detach()}, masks={"pseudo": rectification},
+                       unlabelled=frozenset({"unsup"}))
 
     def _supervised_terms(self, main: Tensor, aux: Tensor | None, labelled: Batch) -> dict[str, Tensor]:
         """Eq. 5 for the main decoder and, with ``aux_supervised``, for the interpolation decoder too."""

@@ -155,10 +155,12 @@ class FixMatch(Method):
             with torch.no_grad():
                 probs_weak = probabilities(model(unlabelled.image), self.ctx.label_mode)
             (target, mask), (x, strong_target, strong_mask) = self.views(unlabelled.image, probs_weak)
-            logits_l, logits_strong = joint_forward(model, labelled.image, x, self.unlabelled_pass)
+            logits_l, logits_strong = joint_forward(model, labelled.image, x, self.unlabelled_pass(progress))
             unsup, kept = self.term(logits_strong, strong_target, strong_mask)
         else:
-            logits_l, logits_weak = joint_forward(model, labelled.image, unlabelled.image, self.unlabelled_pass)
+            logits_l, logits_weak = joint_forward(model, labelled.image, unlabelled.image,
+                                                  self.unlabelled_pass(progress))
             unsup, kept, (target, mask) = self.weak_term(logits_weak)
         losses = {"sup": self.ctx.supervised_loss(logits_l, labelled.label), "unsup": self.cfg.weight * unsup}
-        return StepOut(losses=losses, logs={"confident": kept}, targets={"pseudo": target}, masks={"pseudo": mask})
+        return StepOut(losses=losses, logs={"confident": kept}, targets={"pseudo": target}, masks={"pseudo": mask},
+                       unlabelled=frozenset({"unsup"}))

@@ -76,8 +76,9 @@ class FixMatchMix(Method):
         (target, mask), strong = self.fixmatch.views(x, probs_weak)
         boxes = box_masks(x.shape[0], x.shape[2:], area=self.cfg.box_area, n_boxes=self.cfg.boxes, device=x.device)
         mixed_x, mixed_target, mixed_mask = mix_pairs(boxes, *strong)
-        logits_l, logits_mixed = joint_forward(model, labelled.image, mixed_x, self.unlabelled_pass)
+        logits_l, logits_mixed = joint_forward(model, labelled.image, mixed_x, self.unlabelled_pass(progress))
         unsup, kept = self.fixmatch.term(logits_mixed, mixed_target, mixed_mask)
         losses = {"sup": self.ctx.supervised_loss(logits_l, labelled.label), "unsup": self.cfg.weight * unsup}
         return StepOut(losses=losses, logs={"confident": kept, "mixed_fraction": float(boxes.float().mean())},
-                       targets={"pseudo": target}, masks={"pseudo": mask})  # as drawn, before view and mix
+                       targets={"pseudo": target}, masks={"pseudo": mask},  # as drawn, before view and mix
+                       unlabelled=frozenset({"unsup"}))

@@ -62,20 +62,23 @@ class MeanTeacher(Method):
                 "teacher": NetSpec(trainable=False, ema_of=("student",), ema_decay=self.cfg.ema_decay,
                                    ema_half_life=self.cfg.ema_half_life)}
 
-    def student_forward(self, nets: Nets, labelled: Batch, unlabelled_images: Tensor) -> tuple[Tensor, Tensor]:
+    def student_forward(self, nets: Nets, labelled: Batch, unlabelled_images: Tensor,
+                        progress: Progress) -> tuple[Tensor, Tensor]:
         """Supervised loss and the student's logits on the unlabelled images, from one batched pass."""
-        logits_l, logits_u = joint_forward(nets["student"], labelled.image, unlabelled_images, self.unlabelled_pass)
+        logits_l, logits_u = joint_forward(nets["student"], labelled.image, unlabelled_images,
+                                           self.unlabelled_pass(progress))
         return self.ctx.supervised_loss(logits_l, labelled.label), logits_u
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
-        sup, student_logits = self.student_forward(nets, labelled, unlabelled.image)
+        sup, student_logits = self.student_forward(nets, labelled, unlabelled.image, progress)
         student_probs = probabilities(student_logits, self.ctx.label_mode)
         with torch.no_grad():
             noisy = input_noise(unlabelled.image, self.cfg.noise_std, self.cfg.noise_clip)
             target = probabilities(nets["teacher"](noisy), self.ctx.label_mode)
         weight = self.cfg.weight_at(progress)
         return StepOut(losses={"sup": sup, "consistency": weight * probability_mse(student_probs, target)},
-                       logs={"consistency_weight": weight}, targets={"teacher": target})
+                       logs={"consistency_weight": weight}, targets={"teacher": target},
+                       unlabelled=frozenset({"consistency"}))
 
     def predict(self, nets: Nets, x: Tensor) -> Tensor:
         return nets[self.cfg.predict_with](x)

@@ -278,19 +278,20 @@ class MuST(MultiscaleSupervised):
             return StepOut(self.supervised_step(nets, labelled, progress).losses, followup=followup)
         if w == 0:  # the ramp has not started: no pass over the unlabelled images
             return StepOut(self.supervised_step(nets, labelled, progress).losses, {"consistency_weight": w})
-        out_l, out_u = self._teacher_passes(net, labelled.image, unlabelled.image)
+        out_l, out_u = self._teacher_passes(net, labelled.image, unlabelled.image, progress)
         sup = self.supervised(out_l.scales, labelled.label)
         # The clean output's labels: those of the sharpened layer-0 target (sharpening keeps the argmax).
         taught = {"teacher": out_u.scales[0].detach()}
         return StepOut({"sup": sup, "consistency": w * self.consistency(net, out_u)}, {"consistency_weight": w},
-                       targets=taught)
+                       targets=taught, unlabelled=frozenset({"consistency"}))
 
-    def _teacher_passes(self, net: UNet, labelled: Tensor, unlabelled: Tensor) -> tuple[NetOutput, NetOutput]:
+    def _teacher_passes(self, net: UNet, labelled: Tensor, unlabelled: Tensor,
+                        progress: Progress) -> tuple[NetOutput, NetOutput]:
         """The clean passes: one for both batches (or one each, ``unlabelled_pass``), or with ``teacher_norm``
         running a training pass for the labelled images and a running-statistics pass for the unlabelled ones."""
         forward = partial(net, return_scales=True)
         if self.cfg.teacher_norm == "batch":
-            return joint_forward(forward, labelled, unlabelled, self.unlabelled_pass)
+            return joint_forward(forward, labelled, unlabelled, self.unlabelled_pass(progress))
         teacher = self._unlabelled_teacher(net, unlabelled)  # first: the statistics the step started with
         return forward(labelled), teacher
 
@@ -306,7 +307,7 @@ class MuST(MultiscaleSupervised):
         teacher = self._unlabelled_teacher(net, unlabelled.image)
         cons = self.consistency(net, teacher)
         return StepOut({"consistency": w * self.cfg.unsupervised_lr_scale * cons}, {"consistency_weight": w},
-                       targets={"teacher": teacher.scales[0].detach()})
+                       targets={"teacher": teacher.scales[0].detach()}, unlabelled=frozenset({"consistency"}))
 
     def consistency(self, net: UNet, teacher: NetOutput) -> Tensor:
         """L_MSC (Eq. 3) of a teacher pass over unlabelled images."""

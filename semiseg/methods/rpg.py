@@ -186,9 +186,11 @@ class RPG(Method):
         """The network with its penultimate features, which the reference matching reads (Eqs. 1-4)."""
         return partial(nets["model"], return_features=True)
 
-    def forward(self, nets: Nets, labelled: Batch, unlabelled_images: Tensor) -> tuple[NetOutput, NetOutput]:
+    def forward(self, nets: Nets, labelled: Batch, unlabelled_images: Tensor,
+                progress: Progress) -> tuple[NetOutput, NetOutput]:
         """One pass over [labelled; unlabelled] with the penultimate features, split into the two parts."""
-        return joint_forward(self.features(nets), labelled.image, unlabelled_images, self.unlabelled_pass)
+        return joint_forward(self.features(nets), labelled.image, unlabelled_images,
+                             self.unlabelled_pass(progress))
 
     def terms(self, out_l: NetOutput, out_u: NetOutput, labelled: Batch) -> StepOut:
         """Eq. 8's two terms from a pass over [labelled; unlabelled], what the matching looked like (W over
@@ -209,10 +211,11 @@ class RPG(Method):
             "rpg_classes": float(ref.table.shape[0]),
             **weight_by_side(ref.weight, ref.target, self.ctx.label_mode),
         }
-        return StepOut(losses, logs, targets={"reference": ref.target}, masks={"reference": ref.weight})
+        return StepOut(losses, logs, targets={"reference": ref.target}, masks={"reference": ref.weight},
+                       unlabelled=frozenset({"rpg"}))
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
-        return self.terms(*self.forward(nets, labelled, unlabelled.image), labelled)
+        return self.terms(*self.forward(nets, labelled, unlabelled.image, progress), labelled)
 
 
 def weight_by_side(weight: Tensor, target: Tensor, label_mode: str) -> dict[str, float]:

@@ -94,11 +94,11 @@ class RPGPlus(Method):
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         features = self.rpg.features(nets)
         if not self.cfg.strong_augment:  # no strong view: the confident weak labels train the weak logits
-            out_l, out_u = forward_parts(features, [labelled.image, unlabelled.image], self.unlabelled_pass)
+            out_l, out_u = forward_parts(features, [labelled.image, unlabelled.image], self.unlabelled_pass(progress))
             return self.combine(self.rpg.terms(out_l, out_u, labelled), *self.fixmatch.weak_term(out_u.logits))
         strong = self.fixmatch.strong_image(unlabelled.image)
         out_l, out_u, out_s = forward_parts(features, [labelled.image, unlabelled.image, strong.image],
-                                            self.unlabelled_pass)
+                                            self.unlabelled_pass(progress))
         target, mask = self.fixmatch.weak_labels(probabilities(out_u.logits.detach(), self.ctx.label_mode))
         fixmatch, kept = self.fixmatch.term(out_s.logits, *strong.carry(target, mask))
         return self.combine(self.rpg.terms(out_l, out_u, labelled), fixmatch, kept, (target, mask))
@@ -107,4 +107,5 @@ class RPGPlus(Method):
         """Eq. 11: RPG's step (supervised + reference-guided terms) with the FixMatch term and what it teaches."""
         losses = {**taught.losses, "fixmatch": self.cfg.fixmatch_weight * fixmatch}
         return StepOut(losses=losses, logs={**taught.logs, "confident": kept},
-                       targets={**taught.targets, "fixmatch": pseudo[0]}, masks={**taught.masks, "fixmatch": pseudo[1]})
+                       targets={**taught.targets, "fixmatch": pseudo[0]}, masks={**taught.masks, "fixmatch": pseudo[1]},
+                       unlabelled=taught.unlabelled | {"fixmatch"})

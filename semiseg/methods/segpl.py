@@ -137,11 +137,12 @@ class _PseudoLabelling(Method):
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         settings, model = self.reference(), nets["model"]
         if settings is None:
-            logits_l, logits_u = joint_forward(model, labelled.image, unlabelled.image, self.unlabelled_pass)
+            logits_l, logits_u = joint_forward(model, labelled.image, unlabelled.image,
+                                               self.unlabelled_pass(progress))
             target, weight, extra, logs = self.e_step(nets, probabilities(logits_u.detach(), self.ctx.label_mode))
         else:
             out_l, out_u = joint_forward(partial(model, return_features=True), labelled.image, unlabelled.image,
-                                         self.unlabelled_pass)
+                                         self.unlabelled_pass(progress))
             logits_l, logits_u = out_l.logits, out_u.logits
             target, weight, extra, logs = self.reference_e_step(out_l.features, labelled, out_u.features, settings)
         losses = {
@@ -152,7 +153,7 @@ class _PseudoLabelling(Method):
         values = torch.stack([v.detach().float() for v in logs.values()]).tolist() if logs else []
         masks = {} if weight is None else {"pseudo": weight.detach()}
         return StepOut(losses=losses, logs=dict(zip(logs, values, strict=True)), targets={"pseudo": target.detach()},
-                       masks=masks)
+                       masks=masks, unlabelled=frozenset({"unsup", *extra}))  # the E-step's terms (KL) too
 
 
 @register

@@ -96,7 +96,8 @@ class SelfTraining(Method):
         self._advance(nets, progress)
         if self.round == 0:
             return self.supervised_step(nets, labelled, progress)
-        logits_l, logits_u = joint_forward(nets["model"], labelled.image, unlabelled.image, self.unlabelled_pass)
+        logits_l, logits_u = joint_forward(nets["model"], labelled.image, unlabelled.image,
+                                           self.unlabelled_pass(progress))
         target, mask = self._pseudo_labels(nets["teacher"], unlabelled.image)
         losses = {
             "sup": self.ctx.supervised_loss(logits_l, labelled.label),
@@ -104,7 +105,8 @@ class SelfTraining(Method):
         }
         masks = {} if mask is None else {"pseudo": mask}
         taught = {"pseudo": target, "student": logits_u.detach()}  # the student's own labels, for comparison
-        return StepOut(losses=losses, logs={"round": float(self.round)}, targets=taught, masks=masks)
+        return StepOut(losses=losses, logs={"round": float(self.round)}, targets=taught, masks=masks,
+                       unlabelled=frozenset({"unsup"}))
 
     @torch.no_grad()
     def _pseudo_labels(self, teacher: torch.nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -46,7 +46,7 @@ class UAMT(MeanTeacher):
     cfg: UAMTConfig
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
-        sup, student_logits = self.student_forward(nets, labelled, unlabelled.image)
+        sup, student_logits = self.student_forward(nets, labelled, unlabelled.image, progress)
         student_probs = probabilities(student_logits, self.ctx.label_mode)
         t = self.cfg.passes
         with torch.no_grad():
@@ -64,5 +64,5 @@ class UAMT(MeanTeacher):
             losses={"sup": sup, "consistency": weight * probability_mse(student_probs, target, mask)},
             logs={"consistency_weight": weight, "uncertainty_threshold": threshold,
                   "certain_fraction": float(mask.float().mean())},
-            targets={"teacher": target}, masks={"teacher": mask},
+            targets={"teacher": target}, masks={"teacher": mask}, unlabelled=frozenset({"consistency"}),
         )

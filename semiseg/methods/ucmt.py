@@ -67,6 +67,7 @@ from semiseg.errors import ConfigError
 from semiseg.methods.base import Batch, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.cmt import CMT, CMTConfig, CMTOutputs
 from semiseg.methods.registry import register
+from semiseg.ssl.joint import Passes
 from semiseg.ssl.mixing import umix
 from semiseg.ssl.uncertainty import mean_prediction_entropy
 
@@ -113,11 +114,15 @@ class UCMT(CMT):
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         weight = self.cfg.weight_at(progress)
-        out = self.core.step(nets, labelled.image, labelled.label, unlabelled.image, weight, need_teacher_l=True)
+        passes = self.unlabelled_pass(progress)
+        out = self.core.step(nets, labelled.image, labelled.label, unlabelled.image, weight, passes,
+                             need_teacher_l=True)
         return StepOut(losses=out.losses, logs={"unsup_weight": weight, **out.agreement()}, targets=out.taught,
-                       followup=lambda: self.umix_step(nets, labelled, unlabelled, out, weight))
+                       unlabelled=out.unlabelled,
+                       followup=lambda: self.umix_step(nets, labelled, unlabelled, out, weight, passes))
 
-    def umix_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, first: CMTOutputs, weight: float) -> StepOut:
+    def umix_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, first: CMTOutputs, weight: float,
+                  passes: Passes) -> StepOut:
         """Algorithm 1, lines 10–17: uncertainty maps, UMIX, and CMT on the mixed samples."""
         mode = self.ctx.label_mode
         grid = self.grid(tuple(labelled.image.shape[2:]))
@@ -129,6 +134,6 @@ class UCMT(CMT):
         options = {"k": self.cfg.top_k, "grid": grid, "mode": self.cfg.umix}
         x_l, y_l = umix([labelled.image, labelled.label], u1_l, u2_l, **options)
         x_u, pseudo_u = umix([unlabelled.image, first.teacher_pseudo_u], u1_u, u2_u, **options)
-        second = self.core.step(nets, x_l, y_l, x_u, weight, teacher_pseudo_u=pseudo_u)
+        second = self.core.step(nets, x_l, y_l, x_u, weight, passes, teacher_pseudo_u=pseudo_u)
         changed = float((x_u != unlabelled.image).any(dim=1).float().mean())  # share of pixels UMIX moved
-        return StepOut(losses=second.losses, logs={"umix_changed": changed})
+        return StepOut(losses=second.losses, logs={"umix_changed": changed}, unlabelled=second.unlabelled)

@@ -131,7 +131,7 @@ class URPC(Method):
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         forward = partial(self.pyramid_pass, nets["model"])
-        scales_l, scales_u = joint_forward(forward, labelled.image, unlabelled.image, self.unlabelled_pass)
+        scales_l, scales_u = joint_forward(forward, labelled.image, unlabelled.image, self.unlabelled_pass(progress))
         losses = {"sup": self.supervised(scales_l, labelled.label)}
         w = self.cfg.weight_at(progress)
         if self.cfg.weight == 0:
@@ -140,4 +140,5 @@ class URPC(Method):
         losses["consistency"] = w * pyramid_consistency(scales_u, mode, self.cfg.kl_direction, self.cfg.divergence)
         with torch.no_grad():  # p̄, what every scale is pulled towards
             mean = torch.stack([probabilities(s.detach(), mode).float() for s in scales_u]).mean(dim=0)
-        return StepOut(losses, {"consistency_weight": w}, targets={"pyramid_mean": mean})
+        return StepOut(losses, {"consistency_weight": w}, targets={"pyramid_mean": mean},
+                       unlabelled=frozenset({"consistency"}))

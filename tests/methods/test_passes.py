@@ -32,11 +32,11 @@ def test_a_method_option_wins_over_the_run_setting(run_setting):
     ctx = MethodContext(label_mode="multiclass", num_classes=K, spatial_dims=2, in_channels=1,
                         supervised_loss=supervised_loss("dice_ce", "multiclass", False), unlabelled_pass=run_setting)
     mean_teacher = available_methods()["mean_teacher"]
-    assert mean_teacher(ctx).unlabelled_pass == run_setting
+    assert mean_teacher(ctx).unlabelled_pass_setting == run_setting
     other = "joint" if run_setting == "separate" else "separate"
-    assert mean_teacher(ctx, {"unlabelled_pass": other}).unlabelled_pass == other
-    assert available_methods()["segpl"](ctx).unlabelled_pass == "separate"  # its own default
-    assert available_methods()["fixmatch"](ctx).unlabelled_pass == "joint"
+    assert mean_teacher(ctx, {"unlabelled_pass": other}).unlabelled_pass_setting == other
+    assert available_methods()["segpl"](ctx).unlabelled_pass_setting == "separate"  # its own default
+    assert available_methods()["fixmatch"](ctx).unlabelled_pass_setting == "joint"
 
 
 def test_the_run_setting_offers_exactly_the_pass_settings_a_method_resolves():
@@ -53,15 +53,14 @@ def test_separate_until_gate_resolves_by_whether_the_unlabelled_terms_act():
     ctx = MethodContext(label_mode="multiclass", num_classes=K, spatial_dims=2, in_channels=1,
                         supervised_loss=supervised_loss("dice_ce", "multiclass", False))
     dual = available_methods()["dual_uncertainty"](ctx)
+    on, off = Progress(3, 10), Progress(3, 10, unlabelled_on=False)  # the gate's state, as the engine passes it
     assert dual.unlabelled_pass_setting == "separate_until_gate"
-    assert dual.unlabelled_pass == "joint"  # no gate: the terms act from the start
-    dual.unlabelled_terms_on = False
-    assert dual.unlabelled_pass == "separate"
+    assert dual.unlabelled_pass(on) == "joint"  # no gate: the terms act from the start
+    assert dual.unlabelled_pass(off) == "separate"
     ctx_until = MethodContext(**{**ctx.__dict__, "unlabelled_pass": "separate_until_gate"})
-    mean_teacher = available_methods()["mean_teacher"](ctx_until)
-    mean_teacher.unlabelled_terms_on = False
-    assert mean_teacher.unlabelled_pass == "separate"
-    assert available_methods()["dual_uncertainty"](ctx, {"unlabelled_pass": "joint"}).unlabelled_pass == "joint"
+    assert available_methods()["mean_teacher"](ctx_until).unlabelled_pass(off) == "separate"
+    assert available_methods()["dual_uncertainty"](ctx, {"unlabelled_pass": "joint"}).unlabelled_pass(off) == "joint"
+    assert not hasattr(dual, "unlabelled_terms_on")  # nothing for the engine to write into
 
 
 def test_the_run_setting_reaches_the_method_and_a_run_saved_before_it_resumes_joint():

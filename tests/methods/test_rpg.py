@@ -130,8 +130,8 @@ def test_rpg_plus_composes_rpg_and_fixmatch():
     separate.training_step({"model": model}, lab, Batch(torch.randn(2, 1, 8, 8)), Progress(0, 10))
     assert calls == [2, 2, 2]
     calls.clear()
-    method.unlabelled_terms_on = False  # the default, separate_until_gate, before the gate opens
-    method.training_step({"model": model}, lab, Batch(torch.randn(2, 1, 8, 8)), Progress(0, 10))
+    closed = Progress(0, 10, unlabelled_on=False)  # the default, separate_until_gate, before the gate opens
+    method.training_step({"model": model}, lab, Batch(torch.randn(2, 1, 8, 8)), closed)
     assert method.cfg.unlabelled_pass == "separate_until_gate" and calls == [2, 2, 2]
     plain = get_method("rpg_plus")(_ctx(), {"strong_augment": False})
     calls.clear()
