@@ -37,11 +37,11 @@ except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
 
 from bench_step_time import timed  # noqa: E402  (the script folder is on sys.path)
 
-from semiseg.api import supervised_loss
 from semiseg.config import load_config
 from semiseg.data.sources.phantom import make_phantoms
 from semiseg.engine.device import resolve_device
 from semiseg.engine.loop import build_nets, make_optimizer, trainable_parameters
+from semiseg.losses import supervised_loss
 from semiseg.methods import Batch, MethodContext, Progress, available_methods
 from semiseg.ssl.reference import ReferenceSettings, reference_pseudo_labels
 

@@ -15,14 +15,12 @@ from semiseg.config import Config
 from semiseg.engine.run import Run, is_main_process
 from semiseg.eval.robustness import DEFAULT_EPSILONS, DEFAULT_GAMMAS
 from semiseg.eval.run_evaluation import EvaluationOptions
-from semiseg.losses import supervised_loss
 
 if TYPE_CHECKING:
     from semiseg.engine.run import LoadedModel
 
 __all__ = ["RunResult", "evaluate_folders", "evaluate_run", "export", "load_model", "plan", "predict", "resume",
-           "suggest",
-           "supervised_loss", "train"]
+           "suggest", "train"]
 
 
 @dataclass

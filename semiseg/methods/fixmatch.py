@@ -44,7 +44,7 @@ from semiseg.methods._options import PassesOption
 from semiseg.methods.base import Batch, Method, Nets, Progress, StepOut
 from semiseg.methods.registry import register
 from semiseg.ssl.joint import PassSetting, joint_forward
-from semiseg.ssl.pseudo_labels import probabilities
+from semiseg.ssl.pseudo_labels import confidence_mask, hard_labels, probabilities
 from semiseg.ssl.strong_augment import (
     GEOMETRIC_OPS,
     INTENSITY_OPS,
@@ -89,14 +89,13 @@ class FixMatchConfig(FixMatchOptions):
 def weak_targets(probs: Tensor, label_mode: str, tau: float) -> tuple[Tensor, Tensor]:
     """Eq. 9 / Eq. 10: hard pseudo labels and the float mask of what is not ignored.
 
-    Multiclass: argmax, mask (B, *spatial) where max_c p_c > τ. Multilabel: ⌊p⌉ per channel, mask
-    (B, K, *spatial) where |p − 0.5| > |0.5 − τ|, so each channel of a pixel is kept or ignored on its own.
+    Multiclass: argmax, mask (B, *spatial) where max_c p_c ≥ τ. Multilabel: ⌊p⌉ per channel, mask
+    (B, K, *spatial) where |p − 0.5| ≥ |0.5 − τ|, so each channel of a pixel is kept or ignored on its own
+    (``semiseg.ssl.pseudo_labels.confidence_mask``).
     """
     probs = probs.detach().float()
-    if label_mode == "multiclass":
-        confidence, target = probs.max(dim=1)
-        return target, (confidence > tau).float()
-    return (probs > 0.5).float(), ((probs - 0.5).abs() > abs(0.5 - tau)).float()
+    mask = confidence_mask(probs, label_mode, tau, per_channel=True).float()
+    return hard_labels(probs, label_mode), mask
 
 
 def masked_ce(logits: Tensor, target: Tensor, mask: Tensor, label_mode: str) -> Tensor:
@@ -131,10 +130,6 @@ class FixMatch(Method):
         """The weak view's pseudo labels and mask (what the term teaches), and the strong image carrying them."""
         taught = self.weak_labels(probs_weak)
         return taught, self.augment(image, *taught)
-
-    def strong_view(self, image: Tensor, probs_weak: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Strong image, its pseudo label and mask, from the weak view's image and probabilities."""
-        return self.views(image, probs_weak)[1]
 
     def strong_image(self, image: Tensor) -> StrongView:
         """The strong view of ``image`` before any pseudo label exists; ``carry`` moves the labels over later."""

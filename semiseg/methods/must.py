@@ -91,6 +91,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor
 
 from semiseg.errors import ConfigError
+from semiseg.losses import one_hot
 from semiseg.methods._options import PassesOption, RampedWeight, RampKind
 from semiseg.methods.base import Batch, Method, MethodConfig, MethodContext, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.registry import register
@@ -130,7 +131,7 @@ def label_pyramid(
 ) -> list[Tensor]:
     """Targets y_0..y_{levels−1}, y_0 = label and each level 2× coarser than the previous (Eq. 4)."""
     if pooling == "avg" and label_mode == "multiclass" and not label.is_floating_point():
-        label = F.one_hot(label.long(), num_classes).movedim(-1, 1).float()
+        label = one_hot(label, num_classes)
     pyramid = [label]
     for _ in range(levels - 1):
         pyramid.append(downsample_label(pyramid[-1], label_mode, pooling))

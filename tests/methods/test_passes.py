@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from semiseg.api import supervised_loss
 from semiseg.config import load_config
 from semiseg.engine.loop import build_nets
+from semiseg.losses import supervised_loss
 from semiseg.methods import Batch, MethodContext, Progress, available_methods
 
 K = 3

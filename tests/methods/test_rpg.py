@@ -7,9 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semiseg.api import supervised_loss
 from semiseg.errors import ConfigError
-from semiseg.losses import dice_loss
+from semiseg.losses import dice_loss, supervised_loss
 from semiseg.methods import Batch, MethodContext, Progress, get_method
 from semiseg.nets.unet import NetOutput
 

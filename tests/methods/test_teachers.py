@@ -6,11 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from semiseg.api import supervised_loss
 from semiseg.config import load_config
 from semiseg.engine.loop import build_nets, update_ema_net
 from semiseg.errors import ConfigError
-from semiseg.losses import dice_loss
+from semiseg.losses import dice_loss, supervised_loss
 from semiseg.methods import Batch, MethodContext, Progress, available_methods
 
 K = 3

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from semiseg.api import supervised_loss
 from semiseg.config import load_config
 from semiseg.engine.loop import build_nets
+from semiseg.losses import supervised_loss
 from semiseg.methods import Batch, MethodContext, Progress, get_method
 from semiseg.methods.urpc import pyramid_consistency, upsample_logits
 

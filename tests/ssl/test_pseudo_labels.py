@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from semiseg.ssl.pseudo_labels import confidence_mask, hard_labels, sharpen, to_onehot
+from semiseg.ssl.pseudo_labels import confidence_mask, hard_labels, sharpen
 from semiseg.ssl.uncertainty import entropy, kl_divergence, max_entropy, mean_prediction_entropy
 
 
@@ -56,11 +56,6 @@ def test_kl_by_hand():
     expected = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
     assert kl_divergence(p, q, "multiclass").item() == pytest.approx(expected, rel=1e-5)
     assert kl_divergence(p, p, "multiclass").item() == pytest.approx(0.0, abs=1e-6)
-
-
-def test_to_onehot():
-    labels = torch.tensor([[0, 2]])
-    assert to_onehot(labels, "multiclass", 3)[0, :, 1].tolist() == [0.0, 0.0, 1.0]
 
 
 def test_probability_mse_by_hand_and_masked():
