@@ -270,7 +270,7 @@ def generate(repo: Path = REPO) -> dict[str, str]:
     """Relative path under ``docs/`` → page text, for every generated page."""
     from semiseg.methods import available_methods
 
-    methods = available_methods()
+    methods = available_methods(plugins=False)  # the project's own pages, whatever is installed beside it
     pages = {"configuration.md": configuration_page(), "results.md": results_page(repo),
              "recipes.md": recipes_page(repo), "index.md": index_page(methods)}
     pages |= {f"methods/{name}.md": method_page(name, cls) for name, cls in methods.items()}
