@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
@@ -35,19 +33,6 @@ def closed_gate_note(gate: ReliabilityGate) -> str:
             f"below train.unlabelled_gate_threshold={gate.threshold:g}, so this run trained on the labelled images "
             "alone (the unlabelled ones reached only BatchNorm statistics). Train longer, lower the threshold, or "
             "set train.unlabelled_gate=off to apply the unlabelled terms from the start.")
-
-
-def pin_legacy_unlabelled_settings(raw: dict[str, Any]) -> dict[str, Any]:
-    """The unlabelled-data settings a run saved before today's defaults trained with, for ``--resume``.
-
-    Runs saved before ``train.unlabelled_pass`` existed ran one joint pass; before ``train.unlabelled_gate``
-    existed, no gate. Without these pins a resumed run would switch to today's defaults (separate passes,
-    gate on) half-way through.
-    """
-    train = dict(raw.get("train") or {})
-    train.setdefault("unlabelled_pass", "joint")
-    train.setdefault("unlabelled_gate", "off")
-    return {**raw, "train": train}
 
 
 @torch.no_grad()

@@ -54,9 +54,7 @@ from semiseg.engine.finetune import init_from_run
 from semiseg.engine.inferer import Inferer, network_divisor
 from semiseg.engine.loop import Trainer, TrainingData, build_nets, check_unlabelled_batch
 from semiseg.engine.manifest import MANIFEST, recorded, remove_run_files
-from semiseg.engine.performance import pin_legacy_speed_settings
 from semiseg.engine.predict import CasePredictor, Ensemble, predict_files
-from semiseg.engine.reliability import pin_legacy_unlabelled_settings
 from semiseg.engine.tensorboard import check_tensorboard
 from semiseg.errors import ConfigError, DataError, SemisegError
 from semiseg.eval.io import input_case_ids
@@ -428,7 +426,7 @@ class Run:
         run_dir = Path(run_dir)
         require_run(run_dir)
         saved = read_yaml(run_dir / "config.yaml")
-        cfg = validate_config(pin_legacy_unlabelled_settings(pin_legacy_speed_settings(saved)))
+        cfg = validate_config(saved)
         device = distributed.join(cfg.train)  # another number of processes works: batches are global
         distributed.current().barrier()  # rank 0 may still be writing the last.pt the others are about to read
         last = run_dir / "checkpoints" / "last.pt"

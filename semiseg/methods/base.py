@@ -154,7 +154,8 @@ class MethodContext:
     in_channels: int
     supervised_loss: Callable[..., Tensor]  # loss(logits, target, mask=None, weight=None)
     include_background: bool = False
-    unlabelled_pass: PassSetting = "separate"  # train.unlabelled_pass, for methods whose option leaves it unset
+    # train.unlabelled_pass; "auto" leaves it to the method (``Method.default_unlabelled_pass``)
+    unlabelled_pass: PassSetting | Literal["auto"] = "auto"
 
     def loss(self, name: str) -> Callable[..., Tensor]:
         """A named loss (dice | ce | dice_ce) in this task's label mode, for methods whose paper fixes one."""
@@ -213,6 +214,8 @@ class Method(ABC):
     # What train.unlabelled_gate=auto means for this method: the reliability gate, unless measurements show the
     # method loses by it (then "off", with the evidence in its docstring).
     default_unlabelled_gate: ClassVar[Literal["off", "labelled_dice"]] = "labelled_dice"
+    # What train.unlabelled_pass=auto means for this method (its measured choice, with the evidence in its docs).
+    default_unlabelled_pass: ClassVar[PassSetting] = "separate"
 
     def __init__(self, ctx: MethodContext, options: dict[str, Any] | None = None) -> None:
         self.ctx = ctx
@@ -220,8 +223,12 @@ class Method(ABC):
 
     @property
     def unlabelled_pass_setting(self) -> PassSetting:
-        """The method's ``unlabelled_pass`` option where it has one and it is set, else the run's setting."""
-        return getattr(self.cfg, "unlabelled_pass", None) or self.ctx.unlabelled_pass
+        """One rule for every method: its ``method.unlabelled_pass`` option when set (one method of a comparison),
+        else the run's ``train.unlabelled_pass``, else (``auto``) the method's ``default_unlabelled_pass``."""
+        own = getattr(self.cfg, "unlabelled_pass", None)
+        if own is not None:
+            return own
+        return self.default_unlabelled_pass if self.ctx.unlabelled_pass == "auto" else self.ctx.unlabelled_pass
 
     def unlabelled_pass(self, progress: Progress) -> Passes:
         """The pass this step's forwards make: the setting, with ``separate_until_gate`` resolved by the gate's

@@ -91,9 +91,6 @@ class CMTConfig(RampedWeight, PassesOption):
     teacher_supervised: bool = True
     loss: Literal["dice", "ce", "dice_ce"] = "dice"
     student_init: Literal["shared_body", "independent"] = "shared_body"
-    # The teacher's BatchNorm statistics: "own" from its own train-mode passes (reference mean-teacher code);
-    # "students" copies the mix of the students' (earlier default; the teacher collapsed in eval mode).
-    teacher_bn: Literal["own", "students"] = "own"
 
     @model_validator(mode="after")
     def _terms_fit_architecture(self) -> CMTConfig:
@@ -146,7 +143,7 @@ class CMTCore:
             specs["teacher"] = NetSpec(trainable=self.cfg.teacher_supervised, ema_of=tuple(self.students),
                                        ema_decay=self.cfg.ema_decay, ema_weights=weights, init_seed_offset=3,
                                        ema_half_life=self.cfg.ema_half_life,
-                                       ema_buffers="own" if self.cfg.teacher_bn == "own" else "copy")
+                                       ema_buffers="own")  # BN statistics from its own passes (module docstring)
         return specs
 
     def prediction_net(self) -> str:

@@ -95,10 +95,10 @@ from semiseg.methods.base import (
 )
 from semiseg.methods.registry import register
 from semiseg.nets.unet import UNet
-from semiseg.ssl.joint import PassSetting, joint_forward
+from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import hard_labels, probabilities
 from semiseg.ssl.rectification import cross_entropy_map, rectified_loss
-from semiseg.ssl.uncertainty import kl_divergence, kl_divergence_logits
+from semiseg.ssl.uncertainty import kl_divergence_logits
 
 Variant = Literal["st", "st_ss", "st_ss_unrc"]
 
@@ -139,8 +139,6 @@ def rank_cases(uncertainty: dict[str, float], reliable_fraction: float) -> dict[
 
 
 class DualUncertaintyConfig(PassesOption):
-    # Separate passes while the gate is closed, the paper's joint pass once it has opened (module docstring).
-    unlabelled_pass: PassSetting = "separate_until_gate"
     # Table 3's rows: plain self-training, + sample sorting, + uncertainty rectification (the full method).
     variant: Variant = "st_ss_unrc"
     # First step of stage 3 (labelled + reliable) and of stage 4 (everything), as fractions of train.steps.
@@ -155,8 +153,6 @@ class DualUncertaintyConfig(PassesOption):
     weight: float = Field(1.0, ge=0)
     # Supervise the interpolation decoder on labelled data too (st_ss_unrc only; see the module docstring).
     aux_supervised: bool = True
-    # D of Eq. 2 from log-softmax (exact) or as p·log(q + 1e-8), which caps D near 18.4 (runs made before the fix).
-    divergence: Literal["exact", "eps"] = "exact"
 
     @field_validator("stage_starts")
     @classmethod
@@ -175,6 +171,8 @@ class DualUncertaintyConfig(PassesOption):
 
 @register
 class DualUncertainty(Method):
+    # separate passes while the gate is closed, the paper's joint pass once it has opened (module docstring)
+    default_unlabelled_pass = "separate_until_gate"
     name = "dual_uncertainty"
     summary = "Self-training with sample-level (snapshot) and pixel-level (two-decoder KL) uncertainty."
     Config = DualUncertaintyConfig
@@ -255,10 +253,7 @@ class DualUncertainty(Method):
             return StepOut(losses, logs, targets={"pseudo": target, "student": main_u.detach()},
                            unlabelled=frozenset({"unsup"}))
         mode = self.ctx.label_mode
-        if self.cfg.divergence == "exact":
-            d = kl_divergence_logits(main_u, aux_u, mode)  # Eq. 2
-        else:
-            d = kl_divergence(probabilities(main_u, mode), probabilities(aux_u, mode), mode)
+        d = kl_divergence_logits(main_u, aux_u, mode)  # Eq. 2, from log-probabilities
         losses["unsup"] = self.cfg.weight * rectified_loss(ce, d)  # Eq. 4
         rectification = torch.exp(-d.detach())  # the weight exp(−D) each pixel's CE gets
         return StepOut(losses, logs | {"pixel_uncertainty": float(d.detach().mean())},

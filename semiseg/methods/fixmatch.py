@@ -43,7 +43,7 @@ from semiseg.losses import ce_loss
 from semiseg.methods._options import PassesOption
 from semiseg.methods.base import Batch, Method, Nets, Progress, StepOut
 from semiseg.methods.registry import register
-from semiseg.ssl.joint import PassSetting, joint_forward
+from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import confidence_mask, hard_labels, probabilities
 from semiseg.ssl.strong_augment import (
     GEOMETRIC_OPS,
@@ -58,9 +58,6 @@ Taught = tuple[Tensor, Tensor]  # the weak view's pseudo labels and mask (what t
 
 
 class FixMatchOptions(PassesOption):
-    # joint (default here, not the run's separate): labelled and strong images share BatchNorm statistics, as in
-    # FixMatch's code; separate passes cost ~0.03 test Dice on the converged protocol (see the module docstring).
-    unlabelled_pass: PassSetting = "joint"
     # τ of Eqs. 9-10 (FixMatch: 0.95; the RPG paper reports 0.8 and 0.95).
     tau: float = Field(0.95, gt=0, lt=1)
     # False: no strong view, the weak view's pseudo labels train the weak view (Lee 2013's Pseudo-Label).
@@ -111,6 +108,8 @@ def masked_ce(logits: Tensor, target: Tensor, mask: Tensor, label_mode: str) -> 
 
 @register
 class FixMatch(Method):
+    # joint, as FixMatch's code: labelled and strong images share BatchNorm statistics (module docstring)
+    default_unlabelled_pass = "joint"
     name = "fixmatch"
     summary = "FixMatch for segmentation: confident weak-view pseudo labels train a RandAugment + CutOut view."
     Config = FixMatchConfig

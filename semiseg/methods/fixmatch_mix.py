@@ -39,14 +39,12 @@ from torch import Tensor
 from semiseg.methods.base import Batch, Method, MethodContext, Nets, Progress, StepOut
 from semiseg.methods.fixmatch import FixMatch, FixMatchConfig
 from semiseg.methods.registry import register
-from semiseg.ssl.joint import PassSetting, joint_forward
+from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.mixing import box_masks, mix
 from semiseg.ssl.pseudo_labels import probabilities
 
 
 class FixMatchMixConfig(FixMatchConfig):
-    # separate, unlike fixmatch: with the joint pass and no gate the mix collapses on short runs (module docstring)
-    unlabelled_pass: PassSetting = "separate"
     box_area: tuple[float, float] = (0.25, 0.5)  # share of the image one box covers (CutMix)
     boxes: int = Field(1, ge=1)
 
@@ -58,6 +56,8 @@ def mix_pairs(boxes: Tensor, *maps: Tensor) -> tuple[Tensor, ...]:
 
 @register
 class FixMatchMix(Method):
+    # separate, unlike fixmatch: with the joint pass and no gate the mix collapses on short runs (module docstring)
+    default_unlabelled_pass = "separate"
     name = "fixmatch_mix"
     summary = "FixMatch whose strong views are CutMix-ed in pairs, pseudo labels and masks mixed alike."
     Config = FixMatchMixConfig

@@ -153,14 +153,11 @@ from semiseg.methods._options import PassesOption, ReferenceOptions
 from semiseg.methods.base import Batch, Method, Nets, Progress, StepOut
 from semiseg.methods.registry import register
 from semiseg.nets.unet import NetOutput
-from semiseg.ssl.joint import PassSetting, joint_forward
+from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.reference import reference_pseudo_labels
 
 
 class RPGConfig(ReferenceOptions, PassesOption):
-    # Separate passes while the gate keeps Eq. 8's term off, the paper's joint pass once it has opened: the layout
-    # that held at both budgets measured (module docstring, "Pass layout and budget"); RPG+'s default too.
-    unlabelled_pass: PassSetting = "separate_until_gate"
     weight: float = Field(1.0, ge=0)  # weight of Eq. 8's unlabelled term (paper: 1)
 
 
@@ -175,6 +172,9 @@ def expected_weighted_ce(logits: Tensor, target: Tensor, weight: Tensor, label_m
 
 @register
 class RPG(Method):
+    # separate while the gate keeps Eq. 8's term off, the paper's joint pass once it has opened: the layout
+    # that held at both budgets measured (module docstring, "Pass layout and budget"); RPG+'s default too
+    default_unlabelled_pass = "separate_until_gate"
     name = "rpg"
     summary = "Reference-guided pseudo labels: nearest labelled pixel in feature space, entropy-weighted CE."
     Config = RPGConfig

@@ -65,20 +65,20 @@ from semiseg.methods.base import Batch, Method, MethodContext, Nets, Progress, S
 from semiseg.methods.fixmatch import FixMatch, FixMatchOptions
 from semiseg.methods.registry import register
 from semiseg.methods.rpg import RPG, RPGConfig
-from semiseg.ssl.joint import PassSetting, forward_parts
+from semiseg.ssl.joint import forward_parts
 from semiseg.ssl.pseudo_labels import probabilities
 
 
 class RPGPlusConfig(ReferenceOptions, FixMatchOptions):
-    # separate passes while the reliability gate is closed, one pass over [labelled; weak; strong] once it has
-    # opened: safe on short runs, FixMatch's batch on long ones (measured: the module docstring)
-    unlabelled_pass: PassSetting = "separate_until_gate"
     weight: float = Field(1.0, ge=0)  # weight of the reference-guided term (Eq. 8: 1)
     fixmatch_weight: float = Field(1.0, ge=0)  # weight of the FixMatch term (Eq. 11: 1)
 
 
 @register
 class RPGPlus(Method):
+    # separate while the reliability gate is closed, one pass over [labelled; weak; strong] once it has
+    # opened: safe on short runs, FixMatch's batch on long ones (module docstring)
+    default_unlabelled_pass = "separate_until_gate"
     name = "rpg_plus"
     summary = "RPG + FixMatch on RandAugment/CutOut views of the unlabelled images (Seibold et al. 2022, Eq. 11)."
     Config = RPGPlusConfig

@@ -62,7 +62,7 @@ from torch import Tensor, nn
 from semiseg.methods._options import PassesOption, RampedWeight, RampKind, ReferenceOptions
 from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.registry import register
-from semiseg.ssl.joint import PassSetting, joint_forward
+from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import confidence_mask, hard_labels, probabilities
 from semiseg.ssl.reference import ReferenceSettings, reference_pseudo_labels
 from semiseg.ssl.thresholds import (
@@ -84,9 +84,6 @@ class PseudoLabelConfig(RampedWeight, PassesOption):
     rampup_fraction: float = Field(0.0, ge=0, le=1)
     # Loss on the pseudo labels: Eq. 3's Dice (foreground classes unless train.include_background), or ce / dice_ce.
     loss: Literal["dice", "ce", "dice_ce"] = "dice"
-    # separate (default): labelled and unlabelled images pass the network apart, so the E-step's labels come from
-    # unlabelled-only BatchNorm statistics; joint: the paper's one pass over both (see the module docstring).
-    unlabelled_pass: PassSetting = "separate"
 
 
 class SegPLConfig(PseudoLabelConfig, ReferenceOptions):
@@ -114,6 +111,10 @@ class SegPLVIConfig(PseudoLabelConfig):
 
 class _PseudoLabelling(Method):
     """The shared EM step; subclasses define the E-step's pseudo labels (``e_step``)."""
+
+    # separate: labelled and unlabelled images pass the network apart, so the E-step's labels come from
+    # unlabelled-only BatchNorm statistics (the paper: one joint pass; see the module docstring)
+    default_unlabelled_pass = "separate"
 
     uses_unlabelled = True
     cfg: PseudoLabelConfig

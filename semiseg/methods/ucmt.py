@@ -77,7 +77,7 @@ DEFAULT_GRID = {2: 16, 3: 8}  # regions per axis: 1/16 of the side in 2D (r = 16
 class UCMTConfig(CMTConfig):
     top_k: int = Field(2, ge=1)
     grid: int | None = Field(None, ge=1, description="regions per axis; default 16 in 2D, 8 in 3D")
-    umix: Literal["replace", "code", "exchange", "copy"] = "replace"
+    umix: Literal["replace", "code"] = "replace"
     # UCMT keeps the paper's teacher (Eq. 6), measured on three converged seeds; CMT defaults to the code's
     teacher_update: Literal["paper", "code"] = "paper"
 
