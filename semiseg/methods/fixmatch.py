@@ -1,35 +1,23 @@
 """FixMatch for segmentation (Sohn et al. 2020, as extended in the RPG paper, Eqs. 9-10).
 
 Pseudo labels come from the weak view (the loader's flips and intensity jitter): the argmax where the top
-probability exceeds τ (Eq. 9), or per channel the rounded probability where |p − 0.5| > |0.5 − τ| (Eq. 10,
-multilabel; every other pixel and channel is ignored). The strong view applies RandAugment-style operations
+probability reaches τ (Eq. 9; FixMatch's 1(max q ≥ τ)), or per channel the rounded probability where
+|p − 0.5| ≥ |0.5 − τ| (Eq. 10, multilabel; every other pixel and channel is ignored;
+``semiseg.ssl.pseudo_labels.confidence_mask``). The strong view applies RandAugment-style operations
 (``semiseg.ssl.strong_augment``): intensity operations to the image, geometric ones to image and pseudo label
 alike, then CutOut, whose box becomes background in the pseudo label. The network learns the pseudo labels
 on the strong view with (binary) cross-entropy averaged over the pixels that are not ignored.
 
 The weak pass runs under ``no_grad``; labelled and strong images then share one training pass by default
-(``unlabelled_pass: joint``, as the paper's code and unlike the run's default; ``separate``: one pass each).
+(``default_unlabelled_pass = "joint"``, as the paper's code: with separate passes FixMatch lost test Dice on the
+converged protocol; ``separate``: one pass each).
 ``strong_augment: false`` is Lee's (2013) Pseudo-Label instead: the weak view's confident labels train that
 same view, from the same (single) pass, the "Pseudolabel τ" baseline of the RPG paper.
 
 Defaults: τ 0.95, 2 RandAugment operations per image, CutOut on, weight 1. ``strong_augment=false`` with
 ``tau=0.8`` or ``0.95`` gives the RPG paper's Pseudo-Label baselines.
 
-Evidence on the demo's converged protocol (1 labelled subject, 2000 steps, three seeds,
-``experiments/converged.yaml``): test Dice 0.830 / 0.832 (best / last) against supervised training's 0.767 / 0.750,
-the best method of the grid, at 0.957 of full supervision (0.867 / 0.869). Over the last fifth of training its
-weak-view labels score 0.937 pixel accuracy on the unlabelled batches, the τ = 0.95 mask keeps 88 % of the pixels
-and those are 97.5 % right: a confident, accurate target on a view the network has not fitted yet.
-
-Why FixMatch keeps the joint pass when the run's default is separate passes (``unlabelled_pass``): with separate
-passes and the reliability gate (``fixmatch_gate_separate``, same grid) it ends at 0.803 / 0.795, lower in every
-seed, although its weak-view labels are as good (0.935 accuracy) and so is its Dice on the unlabelled training
-cases (0.892 vs 0.898). The loss is on unseen subjects: normalised with its own statistics, the strong view loses
-much of its intensity perturbation, and the running statistics used at test time then average two distributions
-that no training pass saw together. The reliability gate costs it too: with the joint pass and the gate
-(``fixmatch_gate``) 0.806 / 0.811; so FixMatch runs without it (``default_unlabelled_gate``: ``train.unlabelled_gate:
-auto`` means ``off`` here). It does not need it: on the short protocol (100 steps, ``experiments/short.yaml``)
-FixMatch as the paper runs it ends at 0.665 against supervised training's 0.657 (p = 0.47), 0.682 with the gate.
+Measurements behind the defaults: ``docs/evidence/fixmatch.md``.
 """
 
 from __future__ import annotations

@@ -15,17 +15,7 @@ Defaults: FixMatch's (τ 0.95, 2 RandAugment operations, CutOut, weight 1) and C
 the image); ``box_area`` and ``boxes`` set the mix. Unlike ``fixmatch`` it runs with separate passes and the
 reliability gate (the run's defaults): with FixMatch's joint pass and no gate it collapses on short runs.
 
-Evidence, demo, 1 labelled subject, three seeds, test Dice best / last:
-- Converged protocol (``experiments/converged.yaml``): at its defaults 0.796 / 0.781 against ``fixmatch`` under the
-  same settings (``fixmatch_gate_separate``) 0.803 / 0.795. With FixMatch's settings (``fixmatch_mix_joint``)
-  0.769 / 0.774 against FixMatch's 0.830 / 0.832. Supervised training: 0.767 / 0.750.
-- Short protocol (100 steps, ``experiments/short.yaml``): 0.719 at its defaults, 0.604 with FixMatch's settings,
-  against supervised training's 0.657.
-So the mix does not pay on this data: it beats supervised training but not FixMatch, under either setting. Its
-mixed pseudo labels are as accurate as FixMatch's (0.932 vs 0.937 pixel accuracy on the unlabelled batches), while
-validation Dice is lower (0.64 vs 0.75): the harder view costs the fit to the labelled subject rather than
-teaching worse targets. It stays a method so that the combination can be tried on other data, where UniMatch
-reports that mixed strong views help.
+Measurements behind the defaults: ``docs/evidence/fixmatch_mix.md``.
 """
 
 from __future__ import annotations

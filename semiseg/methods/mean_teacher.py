@@ -10,17 +10,7 @@ initialisation. The teacher predicts at test time (``predict_with``).
 below 1, e.g. 0.05) a student's weight in the teacher has halved; it overrides ``ema_decay`` and is converted
 to α = 2^(−1/h) when the run is built. The paper's α = 0.99 is a half-life of ~69 steps, whatever the run length.
 
-Evidence on the demo's converged protocol (1 labelled subject, 2000 steps, seed 0,
-``experiments/converged_one_seed.yaml``): test Dice 0.754 / 0.759 (best / last) against supervised training's
-0.751 / 0.717, no significant gain (p = 1 / 0.22). The diagnostics say why: over the last fifth of training the
-teacher's labels on the unlabelled batches score 0.908 pixel accuracy and its Dice on whole unlabelled cases
-(0.862) equals the student's (0.859), so at α = 0.99 the teacher is the student again and the consistency
-target teaches little that the student does not already predict; the gain is a regulariser's (the last
-checkpoint does not fall as supervised training's does). With today's defaults (separate passes, reliability
-gate; ``mean_teacher_gate_separate`` in ``experiments/converged.yaml``, three seeds) it reaches 0.791 / 0.779
-against supervised training's 0.767 / 0.750 (p = 0.04 / 5e-5). On the short protocol (100 steps) the paper's
-way falls to 0.567 against supervised training's 0.657; the defaults end at 0.652 (p = 0.52,
-``experiments/short.yaml``).
+Measurements behind the defaults: ``docs/evidence/mean_teacher.md``.
 """
 
 from __future__ import annotations

@@ -20,12 +20,7 @@ features with dropout and noise; neither is the default here.
 Defaults: λ 0.1, Gaussian ramp over the whole run, ``kl_direction=scale_to_mean`` (``mean_to_scale`` is the
 authors' code), every scale supervised.
 
-On the short protocol (100 steps, 1 labelled subject of the brain demo, three seeds, ``experiments/short.yaml``;
-supervised training's last checkpoint 0.657 test Dice; p: paired Wilcoxon of per-case Dice against it) the paper's
-way (one joint pass, no gate) ends at 0.633 (p = 0.13) and today's defaults (separate passes, reliability gate;
-``urpc_defaults``) at 0.715 (p = 0.007). On the converged protocol (2000 steps, three seeds,
-``experiments/converged.yaml``; supervised training 0.767 / 0.750 best / last) the defaults reach 0.797 / 0.805
-(p = 0.13 / 5.3e-04), no seed falling late (last checkpoint 0.79–0.81).
+Measurements behind the defaults: ``docs/evidence/urpc.md``.
 """
 
 from __future__ import annotations
