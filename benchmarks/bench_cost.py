@@ -27,9 +27,9 @@ try:
 except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from semiseg.api import supervised_loss
 from semiseg.config import load_config
 from semiseg.engine.networks import build_nets, trainable_parameters
+from semiseg.losses import supervised_loss
 from semiseg.methods import Batch, Method, MethodContext, Progress, available_methods
 from semiseg.methods.base import Nets
 

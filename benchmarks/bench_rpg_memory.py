@@ -37,12 +37,12 @@ except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
 
 from bench_step_time import timed  # noqa: E402  (the script folder is on sys.path)
 
-from semiseg.api import supervised_loss
 from semiseg.config import load_config
 from semiseg.data.sources.phantom import make_phantoms
 from semiseg.engine.device import resolve_device
 from semiseg.engine.networks import build_nets, trainable_parameters
 from semiseg.engine.optim import make_optimizer
+from semiseg.losses import supervised_loss
 from semiseg.methods import Batch, MethodContext, Progress, available_methods
 from semiseg.ssl.reference import ReferenceSettings, reference_pseudo_labels
 

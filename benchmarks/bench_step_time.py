@@ -37,10 +37,10 @@ try:
 except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from semiseg.api import supervised_loss
 from semiseg.config import Config, load_config
 from semiseg.engine.networks import build_nets, network_options, trainable_parameters, update_ema_net
 from semiseg.engine.optim import make_optimizer
+from semiseg.losses import supervised_loss
 from semiseg.methods import Batch, Method, MethodContext, Progress, StepOut, available_methods
 from semiseg.methods.base import Nets
 from semiseg.nets import build_network

@@ -23,14 +23,13 @@ from semiseg.engine.run import Run, is_main_process
 from semiseg.engine.suggest import suggest_run
 from semiseg.eval.robustness import DEFAULT_EPSILONS, DEFAULT_GAMMAS
 from semiseg.eval.run_evaluation import EvaluationOptions
-from semiseg.losses import supervised_loss
 
 if TYPE_CHECKING:
     from semiseg.engine.handlers import Handler
     from semiseg.engine.model import LoadedModel
 
 __all__ = ["RunResult", "evaluate_folders", "evaluate_run", "export", "export_demo", "load_model", "plan", "predict",
-           "resume", "suggest", "supervised_loss", "train"]
+           "resume", "suggest", "train"]
 
 
 @dataclass

@@ -440,11 +440,12 @@ def _export_demo(args: argparse.Namespace) -> None:
 
 
 def _methods() -> None:
-    from semiseg.method_catalog import BUILTIN_METHODS  # a static table: no torch import
+    from semiseg.method_catalog import method_catalog  # reads the sources: no torch import
 
-    width = max(len(n) for n in BUILTIN_METHODS)
-    for name, (_, summary) in BUILTIN_METHODS.items():
-        print(f"{name:<{width}}  {summary}")
+    catalog = method_catalog()
+    width = max(len(n) for n in catalog)
+    for name, entry in catalog.items():
+        print(f"{name:<{width}}  {entry.summary}" + (f"  [{entry.provider}]" if entry.is_plugin else ""))
 
 
 def _predict(args: argparse.Namespace) -> None:

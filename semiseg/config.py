@@ -164,11 +164,13 @@ class TrainConfig(Strict):
                          "(0: in the training process); the batches are the same for any number")
     monitor_unlabelled: bool = Field(True, description="when unlabelled training cases have labels on disk, log "
                                      "what the method teaches against them (the method never sees them)")
-    unlabelled_pass: Literal["joint", "separate", "separate_until_gate"] = Field("separate",
+    unlabelled_pass: Literal["auto", "joint", "separate", "separate_until_gate"] = Field("auto",
         description="separate: labelled and unlabelled images pass the network one part at a time, each with its "
                     "own BatchNorm statistics; joint: as one batch (the papers' code); separate_until_gate: "
-                    "separate while the reliability gate keeps the unlabelled terms off, joint once it has opened. "
-                    "A method's own method.unlabelled_pass wins")
+                    "separate while the reliability gate keeps the unlabelled terms off, joint once it has opened; "
+                    "auto: the method's choice (separate, except fixmatch: joint; segpl, segpl_vi, fixmatch_mix: "
+                    "separate; rpg, rpg_plus, dual_uncertainty: separate_until_gate). Set here, it holds for every "
+                    "method; method.unlabelled_pass overrides it for one method")
     unlabelled_gate: Literal["auto", "off", "labelled_dice", "labelled_dice_plateau"] = Field("auto",
         description="labelled_dice: unlabelled loss terms stay off until the predicting network's Dice on the "
                     "labelled batch reaches unlabelled_gate_threshold; labelled_dice_plateau: ... or, sooner, "

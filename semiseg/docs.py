@@ -183,7 +183,18 @@ def source_options_section() -> str:
     return "".join(parts)
 
 
-def method_page(name: str, cls: type) -> str:
+def evidence_section(repo: Path, module: str) -> str:
+    """The hand-written measurements of a method module (``docs/evidence/<module>.md``), without its title and
+    note, for its generated page: the lab notebook lives there, not in the code."""
+    path = repo / "docs" / "evidence" / f"{module.rsplit('.', 1)[-1]}.md"
+    if not path.is_file():
+        return ""
+    body = path.read_text().split("\n\n", 2)[-1].strip()
+    return (f"\n## Measurements\n\nHand-written in `docs/evidence/{path.name}`; the published tables "
+            f"([results.md](../results.md)) win where they disagree.\n\n{markdown(body)}\n")
+
+
+def method_page(name: str, cls: type, evidence: str = "") -> str:
     module = sys.modules[cls.__module__]
     rows = [(f"`{key}`", type_name(info.annotation), default_text(info), constraint_text(info),
              describe(cls.Config, key, info)) for key, info in cls.Config.model_fields.items()]
@@ -194,7 +205,7 @@ def method_page(name: str, cls: type) -> str:
     if cls.__dict__.get("__doc__"):
         parts += ["\n", markdown(cls.__doc__), "\n"]
     parts += ["\n## Options\n\n", table(("option", "type", "default", "constraint", "description"), rows)
-              if rows else "This method has no options of its own.\n"]
+              if rows else "This method has no options of its own.\n", evidence]
     return "".join(parts)
 
 
@@ -286,10 +297,11 @@ def generate(repo: Path = REPO) -> dict[str, str]:
     """Relative path under ``docs/`` → page text, for every generated page."""
     from semiseg.methods import available_methods
 
-    methods = available_methods()
+    methods = available_methods(plugins=False)  # the project's own pages, whatever is installed beside it
     pages = {"configuration.md": configuration_page(), "results.md": results_page(repo),
              "recipes.md": recipes_page(repo), "index.md": index_page(methods)}
-    pages |= {f"methods/{name}.md": method_page(name, cls) for name, cls in methods.items()}
+    pages |= {f"methods/{name}.md": method_page(name, cls, evidence_section(repo, cls.__module__))
+              for name, cls in methods.items()}
     return pages
 
 

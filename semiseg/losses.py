@@ -87,7 +87,7 @@ def _soft_target(logits: Tensor, target: Tensor, label_mode: str) -> Tensor:
     """The target as a float ``(B, K, *spatial)`` tensor in the logits' dtype."""
     if _is_hard(target, label_mode):
         indices = _spatial_map(target, logits, "target").long()
-        return F.one_hot(indices, logits.shape[1]).movedim(-1, 1).to(logits.dtype)
+        return one_hot(indices, logits.shape[1]).to(logits.dtype)
     if target.shape != logits.shape:
         raise ValueError(f"target has shape {tuple(target.shape)}; expected {tuple(logits.shape)} like the logits")
     return target.to(logits.dtype)
@@ -104,8 +104,18 @@ def _pixel_weights(logits: Tensor, mask: Tensor | None, weight: Tensor | None) -
     return combined
 
 
-def _probabilities(logits: Tensor, label_mode: str) -> Tensor:
+def probabilities(logits: Tensor, label_mode: str) -> Tensor:
+    """Softmax over classes (multiclass) or a sigmoid per channel (multilabel), in float32.
+
+    The one place logits become probabilities: losses, pseudo labels and whole-case inference all call it.
+    """
+    logits = logits.float()
     return torch.softmax(logits, dim=1) if label_mode == "multiclass" else torch.sigmoid(logits)
+
+
+def one_hot(indices: Tensor, num_classes: int) -> Tensor:
+    """Class indices ``(B, *spatial)`` as float ``(B, K, *spatial)`` one-hot maps (channels first)."""
+    return F.one_hot(indices.long(), num_classes).movedim(-1, 1).float()
 
 
 def dice_loss(
@@ -122,7 +132,7 @@ def dice_loss(
     """Soft Dice loss ``1 - mean_k (2 I_k + smooth) / (S_k + smooth)`` (see module docstring)."""
     _check_label_mode(label_mode)
     logits = logits.float()  # under AMP, sums over every pixel need float32 (a no-op without AMP)
-    probs = _probabilities(logits, label_mode)
+    probs = probabilities(logits, label_mode)
     onehot = _soft_target(logits, target, label_mode)
     pixel_w = _pixel_weights(logits, mask, weight)
     if pixel_w is not None:

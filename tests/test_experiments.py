@@ -25,21 +25,20 @@ PHANTOMS = ["data.source=phantom", "data.options={label_mode: multilabel, num_cl
 WIDE = "[16,32,64,128]"
 
 # name → (seeds, --set overrides, --methods) of the `semiseg compare` calls in benchmarks/compare_*.sh; a default
-# that changed since is written out as the value the old command ran with (UCMT's umix was "exchange", the
-# rectified KL was the ε form "eps", CMT/UCMT teachers copied the students' BN statistics, "students", CMT's
-# teacher followed the students' average, "paper").
+# that changed since is written out as the value the old command ran with (CMT's teacher followed the students'
+# average, "paper"). Options that only reproduced bugs (UCMT's umix exchange/copy, the ε-capped KL, teachers with
+# the students' BN statistics) were retired: those archived tables reproduce from the commit their stamps record.
 OLD_COMMANDS = {
     "teachers": ("0,1,2", _protocol(), "supervised,mean_teacher,ua_mt,cps,cutmix,"
-                 "cmt=cmt:teacher_bn=students:teacher_update=paper,"
-                 "ucmt=ucmt:umix=exchange:teacher_bn=students:train.steps=300,"
-                 "ucmt_code=ucmt:teacher_update=code:teacher_supervised=false:umix=copy:ema_decay=0.99:"
-                 "teacher_bn=students:train.steps=300"),
+                 "cmt=cmt:teacher_update=paper,"
+                 "ucmt=ucmt:train.steps=300,"
+                 "ucmt_code=ucmt:teacher_update=code:teacher_supervised=false:umix=code:ema_decay=0.99:"
+                 "train.steps=300"),
     "pseudo_labels": ("0,1,2", _protocol(), "supervised,segpl=segpl:unlabelled_pass=joint,"
                       "segpl_vi=segpl_vi:threshold_mode=hard:unlabelled_pass=joint,segpl_vi_grad=segpl_vi:"
                       "threshold_mode=straight_through:kl_weight=0.01:unlabelled_pass=joint,self_training"),
     "dual_uncertainty": ("0,1,2", _protocol(), "supervised,st=dual_uncertainty:variant=st,"
-                         "st_ss=dual_uncertainty:variant=st_ss,st_ss_unrc=dual_uncertainty:divergence=eps,"
-                         "urpc=urpc:divergence=eps"),
+                         "st_ss=dual_uncertainty:variant=st_ss,st_ss_unrc=dual_uncertainty,urpc"),
     "must_cct": ("0,1,2", _protocol(),
                  "supervised,multiscale_supervised,cct,must_no_sharpening=must:temperature=null,must"),
     "must_layers": ("0", _protocol(), "layer_0=must:consistency_layers=[0],layer_1=must:consistency_layers=[1],"

@@ -109,7 +109,7 @@ class Trainer:
 
     def _progress(self) -> Progress:
         """Where training stands, as the method is told it (built in this one place)."""
-        return Progress(self.step, self.cfg.train.steps)
+        return Progress(self.step, self.cfg.train.steps, unlabelled_on=self.gate is None or self.gate.is_open)
 
     def train_step(self, record: StepRecord | None = None) -> dict[str, Any]:
         """One step: batches, the method's loss terms, the update(s) and the schedule; returns the step's row.
@@ -123,13 +123,12 @@ class Trainer:
         record.labelled = self._to_batch(raw_labelled)
         record.unlabelled = None if record.raw_unlabelled is None else self._to_batch(record.raw_unlabelled)
         self._call("on_batches", record)
-        self.method.unlabelled_terms_on = self.gate is None or self.gate.is_open  # separate_until_gate reads it
         out = record.out = self._forward(lambda: self._method_step(record))
         self._call("on_forward", record)
         gate = 1.0 if self.gate is None else self.gate.value(self.step)
         for update in range(_MAX_UPDATES_PER_STEP):
             prefix = f"u{update + 1}_" if update else ""
-            losses = gate_unlabelled_terms(out.losses, gate)
+            losses = gate_unlabelled_terms(out.losses, out.unlabelled, gate)
             record.row["loss"] += float(self._update(losses).detach())
             record.row.update({prefix + k: float(v.detach()) for k, v in losses.items()})
             record.row.update({prefix + k: v for k, v in out.logs.items()})

@@ -56,19 +56,3 @@ def prepare_nets(nets: Nets, cfg: Config, *, channels_last: bool) -> None:
         nets_to_channels_last(nets, cfg.model.dim)
     if cfg.train.compile:
         compile_nets(nets)
-
-
-def pin_legacy_speed_settings(raw: dict[str, Any]) -> dict[str, Any]:
-    """The settings a run saved before ``train.amp_dtype``/``channels_last`` existed trained with, for ``--resume``.
-
-    Such runs used fp16 autocast (with a loss scaler) on CUDA and bf16 on CPU, in the default memory format;
-    today's ``auto`` would pick bf16 and channels-last on CUDA, and the resumed run would no longer continue
-    the same computation.
-    """
-    train = dict(raw.get("train") or {})
-    if "amp_dtype" not in train:
-        device = str(train.get("device", "auto"))
-        on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-        train["amp_dtype"] = "fp16" if on_cuda else "bf16"
-    train.setdefault("channels_last", "off")
-    return {**raw, "train": train}

@@ -23,10 +23,23 @@ from semiseg.engine.inferer import network_divisor
 from semiseg.engine.networks import build_nets
 from semiseg.engine.reliability import PlateauGate, make_gate
 from semiseg.errors import ConfigError, SemisegError
-from semiseg.methods.base import NetSpec
+from semiseg.methods.base import Method, NetSpec
 from semiseg.ssl.ema import ema_half_life
 
 _DATASET_KEYS = ("channels", "class_names", "label_mode")
+
+
+def _protocol_line(method: Method, gated: bool) -> list[str]:
+    """The papers' protocol is one joint pass and no gate: say that a run follows it, or name each departure."""
+    if not method.uses_unlabelled:
+        return []
+    departures = {"joint": [], "separate": ["separate passes"],
+                  "separate_until_gate": ["separate passes until the gate opens"]}[method.unlabelled_pass_setting]
+    departures += ["the reliability gate"] if gated else []
+    if not departures:
+        return ["protocol:   the papers' (one joint pass, unlabelled terms from step 0)"]
+    return [f"protocol:   departs from the papers' (one joint pass, no gate): {', '.join(departures)} "
+            "(train.unlabelled_pass=joint and train.unlabelled_gate=off follow them)"]
 
 
 def recipe_block(file: str | Path | None) -> dict[str, Any]:
@@ -124,6 +137,7 @@ def format_plan(cfg: Config, method: Any, nets: dict[str, torch.nn.Module], info
               if isinstance(gate, PlateauGate) else "")
            + f", then a ramp over {train.unlabelled_gate_ramp:g} of the run"]
           if gate is not None else []),
+        *_protocol_line(method, gated=gate is not None),
         f"run folder: {Path(cfg.output.root) / (cfg.output.name or '<time>_<method>_<source>')} (not written)",
     ]
     return "\n".join(lines)

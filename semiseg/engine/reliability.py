@@ -97,19 +97,6 @@ def closed_gate_note(gate: ReliabilityGate, steps: int) -> str:
             "start.")
 
 
-def pin_legacy_unlabelled_settings(raw: dict[str, Any]) -> dict[str, Any]:
-    """The unlabelled-data settings a run saved before today's defaults trained with, for ``--resume``.
-
-    Runs saved before ``train.unlabelled_pass`` existed ran one joint pass; before ``train.unlabelled_gate``
-    existed, no gate. Without these pins a resumed run would switch to today's defaults (separate passes,
-    gate on) half-way through.
-    """
-    train = dict(raw.get("train") or {})
-    train.setdefault("unlabelled_pass", "joint")
-    train.setdefault("unlabelled_gate", "off")
-    return {**raw, "train": train}
-
-
 @torch.no_grad()
 def labelled_batch_dice(method: Method, nets: Nets, batch: Batch, label_mode: str, num_classes: int) -> float:
     """Mean foreground Dice of the method's predicting network on a labelled batch, in eval mode.

@@ -51,9 +51,8 @@ from semiseg.engine.inferer import network_divisor
 from semiseg.engine.loop import Trainer
 from semiseg.engine.manifest import recorded
 from semiseg.engine.model import LoadedModel
-from semiseg.engine.performance import pin_legacy_speed_settings
 from semiseg.engine.progress import StepCallback
-from semiseg.engine.reliability import make_gate, pin_legacy_unlabelled_settings
+from semiseg.engine.reliability import make_gate
 from semiseg.engine.run_folder import RunFolderUndo, checkpoint_to_use, new_run_folder, recorded_config, require_run
 from semiseg.errors import SemisegError
 from semiseg.eval.run_evaluation import EvaluationOptions, RunFacts, evaluate_checkpoints
@@ -127,7 +126,7 @@ class Run:
         run_dir = Path(run_dir)
         require_run(run_dir)
         saved = read_yaml(run_dir / "config.yaml")
-        cfg = _with_data(validate_config(pin_legacy_unlabelled_settings(pin_legacy_speed_settings(saved))), data)
+        cfg = _with_data(validate_config(saved), data)
         device = distributed.join(cfg.train)  # another number of processes works: batches are global
         distributed.current().barrier()  # rank 0 may still be writing the last.pt the others are about to read
         last = run_dir / "checkpoints" / "last.pt"

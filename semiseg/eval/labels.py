@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import Tensor
 
+from semiseg.losses import probabilities
 
-def logits_to_probs(logits: Tensor, label_mode: str) -> Tensor:
-    """Softmax over classes (multiclass) or a sigmoid per channel (multilabel)."""
-    return torch.softmax(logits, dim=1) if label_mode == "multiclass" else torch.sigmoid(logits)
+logits_to_probs = probabilities  # the one definition, in semiseg.losses
 
 
 def probs_to_label(probs: np.ndarray, label_mode: str) -> np.ndarray:

@@ -1,25 +1,6 @@
-"""Methods, one module each. Importing this package registers the built-in ones."""
+"""Methods, one module each: a class with ``name`` and ``summary`` in a module here is a method (see
+``semiseg.method_catalog``); the registry imports a module when a run asks for its method."""
 
-from semiseg.methods import (  # noqa: F401
-    cct,
-    cmt,
-    cps,
-    cutmix,
-    dual_uncertainty,
-    ensemble,
-    fixmatch,
-    fixmatch_mix,
-    mean_teacher,
-    must,
-    rpg,
-    rpg_plus,
-    segpl,
-    self_training,
-    supervised,
-    ua_mt,
-    ucmt,
-    urpc,
-)
 from semiseg.methods.base import (
     Batch,
     Curriculum,

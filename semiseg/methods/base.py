@@ -80,8 +80,15 @@ class Batch:
 
 @dataclass(frozen=True)
 class Progress:
+    """Where the run stands at this step: what a method's ramps and pass layout may depend on.
+
+    ``unlabelled_on`` is the reliability gate's state (True without a gate): whether the unlabelled terms act
+    this step. Only the ``separate_until_gate`` pass layout reads it.
+    """
+
     step: int  # 0-based index of the current step
     total_steps: int
+    unlabelled_on: bool = True
 
     @property
     def fraction(self) -> float:
@@ -111,6 +118,15 @@ class StepOut:
     followup: Callable[[], StepOut] | None = None
     targets: dict[str, Tensor] = field(default_factory=dict)
     masks: dict[str, Tensor] = field(default_factory=dict)
+    # Names of the terms in ``losses`` that come from unlabelled data: the reliability gate scales these and
+    # leaves every other term alone. Empty: every term is labelled.
+    unlabelled: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        unknown = set(self.unlabelled) - set(self.losses)
+        if unknown:
+            raise ValueError(f"StepOut.unlabelled names {sorted(unknown)}, which are not loss terms "
+                             f"(losses: {sorted(self.losses)})")
 
 
 @dataclass(frozen=True)
@@ -138,7 +154,8 @@ class MethodContext:
     in_channels: int
     supervised_loss: Callable[..., Tensor]  # loss(logits, target, mask=None, weight=None)
     include_background: bool = False
-    unlabelled_pass: PassSetting = "separate"  # train.unlabelled_pass, for methods whose option leaves it unset
+    # train.unlabelled_pass; "auto" leaves it to the method (``Method.default_unlabelled_pass``)
+    unlabelled_pass: PassSetting | Literal["auto"] = "auto"
 
     def loss(self, name: str) -> Callable[..., Tensor]:
         """A named loss (dice | ce | dice_ce) in this task's label mode, for methods whose paper fixes one."""
@@ -197,25 +214,28 @@ class Method(ABC):
     # What train.unlabelled_gate=auto means for this method: the reliability gate, unless measurements show the
     # method loses by it (then "off", with the evidence in its docstring).
     default_unlabelled_gate: ClassVar[Literal["off", "labelled_dice"]] = "labelled_dice"
+    # What train.unlabelled_pass=auto means for this method (its measured choice, with the evidence in its docs).
+    default_unlabelled_pass: ClassVar[PassSetting] = "separate"
 
     def __init__(self, ctx: MethodContext, options: dict[str, Any] | None = None) -> None:
         self.ctx = ctx
         self.cfg = parse_method_options(type(self), options or {})
-        # Whether the unlabelled terms act this step: the engine sets it from the reliability gate before each
-        # step (True without a gate). Only ``separate_until_gate`` reads it.
-        self.unlabelled_terms_on = True
 
     @property
     def unlabelled_pass_setting(self) -> PassSetting:
-        """The method's ``unlabelled_pass`` option where it has one and it is set, else the run's setting."""
-        return getattr(self.cfg, "unlabelled_pass", None) or self.ctx.unlabelled_pass
+        """One rule for every method: its ``method.unlabelled_pass`` option when set (one method of a comparison),
+        else the run's ``train.unlabelled_pass``, else (``auto``) the method's ``default_unlabelled_pass``."""
+        own = getattr(self.cfg, "unlabelled_pass", None)
+        if own is not None:
+            return own
+        return self.default_unlabelled_pass if self.ctx.unlabelled_pass == "auto" else self.ctx.unlabelled_pass
 
-    @property
-    def unlabelled_pass(self) -> Passes:
-        """The pass this step's forwards make: the setting, with ``separate_until_gate`` resolved by the gate."""
+    def unlabelled_pass(self, progress: Progress) -> Passes:
+        """The pass this step's forwards make: the setting, with ``separate_until_gate`` resolved by the gate's
+        state (``progress.unlabelled_on``)."""
         setting = self.unlabelled_pass_setting
         if setting == "separate_until_gate":
-            return "joint" if self.unlabelled_terms_on else "separate"
+            return "joint" if progress.unlabelled_on else "separate"
         return setting
 
     def networks(self) -> dict[str, NetSpec]:

@@ -15,14 +15,7 @@ CCT (F-Noise = ``uniform_noise``, F-Drop = ``feature_dropout``, DropOut = ``spat
 Defaults: three auxiliary decoders; F-Noise U(−0.3, 0.3), F-Drop with γ ∈ U(0.7, 0.9), spatial dropout 0.5;
 weight 30, sigmoid ramp over 10 % of the run; the main decoder predicts at test time.
 
-On the short protocol (100 steps, 1 labelled subject of the brain demo, three seeds, ``experiments/short.yaml``;
-supervised training's last checkpoint 0.657 test Dice; p: paired Wilcoxon of per-case Dice against it) the paper's
-way (one joint pass, no gate) collapses to 0.477 (p = 0.004; 0.38 and 0.33 in two seeds) and today's defaults
-(separate passes, reliability gate; ``cct_defaults``) reach 0.715 (p = 0.001).
-
-On the converged protocol (2000 steps, three seeds, ``experiments/converged.yaml``; supervised training 0.767 / 0.750
-best / last) CCT at today's defaults (``cct_defaults``) reaches 0.798 / 0.776 (p = 0.13 / 0.14): above supervised
-training in every seed at the best checkpoint, not significantly on six test subjects.
+Measurements behind the defaults: ``docs/evidence/cct.md``.
 """
 
 from __future__ import annotations
@@ -91,12 +84,13 @@ class CCT(Method):
         if w == 0:  # no unlabelled term: the auxiliary decoders and the unlabelled images are not needed
             return StepOut(self.supervised_step(nets, labelled, progress).losses, logs)
         (_, main_l), (skips_u, main_u) = joint_forward(partial(self.main_pass, net), labelled.image, unlabelled.image,
-                                                         self.unlabelled_pass)
+                                                         self.unlabelled_pass(progress))
         sup = self.ctx.supervised_loss(main_l, labelled.label)
         aux = self.aux_logits(net, skips_u)
         mode = self.ctx.label_mode
         cons = cross_consistency(probabilities(main_u, mode), [probabilities(a, mode) for a in aux])
-        return StepOut({"sup": sup, "consistency": w * cons}, logs, targets={"main": main_u.detach()})
+        return StepOut({"sup": sup, "consistency": w * cons}, logs, targets={"main": main_u.detach()},
+                       unlabelled=frozenset({"consistency"}))
 
     @staticmethod
     def main_pass(net: UNet, x: Tensor) -> tuple[list[Tensor], Tensor]:

@@ -1,11 +1,5 @@
 """Collaborative mean teacher (UCMT paper, Section 3.3): two students and a teacher.
 
-Eq. 3: supervised loss for all three nets; Eq. 4–7: L_u = L_cps + L_mts, where the students teach each
-other with hard pseudo labels (L_cps) and the teacher teaches both (L_mts); Eq. 6: the teacher is the EMA
-(α = 0.999) of the students' average (``teacher_update=paper``; by default it follows student 1 as in the
-authors' code, see below); λ(t) follows the Gaussian ramp exp(−5(1 − t/t_m)²) over the whole
-run. Only the teacher predicts at test time. L_seg is Dice, as in the paper's experiments.
-
 "Initialised with different weights" needs care when training from scratch: the authors' students share
 an ImageNet-pretrained backbone and only their classifiers are initialised afresh, so the average of
 their weights (Eq. 6) is a sensible network. Averaging two independently initialised networks is not
@@ -18,43 +12,11 @@ student + teacher: MT with hard labels) or "ss" (two students: CPS); ``cps`` / `
 ``teacher_update="code"`` reproduces the authors' code, whose teacher follows 0.99·student1 +
 0.01·student2 instead of the average, with ``teacher_supervised=False`` (their teacher has no loss).
 
-Why ``shared_body`` is the default: averaging two independently initialised students gives a teacher that
-predicts nothing (Dice 0.000 on the demo after 600 steps); averaging weights needs a common start. The paper's
-EMA with α = 0.999 assumes tens of thousands of iterations: over a few hundred steps the warmed-up EMA is a
-running mean of the students' whole trajectory from random initialisation. Set ``ema_decay=0.99`` for short
-runs (the authors' code uses 0.99 with ``teacher_update=code``), or ``ema_half_life``: the steps (or, below 1,
-the share of the run, e.g. 0.05) after which a student's weight in the teacher has halved; it overrides
-``ema_decay`` and is converted to α = 2^(−1/h) when the run is built. The paper's α = 0.999 is a half-life of
-~693 updates, α = 0.99 one of ~69.
+The teacher's BatchNorm statistics are its own (its train-mode passes; the EMA moves only weights), as in the
+reference mean-teacher code: a teacher blending two students has activations neither has, and the mix of their
+statistics normalises them wrongly in eval mode (the teacher collapsed).
 
-The teacher's BatchNorm statistics (``teacher_bn``): a teacher whose weights blend two students, and which is
-trained itself (Eq. 3), has activations neither student has. Copying the mix of the students' running
-statistics (``teacher_bn="students"``, the earlier default) normalised them wrongly in eval mode: on the demo's
-converged protocol (1 labelled subject, 1000 steps of two updates, seed 0) UCMT's students reached Dice 0.89 on
-the unlabelled cases while the teacher, the predicting net, fell to 0.13 and its validation Dice to 0.07 —
-though the same teacher's train-mode targets scored 0.76 on the unlabelled batches. Recomputing only the
-teacher's BN statistics from its own activations on 60 training batches raised its validation Dice from 0.066 to
-0.692, with the weights untouched. ``teacher_bn="own"`` (default) leaves them to the teacher's own train-mode
-passes, as the reference mean-teacher code does (it averages parameters only).
-
-Why the teacher follows student 1 by default (``teacher_update="code"``, the authors' code; Eq. 6's average is
-``teacher_update="paper"``). On the short protocol (100 steps, 1 labelled subject of the brain demo, three seeds,
-``experiments/short.yaml``; supervised training's last checkpoint 0.657) CMT with the paper's teacher ends at 0.648
-with one joint pass and no gate (``cmt_100``) and at 0.643 with separate passes and the reliability gate
-(``cmt_100_paper_teacher``), but one seed of three falls to 0.48 with either, its students at Dice 0.80 / 0.76 on
-the unlabelled cases and its teacher, the predicting network, at 0.50. The cause is the weight average, not its
-horizon: with a half-life of 5 % of the run (``cmt_100_half_life``, the EMA warning's advice) the teacher is close
-to the average of the two current students and scores 0.46–0.50 in two seeds of three while each student scores
-0.76–0.80 (test Dice 0.546). Two students that have drifted apart, even from a shared body, do not average into a
-good network. With the teacher following student 1 (``cmt_100_code_teacher``, same passes and gate) CMT ends at
-0.731 (p = 2.5e-4, paired Wilcoxon of per-case Dice against supervised training), every seed between 0.72 and
-0.74; in the seed that fell, its teacher scores 0.80 on the unlabelled cases, level with student 1. On the
-converged protocol (1000 steps of two updates, three seeds, ``experiments/converged.yaml``; supervised training
-0.767 / 0.750 best / last) the two teachers end level: 0.795 / 0.794 following student 1 (``cmt_code_teacher``,
-p = 0.024 / 1.9e-4) and 0.800 / 0.792 with the paper's average (``cmt_paper_teacher``, p = 0.027 / 0.024).
-UCMT keeps the paper's teacher: its UMIX update did not show the fall (``ucmt_100_code_teacher`` 0.760 against
-``ucmt_100_gate_separate`` 0.761 on the short protocol), and on the converged protocol the two teachers end level
-(``ucmt_code_teacher`` 0.788 / 0.781 against ``ucmt_defaults`` 0.787 / 0.777).
+Measurements behind the defaults: ``docs/evidence/cmt.md``.
 """
 
 from __future__ import annotations
@@ -70,7 +32,7 @@ from semiseg.methods._options import PassesOption, RampedWeight, RampKind
 from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.cps import agreement
 from semiseg.methods.registry import register
-from semiseg.ssl.joint import joint_forward
+from semiseg.ssl.joint import Passes, joint_forward
 from semiseg.ssl.pseudo_labels import hard_labels, probabilities
 
 TEACHER_WEIGHTS = {"paper": (0.5, 0.5), "code": (0.99, 0.01)}
@@ -91,9 +53,6 @@ class CMTConfig(RampedWeight, PassesOption):
     teacher_supervised: bool = True
     loss: Literal["dice", "ce", "dice_ce"] = "dice"
     student_init: Literal["shared_body", "independent"] = "shared_body"
-    # The teacher's BatchNorm statistics: "own" from its own train-mode passes (reference mean-teacher code);
-    # "students" copies the mix of the students' (earlier default; the teacher collapsed in eval mode).
-    teacher_bn: Literal["own", "students"] = "own"
 
     @model_validator(mode="after")
     def _terms_fit_architecture(self) -> CMTConfig:
@@ -117,6 +76,11 @@ class CMTOutputs:
     teacher_pseudo_u: Tensor | None
     taught: dict[str, Tensor] = field(default_factory=dict)  # each net's hard labels on x_u (StepOut.targets)
 
+    @property
+    def unlabelled(self) -> frozenset[str]:
+        """The terms on unlabelled images (StepOut.unlabelled): CPS between the students, MTS from the teacher."""
+        return frozenset(self.losses) & {"cps", "mts"}
+
     def agreement(self) -> dict[str, float]:
         """Share of unlabelled pixels where the two students' hard labels agree (absent with one student)."""
         students = [v for k, v in self.taught.items() if k != "teacher"]
@@ -128,7 +92,6 @@ class CMTCore:
 
     def __init__(self, method: Method, cfg: CMTConfig) -> None:
         self.ctx, self.cfg = method.ctx, cfg
-        self.method = method  # its unlabelled_pass can change with the gate (separate_until_gate)
         self.students = ["student1"] if cfg.architecture == "ts" else ["student1", "student2"]
         self.has_teacher = cfg.architecture != "ss"
 
@@ -142,17 +105,17 @@ class CMTCore:
             specs["teacher"] = NetSpec(trainable=self.cfg.teacher_supervised, ema_of=tuple(self.students),
                                        ema_decay=self.cfg.ema_decay, ema_weights=weights, init_seed_offset=3,
                                        ema_half_life=self.cfg.ema_half_life,
-                                       ema_buffers="own" if self.cfg.teacher_bn == "own" else "copy")
+                                       ema_buffers="own")  # BN statistics from its own passes (module docstring)
         return specs
 
     def prediction_net(self) -> str:
         return "teacher" if self.has_teacher else "student1"
 
-    def step(self, nets: Nets, x_l: Tensor, y_l: Tensor, x_u: Tensor, weight: float,
+    def step(self, nets: Nets, x_l: Tensor, y_l: Tensor, x_u: Tensor, weight: float, passes: Passes,
              teacher_pseudo_u: Tensor | None = None, need_teacher_l: bool = False) -> CMTOutputs:
         """Losses on one batch; ``teacher_pseudo_u`` replaces the teacher's pass on x_u (UMIX step)."""
         mode, loss = self.ctx.label_mode, self.ctx.loss(self.cfg.loss)
-        logits = {s: joint_forward(nets[s], x_l, x_u, self.method.unlabelled_pass) for s in self.students}
+        logits = {s: joint_forward(nets[s], x_l, x_u, passes) for s in self.students}
         sup = sum(loss(out_l, y_l) for out_l, _ in logits.values())
         teacher_l = teacher_u = None
         if self.has_teacher:
@@ -201,8 +164,10 @@ class CMT(Method):
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         weight = self.cfg.weight_at(progress)
-        out = self.core.step(nets, labelled.image, labelled.label, unlabelled.image, weight)
-        return StepOut(losses=out.losses, logs={"unsup_weight": weight, **out.agreement()}, targets=out.taught)
+        out = self.core.step(nets, labelled.image, labelled.label, unlabelled.image, weight,
+                             self.unlabelled_pass(progress))
+        return StepOut(losses=out.losses, logs={"unsup_weight": weight, **out.agreement()}, targets=out.taught,
+                       unlabelled=out.unlabelled)
 
     def predict(self, nets: Nets, x: Tensor) -> Tensor:
         return nets[self.core.prediction_net()](x)

@@ -4,20 +4,7 @@ the other's hard pseudo labels (cross-entropy, constant weight λ = 1.5 as in th
 Defaults: cross-entropy, λ = 1.5 constant from step 0, on labelled and unlabelled images; ``net1`` predicts at
 test time.
 
-Evidence on the demo's converged protocol (1 labelled subject, 2000 steps, seed 0,
-``experiments/converged_one_seed.yaml``): test Dice 0.775 / 0.775 (best / last) against supervised training's
-0.751 / 0.717 (p = 1 / 0.06 on six test subjects). The two networks' labels on the unlabelled batches score
-0.932 and 0.930 pixel accuracy and their unlabelled-case Dice 0.857 / 0.867: each teaches the other labels about
-as good as its own, which keeps the last checkpoint from falling, at 2.5× supervised training's time.
-On the short protocol (100 steps, three seeds, ``experiments/short.yaml``) the paper's way collapses to 0.395 against
-supervised training's 0.657; the reliability gate alone lifts it to 0.569 and with separate passes (today's
-defaults; CPS used to concatenate the two parts itself) it ends at 0.689 (p = 0.04).
-
-On the converged protocol (2000 steps, three seeds, ``experiments/converged.yaml``; supervised training 0.767 / 0.750
-best / last) CPS at today's defaults (separate passes, reliability gate; ``cps_defaults``) reaches 0.807 / 0.792
-(p = 0.005 / 0.014); on seed 0 that is 0.812 / 0.818 against 0.775 / 0.775 the paper's way (``cps`` in
-``experiments/converged_one_seed.yaml``). On the short protocol (100 steps, three seeds,
-``experiments/short.yaml``) 0.689 against 0.395 the paper's way and supervised training's 0.657.
+Measurements behind the defaults: ``docs/evidence/cps.md``.
 """
 
 from __future__ import annotations
@@ -63,7 +50,8 @@ class CPS(Method):
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         # the cross term may read every row, so each net's two parts are put back together
         n = labelled.image.shape[0]
-        logits1, logits2 = (torch.cat(joint_forward(nets[name], labelled.image, unlabelled.image, self.unlabelled_pass))
+        passes = self.unlabelled_pass(progress)
+        logits1, logits2 = (torch.cat(joint_forward(nets[name], labelled.image, unlabelled.image, passes))
                             for name in ("net1", "net2"))
         sup = sum(self.ctx.supervised_loss(logits[:n], labelled.label) for logits in (logits1, logits2))
         start = 0 if self.cfg.on_labelled else n
@@ -75,7 +63,7 @@ class CPS(Method):
                   for name, logits in (("net1", logits1), ("net2", logits2))}
         return StepOut(losses={"sup": sup, "cps": weight * cross},
                        logs={"cps_weight": weight, "agreement": agreement(taught["net1"], taught["net2"])},
-                       targets=taught)
+                       targets=taught, unlabelled=frozenset({"cps"}))
 
     def cross_loss(self, logits1: Tensor, logits2: Tensor) -> Tensor:
         mode, loss = self.ctx.label_mode, self.ctx.loss(self.cfg.loss)

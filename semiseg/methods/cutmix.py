@@ -4,13 +4,7 @@ mixed by a box mask and must match the EMA teacher's predictions mixed by the sa
 Defaults: one box covering 25–50 % of the image, MSE consistency, weight 1, sigmoid ramp; the EMA teacher
 predicts at test time.
 
-On the short protocol (100 steps, 1 labelled subject of the brain demo, three seeds, ``experiments/short.yaml``;
-supervised training's last checkpoint 0.657 test Dice; p: paired Wilcoxon of per-case Dice against it) the paper's
-way (one joint pass, no gate) ends at 0.544 (p = 0.002), below supervised training, and today's defaults (separate
-passes, reliability gate; ``cutmix_defaults``) at 0.647 (p = 0.33).
-
-On the converged protocol (2000 steps, three seeds, ``experiments/converged.yaml``; supervised training 0.767 / 0.750
-best / last) CutMix at today's defaults (``cutmix_defaults``) reaches 0.788 / 0.777 (p = 0.14 / 7.6e-05).
+Measurements behind the defaults: ``docs/evidence/cutmix.md``.
 """
 
 from __future__ import annotations
@@ -52,7 +46,7 @@ class CutMix(MeanTeacher):
             # pair every image with the next one in the batch: one teacher pass covers both partners
             mixed_x = mix(x, x.roll(1, dims=0), masks)
             target = mix(teacher_probs, teacher_probs.roll(1, dims=0), masks)
-        sup, student_logits = self.student_forward(nets, labelled, mixed_x)
+        sup, student_logits = self.student_forward(nets, labelled, mixed_x, progress)
         if self.cfg.consistency == "mse":
             consistency = probability_mse(probabilities(student_logits, mode), target)
         else:
@@ -60,4 +54,5 @@ class CutMix(MeanTeacher):
         weight = self.cfg.weight_at(progress)
         return StepOut(losses={"sup": sup, "consistency": weight * consistency},
                        logs={"consistency_weight": weight, "mixed_fraction": float(masks.float().mean())},
-                       targets={"teacher": teacher_probs})  # before mixing, aligned with the batch as drawn
+                       targets={"teacher": teacher_probs},  # before mixing, aligned with the batch as drawn
+                       unlabelled=frozenset({"consistency"}))

@@ -36,38 +36,11 @@ snapshots and ranking are method state, so ``--resume`` in the middle of stage 3
 without re-ranking. D and exp(−D)·L + D are ``semiseg.ssl.rectification``, shared with ``urpc``.
 
 Defaults: stages at 1/3 and 2/3 of the run; snapshots at 0.5, 0.75 and 1.0 of pre-training; reliable 50 %;
-weight 1; ``variant=st_ss_unrc``. On 2D slices of one brain-phantom family the unlabelled subjects are alike
-(Eq. 1 spans 0.0217 … 0.0317 over 11 demo subjects), so sorting and rectification add little there.
+weight 1; ``variant=st_ss_unrc``; pass layout ``separate_until_gate``: separate passes keep short runs safe while
+the gate holds the unlabelled terms off, and the paper's joint pass once it has opened avoids what separate
+passes through stages 3-4 cost on the converged protocol (``experiments/converged.yaml``).
 
-Evidence on the demo's converged protocol (1 labelled subject, 2000 steps, three seeds,
-``experiments/converged.yaml``): test Dice 0.781 / 0.781 (best / last) against supervised training's 0.767 /
-0.750; the last checkpoint no longer falls as supervised training's does. The diagnostics bound the gain: over
-the last fifth of training the frozen labeller's pseudo labels score 0.921 pixel accuracy on the unlabelled
-batches, the same as the student's own argmax (0.923), and the rectification weight exp(−D) keeps 99 % of the
-pixels, so the stages add consistency rather than better labels; the snapshots' unlabelled-case Dice rises from
-0.825 (first) to 0.874 (last), which is what the ranking reads (means over seeds, docs/results.md).
-These converged runs used the paper's joint pass and no gate. On the short protocol (100 steps, three seeds,
-``experiments/short.yaml``) the paper's way collapses to 0.498 against supervised training's 0.657 (0.372 in seed 0);
-with separate passes and the reliability gate it ends at 0.679 (p = 0.44). Its own default pass
-resolves a trade between the two lengths, measured on both protocols:
-
-- with separate passes and the gate (``dual_uncertainty_gate_separate``) it is safe on short runs, 0.679, but on
-  the converged protocol it loses ~0.03: 0.748 / 0.757 over three seeds (p = 0.12 / 0.55 against supervised
-  training) against 0.781 / 0.781 the paper's way (p = 0.73 / 0.016). Stage 1 (labelled data only) is identical
-  in both, and the gate has opened (steps 160–270) and ramped in before stage 3 starts, so the cost is the
-  separate passes of stages 3–4: the frozen labeller's pseudo labels score 0.720 Dice against the hidden labels,
-  0.741 with the joint pass;
-- with the joint pass and the gate (``dual_uncertainty_gate``) the converged run is the paper's way to every
-  logged digit (seed 0, ``experiments/converged_one_seed.yaml``), but the short one collapses, 0.502: the gate
-  stayed closed in all six short runs, so all the joint pass did there was put unlabelled images into the
-  labelled loss's BatchNorm batch after the short stage 1, and that alone costs 0.18.
-
-So dual-uncertainty states ``unlabelled_pass: separate_until_gate``: separate passes while the gate keeps the
-unlabelled terms off, the paper's joint pass once it has opened. On the short protocol that is the separate passes
-(``dual_uncertainty_until_gate`` in ``experiments/short.yaml``: 0.679, three seeds), on the converged one the
-paper's way (``dual_uncertainty_until_gate`` in ``experiments/converged.yaml``: 0.781 / 0.781, three seeds, each
-seed identical to the paper's run): the better of the two at each length. Without a gate
-(``train.unlabelled_gate=off``) it is the joint pass.
+Measurements behind the defaults: ``docs/evidence/dual_uncertainty.md``.
 """
 
 from __future__ import annotations
@@ -95,10 +68,10 @@ from semiseg.methods.base import (
 )
 from semiseg.methods.registry import register
 from semiseg.nets.unet import UNet
-from semiseg.ssl.joint import PassSetting, joint_forward
+from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import hard_labels, probabilities
 from semiseg.ssl.rectification import cross_entropy_map, rectified_loss
-from semiseg.ssl.uncertainty import kl_divergence, kl_divergence_logits
+from semiseg.ssl.uncertainty import kl_divergence_logits
 
 Variant = Literal["st", "st_ss", "st_ss_unrc"]
 
@@ -139,8 +112,6 @@ def rank_cases(uncertainty: dict[str, float], reliable_fraction: float) -> dict[
 
 
 class DualUncertaintyConfig(PassesOption):
-    # Separate passes while the gate is closed, the paper's joint pass once it has opened (module docstring).
-    unlabelled_pass: PassSetting = "separate_until_gate"
     # Table 3's rows: plain self-training, + sample sorting, + uncertainty rectification (the full method).
     variant: Variant = "st_ss_unrc"
     # First step of stage 3 (labelled + reliable) and of stage 4 (everything), as fractions of train.steps.
@@ -155,8 +126,6 @@ class DualUncertaintyConfig(PassesOption):
     weight: float = Field(1.0, ge=0)
     # Supervise the interpolation decoder on labelled data too (st_ss_unrc only; see the module docstring).
     aux_supervised: bool = True
-    # D of Eq. 2 from log-softmax (exact) or as p·log(q + 1e-8), which caps D near 18.4 (runs made before the fix).
-    divergence: Literal["exact", "eps"] = "exact"
 
     @field_validator("stage_starts")
     @classmethod
@@ -175,6 +144,8 @@ class DualUncertaintyConfig(PassesOption):
 
 @register
 class DualUncertainty(Method):
+    # separate passes while the gate is closed, the paper's joint pass once it has opened (module docstring)
+    default_unlabelled_pass = "separate_until_gate"
     name = "dual_uncertainty"
     summary = "Self-training with sample-level (snapshot) and pixel-level (two-decoder KL) uncertainty."
     Config = DualUncertaintyConfig
@@ -245,23 +216,22 @@ class DualUncertainty(Method):
         if self.stage == 1:
             return self.supervised_step(nets, labelled, progress)
         (main_l, aux_l), (main_u, aux_u) = joint_forward(partial(self._decoders, nets["model"]), labelled.image,
-                                                         unlabelled.image, self.unlabelled_pass)
+                                                         unlabelled.image, self.unlabelled_pass(progress))
         losses = self._supervised_terms(main_l, aux_l, labelled)
         logs = {"stage": float(self.stage)}
         target = self._pseudo_labels(nets["teacher"], unlabelled.image)
         ce = cross_entropy_map(main_u, target, self.ctx.label_mode)  # Eq. 3, per pixel
         if aux_u is None:
             losses["unsup"] = self.cfg.weight * ce.mean()
-            return StepOut(losses, logs, targets={"pseudo": target, "student": main_u.detach()})
+            return StepOut(losses, logs, targets={"pseudo": target, "student": main_u.detach()},
+                           unlabelled=frozenset({"unsup"}))
         mode = self.ctx.label_mode
-        if self.cfg.divergence == "exact":
-            d = kl_divergence_logits(main_u, aux_u, mode)  # Eq. 2
-        else:
-            d = kl_divergence(probabilities(main_u, mode), probabilities(aux_u, mode), mode)
+        d = kl_divergence_logits(main_u, aux_u, mode)  # Eq. 2, from log-probabilities
         losses["unsup"] = self.cfg.weight * rectified_loss(ce, d)  # Eq. 4
         rectification = torch.exp(-d.detach())  # the weight exp(−D) each pixel's CE gets
         return StepOut(losses, logs | {"pixel_uncertainty": float(d.detach().mean())},
-                       targets={"pseudo": target, "student": main_u.detach()}, masks={"pseudo": rectification})
+                       targets={"pseudo": target, "student": main_u.detach()}, masks={"pseudo": rectification},
+                       unlabelled=frozenset({"unsup"}))
 
     def _supervised_terms(self, main: Tensor, aux: Tensor | None, labelled: Batch) -> dict[str, Tensor]:
         """Eq. 5 for the main decoder and, with ``aux_supervised``, for the interpolation decoder too."""

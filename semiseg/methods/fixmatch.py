@@ -1,35 +1,23 @@
 """FixMatch for segmentation (Sohn et al. 2020, as extended in the RPG paper, Eqs. 9-10).
 
 Pseudo labels come from the weak view (the loader's flips and intensity jitter): the argmax where the top
-probability exceeds τ (Eq. 9), or per channel the rounded probability where |p − 0.5| > |0.5 − τ| (Eq. 10,
-multilabel; every other pixel and channel is ignored). The strong view applies RandAugment-style operations
+probability reaches τ (Eq. 9; FixMatch's 1(max q ≥ τ)), or per channel the rounded probability where
+|p − 0.5| ≥ |0.5 − τ| (Eq. 10, multilabel; every other pixel and channel is ignored;
+``semiseg.ssl.pseudo_labels.confidence_mask``). The strong view applies RandAugment-style operations
 (``semiseg.ssl.strong_augment``): intensity operations to the image, geometric ones to image and pseudo label
 alike, then CutOut, whose box becomes background in the pseudo label. The network learns the pseudo labels
 on the strong view with (binary) cross-entropy averaged over the pixels that are not ignored.
 
 The weak pass runs under ``no_grad``; labelled and strong images then share one training pass by default
-(``unlabelled_pass: joint``, as the paper's code and unlike the run's default; ``separate``: one pass each).
+(``default_unlabelled_pass = "joint"``, as the paper's code: with separate passes FixMatch lost test Dice on the
+converged protocol; ``separate``: one pass each).
 ``strong_augment: false`` is Lee's (2013) Pseudo-Label instead: the weak view's confident labels train that
 same view, from the same (single) pass, the "Pseudolabel τ" baseline of the RPG paper.
 
 Defaults: τ 0.95, 2 RandAugment operations per image, CutOut on, weight 1. ``strong_augment=false`` with
 ``tau=0.8`` or ``0.95`` gives the RPG paper's Pseudo-Label baselines.
 
-Evidence on the demo's converged protocol (1 labelled subject, 2000 steps, three seeds,
-``experiments/converged.yaml``): test Dice 0.830 / 0.832 (best / last) against supervised training's 0.767 / 0.750,
-the best method of the grid, at 0.957 of full supervision (0.867 / 0.869). Over the last fifth of training its
-weak-view labels score 0.937 pixel accuracy on the unlabelled batches, the τ = 0.95 mask keeps 88 % of the pixels
-and those are 97.5 % right: a confident, accurate target on a view the network has not fitted yet.
-
-Why FixMatch keeps the joint pass when the run's default is separate passes (``unlabelled_pass``): with separate
-passes and the reliability gate (``fixmatch_gate_separate``, same grid) it ends at 0.803 / 0.795, lower in every
-seed, although its weak-view labels are as good (0.935 accuracy) and so is its Dice on the unlabelled training
-cases (0.892 vs 0.898). The loss is on unseen subjects: normalised with its own statistics, the strong view loses
-much of its intensity perturbation, and the running statistics used at test time then average two distributions
-that no training pass saw together. The reliability gate costs it too: with the joint pass and the gate
-(``fixmatch_gate``) 0.806 / 0.811; so FixMatch runs without it (``default_unlabelled_gate``: ``train.unlabelled_gate:
-auto`` means ``off`` here). It does not need it: on the short protocol (100 steps, ``experiments/short.yaml``)
-FixMatch as the paper runs it ends at 0.665 against supervised training's 0.657 (p = 0.47), 0.682 with the gate.
+Measurements behind the defaults: ``docs/evidence/fixmatch.md``.
 """
 
 from __future__ import annotations
@@ -43,8 +31,8 @@ from semiseg.losses import ce_loss
 from semiseg.methods._options import PassesOption
 from semiseg.methods.base import Batch, Method, Nets, Progress, StepOut
 from semiseg.methods.registry import register
-from semiseg.ssl.joint import PassSetting, joint_forward
-from semiseg.ssl.pseudo_labels import probabilities
+from semiseg.ssl.joint import joint_forward
+from semiseg.ssl.pseudo_labels import confidence_mask, hard_labels, probabilities
 from semiseg.ssl.strong_augment import (
     GEOMETRIC_OPS,
     INTENSITY_OPS,
@@ -58,9 +46,6 @@ Taught = tuple[Tensor, Tensor]  # the weak view's pseudo labels and mask (what t
 
 
 class FixMatchOptions(PassesOption):
-    # joint (default here, not the run's separate): labelled and strong images share BatchNorm statistics, as in
-    # FixMatch's code; separate passes cost ~0.03 test Dice on the converged protocol (see the module docstring).
-    unlabelled_pass: PassSetting = "joint"
     # τ of Eqs. 9-10 (FixMatch: 0.95; the RPG paper reports 0.8 and 0.95).
     tau: float = Field(0.95, gt=0, lt=1)
     # False: no strong view, the weak view's pseudo labels train the weak view (Lee 2013's Pseudo-Label).
@@ -89,14 +74,13 @@ class FixMatchConfig(FixMatchOptions):
 def weak_targets(probs: Tensor, label_mode: str, tau: float) -> tuple[Tensor, Tensor]:
     """Eq. 9 / Eq. 10: hard pseudo labels and the float mask of what is not ignored.
 
-    Multiclass: argmax, mask (B, *spatial) where max_c p_c > τ. Multilabel: ⌊p⌉ per channel, mask
-    (B, K, *spatial) where |p − 0.5| > |0.5 − τ|, so each channel of a pixel is kept or ignored on its own.
+    Multiclass: argmax, mask (B, *spatial) where max_c p_c ≥ τ. Multilabel: ⌊p⌉ per channel, mask
+    (B, K, *spatial) where |p − 0.5| ≥ |0.5 − τ|, so each channel of a pixel is kept or ignored on its own
+    (``semiseg.ssl.pseudo_labels.confidence_mask``).
     """
     probs = probs.detach().float()
-    if label_mode == "multiclass":
-        confidence, target = probs.max(dim=1)
-        return target, (confidence > tau).float()
-    return (probs > 0.5).float(), ((probs - 0.5).abs() > abs(0.5 - tau)).float()
+    mask = confidence_mask(probs, label_mode, tau, per_channel=True).float()
+    return hard_labels(probs, label_mode), mask
 
 
 def masked_ce(logits: Tensor, target: Tensor, mask: Tensor, label_mode: str) -> Tensor:
@@ -112,6 +96,8 @@ def masked_ce(logits: Tensor, target: Tensor, mask: Tensor, label_mode: str) -> 
 
 @register
 class FixMatch(Method):
+    # joint, as FixMatch's code: labelled and strong images share BatchNorm statistics (module docstring)
+    default_unlabelled_pass = "joint"
     name = "fixmatch"
     summary = "FixMatch for segmentation: confident weak-view pseudo labels train a RandAugment + CutOut view."
     Config = FixMatchConfig
@@ -132,10 +118,6 @@ class FixMatch(Method):
         taught = self.weak_labels(probs_weak)
         return taught, self.augment(image, *taught)
 
-    def strong_view(self, image: Tensor, probs_weak: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Strong image, its pseudo label and mask, from the weak view's image and probabilities."""
-        return self.views(image, probs_weak)[1]
-
     def strong_image(self, image: Tensor) -> StrongView:
         """The strong view of ``image`` before any pseudo label exists; ``carry`` moves the labels over later."""
         return strong_view(image, self.cfg.augmentation())
@@ -155,10 +137,12 @@ class FixMatch(Method):
             with torch.no_grad():
                 probs_weak = probabilities(model(unlabelled.image), self.ctx.label_mode)
             (target, mask), (x, strong_target, strong_mask) = self.views(unlabelled.image, probs_weak)
-            logits_l, logits_strong = joint_forward(model, labelled.image, x, self.unlabelled_pass)
+            logits_l, logits_strong = joint_forward(model, labelled.image, x, self.unlabelled_pass(progress))
             unsup, kept = self.term(logits_strong, strong_target, strong_mask)
         else:
-            logits_l, logits_weak = joint_forward(model, labelled.image, unlabelled.image, self.unlabelled_pass)
+            logits_l, logits_weak = joint_forward(model, labelled.image, unlabelled.image,
+                                                  self.unlabelled_pass(progress))
             unsup, kept, (target, mask) = self.weak_term(logits_weak)
         losses = {"sup": self.ctx.supervised_loss(logits_l, labelled.label), "unsup": self.cfg.weight * unsup}
-        return StepOut(losses=losses, logs={"confident": kept}, targets={"pseudo": target}, masks={"pseudo": mask})
+        return StepOut(losses=losses, logs={"confident": kept}, targets={"pseudo": target}, masks={"pseudo": mask},
+                       unlabelled=frozenset({"unsup"}))

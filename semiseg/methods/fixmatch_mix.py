@@ -15,17 +15,7 @@ Defaults: FixMatch's (τ 0.95, 2 RandAugment operations, CutOut, weight 1) and C
 the image); ``box_area`` and ``boxes`` set the mix. Unlike ``fixmatch`` it runs with separate passes and the
 reliability gate (the run's defaults): with FixMatch's joint pass and no gate it collapses on short runs.
 
-Evidence, demo, 1 labelled subject, three seeds, test Dice best / last:
-- Converged protocol (``experiments/converged.yaml``): at its defaults 0.796 / 0.781 against ``fixmatch`` under the
-  same settings (``fixmatch_gate_separate``) 0.803 / 0.795. With FixMatch's settings (``fixmatch_mix_joint``)
-  0.769 / 0.774 against FixMatch's 0.830 / 0.832. Supervised training: 0.767 / 0.750.
-- Short protocol (100 steps, ``experiments/short.yaml``): 0.719 at its defaults, 0.604 with FixMatch's settings,
-  against supervised training's 0.657.
-So the mix does not pay on this data: it beats supervised training but not FixMatch, under either setting. Its
-mixed pseudo labels are as accurate as FixMatch's (0.932 vs 0.937 pixel accuracy on the unlabelled batches), while
-validation Dice is lower (0.64 vs 0.75): the harder view costs the fit to the labelled subject rather than
-teaching worse targets. It stays a method so that the combination can be tried on other data, where UniMatch
-reports that mixed strong views help.
+Measurements behind the defaults: ``docs/evidence/fixmatch_mix.md``.
 """
 
 from __future__ import annotations
@@ -39,14 +29,12 @@ from torch import Tensor
 from semiseg.methods.base import Batch, Method, MethodContext, Nets, Progress, StepOut
 from semiseg.methods.fixmatch import FixMatch, FixMatchConfig
 from semiseg.methods.registry import register
-from semiseg.ssl.joint import PassSetting, joint_forward
+from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.mixing import box_masks, mix
 from semiseg.ssl.pseudo_labels import probabilities
 
 
 class FixMatchMixConfig(FixMatchConfig):
-    # separate, unlike fixmatch: with the joint pass and no gate the mix collapses on short runs (module docstring)
-    unlabelled_pass: PassSetting = "separate"
     box_area: tuple[float, float] = (0.25, 0.5)  # share of the image one box covers (CutMix)
     boxes: int = Field(1, ge=1)
 
@@ -58,6 +46,8 @@ def mix_pairs(boxes: Tensor, *maps: Tensor) -> tuple[Tensor, ...]:
 
 @register
 class FixMatchMix(Method):
+    # separate, unlike fixmatch: with the joint pass and no gate the mix collapses on short runs (module docstring)
+    default_unlabelled_pass = "separate"
     name = "fixmatch_mix"
     summary = "FixMatch whose strong views are CutMix-ed in pairs, pseudo labels and masks mixed alike."
     Config = FixMatchMixConfig
@@ -76,8 +66,9 @@ class FixMatchMix(Method):
         (target, mask), strong = self.fixmatch.views(x, probs_weak)
         boxes = box_masks(x.shape[0], x.shape[2:], area=self.cfg.box_area, n_boxes=self.cfg.boxes, device=x.device)
         mixed_x, mixed_target, mixed_mask = mix_pairs(boxes, *strong)
-        logits_l, logits_mixed = joint_forward(model, labelled.image, mixed_x, self.unlabelled_pass)
+        logits_l, logits_mixed = joint_forward(model, labelled.image, mixed_x, self.unlabelled_pass(progress))
         unsup, kept = self.fixmatch.term(logits_mixed, mixed_target, mixed_mask)
         losses = {"sup": self.ctx.supervised_loss(logits_l, labelled.label), "unsup": self.cfg.weight * unsup}
         return StepOut(losses=losses, logs={"confident": kept, "mixed_fraction": float(boxes.float().mean())},
-                       targets={"pseudo": target}, masks={"pseudo": mask})  # as drawn, before view and mix
+                       targets={"pseudo": target}, masks={"pseudo": mask},  # as drawn, before view and mix
+                       unlabelled=frozenset({"unsup"}))

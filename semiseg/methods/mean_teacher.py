@@ -10,17 +10,7 @@ initialisation. The teacher predicts at test time (``predict_with``).
 below 1, e.g. 0.05) a student's weight in the teacher has halved; it overrides ``ema_decay`` and is converted
 to α = 2^(−1/h) when the run is built. The paper's α = 0.99 is a half-life of ~69 steps, whatever the run length.
 
-Evidence on the demo's converged protocol (1 labelled subject, 2000 steps, seed 0,
-``experiments/converged_one_seed.yaml``): test Dice 0.754 / 0.759 (best / last) against supervised training's
-0.751 / 0.717, no significant gain (p = 1 / 0.22). The diagnostics say why: over the last fifth of training the
-teacher's labels on the unlabelled batches score 0.908 pixel accuracy and its Dice on whole unlabelled cases
-(0.862) equals the student's (0.859), so at α = 0.99 the teacher is the student again and the consistency
-target teaches little that the student does not already predict; the gain is a regulariser's (the last
-checkpoint does not fall as supervised training's does). With today's defaults (separate passes, reliability
-gate; ``mean_teacher_gate_separate`` in ``experiments/converged.yaml``, three seeds) it reaches 0.791 / 0.779
-against supervised training's 0.767 / 0.750 (p = 0.04 / 5e-5). On the short protocol (100 steps) the paper's
-way falls to 0.567 against supervised training's 0.657; the defaults end at 0.652 (p = 0.52,
-``experiments/short.yaml``).
+Measurements behind the defaults: ``docs/evidence/mean_teacher.md``.
 """
 
 from __future__ import annotations
@@ -62,20 +52,23 @@ class MeanTeacher(Method):
                 "teacher": NetSpec(trainable=False, ema_of=("student",), ema_decay=self.cfg.ema_decay,
                                    ema_half_life=self.cfg.ema_half_life)}
 
-    def student_forward(self, nets: Nets, labelled: Batch, unlabelled_images: Tensor) -> tuple[Tensor, Tensor]:
+    def student_forward(self, nets: Nets, labelled: Batch, unlabelled_images: Tensor,
+                        progress: Progress) -> tuple[Tensor, Tensor]:
         """Supervised loss and the student's logits on the unlabelled images, from one batched pass."""
-        logits_l, logits_u = joint_forward(nets["student"], labelled.image, unlabelled_images, self.unlabelled_pass)
+        logits_l, logits_u = joint_forward(nets["student"], labelled.image, unlabelled_images,
+                                           self.unlabelled_pass(progress))
         return self.ctx.supervised_loss(logits_l, labelled.label), logits_u
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
-        sup, student_logits = self.student_forward(nets, labelled, unlabelled.image)
+        sup, student_logits = self.student_forward(nets, labelled, unlabelled.image, progress)
         student_probs = probabilities(student_logits, self.ctx.label_mode)
         with torch.no_grad():
             noisy = input_noise(unlabelled.image, self.cfg.noise_std, self.cfg.noise_clip)
             target = probabilities(nets["teacher"](noisy), self.ctx.label_mode)
         weight = self.cfg.weight_at(progress)
         return StepOut(losses={"sup": sup, "consistency": weight * probability_mse(student_probs, target)},
-                       logs={"consistency_weight": weight}, targets={"teacher": target})
+                       logs={"consistency_weight": weight}, targets={"teacher": target},
+                       unlabelled=frozenset({"consistency"}))
 
     def predict(self, nets: Nets, x: Tensor) -> Tensor:
         return nets[self.cfg.predict_with](x)

@@ -23,60 +23,14 @@ unlabelled images and both losses form one update.
 become ``unsupervised_lr_scale``, a factor on the unsupervised loss: exactly lr_u / lr_s for plain SGD, the
 same ratio blended by momentum for SGD with momentum, and nearly no effect under Adam/AdamW (scale-invariant).
 
-Why students use the running statistics: normalising the student passes with their own batch statistics
-(and leaving the running ones to the clean path) taught the network a consistency that holds only under
-batch normalisation of the perturbed features, and its eval-mode predictions collapsed (best Dice 0.312 ±
-0.025 on the demo, one class everywhere on some slices). With the running statistics, as the clean path uses
-at test time (``student_norm=running``; ``batch`` keeps the old behaviour), validation Dice after 300 steps went
-from 0.16 to 0.66 on seed 0.
-
 Defaults: weight 20, linear ramp over 50 % of the run, T 0.5, all layers; ``temperature=null`` switches
 sharpening off; ``label_pooling`` max (paper) or avg shrinks the labels 2× per level for Eq. 4.
 
-Evidence on the demo's converged protocol (1 labelled subject, 2000 steps, three seeds,
-``experiments/converged.yaml``): test Dice 0.796 / 0.758 (best / last) against supervised training's 0.767 /
-0.750 (p = 0.06 / 0.97): above it on average, not significantly. The surface metrics show what costs MuST at the
-last checkpoint: HD95 10.9 mm and ASD 3.9 mm against supervised training's 5.2 / 1.9, i.e. false positives far
-from the structure. Its target, the sharpened clean output of the same joint pass, scores 0.878 pixel accuracy on
-the unlabelled batches while the network reaches 0.850 Dice on whole unlabelled cases in evaluation mode; like
-SegPL's E-step (``segpl``) it reads its targets from BatchNorm statistics mixed with the labelled images, but
-separate passes do not change MuST: ``must_separate`` (``unlabelled_pass=separate``, same grid) scores 0.789 /
-0.765 against 0.796 / 0.758 with the joint pass (seed 0 alone had suggested a gain: 0.813 / 0.784 vs 0.766 /
-0.768). With today's defaults, separate passes and the reliability gate (``must_gate_separate``, same grid), it
-reaches 0.801 / 0.774 (p = 0.13 / 0.67 against supervised training): above it on average, again not
-significantly. On the short protocol (100 steps, ``experiments/short.yaml``) the paper's way
-collapses to 0.415 against supervised training's 0.657 (far false positives again: HD95 63 mm); the defaults end
-at 0.718. The far false positives are the lead to follow.
+Students are normalised with the running statistics (``student_norm=running``): with their own batch statistics
+the network learnt a consistency that holds only under batch normalisation of the perturbed features, and its
+eval-mode predictions collapsed.
 
-The engine's yardstick (``teach/prediction_*``, the network's own eval-mode answer on the same unlabelled
-batches; last fifth of training, three seeds of ``must_gate_separate``) shows MuST's targets below what the
-network already predicts: Dice 0.714 against 0.745, pixel accuracy 0.883 against 0.900. The targets come from a
-clean pass normalised with the statistics of its 4 unlabelled slices, whereas the students and the test-time path
-use the running ones. Making the targets that eval-mode answer (``teacher_norm: running``, seed 0,
-``must_running_teacher`` in ``experiments/converged_one_seed.yaml``) collapsed the run: validation Dice 0.16 from
-step 600 to 1600, test 0.531 / 0.531 against supervised training's 0.751 / 0.717. With the teacher, the students
-and the test-time path all normalised by running statistics that the unlabelled images no longer move, the
-consistency term found the same degenerate agreement as ``student_norm: batch`` did (one class everywhere). On the
-short protocol it ends at 0.677 against the defaults' 0.718 (three seeds, ``experiments/short.yaml``). The option
-stays as that evidence; the default keeps batch statistics for the teacher pass.
-
-The far false positives are one test case. ``python benchmarks/diagnose_stray_foreground.py
-runs/converged/must_gate_separate-s{0,1,2} --per-case`` finds, at the last checkpoint of seeds 1 and 2, 12–14 % of
-the predicted white matter more than 3 voxels from any true foreground, in 5–7 components per case (supervised
-training: at most 1 %, in 67–1243 specks per case; FixMatch: none), and none at the best checkpoints (steps 600 and
-1000). Nearly all of it lies in subject_013, whose background is brighter than the others' (mean intensity 0.096
-against 0.016–0.068): the last checkpoint labels 204 000–255 000 of its background voxels foreground, against at
-most 31 in any other case. The paper's way (``must``, all three seeds: 187 000–224 000) and unsharpened targets
-(``must_no_sharpening``, seed 1: 239 000) do the same, so it is not Eq. 2's sharpening. Per case at the last
-checkpoint (three seeds): on the other five test cases MuST is above supervised training (0.820 against 0.797; seeds
-0.830 / 0.809 / 0.819 against 0.771 / 0.794 / 0.825); on subject_013 both are poor and spread widely (0.548 against
-0.517; the paper's way 0.475). FixMatch, whose strong view perturbs intensities, reaches 0.753 there. So MuST's
-consistency does not make the model robust to that intensity shift; a strong, intensity-perturbing view of its
-student's input is the lead, untested. Unsharpened targets (``temperature: null``, ``must_no_sharpening`` in
-``experiments/converged.yaml``, three seeds) reach 0.811 / 0.780 (p 0.008 / 0.23 against supervised training)
-against the default's 0.801 / 0.774 (p 0.13 / 0.67), and their targets score Dice 0.721 against the default's 0.714
-(the network's own 0.757 and 0.745): a step within the seed spread, measured on this demo only, so Eq. 2's T = 0.5
-(the paper's BraTS setting) stays the default; on the short protocol the two are identical (the gate never opens).
+Measurements behind the defaults: ``docs/evidence/must.md``.
 """
 
 from __future__ import annotations
@@ -91,6 +45,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor
 
 from semiseg.errors import ConfigError
+from semiseg.losses import one_hot
 from semiseg.methods._options import PassesOption, RampedWeight, RampKind
 from semiseg.methods.base import Batch, Method, MethodConfig, MethodContext, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.registry import register
@@ -130,7 +85,7 @@ def label_pyramid(
 ) -> list[Tensor]:
     """Targets y_0..y_{levels−1}, y_0 = label and each level 2× coarser than the previous (Eq. 4)."""
     if pooling == "avg" and label_mode == "multiclass" and not label.is_floating_point():
-        label = F.one_hot(label.long(), num_classes).movedim(-1, 1).float()
+        label = one_hot(label, num_classes)
     pyramid = [label]
     for _ in range(levels - 1):
         pyramid.append(downsample_label(pyramid[-1], label_mode, pooling))
@@ -278,19 +233,20 @@ class MuST(MultiscaleSupervised):
             return StepOut(self.supervised_step(nets, labelled, progress).losses, followup=followup)
         if w == 0:  # the ramp has not started: no pass over the unlabelled images
             return StepOut(self.supervised_step(nets, labelled, progress).losses, {"consistency_weight": w})
-        out_l, out_u = self._teacher_passes(net, labelled.image, unlabelled.image)
+        out_l, out_u = self._teacher_passes(net, labelled.image, unlabelled.image, progress)
         sup = self.supervised(out_l.scales, labelled.label)
         # The clean output's labels: those of the sharpened layer-0 target (sharpening keeps the argmax).
         taught = {"teacher": out_u.scales[0].detach()}
         return StepOut({"sup": sup, "consistency": w * self.consistency(net, out_u)}, {"consistency_weight": w},
-                       targets=taught)
+                       targets=taught, unlabelled=frozenset({"consistency"}))
 
-    def _teacher_passes(self, net: UNet, labelled: Tensor, unlabelled: Tensor) -> tuple[NetOutput, NetOutput]:
+    def _teacher_passes(self, net: UNet, labelled: Tensor, unlabelled: Tensor,
+                        progress: Progress) -> tuple[NetOutput, NetOutput]:
         """The clean passes: one for both batches (or one each, ``unlabelled_pass``), or with ``teacher_norm``
         running a training pass for the labelled images and a running-statistics pass for the unlabelled ones."""
         forward = partial(net, return_scales=True)
         if self.cfg.teacher_norm == "batch":
-            return joint_forward(forward, labelled, unlabelled, self.unlabelled_pass)
+            return joint_forward(forward, labelled, unlabelled, self.unlabelled_pass(progress))
         teacher = self._unlabelled_teacher(net, unlabelled)  # first: the statistics the step started with
         return forward(labelled), teacher
 
@@ -306,7 +262,7 @@ class MuST(MultiscaleSupervised):
         teacher = self._unlabelled_teacher(net, unlabelled.image)
         cons = self.consistency(net, teacher)
         return StepOut({"consistency": w * self.cfg.unsupervised_lr_scale * cons}, {"consistency_weight": w},
-                       targets={"teacher": teacher.scales[0].detach()})
+                       targets={"teacher": teacher.scales[0].detach()}, unlabelled=frozenset({"consistency"}))
 
     def consistency(self, net: UNet, teacher: NetOutput) -> Tensor:
         """L_MSC (Eq. 3) of a teacher pass over unlabelled images."""

@@ -5,18 +5,6 @@ fixed. M-step (Eq. 3): the supervised loss on labelled images plus ``α`` × Dic
 unlabelled ones. The pseudo labels are the unlabelled images' own training pass, detached, so the E-step
 costs no extra pass; one backward follows.
 
-Deviation, measured: labelled and unlabelled images pass the network separately (``unlabelled_pass:
-separate``, default), so BatchNorm labels the unlabelled images with their own batch statistics; the paper
-runs them as one batch (``unlabelled_pass: joint``). With the joint pass the E-step's labels are worse than
-the model itself: on the demo's converged protocol (seed 0, 1 labelled subject, 2000 steps,
-``experiments/converged_one_seed.yaml``, entry ``segpl_joint``) they scored 0.751 pixel accuracy and 0.582
-Dice against the hidden labels over the last fifth of training, while the same model in evaluation mode
-scored 0.839 Dice on whole unlabelled cases; validation Dice stalled near 0.56 after step 400 and test Dice ended at
-0.691 / 0.698 (best / last), below supervised training's 0.751 / 0.717. With separate passes, same seed and
-split: pseudo labels 0.935 accuracy and 0.772 Dice, test Dice 0.789 / 0.756. Over three seeds
-(``experiments/converged.yaml``, docs/results.md) SegPL with separate passes reaches 0.803 / 0.785 against
-supervised training's 0.767 / 0.750, its pseudo labels 0.926–0.939 accurate in every seed.
-
 SegPL-VI (Section 3) replaces the fixed ``T`` by a sample from ``N(μ, σ)`` predicted by a threshold head φ
 (Eqs. 5-6) and adds the KL to the prior (Eq. 8). ``threshold_mode`` selects the paper's hard comparison
 (φ then learns from the KL alone) or a straight-through / soft threshold through which the pseudo-label
@@ -47,6 +35,13 @@ prediction and its uncertainty.
 Defaults: α (``weight``) 0.05 (the paper's CARVE setting is 1.0), T 0.5, no warm-up. The reference-guided
 options (``pool_size``, ``reference_size``, ``k``, ``k_fraction``, ``weighting``) are one shared block
 (``ReferenceOptions``) with the matcher in ``semiseg.ssl.reference``, so another consumer needs only the call.
+
+Deviation, measured: the default pass layout is separate passes (``default_unlabelled_pass``), so BatchNorm
+labels the unlabelled images with their own batch statistics; with the paper's joint pass the E-step's labels
+were worse than the network's own prediction and SegPL ended below supervised training
+(``segpl_joint`` in ``experiments/converged_one_seed.yaml`` against ``segpl`` in ``experiments/converged.yaml``).
+
+Measurements behind the defaults: ``docs/evidence/segpl.md``.
 """
 
 from __future__ import annotations
@@ -62,7 +57,7 @@ from torch import Tensor, nn
 from semiseg.methods._options import PassesOption, RampedWeight, RampKind, ReferenceOptions
 from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.registry import register
-from semiseg.ssl.joint import PassSetting, joint_forward
+from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import confidence_mask, hard_labels, probabilities
 from semiseg.ssl.reference import ReferenceSettings, reference_pseudo_labels
 from semiseg.ssl.thresholds import (
@@ -84,9 +79,6 @@ class PseudoLabelConfig(RampedWeight, PassesOption):
     rampup_fraction: float = Field(0.0, ge=0, le=1)
     # Loss on the pseudo labels: Eq. 3's Dice (foreground classes unless train.include_background), or ce / dice_ce.
     loss: Literal["dice", "ce", "dice_ce"] = "dice"
-    # separate (default): labelled and unlabelled images pass the network apart, so the E-step's labels come from
-    # unlabelled-only BatchNorm statistics; joint: the paper's one pass over both (see the module docstring).
-    unlabelled_pass: PassSetting = "separate"
 
 
 class SegPLConfig(PseudoLabelConfig, ReferenceOptions):
@@ -115,6 +107,10 @@ class SegPLVIConfig(PseudoLabelConfig):
 class _PseudoLabelling(Method):
     """The shared EM step; subclasses define the E-step's pseudo labels (``e_step``)."""
 
+    # separate: labelled and unlabelled images pass the network apart, so the E-step's labels come from
+    # unlabelled-only BatchNorm statistics (the paper: one joint pass; see the module docstring)
+    default_unlabelled_pass = "separate"
+
     uses_unlabelled = True
     cfg: PseudoLabelConfig
 
@@ -137,11 +133,12 @@ class _PseudoLabelling(Method):
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         settings, model = self.reference(), nets["model"]
         if settings is None:
-            logits_l, logits_u = joint_forward(model, labelled.image, unlabelled.image, self.unlabelled_pass)
+            logits_l, logits_u = joint_forward(model, labelled.image, unlabelled.image,
+                                               self.unlabelled_pass(progress))
             target, weight, extra, logs = self.e_step(nets, probabilities(logits_u.detach(), self.ctx.label_mode))
         else:
             out_l, out_u = joint_forward(partial(model, return_features=True), labelled.image, unlabelled.image,
-                                         self.unlabelled_pass)
+                                         self.unlabelled_pass(progress))
             logits_l, logits_u = out_l.logits, out_u.logits
             target, weight, extra, logs = self.reference_e_step(out_l.features, labelled, out_u.features, settings)
         losses = {
@@ -152,7 +149,7 @@ class _PseudoLabelling(Method):
         values = torch.stack([v.detach().float() for v in logs.values()]).tolist() if logs else []
         masks = {} if weight is None else {"pseudo": weight.detach()}
         return StepOut(losses=losses, logs=dict(zip(logs, values, strict=True)), targets={"pseudo": target.detach()},
-                       masks=masks)
+                       masks=masks, unlabelled=frozenset({"unsup", *extra}))  # the E-step's terms (KL) too
 
 
 @register
@@ -176,13 +173,7 @@ class SegPL(_PseudoLabelling):
 
 @register
 class SegPLVI(_PseudoLabelling):
-    """Evidence. On the short protocol (100 steps, 1 labelled subject of the brain demo, three seeds,
-    ``experiments/short.yaml``; supervised training's last checkpoint 0.657) SegPL-VI with its separate passes
-    and no gate ends at 0.710, with the reliability gate (today's default; ``segpl_vi_defaults``) at 0.712, both
-    above supervised training (p < 1e-4, paired Wilcoxon of per-case Dice). On the converged protocol (2000
-    steps, three seeds, ``experiments/converged.yaml``) it reaches 0.778 / 0.782 at the defaults against
-    supervised training's 0.767 / 0.750 (best / last; p = 0.15 / 7.6e-06).
-    """
+    """SegPL's EM step with the threshold T sampled from φ's N(μ, σ) (measurements: ``docs/evidence/segpl.md``)."""
 
     name = "segpl_vi"
     summary = "SegPL with a threshold learnt by variational inference (Xu et al. 2022, Eqs. 4-8)."

@@ -14,19 +14,7 @@ mid-round neither re-snapshots nor loses the teacher.
 Defaults: 2 rounds after 40 % of the run supervised; the student, not the frozen teacher, predicts at test
 time.
 
-Evidence on the demo's converged protocol (1 labelled subject, 2000 steps, seed 0,
-``experiments/converged_one_seed.yaml``): test Dice 0.767 / 0.708 (best / last) against supervised training's
-0.751 / 0.717. Over the last fifth of training the frozen labeller's pseudo labels score 0.914 pixel accuracy on
-the unlabelled batches and the student's own argmax 0.915: the labels are no better than what the student
-already predicts, so the rounds add confirmation rather than information, and the best checkpoint (step
-1000, just after the first labeller) is the method's peak. A labeller that outperforms its student (an
-ensemble, a teacher, a strong view) is what the method lacks here, not a bug in the rounds. On the short protocol
-(100 steps, three seeds, ``experiments/short.yaml``) the labeller frozen at step 40 scores 0.44 on unlabelled
-cases and the method falls to 0.513 against supervised training's 0.657; with ``unlabelled_pass=separate`` and
-the reliability gate (today's defaults) it reaches 0.702 (p < 0.001), see docs/protocol.md. On the
-converged protocol with the defaults (``self_training_gate_separate``, three seeds) it ends at 0.759 / 0.743 against
-supervised training's 0.767 / 0.750: no collapse and no gain. The gate changes nothing there (it opens before the
-first round; seed 0 equals ``self_training_separate`` to the digit); with the joint pass seed 0 scored 0.767 / 0.708.
+Measurements behind the defaults: ``docs/evidence/self_training.md``.
 """
 
 from __future__ import annotations
@@ -96,7 +84,8 @@ class SelfTraining(Method):
         self._advance(nets, progress)
         if self.round == 0:
             return self.supervised_step(nets, labelled, progress)
-        logits_l, logits_u = joint_forward(nets["model"], labelled.image, unlabelled.image, self.unlabelled_pass)
+        logits_l, logits_u = joint_forward(nets["model"], labelled.image, unlabelled.image,
+                                           self.unlabelled_pass(progress))
         target, mask = self._pseudo_labels(nets["teacher"], unlabelled.image)
         losses = {
             "sup": self.ctx.supervised_loss(logits_l, labelled.label),
@@ -104,7 +93,8 @@ class SelfTraining(Method):
         }
         masks = {} if mask is None else {"pseudo": mask}
         taught = {"pseudo": target, "student": logits_u.detach()}  # the student's own labels, for comparison
-        return StepOut(losses=losses, logs={"round": float(self.round)}, targets=taught, masks=masks)
+        return StepOut(losses=losses, logs={"round": float(self.round)}, targets=taught, masks=masks,
+                       unlabelled=frozenset({"unsup"}))
 
     @torch.no_grad()
     def _pseudo_labels(self, teacher: torch.nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -10,12 +10,7 @@ consistency target is the mean of the T teacher predictions.
 Defaults: T = 8 teacher passes, run as one batch; the threshold ramps from 0.75 to 1 × ln C (K ln 2 in
 multilabel mode) instead of the usual fixed ln 2.
 
-On the short protocol (100 steps, 1 labelled subject of the brain demo, three seeds, ``experiments/short.yaml``;
-supervised training's last checkpoint 0.657 test Dice; p: paired Wilcoxon of per-case Dice against it) the paper's
-way (one joint pass, no gate) ends at 0.567 (p = 0.002), below supervised training, and today's defaults (separate
-passes, reliability gate; ``ua_mt_defaults``) at 0.652 (p = 0.52). On the converged protocol (2000 steps, three
-seeds, ``experiments/converged.yaml``; supervised training 0.767 / 0.750 best / last) the defaults reach 0.788 /
-0.779 (p = 0.007 / 3.8e-05).
+Measurements behind the defaults: ``docs/evidence/ua_mt.md``.
 """
 
 from __future__ import annotations
@@ -46,7 +41,7 @@ class UAMT(MeanTeacher):
     cfg: UAMTConfig
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
-        sup, student_logits = self.student_forward(nets, labelled, unlabelled.image)
+        sup, student_logits = self.student_forward(nets, labelled, unlabelled.image, progress)
         student_probs = probabilities(student_logits, self.ctx.label_mode)
         t = self.cfg.passes
         with torch.no_grad():
@@ -64,5 +59,5 @@ class UAMT(MeanTeacher):
             losses={"sup": sup, "consistency": weight * probability_mse(student_probs, target, mask)},
             logs={"consistency_weight": weight, "uncertainty_threshold": threshold,
                   "certain_fraction": float(mask.float().mean())},
-            targets={"teacher": target}, masks={"teacher": mask},
+            targets={"teacher": target}, masks={"teacher": mask}, unlabelled=frozenset({"consistency"}),
         )

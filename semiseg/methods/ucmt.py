@@ -19,40 +19,13 @@ Paper vs authors' code. Two places differ, and both are options:
   default): a certain region is copied over an uncertain one and also stays where it was, and every region is
   read from the image as it was before the mix. The code does the same with one indexed assignment per map,
   but pairs the i-th most uncertain region with the (k − i + 1)-th most certain one (its sort order):
-  ``umix=code``. Two older forms stay for runs made with them: ``umix=exchange`` swaps each pair, so the
-  uncertain content the method means to drop stays in the image (the default before the paper's form was
-  implemented); ``umix=copy`` applied the code's copies one pair at a time, so a later pair could read a
-  region an earlier one had overwritten.
-
-The authors' code as a whole is ``teacher_update=code``, ``teacher_supervised=false``, ``umix=code`` and
-``ema_decay=0.99``; ``ucmt`` alone is the paper (α = 0.999). ``experiments/teachers.yaml`` pins
-``umix=exchange`` and ``umix=copy``, the forms its archived table was measured with.
+  ``umix=code``.
 
 Two further choices: the uncertainty maps of step 2 come from step 1's predictions (as in the code;
 Algorithm 1 would recompute three passes after the update), and the students share a random body and differ in
 their heads (``student_init=shared_body``, see ``cmt``).
 
-Evidence on the demo's converged protocol (1 labelled subject, 1000 steps of two updates, three seeds,
-``experiments/converged.yaml``): the paper's UCMT (α = 0.999, the teacher keeping its own BatchNorm statistics,
-``teacher_bn=own``) reaches test Dice 0.808 / 0.798 (best / last) against supervised training's 0.767 / 0.750.
-Its teacher scores 0.884 Dice on whole unlabelled cases, next to the students' 0.893 (means over seeds). With the
-teacher's BatchNorm statistics copied from the students (``teacher_bn=students``, the rule before) the same run
-collapsed: teacher 0.24 on unlabelled cases, test Dice 0.373 / 0.104 (seed 0,
-``experiments/converged_one_seed.yaml``); the authors' code (``ucmt_code`` there) reaches 0.822 / 0.822. These
-converged runs used the paper's joint pass and no gate. Today's defaults (separate passes, reliability gate) on the
-short protocol (100 steps of two updates, ``experiments/short.yaml``) reach 0.761 against
-supervised training's 0.657 (p < 1e-4), where the paper's way at 50 steps ends at 0.579 (all 50 steps are the
-learning-rate warm-up there).
-
-On the converged protocol with three seeds (``experiments/converged.yaml``; supervised training 0.767 / 0.750 best /
-last) UCMT at today's defaults (separate passes, reliability gate; ``ucmt_defaults``, 1000 steps of two updates)
-reaches 0.787 / 0.777 (p = 0.13 / 0.27, paired Wilcoxon of per-case Dice), against 0.808 / 0.798 the paper's
-way. On seed 0 the gate opened at step 130, and the students end at Dice 0.88 on the unlabelled cases and the
-teacher at 0.85 (0.89 / 0.86 the paper's way).
-The defaults stay: on the short protocol the paper's way falls below supervised training and the defaults do not.
-The paper's teacher stays too: with the teacher following student 1 as in the authors' code (``ucmt_code_teacher``,
-same grid and defaults otherwise) UCMT reaches 0.788 / 0.781 (p = 0.58 / 0.09), level with 0.787 / 0.777, as on
-the short protocol (0.760 against 0.761); CMT, whose paper teacher fell in a short run, follows student 1.
+Measurements behind the defaults: ``docs/evidence/ucmt.md``.
 """
 
 from __future__ import annotations
@@ -67,6 +40,7 @@ from semiseg.errors import ConfigError
 from semiseg.methods.base import Batch, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.cmt import CMT, CMTConfig, CMTOutputs
 from semiseg.methods.registry import register
+from semiseg.ssl.joint import Passes
 from semiseg.ssl.mixing import umix
 from semiseg.ssl.uncertainty import mean_prediction_entropy
 
@@ -76,7 +50,7 @@ DEFAULT_GRID = {2: 16, 3: 8}  # regions per axis: 1/16 of the side in 2D (r = 16
 class UCMTConfig(CMTConfig):
     top_k: int = Field(2, ge=1)
     grid: int | None = Field(None, ge=1, description="regions per axis; default 16 in 2D, 8 in 3D")
-    umix: Literal["replace", "code", "exchange", "copy"] = "replace"
+    umix: Literal["replace", "code"] = "replace"
     # UCMT keeps the paper's teacher (Eq. 6), measured on three converged seeds; CMT defaults to the code's
     teacher_update: Literal["paper", "code"] = "paper"
 
@@ -113,11 +87,15 @@ class UCMT(CMT):
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         weight = self.cfg.weight_at(progress)
-        out = self.core.step(nets, labelled.image, labelled.label, unlabelled.image, weight, need_teacher_l=True)
+        passes = self.unlabelled_pass(progress)
+        out = self.core.step(nets, labelled.image, labelled.label, unlabelled.image, weight, passes,
+                             need_teacher_l=True)
         return StepOut(losses=out.losses, logs={"unsup_weight": weight, **out.agreement()}, targets=out.taught,
-                       followup=lambda: self.umix_step(nets, labelled, unlabelled, out, weight))
+                       unlabelled=out.unlabelled,
+                       followup=lambda: self.umix_step(nets, labelled, unlabelled, out, weight, passes))
 
-    def umix_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, first: CMTOutputs, weight: float) -> StepOut:
+    def umix_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, first: CMTOutputs, weight: float,
+                  passes: Passes) -> StepOut:
         """Algorithm 1, lines 10–17: uncertainty maps, UMIX, and CMT on the mixed samples."""
         mode = self.ctx.label_mode
         grid = self.grid(tuple(labelled.image.shape[2:]))
@@ -129,6 +107,6 @@ class UCMT(CMT):
         options = {"k": self.cfg.top_k, "grid": grid, "mode": self.cfg.umix}
         x_l, y_l = umix([labelled.image, labelled.label], u1_l, u2_l, **options)
         x_u, pseudo_u = umix([unlabelled.image, first.teacher_pseudo_u], u1_u, u2_u, **options)
-        second = self.core.step(nets, x_l, y_l, x_u, weight, teacher_pseudo_u=pseudo_u)
+        second = self.core.step(nets, x_l, y_l, x_u, weight, passes, teacher_pseudo_u=pseudo_u)
         changed = float((x_u != unlabelled.image).any(dim=1).float().mean())  # share of pixels UMIX moved
-        return StepOut(losses=second.losses, logs={"umix_changed": changed})
+        return StepOut(losses=second.losses, logs={"umix_changed": changed}, unlabelled=second.unlabelled)

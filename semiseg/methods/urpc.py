@@ -20,12 +20,7 @@ features with dropout and noise; neither is the default here.
 Defaults: λ 0.1, Gaussian ramp over the whole run, ``kl_direction=scale_to_mean`` (``mean_to_scale`` is the
 authors' code), every scale supervised.
 
-On the short protocol (100 steps, 1 labelled subject of the brain demo, three seeds, ``experiments/short.yaml``;
-supervised training's last checkpoint 0.657 test Dice; p: paired Wilcoxon of per-case Dice against it) the paper's
-way (one joint pass, no gate) ends at 0.633 (p = 0.13) and today's defaults (separate passes, reliability gate;
-``urpc_defaults``) at 0.715 (p = 0.007). On the converged protocol (2000 steps, three seeds,
-``experiments/converged.yaml``; supervised training 0.767 / 0.750 best / last) the defaults reach 0.797 / 0.805
-(p = 0.13 / 5.3e-04), no seed falling late (last checkpoint 0.79–0.81).
+Measurements behind the defaults: ``docs/evidence/urpc.md``.
 """
 
 from __future__ import annotations
@@ -45,35 +40,28 @@ from semiseg.methods.registry import register
 from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import probabilities
 from semiseg.ssl.rectification import rectified_loss
-from semiseg.ssl.uncertainty import kl_divergence, kl_from_log, log_distribution, log_mean_distribution
+from semiseg.ssl.uncertainty import kl_from_log, log_distribution, log_mean_distribution
 
 KLDirection = Literal["scale_to_mean", "mean_to_scale"]
-Divergence = Literal["exact", "eps"]
 
 
 def pyramid_consistency(
     scale_logits: Sequence[Tensor], label_mode: str, kl_direction: KLDirection = "scale_to_mean",
-    divergence: Divergence = "exact",
 ) -> Tensor:
     """L_urpc of same-resolution ``(B, K, *spatial)`` logits, one per scale (see the module docstring).
 
-    D_s is KL(p_s ‖ p̄) from log-probabilities (``divergence="exact"``) or from p·log(q + 1e-8) (``"eps"``, runs
-    made before the fix); the squared difference is taken on probabilities either way.
+    D_s is KL(p_s ‖ p̄) from log-probabilities; the squared difference is taken on probabilities.
     """
     if len(scale_logits) < 2:
         raise ValueError("pyramid consistency needs at least two scales")
     probs = [probabilities(z, label_mode).float() for z in scale_logits]
     mean = torch.stack(probs).mean(dim=0)
-    if divergence == "exact":
-        logs = [log_distribution(z, label_mode) for z in scale_logits]
-        log_mean = log_mean_distribution(logs)
+    logs = [log_distribution(z, label_mode) for z in scale_logits]
+    log_mean = log_mean_distribution(logs)
     terms = []
     for i, p in enumerate(probs):
-        if divergence == "exact":
-            pair = (logs[i], log_mean) if kl_direction == "scale_to_mean" else (log_mean, logs[i])
-            d = kl_from_log(*pair)
-        else:
-            d = kl_divergence(*((p, mean) if kl_direction == "scale_to_mean" else (mean, p)), label_mode)
+        pair = (logs[i], log_mean) if kl_direction == "scale_to_mean" else (log_mean, logs[i])
+        d = kl_from_log(*pair)
         terms.append(rectified_loss((p - mean).pow(2).mean(dim=1), d, normalise=True))
     return torch.stack(terms).mean()
 
@@ -97,8 +85,6 @@ class URPCConfig(RampedWeight, PassesOption):
     include_bottleneck: bool = False
     # Supervise every scale (the paper) or the full-resolution output only.
     deep_supervision: bool = True
-    # D_s from log-probabilities (exact) or as p·log(q + 1e-8), which caps it near 18.4 (runs made before the fix).
-    divergence: Divergence = "exact"
 
 
 @register
@@ -131,13 +117,14 @@ class URPC(Method):
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         forward = partial(self.pyramid_pass, nets["model"])
-        scales_l, scales_u = joint_forward(forward, labelled.image, unlabelled.image, self.unlabelled_pass)
+        scales_l, scales_u = joint_forward(forward, labelled.image, unlabelled.image, self.unlabelled_pass(progress))
         losses = {"sup": self.supervised(scales_l, labelled.label)}
         w = self.cfg.weight_at(progress)
         if self.cfg.weight == 0:
             return StepOut(losses, {"consistency_weight": w})
         mode = self.ctx.label_mode
-        losses["consistency"] = w * pyramid_consistency(scales_u, mode, self.cfg.kl_direction, self.cfg.divergence)
+        losses["consistency"] = w * pyramid_consistency(scales_u, mode, self.cfg.kl_direction)
         with torch.no_grad():  # p̄, what every scale is pulled towards
             mean = torch.stack([probabilities(s.detach(), mode).float() for s in scales_u]).mean(dim=0)
-        return StepOut(losses, {"consistency_weight": w}, targets={"pyramid_mean": mean})
+        return StepOut(losses, {"consistency_weight": w}, targets={"pyramid_mean": mean},
+                       unlabelled=frozenset({"consistency"}))

@@ -150,10 +150,6 @@ class UNet(nn.Module):
         return 2 ** (len(self.widths) - 1)
 
     @property
-    def feature_channels(self) -> int:
-        return self.widths[0]
-
-    @property
     def num_decoders(self) -> int:
         return len(self.decoders)
 

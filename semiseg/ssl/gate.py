@@ -8,30 +8,24 @@ terms are multiplied by 0; from then on the factor rises linearly to 1 over a ra
 never closes again, so a later dip does not make the schedule oscillate). The method's own ramp multiplies on
 top of it.
 
-Which terms are unlabelled follows the loss names of ``StepOut``: ``sup`` and ``sup_*`` are the labelled
-terms every method names so; every other term is gated.
+Which terms are unlabelled is the method's own declaration, ``StepOut.unlabelled``; every other term is
+labelled and never gated.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
 
-LABELLED_TERM = "sup"
 
-
-def is_labelled_term(name: str) -> bool:
-    """``sup`` and ``sup_*`` (e.g. ``sup_aux``) are supervised terms; any other name is an unlabelled one."""
-    return name == LABELLED_TERM or name.startswith(LABELLED_TERM + "_")
-
-
-def gate_unlabelled_terms(losses: dict[str, Tensor], gate: float) -> dict[str, Tensor]:
-    """The loss terms with every unlabelled one multiplied by ``gate`` (labelled terms untouched)."""
+def gate_unlabelled_terms(losses: dict[str, Tensor], unlabelled: Collection[str], gate: float) -> dict[str, Tensor]:
+    """The loss terms with each one named in ``unlabelled`` multiplied by ``gate`` (labelled terms untouched)."""
     if gate >= 1.0:
         return losses
-    return {name: value if is_labelled_term(name) else value * gate for name, value in losses.items()}
+    return {name: value * gate if name in unlabelled else value for name, value in losses.items()}
 
 
 @dataclass

@@ -48,6 +48,9 @@ def forward_parts(forward: Callable[[Tensor], Output], parts: Sequence[Tensor], 
     """
     if passes == "separate":
         return [forward(part) for part in parts]
+    if passes != "joint":
+        raise ValueError(f"passes must be 'joint' or 'separate', got {passes!r} (a method resolves its setting "
+                         "for the step with self.unlabelled_pass(progress))")
     out = forward(torch.cat(list(parts)))
     bounds = [0, *itertools.accumulate(part.shape[0] for part in parts)]
     return [take_rows(out, slice(lo, hi)) for lo, hi in itertools.pairwise(bounds)]

@@ -107,7 +107,7 @@ def region_scores(uncertainty: Tensor, grid: Sequence[int]) -> Tensor:
     return regions.flatten(2).mean(dim=2)
 
 
-UMIX_MODES = ("replace", "code", "exchange", "copy")
+UMIX_MODES = ("replace", "code")
 
 
 def umix_source_map(scores1: Tensor, scores2: Tensor, k: int, mode: str = "replace") -> Tensor:
@@ -123,11 +123,6 @@ def umix_source_map(scores1: Tensor, scores2: Tensor, k: int, mode: str = "repla
     * ``"code"`` (the authors' code): the same replacement, with their pairing — one descending sort per map,
       the uncertain regions its first k entries and the certain ones its last k, so the i-th most uncertain
       takes the (k − i + 1)-th most certain.
-    * ``"exchange"``: each pair swaps places (applied in order as transpositions of a permutation), so every
-      input region appears exactly once and the uncertain content stays in the image.
-    * ``"copy"``: the implementation of the authors' code before reads were fixed: pairs applied one at a time
-      in place, U¹'s first, so a later pair may read a region an earlier one overwrote. Kept only so runs and
-      tables made with it reproduce; use ``"code"``.
     """
     if mode not in UMIX_MODES:
         raise ValueError(f"UMIX mode must be one of {', '.join(UMIX_MODES)}; got {mode!r}")
@@ -137,18 +132,8 @@ def umix_source_map(scores1: Tensor, scores2: Tensor, k: int, mode: str = "repla
     (uncertain1, certain1), (uncertain2, certain2) = (_extremes(s, k, mode) for s in (scores1, scores2))
     source = torch.arange(r, device=scores1.device).repeat(b, 1)
     pairs = ((uncertain1, certain2), (uncertain2, certain1))
-    if mode in ("replace", "code"):
-        for uncertain, certain in pairs:  # values are input indices: every read sees the unmixed image
-            source.scatter_(1, uncertain, certain)
-        return source
-    rows = torch.arange(b, device=scores1.device)
-    for uncertain, certain in pairs:
-        for i in range(k):
-            u, c = uncertain[:, i], certain[:, i]
-            from_c = source[rows, c].clone()
-            if mode == "exchange":
-                source[rows, c] = source[rows, u]
-            source[rows, u] = from_c
+    for uncertain, certain in pairs:  # values are input indices: every read sees the unmixed image
+        source.scatter_(1, uncertain, certain)
     return source
 
 

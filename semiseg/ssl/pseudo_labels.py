@@ -6,14 +6,11 @@ class indices, multilabel ``(B, K, *spatial)`` float 0/1. Confidence masks are `
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
+from semiseg.losses import probabilities
 
-def probabilities(logits: Tensor, label_mode: str) -> Tensor:
-    """Softmax over classes (multiclass) or a sigmoid per channel (multilabel), in float32."""
-    logits = logits.float()
-    return torch.softmax(logits, dim=1) if label_mode == "multiclass" else torch.sigmoid(logits)
+__all__ = ["confidence_mask", "hard_labels", "probabilities", "sharpen"]  # probabilities: defined in losses
 
 
 def hard_labels(probs: Tensor, label_mode: str, threshold: float = 0.5) -> Tensor:
@@ -24,16 +21,20 @@ def hard_labels(probs: Tensor, label_mode: str, threshold: float = 0.5) -> Tenso
     return (probs > threshold).float()
 
 
-def confidence_mask(probs: Tensor, label_mode: str, tau: float) -> Tensor:
-    """Pixels confident enough to trust.
+def confidence_mask(probs: Tensor, label_mode: str, tau: float, per_channel: bool = False) -> Tensor:
+    """Pixels confident enough to trust: the one confidence mask every method uses.
 
-    Multiclass: ``max_k p_k ≥ τ``. Multilabel: every channel is far enough from 0.5, i.e.
-    ``|p − 0.5| > |0.5 − τ|`` (FixMatch's multi-label form; τ = 0.5 keeps every pixel).
+    Multiclass ``(B, *spatial)``: ``max_k p_k ≥ τ``, FixMatch's ``1(max(q_b) ≥ τ)`` (Sohn et al. 2020, Eq. 4;
+    its code keeps ``max ≥ τ`` too). Multilabel: a channel is confident when ``|p − 0.5| ≥ |0.5 − τ|``, the
+    same comparison on the channel's binary distribution (``max(p, 1 − p) ≥ τ`` for τ ≥ 0.5); the mask is
+    ``(B, K, *spatial)`` with ``per_channel`` (each channel kept or ignored on its own, FixMatch's Eq. 10), else
+    ``(B, *spatial)`` with every channel confident. τ = 0.5 keeps every pixel.
     """
     probs = probs.detach()
     if label_mode == "multiclass":
         return probs.max(dim=1).values >= tau
-    return ((probs - 0.5).abs() > abs(0.5 - tau)).all(dim=1)
+    confident = (probs - 0.5).abs() >= abs(0.5 - tau)
+    return confident if per_channel else confident.all(dim=1)
 
 
 def sharpen(probs: Tensor, label_mode: str, temperature: float) -> Tensor:
@@ -49,9 +50,3 @@ def sharpen(probs: Tensor, label_mode: str, temperature: float) -> Tensor:
     complement = (1.0 - probs).clamp_min(1e-12) ** (1.0 / temperature)
     return powered / (powered + complement)
 
-
-def to_onehot(labels: Tensor, label_mode: str, num_classes: int) -> Tensor:
-    """Hard labels as float ``(B, K, *spatial)`` one-hot maps (multilabel labels pass through)."""
-    if label_mode == "multilabel":
-        return labels.float()
-    return torch.nn.functional.one_hot(labels.long(), num_classes).movedim(-1, 1).float()

@@ -43,12 +43,6 @@ def cosine_rampup(t: float, t_max: float) -> float:
     return 1.0 if phase is None else 0.5 * (1.0 - math.cos(math.pi * phase))
 
 
-def exponential_rampdown(t: float, t_max: float) -> float:
-    """exp(−12.5 (t/t_max)²) (Laine & Aila's ramp-down), from 1 towards 0."""
-    phase = _phase(t, t_max)
-    return math.exp(-12.5) if phase is None else math.exp(-12.5 * phase**2)
-
-
 RAMPS: dict[str, Ramp] = {
     "linear": linear_rampup,
     "sigmoid": sigmoid_rampup,

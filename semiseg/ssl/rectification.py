@@ -2,7 +2,7 @@
 
 D is a pixel-wise divergence between two predictions of the same image that should agree (two decoders in
 dual-uncertainty self-training, one pyramid scale and the mean of all scales in URPC); it is computed with
-``semiseg.ssl.uncertainty.kl_divergence`` (both label modes). Pixels where the predictions disagree get a small
+``semiseg.ssl.uncertainty.kl_divergence_logits`` (both label modes). Pixels where the predictions disagree get a small
 weight exp(−D) in the loss, and the added mean(D) keeps the network from buying a small loss with large
 disagreement. Both D terms carry gradient: the divergence is learnt, not a fixed mask.
 

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from semiseg.losses import one_hot
+
 ThresholdMode = Literal["hard", "straight_through", "soft"]
 THRESHOLD_MODES: tuple[str, ...] = ("hard", "straight_through", "soft")
 
@@ -139,7 +141,7 @@ def threshold_samples(probs: Tensor, thresholds: Tensor, label_mode: str) -> Ten
         if weight is None:
             out.append(target)
             continue
-        onehot = F.one_hot(target, probs.shape[1]).movedim(-1, 1).to(probs.dtype)
+        onehot = one_hot(target, probs.shape[1]).to(probs.dtype)
         keep = weight.unsqueeze(1)
         out.append(keep * onehot + (1.0 - keep) * probs)
     return torch.stack(out)

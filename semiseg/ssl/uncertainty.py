@@ -56,22 +56,6 @@ def predictive_variance(prob_maps: Tensor) -> Tensor:
     return prob_maps.float().var(dim=0, unbiased=False).sum(dim=1)
 
 
-def kl_divergence(p: Tensor, q: Tensor, label_mode: str) -> Tensor:
-    """Pixel-wise KL(p ‖ q) of two (B, K, *spatial) probability maps → (B, *spatial), with log(· + 1e-8).
-
-    Multilabel sums the Bernoulli KLs of the channels. The ε caps the divergence near 18.4 and stops its gradient
-    where confident predictions disagree; ``kl_divergence_logits`` is exact. Kept for runs made with it.
-    """
-    p, q = p.float(), q.float()
-    if label_mode == "multiclass":
-        return (p * (torch.log(p + _EPS) - torch.log(q + _EPS))).sum(dim=1)
-    pc, qc = 1.0 - p, 1.0 - q
-    return (p * (torch.log(p + _EPS) - torch.log(q + _EPS)) + pc * (torch.log(pc + _EPS) - torch.log(qc + _EPS))).sum(
-        dim=1
-    )
-
-
-
 def log_distribution(logits: Tensor, label_mode: str) -> Tensor:
     """Log-probabilities of every outcome, exact at any confidence, with outcomes along dim 1.
 

@@ -11,7 +11,7 @@ from semiseg import api
 from semiseg.engine import performance
 from semiseg.engine.device import resolve_amp_dtype
 from semiseg.engine.model import load_model
-from semiseg.engine.performance import channels_last_enabled, memory_format, pin_legacy_speed_settings
+from semiseg.engine.performance import channels_last_enabled, memory_format
 from semiseg.engine.run import Run
 from semiseg.methods import available_methods
 
@@ -42,15 +42,6 @@ def test_channels_last_auto_only_for_2d_on_cuda_under_amp():
     assert not channels_last_enabled("auto", 3, cuda, amp=True)
     assert not channels_last_enabled("auto", 2, cuda, amp=False)
     assert channels_last_enabled("on", 3, cpu, amp=False) and not channels_last_enabled("off", 2, cuda, amp=True)
-
-
-def test_runs_saved_before_the_precision_keys_resume_with_their_old_settings(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert pin_legacy_speed_settings({"train": {"amp": "auto"}})["train"] == {
-        "amp": "auto", "amp_dtype": "fp16", "channels_last": "off"}
-    assert pin_legacy_speed_settings({"train": {"device": "cpu"}})["train"]["amp_dtype"] == "bf16"
-    kept = {"train": {"amp_dtype": "bf16", "channels_last": "on"}}
-    assert pin_legacy_speed_settings(kept) == kept
 
 
 @pytest.mark.parametrize("method", sorted(available_methods()))

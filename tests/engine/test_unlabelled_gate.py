@@ -67,8 +67,8 @@ def test_bare_yaml_off_means_the_word_and_a_bad_value_names_the_key() -> None:
     ("mean_teacher", "auto", True), ("fixmatch", "auto", False), ("fixmatch_mix", "auto", True),
     ("fixmatch", "labelled_dice", True), ("mean_teacher", "off", False), ("supervised", "labelled_dice", False)])
 def test_auto_is_the_methods_own_choice_and_an_explicit_setting_wins(method, setting, gated) -> None:
-    from semiseg.api import supervised_loss
     from semiseg.engine.reliability import make_gate
+    from semiseg.losses import supervised_loss
     from semiseg.methods import MethodContext, get_method
 
     ctx = MethodContext(label_mode="multiclass", num_classes=3, spatial_dims=2, in_channels=1,

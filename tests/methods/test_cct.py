@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from semiseg.api import supervised_loss
 from semiseg.errors import ConfigError
+from semiseg.losses import supervised_loss
 from semiseg.methods import Batch, MethodContext, Progress, available_methods
 from semiseg.methods.cct import cross_consistency
 from semiseg.nets import UNet

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from semiseg.api import supervised_loss
 from semiseg.config import load_config
 from semiseg.engine.checkpoint import load_checkpoint, save_checkpoint
-from semiseg.engine.networks import build_nets, trainable_parameters
+from semiseg.engine.networks import build_nets, trainable_parameters, update_ema_net
+from semiseg.losses import supervised_loss
 from semiseg.methods import Batch, MethodContext, Progress, available_methods
 
 METHODS = sorted(available_methods())
@@ -51,10 +51,29 @@ def test_losses_finite_and_reach_trainable_parameters(name, dims, label_mode):
         out = out.followup() if out.followup is not None else None
 
 
+def _train(method, nets, lab, unl) -> None:
+    """An early and a late step (staged methods snapshot their teacher in between), each an optimiser step per
+    update and the EMA the engine makes: every net moves off its initial weights."""
+    specs = method.networks()
+    optimiser = torch.optim.SGD(trainable_parameters(nets, specs), lr=0.5)
+    for step in (0, 9):
+        out = method.training_step(nets, lab, unl if method.uses_unlabelled else None, Progress(step, 10))
+        while out is not None:
+            optimiser.zero_grad()
+            sum(out.losses.values()).backward()
+            optimiser.step()
+            out = out.followup() if out.followup is not None else None
+        for name, spec in specs.items():
+            if spec.ema_of:
+                update_ema_net(nets, name, spec, step=step + 1, total_steps=10)
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize("name", METHODS)
 def test_checkpoint_round_trip_and_prediction_shape(name, dims, tmp_path):
+    """Trained weights and method state survive a save and a load into freshly built (init-seeded) networks."""
     cfg, ctx, method, nets = _setup(name, dims, "multiclass")
+    _train(method, nets, *_batches(dims, "multiclass"))
     x = torch.randn(2, 2, *([8] * dims))
     for net in nets.values():
         net.eval()
@@ -65,7 +84,10 @@ def test_checkpoint_round_trip_and_prediction_shape(name, dims, tmp_path):
     state = load_checkpoint(tmp_path / "c.pt")
     _, _, method2, nets2 = _setup(name, dims, "multiclass")
     for n, net in nets2.items():
-        net.load_state_dict(state["nets"][n])
         net.eval()
+        fresh = {k: v.clone() for k, v in net.state_dict().items()}
+        net.load_state_dict(state["nets"][n])
+        moved = [k for k, v in net.state_dict().items() if v.is_floating_point() and not torch.equal(v, fresh[k])]
+        assert moved, f"net {n!r}: loading changed no weight, so the round trip would test nothing"
     method2.load_state_dict(state["method"])
     assert torch.allclose(method2.predict(nets2, x), expected)

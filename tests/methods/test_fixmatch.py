@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semiseg.api import supervised_loss
 from semiseg.errors import ConfigError
+from semiseg.losses import supervised_loss
 from semiseg.methods import Batch, MethodContext, Progress, get_method
 from semiseg.methods.fixmatch import masked_ce, weak_targets
 
@@ -41,9 +41,9 @@ def test_eq9_multiclass_keeps_only_confident_pixels():
 
 def test_eq10_multilabel_ignores_each_channel_near_one_half():
     probs = torch.tensor([0.97, 0.03, 0.6, 0.5, 0.85, 0.2]).reshape(1, 1, 6, 1)
-    target, mask = weak_targets(probs, "multilabel", 0.8)  # keep |p − 0.5| > 0.3
+    target, mask = weak_targets(probs, "multilabel", 0.8)  # keep |p − 0.5| ≥ 0.3: 0.2 is at τ, kept (Eq. 4's ≥)
     assert target.flatten().tolist() == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]
-    assert mask.flatten().tolist() == [1.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+    assert mask.flatten().tolist() == [1.0, 1.0, 0.0, 0.0, 1.0, 1.0]
     assert torch.equal(weak_targets(probs, "multilabel", 0.2)[1], mask)  # |0.5 − τ| is symmetric in τ
     two = torch.tensor([[0.97, 0.6]]).T.reshape(1, 2, 1, 1)  # one pixel: channel 0 kept, channel 1 ignored
     assert weak_targets(two, "multilabel", 0.8)[1].flatten().tolist() == [1.0, 0.0]
@@ -120,7 +120,7 @@ def test_strong_path_trains_on_the_strong_view(label_mode):
     out = method.training_step({"model": model}, lab, unl, Progress(0, 10))
     assert calls == [3, 5] and torch.isfinite(out.losses["unsup"])
     # a random 1×1 conv is never confident at τ = 0.95: only CutOut's background boxes are kept
-    x, target, mask = method.strong_view(unl.image, torch.full((3, k, 8, 8), 1 / k))
+    _, (x, target, mask) = method.views(unl.image, torch.full((3, k, 8, 8), 1 / k))
     kept = mask.bool() if label_mode == "multiclass" else mask.bool().all(1)
     assert kept.any()
     background = target[kept] == 0 if label_mode == "multiclass" else target.permute(1, 0, 2, 3)[:, kept] == 0

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semiseg.api import supervised_loss
+from semiseg.losses import supervised_loss
 from semiseg.methods import Batch, MethodContext, Progress, get_method
 
 K, TAU = 3, 0.6

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from semiseg.api import supervised_loss
 from semiseg.errors import ConfigError
+from semiseg.losses import supervised_loss
 from semiseg.methods import Batch, MethodContext, Progress, available_methods
 from semiseg.methods.must import (
     consistency_target,

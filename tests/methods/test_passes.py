@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from semiseg.api import supervised_loss
 from semiseg.config import load_config
 from semiseg.engine.networks import build_nets
+from semiseg.losses import supervised_loss
 from semiseg.methods import Batch, MethodContext, Progress, available_methods
 
 K = 3
@@ -18,25 +18,29 @@ def test_every_method_with_a_joint_pass_offers_separate_passes():
                            "rpg_plus", "segpl", "segpl_vi", "self_training", "ua_mt", "ucmt", "urpc"]
 
 
-def test_methods_that_state_their_passes_keep_them_and_the_others_follow_the_run():
-    defaults = {name: available_methods()[name].Config().unlabelled_pass for name in WITH_PASSES}
-    assert {name: mode for name, mode in defaults.items() if mode is not None} == {
-        "segpl": "separate", "segpl_vi": "separate", "fixmatch": "joint", "fixmatch_mix": "separate",
-        "rpg": "separate_until_gate", "rpg_plus": "separate_until_gate",
+def _ctx(run_setting: str = "auto") -> MethodContext:
+    return MethodContext(label_mode="multiclass", num_classes=K, spatial_dims=2, in_channels=1,
+                         supervised_loss=supervised_loss("dice_ce", "multiclass", False), unlabelled_pass=run_setting)
+
+
+def test_auto_is_each_methods_own_choice_and_no_option_defaults_to_one():
+    assert {name: available_methods()[name].Config().unlabelled_pass for name in WITH_PASSES} == dict.fromkeys(
+        WITH_PASSES)  # an option left unset follows the run
+    chosen = {name: available_methods()[name](_ctx()).unlabelled_pass_setting for name in WITH_PASSES}
+    assert {name: mode for name, mode in chosen.items() if mode != "separate"} == {
+        "fixmatch": "joint", "rpg": "separate_until_gate", "rpg_plus": "separate_until_gate",
         "dual_uncertainty": "separate_until_gate"}
-    assert load_config(None, []).train.unlabelled_pass == "separate"
+    assert load_config(None, []).train.unlabelled_pass == "auto"
 
 
+@pytest.mark.parametrize("name", WITH_PASSES)
 @pytest.mark.parametrize("run_setting", ["joint", "separate"])
-def test_a_method_option_wins_over_the_run_setting(run_setting):
-    ctx = MethodContext(label_mode="multiclass", num_classes=K, spatial_dims=2, in_channels=1,
-                        supervised_loss=supervised_loss("dice_ce", "multiclass", False), unlabelled_pass=run_setting)
-    mean_teacher = available_methods()["mean_teacher"]
-    assert mean_teacher(ctx).unlabelled_pass == run_setting
+def test_the_run_setting_holds_for_every_method_and_a_method_option_overrides_it(name, run_setting):
+    """One switch: --set train.unlabelled_pass=joint is the papers' pass for segpl, segpl_vi, fixmatch_mix too."""
+    method = available_methods()[name]
+    assert method(_ctx(run_setting)).unlabelled_pass_setting == run_setting
     other = "joint" if run_setting == "separate" else "separate"
-    assert mean_teacher(ctx, {"unlabelled_pass": other}).unlabelled_pass == other
-    assert available_methods()["segpl"](ctx).unlabelled_pass == "separate"  # its own default
-    assert available_methods()["fixmatch"](ctx).unlabelled_pass == "joint"
+    assert method(_ctx(run_setting), {"unlabelled_pass": other}).unlabelled_pass_setting == other
 
 
 def test_the_run_setting_offers_exactly_the_pass_settings_a_method_resolves():
@@ -46,35 +50,29 @@ def test_the_run_setting_offers_exactly_the_pass_settings_a_method_resolves():
     from semiseg.ssl.joint import PassSetting
 
     # config.py spells the values out (it imports no torch); this keeps them from drifting apart
-    assert get_args(TrainConfig.model_fields["unlabelled_pass"].annotation) == get_args(PassSetting)
+    assert get_args(TrainConfig.model_fields["unlabelled_pass"].annotation) == ("auto", *get_args(PassSetting))
 
 
 def test_separate_until_gate_resolves_by_whether_the_unlabelled_terms_act():
-    ctx = MethodContext(label_mode="multiclass", num_classes=K, spatial_dims=2, in_channels=1,
-                        supervised_loss=supervised_loss("dice_ce", "multiclass", False))
+    ctx = _ctx()
     dual = available_methods()["dual_uncertainty"](ctx)
+    on, off = Progress(3, 10), Progress(3, 10, unlabelled_on=False)  # the gate's state, as the engine passes it
     assert dual.unlabelled_pass_setting == "separate_until_gate"
-    assert dual.unlabelled_pass == "joint"  # no gate: the terms act from the start
-    dual.unlabelled_terms_on = False
-    assert dual.unlabelled_pass == "separate"
+    assert dual.unlabelled_pass(on) == "joint"  # no gate: the terms act from the start
+    assert dual.unlabelled_pass(off) == "separate"
     ctx_until = MethodContext(**{**ctx.__dict__, "unlabelled_pass": "separate_until_gate"})
-    mean_teacher = available_methods()["mean_teacher"](ctx_until)
-    mean_teacher.unlabelled_terms_on = False
-    assert mean_teacher.unlabelled_pass == "separate"
-    assert available_methods()["dual_uncertainty"](ctx, {"unlabelled_pass": "joint"}).unlabelled_pass == "joint"
+    assert available_methods()["mean_teacher"](ctx_until).unlabelled_pass(off) == "separate"
+    assert available_methods()["dual_uncertainty"](ctx, {"unlabelled_pass": "joint"}).unlabelled_pass(off) == "joint"
+    assert not hasattr(dual, "unlabelled_terms_on")  # nothing for the engine to write into
 
 
-def test_the_run_setting_reaches_the_method_and_a_run_saved_before_it_resumes_joint():
+def test_the_run_setting_reaches_the_method():
     from semiseg.engine.assemble import method_context
-    from semiseg.engine.reliability import pin_legacy_unlabelled_settings
 
     info = {"label_mode": "multiclass", "class_names": ["bg", "a"], "channels": 1}
     cfg = load_config(None, ["train.unlabelled_pass=joint"])
     assert method_context(cfg, info).unlabelled_pass == "joint"
-    assert pin_legacy_unlabelled_settings({"train": {"steps": 5}})["train"] == {
-        "steps": 5, "unlabelled_pass": "joint", "unlabelled_gate": "off"}
-    kept = {"train": {"unlabelled_pass": "separate", "unlabelled_gate": "labelled_dice"}}
-    assert pin_legacy_unlabelled_settings(kept) == kept
+    assert method_context(load_config(None, []), info).unlabelled_pass == "auto"
 
 
 def _batch_sizes(name: str, passes: str) -> list[int]:

@@ -7,9 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semiseg.api import supervised_loss
 from semiseg.errors import ConfigError
-from semiseg.losses import dice_loss
+from semiseg.losses import dice_loss, supervised_loss
 from semiseg.methods import Batch, MethodContext, Progress, get_method
 from semiseg.nets.unet import NetOutput
 
@@ -37,8 +36,8 @@ class FixedNet(nn.Module):
         return NetOutput(self.logits, features=self.features) if return_features else self.logits
 
 
-def _ctx(label_mode="multiclass", k=3, loss="ce"):
-    return MethodContext(unlabelled_pass="joint",  # the hand computations assume one pass over both parts
+def _ctx(label_mode="multiclass", k=3, loss="ce", passes="joint"):
+    return MethodContext(unlabelled_pass=passes,  # the hand computations assume one pass over both parts
         label_mode=label_mode,
         num_classes=k,
         spatial_dims=2,
@@ -111,7 +110,7 @@ def test_segpl_takes_pseudo_labels_from_the_reference_matcher():
 
 
 def test_rpg_plus_composes_rpg_and_fixmatch():
-    method = get_method("rpg_plus")(_ctx(), {"k": 2, "tau": 0.8, "fixmatch_weight": 0.5, "n_ops": 1})
+    method = get_method("rpg_plus")(_ctx(passes="auto"), {"k": 2, "tau": 0.8, "fixmatch_weight": 0.5, "n_ops": 1})
     assert method.rpg.cfg.k == 2 and method.fixmatch.cfg.tau == 0.8 and method.fixmatch.cfg.n_ops == 1
     net = nn.Conv2d(1, 3, 1)
     calls = []
@@ -130,9 +129,9 @@ def test_rpg_plus_composes_rpg_and_fixmatch():
     separate.training_step({"model": model}, lab, Batch(torch.randn(2, 1, 8, 8)), Progress(0, 10))
     assert calls == [2, 2, 2]
     calls.clear()
-    method.unlabelled_terms_on = False  # the default, separate_until_gate, before the gate opens
-    method.training_step({"model": model}, lab, Batch(torch.randn(2, 1, 8, 8)), Progress(0, 10))
-    assert method.cfg.unlabelled_pass == "separate_until_gate" and calls == [2, 2, 2]
+    closed = Progress(0, 10, unlabelled_on=False)  # the default, separate_until_gate, before the gate opens
+    method.training_step({"model": model}, lab, Batch(torch.randn(2, 1, 8, 8)), closed)
+    assert method.unlabelled_pass_setting == "separate_until_gate" and calls == [2, 2, 2]
     plain = get_method("rpg_plus")(_ctx(), {"strong_augment": False})
     calls.clear()
     out = plain.training_step({"model": model}, lab, Batch(torch.randn(2, 1, 8, 8)), Progress(0, 10))

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from semiseg.api import supervised_loss
 from semiseg.config import load_config
 from semiseg.engine.networks import build_nets
 from semiseg.errors import ConfigError
+from semiseg.losses import supervised_loss
 from semiseg.methods import Batch, MethodContext, Progress, get_method
 
 

@@ -7,10 +7,10 @@ import torch
 from _weights import nudge, same_weights
 
 from semiseg import api
-from semiseg.api import supervised_loss
 from semiseg.config import load_config
 from semiseg.engine.networks import build_nets
 from semiseg.errors import ConfigError
+from semiseg.losses import supervised_loss
 from semiseg.methods import Batch, MethodContext, Progress, get_method
 
 

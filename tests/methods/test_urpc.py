@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from semiseg.api import supervised_loss
 from semiseg.config import load_config
 from semiseg.engine.networks import build_nets
+from semiseg.losses import supervised_loss
 from semiseg.methods import Batch, MethodContext, Progress, get_method
 from semiseg.methods.urpc import pyramid_consistency, upsample_logits
 
@@ -33,7 +33,6 @@ def test_pyramid_consistency_by_hand():
         expected += (w * sq / 2) / ((w + 1) / 2) + d / 2  # mean over the two pixels, normalised by mean(w)
     expected /= 2  # averaged over the S = 2 scales
     assert pyramid_consistency([s1, s2], "multiclass").item() == pytest.approx(expected, rel=1e-5)
-    assert pyramid_consistency([s1, s2], "multiclass", divergence="eps").item() == pytest.approx(expected, rel=1e-5)
     code = (
         sum(
             _kl(mean, p) / 2 + (math.exp(-_kl(mean, p)) * 0.02) / ((math.exp(-_kl(mean, p)) + 1) / 2)
@@ -56,12 +55,11 @@ def test_pyramid_consistency_multilabel_is_finite_and_zero_when_scales_agree():
 
 def test_pyramid_divergence_is_exact_when_a_scale_is_confidently_wrong():
     # Two scales at logits ±30 and one at ∓30: the mean p̄ ≈ [2/3, 1/3]. D of the odd scale is
-    # KL([~0, ~1] ‖ [2/3, 1/3]) = log 3 either way; the exact and the capped form agree here, and both are finite.
+    # KL([~0, ~1] ‖ [2/3, 1/3]) = log 3, computed from log-probabilities: finite, and the loss is positive.
     confident = torch.tensor([30.0, -30.0]).view(1, 2, 1, 1)
     scales = [confident, confident, -confident]
     exact = pyramid_consistency(scales, "multiclass").item()
-    assert math.isfinite(exact)
-    assert exact == pytest.approx(pyramid_consistency(scales, "multiclass", divergence="eps").item(), rel=1e-4)
+    assert math.isfinite(exact) and exact > 0
 
 
 def _setup(widths, options=None, dims=2):

@@ -5,17 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from semiseg.ssl.gate import ReliabilityGate, gate_unlabelled_terms, is_labelled_term
+from semiseg.ssl.gate import ReliabilityGate, gate_unlabelled_terms
 
 
-def test_only_unlabelled_terms_are_scaled() -> None:
+def test_only_the_terms_declared_unlabelled_are_scaled_whatever_their_names() -> None:
     losses = {"sup": torch.tensor(2.0), "sup_aux": torch.tensor(1.0), "consistency": torch.tensor(4.0),
-              "supervision_free": torch.tensor(3.0)}
-    gated = gate_unlabelled_terms(losses, 0.25)
-    assert {k: float(v) for k, v in gated.items()} == {"sup": 2.0, "sup_aux": 1.0, "consistency": 1.0,
-                                                       "supervision_free": 0.75}
-    assert gate_unlabelled_terms(losses, 1.0) is losses
-    assert is_labelled_term("sup") and not is_labelled_term("unsup") and not is_labelled_term("cps")
+              "member1": torch.tensor(3.0)}
+    gated = gate_unlabelled_terms(losses, {"consistency", "sup_aux"}, 0.25)
+    assert {k: float(v) for k, v in gated.items()} == {"sup": 2.0, "sup_aux": 0.25, "consistency": 1.0,
+                                                       "member1": 3.0}
+    assert gate_unlabelled_terms(losses, {"consistency"}, 1.0) is losses
 
 
 def test_opens_at_threshold_ramps_and_never_closes() -> None:

@@ -39,3 +39,9 @@ def test_structured_outputs_are_split_field_by_field():
     assert rest[0].scales[0].shape == (3, 2) and rest[1][0].shape == (3, 1) and rest[2] is None
     with pytest.raises(TypeError, match="str"):
         take_rows("logits", slice(None, 2))
+
+
+def test_an_unresolved_pass_setting_is_refused_not_taken_for_joint():
+    net = torch.nn.Conv2d(1, 2, 1)
+    with pytest.raises(ValueError, match="unlabelled_pass\\(progress\\)"):
+        joint_forward(net, torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), "separate_until_gate")

@@ -48,36 +48,25 @@ def _region_values(x):
     return to_regions(x, [2, 2])[0, :, 0, 0, 0].tolist()
 
 
-def test_umix_exchange_moves_exactly_the_expected_regions():
+def test_umix_replace_copies_certain_regions_over_uncertain_ones():
     image, u1, u2 = _hand_made_2d()
-    # pair 1: uncertain-by-U¹ region 0 ↔ certain-by-U² region 3; pair 2: uncertain-by-U² region 2 ↔
-    # certain-by-U¹ region 1. Both swaps: [0,1,2,3] → [3,1,2,0] → [3,2,1,0].
-    (mixed,) = umix([image], u1, u2, k=1, grid=[2, 2], mode="exchange")
-    assert _region_values(mixed) == [3.0, 2.0, 1.0, 0.0]
-    assert sorted(_region_values(mixed)) == [0.0, 1.0, 2.0, 3.0]  # nothing lost, nothing duplicated
-
-
-def test_umix_copy_duplicates_certain_regions_like_the_authors_code():
-    image, u1, u2 = _hand_made_2d()
-    (mixed,) = umix([image], u1, u2, k=1, grid=[2, 2], mode="copy")
-    # region 0 ← region 3, region 2 ← region 1; regions 1 and 3 stay in place too.
+    (mixed,) = umix([image], u1, u2, k=1, grid=[2, 2], mode="replace")
+    # region 0 (uncertain by U¹) ← region 3 (certain by U²), region 2 ← region 1; 1 and 3 stay in place too.
     assert _region_values(mixed) == [3.0, 1.0, 1.0, 3.0]
 
 
-def test_umix_second_copy_overwrites_the_first_when_both_maps_pick_one_region():
+def test_umix_second_pair_wins_when_both_maps_pick_one_region():
     scores1 = torch.tensor([[0.9, 0.1, 0.5, 0.6]])  # uncertain 0, certain 1
     scores2 = torch.tensor([[0.9, 0.5, 0.6, 0.1]])  # uncertain 0, certain 3
-    # copy: region 0 ← 3, then region 0 ← 1 overwrites it; 1 and 3 stay in place
-    assert umix_source_map(scores1, scores2, 1, "copy").tolist() == [[1, 1, 2, 3]]
-    # exchange: swap(0,3) → [3,1,2,0], then swap(0,1) → [1,3,2,0]: still a permutation
-    assert umix_source_map(scores1, scores2, 1, "exchange").tolist() == [[1, 3, 2, 0]]
+    # region 0 ← 3 (U¹'s pair), then region 0 ← 1 (U²'s pair, written last); 1 and 3 stay in place
+    assert umix_source_map(scores1, scores2, 1, "replace").tolist() == [[1, 1, 2, 3]]
 
 
 def test_umix_moves_labels_with_images_and_keeps_label_layout():
     image, u1, u2 = _hand_made_2d()
     label = image[:, 0].long()  # (B, H, W) multiclass map equal to the region ids
     onehot = torch.nn.functional.one_hot(label, 4).movedim(-1, 1).float()
-    mixed_image, mixed_label, mixed_onehot = umix([image, label, onehot], u1, u2, k=1, grid=[2, 2], mode="exchange")
+    mixed_image, mixed_label, mixed_onehot = umix([image, label, onehot], u1, u2, k=1, grid=[2, 2], mode="replace")
     assert mixed_label.shape == label.shape and mixed_label.dtype == torch.long
     assert torch.equal(mixed_label, mixed_image[:, 0].long())
     assert torch.equal(mixed_onehot.argmax(1), mixed_label)
@@ -88,23 +77,21 @@ def test_umix_3d_hand_made():
     image = torch.arange(8.0).reshape(1, 1, 2, 2, 2)
     u1 = torch.tensor([0.9, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.0]).reshape(1, 2, 2, 2)  # uncertain 0, certain 7
     u2 = torch.tensor([0.5, 0.1, 0.2, 0.3, 0.4, 0.9, 0.6, 0.7]).reshape(1, 2, 2, 2)  # uncertain 5, certain 1
-    (mixed,) = umix([image], u1, u2, k=1, grid=[2, 2, 2], mode="exchange")
-    # swap(0, 1) then swap(5, 7): [1, 0, 2, 3, 4, 7, 6, 5]
-    assert mixed.flatten().tolist() == [1.0, 0.0, 2.0, 3.0, 4.0, 7.0, 6.0, 5.0]
+    (mixed,) = umix([image], u1, u2, k=1, grid=[2, 2, 2], mode="replace")
+    # region 0 ← 1 (U¹'s uncertain ← U²'s certain), region 5 ← 7 (U²'s uncertain ← U¹'s certain)
+    assert mixed.flatten().tolist() == [1.0, 1.0, 2.0, 3.0, 4.0, 7.0, 6.0, 7.0]
 
 
 def test_umix_per_sample_and_k2():
     scores = torch.tensor([[0.9, 0.8, 0.1, 0.2, 0.5, 0.6], [0.1, 0.2, 0.9, 0.8, 0.5, 0.6]])
-    source = umix_source_map(scores, scores.flip(0), 2, "exchange")
-    for row in source:
-        assert sorted(row.tolist()) == list(range(6))
-    # sample 0: U¹ uncertain [0, 1], U² certain [0, 1] (from sample 1's row) → swaps (0,0), (1,1);
-    # U² uncertain [2, 3] ↔ U¹ certain [2, 3] → swaps (2,2), (3,3): identity
+    source = umix_source_map(scores, scores.flip(0), 2, "replace")
+    # sample 0: U¹ uncertain [0, 1] ← U² certain [0, 1] (from sample 1's row);
+    # U² uncertain [2, 3] ← U¹ certain [2, 3]: identity
     assert source[0].tolist() == [0, 1, 2, 3, 4, 5]
     # different maps per sample: U¹ = row, U² = the other row
-    other = umix_source_map(scores, torch.tensor([[0.5, 0.6, 0.9, 0.8, 0.1, 0.2]] * 2), 2, "exchange")
-    # sample 0: U¹ uncertain [0,1] ↔ U² certain [4,5]; U² uncertain [2,3] ↔ U¹ certain [2,3]
-    assert other[0].tolist() == [4, 5, 2, 3, 0, 1]
+    other = umix_source_map(scores, torch.tensor([[0.5, 0.6, 0.9, 0.8, 0.1, 0.2]] * 2), 2, "replace")
+    # sample 0: U¹ uncertain [0,1] ← U² certain [4,5]; U² uncertain [2,3] ← U¹ certain [2,3]
+    assert other[0].tolist() == [4, 5, 2, 3, 4, 5]
 
 
 def test_umix_rejects_bad_k():
@@ -154,8 +141,6 @@ def test_umix_replace_reads_the_unmixed_image_when_a_region_is_uncertain_and_cer
     scores2 = torch.tensor([[0.8, 0.2, 0.9, 0.0, 0.5, 0.4]])  # uncertain 2, 0 · certain 3, 1
     # U¹ pairs: 0 ← 3, 3 ← 1. U² pairs (written last): 2 ← 1, 0 ← 2 — region 2 is read before it is overwritten.
     assert umix_source_map(scores1, scores2, 2, "replace").tolist() == [[2, 1, 1, 1, 4, 5]]
-    # The old in-place form chains: region 3 is read after it took region 1, region 2 after it took region 1.
-    assert umix_source_map(scores1, scores2, 2, "copy").tolist() == [[1, 1, 1, 1, 4, 5]]
 
 
 def test_umix_code_pairs_the_ith_most_uncertain_with_the_k_minus_i_plus_first_most_certain():
@@ -182,5 +167,5 @@ def test_umix_code_equals_an_independent_transcription_of_the_authors_assignment
 
 
 def test_umix_rejects_unknown_mode():
-    with pytest.raises(ValueError, match="replace, code, exchange, copy"):
+    with pytest.raises(ValueError, match="replace, code"):
         umix_source_map(torch.rand(1, 4), torch.rand(1, 4), 1, "swap")

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from semiseg.ssl.pseudo_labels import confidence_mask, hard_labels, sharpen, to_onehot
-from semiseg.ssl.uncertainty import entropy, kl_divergence, max_entropy, mean_prediction_entropy
+from semiseg.ssl.pseudo_labels import confidence_mask, hard_labels, sharpen
+from semiseg.ssl.uncertainty import entropy, max_entropy, mean_prediction_entropy
 
 
 def _probs():
@@ -48,19 +48,6 @@ def test_entropy_of_mean_prediction():
     b = torch.tensor([0.0, 1.0]).reshape(1, 2, 1, 1)
     assert mean_prediction_entropy([a, b], "multiclass").item() == pytest.approx(math.log(2), rel=1e-5)
     assert mean_prediction_entropy([a, a], "multiclass").item() == pytest.approx(0.0, abs=1e-6)
-
-
-def test_kl_by_hand():
-    p = torch.tensor([0.5, 0.5]).reshape(1, 2, 1, 1)
-    q = torch.tensor([0.25, 0.75]).reshape(1, 2, 1, 1)
-    expected = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
-    assert kl_divergence(p, q, "multiclass").item() == pytest.approx(expected, rel=1e-5)
-    assert kl_divergence(p, p, "multiclass").item() == pytest.approx(0.0, abs=1e-6)
-
-
-def test_to_onehot():
-    labels = torch.tensor([[0, 2]])
-    assert to_onehot(labels, "multiclass", 3)[0, :, 1].tolist() == [0.0, 0.0, 1.0]
 
 
 def test_probability_mse_by_hand_and_masked():

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from semiseg.ssl.ramps import RAMPS, cosine_rampup, exponential_rampdown, gaussian_rampup, linear_rampup, rampup
+from semiseg.ssl.ramps import RAMPS, cosine_rampup, gaussian_rampup, linear_rampup, rampup
 
 
 def test_linear_values():
@@ -19,11 +19,9 @@ def test_gaussian_matches_ucmt_formula():
     assert gaussian_rampup(100, 100) == 1.0
 
 
-def test_cosine_and_rampdown():
+def test_cosine():
     assert cosine_rampup(50, 100) == pytest.approx(0.5)
     assert cosine_rampup(0, 100) == pytest.approx(0.0)
-    assert exponential_rampdown(0, 10) == 1.0
-    assert exponential_rampdown(5, 10) == pytest.approx(math.exp(-12.5 * 0.25))
 
 
 @pytest.mark.parametrize("kind", sorted(RAMPS))
