@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from semiseg.config import load_config
-from semiseg.engine.loop import build_nets
+from semiseg.engine.networks import build_nets
 from semiseg.losses import supervised_loss
 from semiseg.methods import Batch, MethodContext, Progress, StepOut, available_methods
 
