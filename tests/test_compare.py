@@ -3,8 +3,10 @@ import json
 import pytest
 
 from semiseg.cli import main
-from semiseg.compare import Entry, parse_entry, run_configs, split_entries, split_statement, teaching_rows
 from semiseg.errors import ConfigError
+from semiseg.experiment.plan import run_configs, split_statement
+from semiseg.experiment.scores import last_teaching
+from semiseg.experiment.spec import Entry, parse_entry, split_entries
 
 
 def test_parse_entry_splits_method_options_from_config_overrides():
@@ -57,16 +59,18 @@ def test_compare_rejects_bad_method_options_before_training(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
-def test_markdown_shows_std_only_with_several_seeds():
-    from semiseg.compare import METRIC_COLUMNS, format_markdown
+def test_markdown_shows_std_and_spread_only_with_several_seeds():
+    from semiseg.eval.metrics import METRIC_COLUMNS
+    from semiseg.experiment.tables import format_markdown
 
     def row(label, seeds):
         return {"label": label, "checkpoint": "best", "seeds": seeds, "p_dice_vs_ref": float("nan"),
-                "train_time_ratio": 1.0, **{f"{m}_{s}": 0.5 for m in METRIC_COLUMNS for s in ("mean", "std")}}
+                "train_time_ratio": 1.0, **{f"{m}_{s}": 0.5 for m in METRIC_COLUMNS for s in ("mean", "std")},
+                **{f"{m}_{s}": v for m in METRIC_COLUMNS for s, v in (("median", 0.6), ("min", 0.1), ("max", 0.9))}}
 
     text = format_markdown([row("three", 3), row("one", 1)], "three")
-    assert "| three | 0.500 ± 0.500 |" in text
-    assert "| one | 0.500 | 0.500 |" in text
+    assert "| three | 0.500 ± 0.500 | 0.600 (0.100–0.900) | 0.500 ± 0.500 |" in text
+    assert "| one | 0.500 | — | 0.500 |" in text
 
 
 def _tiny(tmp_path, *extra):
@@ -135,5 +139,4 @@ def test_teaching_summary_averages_the_last_fifth_of_training(tmp_path):
     run = tmp_path / "mt-s0"
     run.mkdir()
     (run / "log.csv").write_text("step,val_dice,teach/pseudo_dice\n10,0.1,0.0\n80,,0.5\n90,0.6,0.7\n100,0.8,\n")
-    table = teaching_rows(tmp_path, {"mt": {0: {}}})
-    assert table["mt"] == pytest.approx({"val_dice": 0.7, "teach/pseudo_dice": 0.6})
+    assert last_teaching(run) == pytest.approx({"val_dice": 0.7, "teach/pseudo_dice": 0.6})

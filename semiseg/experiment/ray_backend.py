@@ -1,27 +1,29 @@
 """The Ray backend of ``semiseg compare``: one Ray task per run, on a cluster or on a local Ray instance.
 
-Each task runs ``compare.train_or_resume``, the same code as the local backend, so finished runs are reused and
+Each task runs ``executor.train_or_resume``, the same code as the local backend, so finished runs are reused and
 interrupted ones resumed in exactly the same way, and the driver tabulates the same run folders. A task asks for
 one GPU when the cluster has GPUs (and the run may use one), otherwise ``train.threads`` CPUs. Runs write to
 ``output.root`` as the driver sees it, so on a multi-node cluster it must be a shared filesystem and semiseg must
-be installed on every node.
+be installed on every node. An ``--address`` is probed with a plain TCP connection first (a few seconds at most),
+because Ray itself retries a dead address for minutes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 import warnings
 from typing import Any
 
-from semiseg.compare import done_message, finished, train_or_resume
 from semiseg.config import Config
 from semiseg.errors import ConfigError, SemisegError
+from semiseg.experiment.executor import done_message, train_or_resume
+from semiseg.experiment.plan import Key, finished, with_job_threads
 
 RAY_MISSING = 'the ray backend needs Ray, which is not installed: pip install "semiseg[cluster]"'
-
-Key = tuple[str, int]
+PROBE_SECONDS = 5.0
 
 
 def import_ray() -> Any:
@@ -31,6 +33,34 @@ def import_ray() -> Any:
     except ImportError:
         raise SemisegError(RAY_MISSING) from None
     return ray
+
+
+def probe_address(address: str, timeout: float = PROBE_SECONDS) -> None:
+    """Fail within ``timeout`` seconds, naming the address, when nothing listens there (``auto`` is Ray's to find)."""
+    if address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"--address {address!r}: expected HOST:PORT of a Ray head node, e.g. 10.0.0.5:6379")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise SemisegError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one "
+                           "with 'ray start --head' on that machine, or leave out --address for a local "
+                           "instance") from None
+
+
+class RayBackend:
+    """One Ray task per run, on the cluster at ``address`` or on a local Ray instance sized to ``jobs``."""
+
+    def __init__(self, jobs: int, address: str | None) -> None:
+        import_ray()
+        if address is not None:
+            probe_address(address)
+        self.jobs, self.address = jobs, address
+
+    def train(self, configs: dict[Key, Config]) -> dict[Key, str]:
+        return train_all_ray(with_job_threads(configs, self.jobs), self.jobs, self.address)
 
 
 def local_slot(jobs: int) -> int:
