@@ -117,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
                                      "--set data.path=PATH")
     cmp_.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="config override shared by every run (repeatable)")
-    cmp_.add_argument("--jobs", type=int, help="runs trained in parallel (default: the file's, else 1)")
+    cmp_.add_argument("--jobs", type=_positive_int, help="runs trained in parallel (default: the file's, else 1)")
     cmp_.add_argument("--publish", action="store_true",
                       help="copy the tables and per-case scores to results/<name>/ (read by docs/results.md); "
                            "refuses a git tree with uncommitted changes, so the stamp is a clean commit")

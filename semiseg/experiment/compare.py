@@ -21,7 +21,7 @@ from semiseg.experiment.backends import make_backend
 from semiseg.experiment.plan import run_configs, split_statement
 from semiseg.experiment.provenance import stamp
 from semiseg.experiment.scores import PER_CASE, RUNS, collect, has_scores, read_scores
-from semiseg.experiment.spec import Entry, Experiment
+from semiseg.experiment.spec import Entry, Experiment, check_evaluation
 from semiseg.experiment.tables import protocol_facts, write_tables
 
 PUBLISHED_FILES = ("compare.json", "compare.md", PER_CASE, RUNS)
@@ -39,6 +39,7 @@ def compare(base_file: str | None, overrides: Sequence[str], entries: Sequence[E
     """
     if not entries or not seeds:
         raise ConfigError("compare needs at least one method and one seed")
+    check_evaluation(evaluation)
     runner = make_backend(backend, jobs=jobs, progress=progress, address=address)
     configs = run_configs(base_file, overrides, entries, seeds, name, vary_split=vary_split, split_seed=split_seed)
     first = next(iter(configs.values()))

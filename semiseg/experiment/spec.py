@@ -104,6 +104,13 @@ def check_seeds(seeds: Sequence[int], where: str = "--seeds") -> list[int]:
     return list(seeds)
 
 
+def check_evaluation(name: str | None, where: str = "--evaluation") -> str | None:
+    """An evaluation is a folder name under ``<run>/evaluations/``, never a path that leaves it."""
+    if name is not None and (not name or "/" in name or "\\" in name or name.startswith(".")):
+        raise ConfigError(f"{where}: {name!r} is not a folder name under <run>/evaluations/ (e.g. tta)")
+    return name
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -151,9 +158,10 @@ class ExperimentSpec(_Strict):
     @field_validator("evaluation")
     @classmethod
     def _folder_name(cls, value: str | None) -> str | None:
-        if value is not None and (not value or "/" in value or value.startswith(".")):
-            raise ValueError("names a folder under <run>/evaluations/, e.g. tta")
-        return value
+        try:
+            return check_evaluation(value, "evaluation")
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("evaluation: ")) from None
 
 
 @dataclass(frozen=True)
