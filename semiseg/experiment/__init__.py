@@ -1,8 +1,9 @@
-"""Comparisons of methods × seeds on one protocol, in modules that import downwards only.
+"""Comparisons of methods × seeds on one protocol (``semiseg compare``), in modules that import downwards only.
 
-``spec`` (experiment files and ``--methods`` entries) ← ``plan`` (one validated config per run) ← ``executor``
-(reuse, resume or train one run) ← ``backends`` / ``ray_backend`` (where the runs execute) ← ``scores`` (per-case
-scores collected from run folders into ``per_case.csv``) ← ``tables`` (``compare.md/.csv/.json`` from those
-scores) ← ``compare`` (the whole comparison, ``--publish`` and ``--from-results``). ``provenance`` (the stamp)
-depends on nothing here. This file imports nothing, so ``semiseg.experiment.spec`` stays as light as its imports.
+``provenance`` (the stamp, the clean-tree check) ← ``spec`` (experiment files and ``--methods`` entries) ← ``plan``
+(one validated config per run) ← ``executor`` (reuse, resume or train one run) ← ``backends`` and ``ray_backend``
+(where the runs execute) ; ``spec`` ← ``scores`` (per-case scores collected from run folders into
+``per_case.csv``) ← ``tables`` (``compare.md/.csv/.json`` from those scores alone) ; all of them ← ``compare``
+(the whole comparison, ``publish`` and ``rebuild``). This file imports nothing, so importing one module loads
+only what that module needs.
 """
