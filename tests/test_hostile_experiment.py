@@ -34,6 +34,11 @@ def world(tmp_path) -> Path:
     fake_run(tmp_path / "nolast" / "grid" / "mt-s1", 0.7, checkpoints=("best",))
     for name, text in EXPERIMENT_FILES.items():
         (tmp_path / name).write_text(text)
+    assert main([*GRID, "--set", f"output.root={tmp_path / 'runs'}"]) == 0  # its tables and scores
+    for name, (file, text) in BROKEN.items():
+        shutil.copytree(tmp_path / "runs" / "grid", tmp_path / name, ignore=lambda folder, names: [
+            n for n in names if n.endswith("-s0") or n.endswith("-s1")])
+        (tmp_path / name / file).write_text(text)
     return tmp_path
 
 
@@ -48,6 +53,10 @@ def _cli(argv: list[str]) -> int:
         return int(done.code)
 
 
+BROKEN = {"bad_json": ("compare.json", "{not json"), "json_list": ("compare.json", "[1, 2]"),
+          "json_partial": ("compare.json", '{"name": "grid"}'),
+          "csv_truncated": ("per_case.csv", "label,seed,checkpoint\nsupervised,0,best\n"),
+          "runs_not_json": ("runs.json", "{")}
 SUP = ["compare", "--methods", "supervised", "--name", "g", "--set", "output.root={tmp}/runs", "--set",
        "data.source=phantom", "--quiet"]
 GRID = ["compare", "--methods", "supervised,mt=mean_teacher", "--name", "grid", "--seeds", "0,1", "--set",
@@ -77,6 +86,11 @@ HOSTILE = [
      "reports evaluation 'tta' but"),
     ("from_results_archived", ["compare", "--from-results", str(REPO / "results" / "short")], "archived"),
     ("from_results_absent", ["compare", "--from-results", "{tmp}/nothing"], "nothing: no compare.json"),
+    ("from_results_bad_json", ["compare", "--from-results", "{tmp}/bad_json"], "bad_json/compare.json: not a"),
+    ("from_results_json_list", ["compare", "--from-results", "{tmp}/json_list"], "json_list/compare.json: not a"),
+    ("from_results_json_partial", ["compare", "--from-results", "{tmp}/json_partial"], "lacks seeds"),
+    ("from_results_csv_truncated", ["compare", "--from-results", "{tmp}/csv_truncated"], "per_case.csv or runs.json"),
+    ("from_results_runs_not_json", ["compare", "--from-results", "{tmp}/runs_not_json"], "per_case.csv or runs"),
     ("from_results_and_methods", ["compare", "--from-results", "{tmp}/runs", "--methods", "supervised"],
      "--from-results rebuilds"),
 ]

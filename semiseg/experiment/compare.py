@@ -69,7 +69,15 @@ def rebuild(folder: Path) -> bool:
         raise SemisegError(f"{folder}: no {PER_CASE} and {RUNS}: an archived table of aggregates, published before "
                            "per-case scores were kept, cannot be rebuilt; rerun its experiment and --publish it")
     before = {n: (folder / n).read_text() for n in ("compare.md", "compare.json")}
-    meta = {k: v for k, v in json.loads(before["compare.json"]).items() if k not in ("rows", "teaching")}
+    try:
+        meta = {k: v for k, v in json.loads(before["compare.json"]).items() if k not in ("rows", "teaching")}
+    except (ValueError, AttributeError) as exc:
+        raise SemisegError(f"{folder / 'compare.json'}: not a comparison's JSON ({exc}); restore it from git") from None
+    absent = [k for k in ("name", "seeds", "split", "evaluation", "protocol", "entries", "missing", "rerun")
+              if k not in meta]
+    if absent:
+        raise SemisegError(f"{folder / 'compare.json'}: lacks {', '.join(absent)}, which compare writes; restore it "
+                           "from git, or rerun the comparison")
     write_tables(folder, meta, read_scores(folder), with_csv=(folder / "compare.csv").is_file())
     return any((folder / n).read_text() != text for n, text in before.items())
 

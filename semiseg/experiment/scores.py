@@ -108,6 +108,14 @@ def has_scores(folder: Path) -> bool:
 
 def read_scores(folder: Path) -> dict[str, dict[int, dict[str, Any]]]:
     """label → seed → {"cases": checkpoint → case → metric → mean over classes, "seconds", "teaching"}."""
+    try:
+        return _read_scores(folder)
+    except (KeyError, ValueError, TypeError) as exc:  # a hand-edited or truncated file, not a bug
+        raise SemisegError(f"{folder}: {PER_CASE} or {RUNS} is not what compare writes (a missing column or key, or "
+                           f"a bad value: {exc}); restore them from git, or rerun the comparison") from None
+
+
+def _read_scores(folder: Path) -> dict[str, dict[int, dict[str, Any]]]:
     grouped: dict[tuple[str, int], dict[str, dict[str, dict[str, list[float]]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list))))
     with (folder / PER_CASE).open() as fh:
