@@ -353,7 +353,7 @@ def _compare(args: argparse.Namespace) -> int:
         return _print_commands(args.config, [*protocol, *args.overrides, *data], entries, seeds, name, jobs,
                                vary_split, split_seed)
     if args.publish:  # before hours of training: a table stamped with a dirty tree could not be reproduced
-        require_clean_tree()
+        require_clean_tree(experiment=Path(args.experiment) if args.experiment else None)
     root = compare(args.config, [*protocol, *args.overrides, *data], entries, seeds, name=name, jobs=jobs,
                    progress=not args.quiet, experiment=exp, rerun=_compare_command(args), vary_split=vary_split,
                    split_seed=split_seed, backend=args.backend, address=args.address, evaluation=evaluation)

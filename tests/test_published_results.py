@@ -78,8 +78,14 @@ def test_publish_refuses_a_dirty_tree_naming_the_files(tmp_path):
     _git(repo, "-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "code")
     (repo / "notes.txt").write_text("untracked: not code the checkout runs\n")
     assert len(require_clean_tree(repo / "semiseg")) == 40
+    (repo / "draft.yaml").write_text("methods: [supervised]\n")
+    with pytest.raises(SemisegError, match=r"not committed as they are: .*draft.yaml \(not committed\); commit or"):
+        require_clean_tree(repo / "semiseg", experiment=repo / "draft.yaml")
+    (repo / "semiseg" / "new_method.py").write_text("x = 3\n")  # new code the package would run
+    with pytest.raises(SemisegError, match=r"1 file\(s\) are not committed as they are: semiseg/new_method.py;"):
+        require_clean_tree(repo / "semiseg")
     (repo / "semiseg" / "code.py").write_text("x = 2\n")
-    with pytest.raises(SemisegError, match=r"uncommitted changes: semiseg/code.py; commit or stash them"):
+    with pytest.raises(SemisegError, match=r"semiseg/code.py, semiseg/new_method.py; commit or stash them"):
         require_clean_tree(repo / "semiseg")
     with pytest.raises(SemisegError, match="not in a git checkout"):
         require_clean_tree(tmp_path)
