@@ -25,8 +25,8 @@ except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from semiseg import api
-from semiseg.compare import parse_entry, split_entries
 from semiseg.config import load_config
+from semiseg.experiment.spec import parse_entry, split_entries
 
 PROTOCOL = ["split.labelled=1", "model.widths=[8,16,32,64]", "train.batch_size=4", "train.unlabelled_batch_size=4"]
 

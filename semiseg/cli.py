@@ -17,7 +17,8 @@ from semiseg import __version__
 from semiseg.errors import SemisegError
 
 # argparse attributes that hold a path the user typed: an OSError on one of them is the user's to fix
-_PATH_ARGUMENTS = ("config", "data", "output", "resume", "run", "input", "pred", "gt", "csv", "path", "experiment")
+_PATH_ARGUMENTS = ("config", "data", "output", "resume", "run", "input", "pred", "gt", "csv", "path", "experiment",
+                   "from_results")
 
 
 _MOVED_DATA = "where the run's dataset is now, when it moved since training (default: the path the run recorded)"
@@ -136,9 +137,16 @@ def _parser() -> argparse.ArgumentParser:
                                      "--set data.path=PATH")
     cmp_.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="config override shared by every run (repeatable)")
-    cmp_.add_argument("--jobs", type=int, help="runs trained in parallel (default: the file's, else 1)")
+    cmp_.add_argument("--jobs", type=_positive_int, help="runs trained in parallel (default: the file's, else 1)")
     cmp_.add_argument("--publish", action="store_true",
-                      help="copy compare.json and compare.md to results/<name>/ (read by docs/results.md)")
+                      help="copy the tables and per-case scores to results/<name>/ (read by docs/results.md); "
+                           "refuses a git tree with uncommitted changes, so the stamp is a clean commit")
+    cmp_.add_argument("--from-results", metavar="DIR",
+                      help="train nothing; rebuild DIR's compare.md and compare.json (every mean, spread and "
+                           "p-value) from its per_case.csv, e.g. results/<name> or runs/<name>")
+    cmp_.add_argument("--evaluation", metavar="NAME",
+                      help="report each run's evaluations/NAME/ instead of its training-time evaluation "
+                           "(default: the file's, else the training-time one)")
     cmp_.add_argument("--quiet", action="store_true", help="no progress bars")
     cmp_.add_argument("--backend", default="local", choices=["local", "ray"],
                       help="local: processes on this machine (default); ray: one Ray task per run "
@@ -219,8 +227,9 @@ def _train(args: argparse.Namespace, started: list[Path]) -> None:
 
 def _continue(args: argparse.Namespace, on_start: Any) -> None:
     """``train --continue``: the reuse/resume/train decision ``semiseg compare`` makes for each of its runs."""
-    from semiseg.compare import run_folder, train_or_resume
     from semiseg.config import load_config
+    from semiseg.experiment.executor import train_or_resume
+    from semiseg.experiment.plan import run_folder
 
     if args.resume or args.overwrite:
         raise SemisegError("--continue decides itself whether to resume; drop --resume/--overwrite")
@@ -332,18 +341,31 @@ def _evaluate_run(args: argparse.Namespace) -> None:
 
 
 def _seeds(text: str) -> list[int]:
+    from semiseg.experiment.spec import check_seeds
+
     try:
-        return [int(s) for s in text.split(",") if s.strip()]
+        seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise SemisegError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    return check_seeds(seeds)
 
 
 def _compare(args: argparse.Namespace) -> int:
     import json
 
-    from semiseg.compare import compare, parse_entry, split_entries
-    from semiseg.experiments import load_experiment, publish
+    from semiseg.experiment.compare import compare, publish, rebuild
+    from semiseg.experiment.provenance import require_clean_tree
+    from semiseg.experiment.spec import load_experiment, parse_entry, split_entries
 
+    if args.from_results:
+        if args.experiment or args.methods or args.publish:
+            raise SemisegError("--from-results rebuilds published tables on its own: drop the experiment file, "
+                               "--methods and --publish")
+        folder = Path(args.from_results)
+        changed = rebuild(folder)
+        print((folder / "compare.md").read_text())
+        print(f"{folder}: compare.md and compare.json " + ("rebuilt (they differed)" if changed else "unchanged"))
+        return 0
     if args.experiment:
         if args.methods:
             raise SemisegError("give an experiment file or --methods, not both")
@@ -352,20 +374,24 @@ def _compare(args: argparse.Namespace) -> int:
         seeds = _seeds(args.seeds) if args.seeds else list(exp.seeds)
         jobs = args.jobs or exp.jobs
         vary_split, split_seed = _default(args.vary_split, exp.vary_split), _default(args.split_seed, exp.split_seed)
+        evaluation = _default(args.evaluation, exp.evaluation)
     elif args.methods and args.name:
         exp, protocol, name, jobs = None, [], args.name, args.jobs or 1
         entries = [parse_entry(text) for text in split_entries(args.methods)]
         seeds = _seeds(args.seeds or "0,1,2")
         vary_split, split_seed = bool(args.vary_split), _default(args.split_seed, 0)
+        evaluation = args.evaluation
     else:
         raise SemisegError("compare needs an experiment file (experiments/<name>.yaml) or --methods and --name")
     data = ["data.source=auto", f"data.path={args.data}"] if args.data else []
     if args.print_commands:
         return _print_commands(args.config, [*protocol, *args.overrides, *data], entries, seeds, name, jobs,
                                vary_split, split_seed)
+    if args.publish:  # before hours of training: a table stamped with a dirty tree could not be reproduced
+        require_clean_tree(experiment=Path(args.experiment) if args.experiment else None)
     root = compare(args.config, [*protocol, *args.overrides, *data], entries, seeds, name=name, jobs=jobs,
                    progress=not args.quiet, experiment=exp, rerun=_compare_command(args), vary_split=vary_split,
-                   split_seed=split_seed, backend=args.backend, address=args.address)
+                   split_seed=split_seed, backend=args.backend, address=args.address, evaluation=evaluation)
     print((root / "compare.md").read_text())
     print(f"tables: {root / 'compare.md'}, {root / 'compare.csv'}")
     missing = json.loads((root / "compare.json").read_text())["missing"]
@@ -383,7 +409,7 @@ def _default(value: Any, default: Any) -> Any:
 
 def _print_commands(base_file: str | None, overrides: list[str], entries: list[Any], seeds: list[int], name: str,
                     jobs: int, vary_split: bool, split_seed: int) -> int:
-    from semiseg.compare import run_plan, train_commands
+    from semiseg.experiment.plan import run_plan, train_commands
 
     plan = run_plan(base_file, overrides, entries, seeds, name, vary_split=vary_split, split_seed=split_seed)
     print("\n".join(train_commands(plan, base_file, jobs)))
@@ -395,7 +421,7 @@ def _compare_command(args: argparse.Namespace) -> str:
     import shlex
 
     words = ["semiseg", "compare", *([args.experiment] if args.experiment else [])]
-    for flag in ("methods", "seeds", "name", "config", "data", "jobs", "split_seed", "address"):
+    for flag in ("methods", "seeds", "name", "config", "data", "jobs", "split_seed", "address", "evaluation"):
         value = getattr(args, flag)
         if value is not None:
             words += [f"--{flag.replace('_', '-')}", str(value)]

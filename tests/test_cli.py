@@ -122,6 +122,8 @@ def test_evaluate_grid_errors_are_one_line(tmp_path, capsys, flag, value, match)
 
 def test_compare_runs_an_experiment_file_stamps_and_publishes_it(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("semiseg.experiment.provenance.git_state", lambda where=None: ("c0ffee", []))  # clean tree
+    monkeypatch.setattr("semiseg.experiment.provenance._tracked", lambda file: True)  # and the file committed
     experiment = tmp_path / "tiny.yaml"
     experiment.write_text(
         "name: tiny\nseeds: [0, 1]\njobs: 1\n"
@@ -133,7 +135,7 @@ def test_compare_runs_an_experiment_file_stamps_and_publishes_it(tmp_path, monke
     assert result["seeds"] == [1]  # the command line overrides the file's seeds
     assert result["stamp"]["experiment"] == {"path": str(experiment),
                                              "sha256": hashlib.sha256(experiment.read_bytes()).hexdigest()}
-    assert result["stamp"]["machine"]["device"] == "cpu"
+    assert result["stamp"]["machine"]["device"] == "cpu" and result["stamp"]["commit"] == "c0ffee"
     assert (tmp_path / "runs" / "tiny" / "mt-s1" / "config.yaml").read_text().count("weight: 0.5") == 1
     assert (tmp_path / "results" / "tiny" / "compare.md").read_text() == (
         tmp_path / "runs" / "tiny" / "compare.md").read_text()

@@ -9,8 +9,10 @@ import pytest
 
 from semiseg import api
 from semiseg.cli import main
-from semiseg.compare import Entry, compare, run_configs, run_plan, train_commands
 from semiseg.config import read_yaml, validate_config
+from semiseg.experiment.compare import compare
+from semiseg.experiment.plan import run_configs, run_plan, train_commands
+from semiseg.experiment.spec import Entry
 
 ENTRIES = [Entry("supervised", "supervised"), Entry("mt", "mean_teacher", {"weight": 0.5})]
 
@@ -111,8 +113,8 @@ class _FakeRay:
 
 
 def test_tasks_ask_a_gpu_or_their_threads_and_must_fit_a_node(monkeypatch):
-    from semiseg.cluster import _check_fits, local_cpus, local_slot, task_resources
     from semiseg.errors import ConfigError
+    from semiseg.experiment.ray_backend import _check_fits, local_cpus, local_slot, task_resources
 
     monkeypatch.setattr("os.cpu_count", lambda: 8)
     configs = run_configs(None, ["data.source=phantom"], ENTRIES, [0], "g")

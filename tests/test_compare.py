@@ -1,10 +1,13 @@
 import json
+import shutil
 
 import pytest
 
 from semiseg.cli import main
-from semiseg.compare import Entry, parse_entry, run_configs, split_entries, split_statement, teaching_rows
 from semiseg.errors import ConfigError
+from semiseg.experiment.plan import run_configs, split_statement
+from semiseg.experiment.scores import last_teaching
+from semiseg.experiment.spec import Entry, parse_entry, split_entries
 
 
 def test_parse_entry_splits_method_options_from_config_overrides():
@@ -57,16 +60,18 @@ def test_compare_rejects_bad_method_options_before_training(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
-def test_markdown_shows_std_only_with_several_seeds():
-    from semiseg.compare import METRIC_COLUMNS, format_markdown
+def test_markdown_shows_std_and_spread_only_with_several_seeds():
+    from semiseg.eval.metrics import METRIC_COLUMNS
+    from semiseg.experiment.tables import format_markdown
 
     def row(label, seeds):
         return {"label": label, "checkpoint": "best", "seeds": seeds, "p_dice_vs_ref": float("nan"),
-                "train_time_ratio": 1.0, **{f"{m}_{s}": 0.5 for m in METRIC_COLUMNS for s in ("mean", "std")}}
+                "train_time_ratio": 1.0, **{f"{m}_{s}": 0.5 for m in METRIC_COLUMNS for s in ("mean", "std")},
+                **{f"{m}_{s}": v for m in METRIC_COLUMNS for s, v in (("median", 0.6), ("min", 0.1), ("max", 0.9))}}
 
     text = format_markdown([row("three", 3), row("one", 1)], "three")
-    assert "| three | 0.500 ± 0.500 |" in text
-    assert "| one | 0.500 | 0.500 |" in text
+    assert "| three | 0.500 ± 0.500 | 0.600 (0.100–0.900) | 0.500 ± 0.500 |" in text
+    assert "| one | 0.500 | — | 0.500 |" in text
 
 
 def _tiny(tmp_path, *extra):
@@ -135,5 +140,63 @@ def test_teaching_summary_averages_the_last_fifth_of_training(tmp_path):
     run = tmp_path / "mt-s0"
     run.mkdir()
     (run / "log.csv").write_text("step,val_dice,teach/pseudo_dice\n10,0.1,0.0\n80,,0.5\n90,0.6,0.7\n100,0.8,\n")
-    table = teaching_rows(tmp_path, {"mt": {0: {}}})
-    assert table["mt"] == pytest.approx({"val_dice": 0.7, "teach/pseudo_dice": 0.6})
+    assert last_teaching(run) == pytest.approx({"val_dice": 0.7, "teach/pseudo_dice": 0.6})
+
+
+# ------------------------------------------------------------------------------------------------
+# Hand-made run folders: compare reuses a run with a summary.json, so these tabulate without training.
+
+GRID = ["compare", "--name", "grid", "--seeds", "0,1", "--quiet", "--methods", "supervised,mt=mean_teacher",
+        "--set", "data.source=phantom"]
+
+
+def fake_run(folder, dice, checkpoints=("best", "last")):
+    """A finished run: summary.json, per-case rows (two cases, two classes) and a training log."""
+    (folder / "metrics").mkdir(parents=True)
+    (folder / "summary.json").write_text("{}")
+    rows = [f"{ck},case{c},class_{k},{dice + 0.01 * c + 0.002 * k},{dice / 2},{3.0 + c},{1.0 + k},,,," for ck in
+            checkpoints for c in range(2) for k in (1, 2)]
+    (folder / "metrics" / "per_case.csv").write_text(
+        "checkpoint,case_id,class,dice,jaccard,hd95,asd,brier,ece,gt_empty,pred_empty\n" + "\n".join(rows) + "\n")
+    (folder / "log.csv").write_text(f"step,elapsed_s,val_dice\n10,{2.0 + dice},0.5\n")
+
+
+def fake_grid(root, offset=0.0):
+    for i, (label, seed) in enumerate([("supervised", 0), ("supervised", 1), ("mt", 0), ("mt", 1)]):
+        fake_run(root / "grid" / f"{label}-s{seed}", 0.5 + 0.1 * i + offset)
+
+
+def test_compare_reads_the_training_time_evaluation_unless_told_and_says_which(tmp_path, capsys):
+    fake_grid(tmp_path)
+    for run in (tmp_path / "grid").iterdir():  # a TTA re-evaluation beside the training-time one
+        fake_run(run / "evaluations" / "tta", 0.9)
+    assert main([*GRID, "--set", f"output.root={tmp_path}"]) == 0
+    plain = json.loads((tmp_path / "grid" / "compare.json").read_text())
+    assert plain["evaluation"] is None and plain["rows"][0]["dice_mean"] == pytest.approx(0.558)
+    assert "evaluation: the one made at the end of training" in (tmp_path / "grid" / "compare.md").read_text()
+    assert main([*GRID, "--set", f"output.root={tmp_path}", "--evaluation", "tta"]) == 0
+    tta = json.loads((tmp_path / "grid" / "compare.json").read_text())
+    assert tta["evaluation"] == "tta" and tta["rows"][0]["dice_mean"] == pytest.approx(0.908)
+    assert "evaluation: `tta` (each run folder's evaluations/tta/)" in (tmp_path / "grid" / "compare.md").read_text()
+
+
+def test_a_run_without_last_checkpoint_scores_is_one_clear_error(tmp_path, capsys):
+    fake_grid(tmp_path)
+    run = tmp_path / "grid" / "mt-s1"
+    shutil.rmtree(run)
+    fake_run(run, 0.7, checkpoints=("best",))  # re-evaluated with --checkpoint best over the training-time one
+    assert main([*GRID, "--set", f"output.root={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "mt-s1/metrics/per_case.csv: no 'last' checkpoint scores" in err and "semiseg evaluate --run" in err
+    assert "KeyError" not in err and not (tmp_path / "grid" / "compare.md").exists()
+
+
+def test_tables_report_median_and_range_over_seeds_of_best_and_last(tmp_path, capsys):
+    fake_grid(tmp_path)
+    assert main([*GRID, "--set", f"output.root={tmp_path}"]) == 0
+    rows = json.loads((tmp_path / "grid" / "compare.json").read_text())["rows"]
+    sup_last = next(r for r in rows if r["label"] == "supervised" and r["checkpoint"] == "last")
+    assert (sup_last["dice_min"], sup_last["dice_max"]) == pytest.approx((0.508, 0.608))
+    assert sup_last["dice_median"] == pytest.approx(0.558)
+    text = (tmp_path / "grid" / "compare.md").read_text()
+    assert text.count("| supervised | 0.558 ± 0.050 | 0.558 (0.508–0.608) |") == 2  # best and last tables

@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 
 from semiseg.docs import GENERATED, field_comment, generate, main, stale_pages, type_name, write_pages
-from semiseg.experiments import file_sha256
+from semiseg.experiment.provenance import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from semiseg.compare import parse_entry, run_configs, split_entries, with_job_threads
 from semiseg.errors import ConfigError
-from semiseg.experiments import load_experiment
+from semiseg.experiment.plan import run_configs, with_job_threads
+from semiseg.experiment.spec import load_experiment, parse_entry, split_entries
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -107,14 +107,14 @@ def test_without_vary_split_every_seed_shares_the_split(tmp_path):
 def test_experiment_file_errors_name_the_file_and_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("methods: [supervised]\nseed: [0]\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: unknown keys \['seed'\]"):
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'seed'; did you mean 'seeds'\?"):
         load_experiment(bad)
     bad.write_text("methods: [{label: x, method: cps, option: {}}]\n")
-    with pytest.raises(ConfigError, match=r"methods\[0\]: unknown keys \['option'\]"):
+    with pytest.raises(ConfigError, match=r"unknown key 'methods\[0\].option'; did you mean 'options'\?"):
         load_experiment(bad)
     bad.write_text("methods: [cps]\nseeds: 0\n")
-    with pytest.raises(ConfigError, match="list of integers"):
+    with pytest.raises(ConfigError, match="bad.yaml: 'seeds': Input should be a valid list"):
         load_experiment(bad)
     bad.write_text("methods: [cps]\nvary_split: 1\n")
-    with pytest.raises(ConfigError, match="bad.yaml: 'vary_split' must be true or false"):
+    with pytest.raises(ConfigError, match="bad.yaml: 'vary_split': Input should be a valid boolean"):
         load_experiment(bad)

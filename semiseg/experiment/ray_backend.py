@@ -1,27 +1,31 @@
 """The Ray backend of ``semiseg compare``: one Ray task per run, on a cluster or on a local Ray instance.
 
-Each task runs ``compare.train_or_resume``, the same code as the local backend, so finished runs are reused and
+Each task runs ``executor.train_or_resume``, the same code as the local backend, so finished runs are reused and
 interrupted ones resumed in exactly the same way, and the driver tabulates the same run folders. A task asks for
 one GPU when the cluster has GPUs (and the run may use one), otherwise ``train.threads`` CPUs. Runs write to
 ``output.root`` as the driver sees it, so on a multi-node cluster it must be a shared filesystem and semiseg must
-be installed on every node.
+be installed on every node. An ``--address`` is probed first, in bounded time (``probe_address``),
+because Ray itself retries a wrong address for minutes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import subprocess
 import sys
 import warnings
 from typing import Any
 
-from semiseg.compare import done_message, finished, train_or_resume
 from semiseg.config import Config
 from semiseg.errors import ConfigError, SemisegError
+from semiseg.experiment.executor import done_message, train_or_resume
+from semiseg.experiment.plan import Key, finished, with_job_threads
 
 RAY_MISSING = 'the ray backend needs Ray, which is not installed: pip install "semiseg[cluster]"'
-
-Key = tuple[str, int]
+PROBE_SECONDS = 5.0  # a TCP connection to --address
+JOIN_SECONDS = 60.0  # a trial join of the cluster at --address
 
 
 def import_ray() -> Any:
@@ -31,6 +35,54 @@ def import_ray() -> Any:
     except ImportError:
         raise SemisegError(RAY_MISSING) from None
     return ray
+
+
+# joins the cluster at argv[1] and leaves: run in a child process, so that a hang can be cut off and Ray's own
+# retry log stays out of the terminal
+_JOIN = "import logging, sys, ray; ray.init(address=sys.argv[1], logging_level=logging.ERROR); ray.shutdown()"
+
+
+def probe_address(address: str, timeout: float = PROBE_SECONDS, join_timeout: float = JOIN_SECONDS) -> None:
+    """Fail within ``timeout + join_timeout`` seconds, naming the address, unless a Ray cluster answers there.
+
+    Ray itself retries a wrong address for minutes, printing its own log: first a TCP connection (refused at once
+    when nothing listens), then a trial join in a child process that is cut off after ``join_timeout`` (something
+    listens, but not Ray: a dashboard port, another service). ``auto`` is Ray's to find.
+    """
+    if address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"--address {address!r}: expected HOST:PORT of a Ray head node, e.g. 10.0.0.5:6379")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise SemisegError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one "
+                           "with 'ray start --head' on that machine, or leave out --address for a local "
+                           "instance") from None
+    try:
+        joined = subprocess.run([sys.executable, "-c", _JOIN, address], capture_output=True, text=True,
+                                timeout=join_timeout, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    except subprocess.TimeoutExpired:
+        raise SemisegError(f"--address {address}: something listens there but no Ray cluster answered within "
+                           f"{join_timeout:g} s; give the head node's GCS port ('ray start --head' prints it, "
+                           "6379 by default), not the dashboard's") from None
+    if joined.returncode != 0:
+        last = (joined.stderr.strip().splitlines() or ["no message"])[-1]
+        raise SemisegError(f"--address {address}: could not join a Ray cluster there ({last})")
+
+
+class RayBackend:
+    """One Ray task per run, on the cluster at ``address`` or on a local Ray instance sized to ``jobs``."""
+
+    def __init__(self, jobs: int, address: str | None) -> None:
+        import_ray()
+        if address is not None:
+            probe_address(address, PROBE_SECONDS, JOIN_SECONDS)
+        self.jobs, self.address = jobs, address
+
+    def train(self, configs: dict[Key, Config]) -> dict[Key, str]:
+        return train_all_ray(with_job_threads(configs, self.jobs), self.jobs, self.address)
 
 
 def local_slot(jobs: int) -> int:

@@ -1,0 +1,169 @@
+"""The tables of a comparison (``compare.md``, ``compare.csv``, ``compare.json``), built from its per-case scores.
+
+Per entry and checkpoint (best on validation, last): mean ± std and median (min–max) over seeds of each seed's
+test mean, a paired Wilcoxon signed-rank test of per-case Dice (all seeds pooled) against the first entry, and the
+training time relative to it. Everything here reads ``scores.read_scores`` output and the facts the comparison
+recorded in ``compare.json``, so rebuilding a published table needs no run folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semiseg.config import Config
+from semiseg.eval.metrics import METRIC_COLUMNS
+from semiseg.eval.report import TEACH
+from semiseg.eval.stats import paired_p, seed_mean_std
+from semiseg.experiment.scores import CHECKPOINTS
+from semiseg.experiment.spec import Entry
+
+Results = dict[str, dict[int, dict[str, Any]]]
+
+
+def seed_spread(runs: dict[int, Any], checkpoint: str) -> dict[str, float]:
+    """``{metric}_median`` / ``_min`` / ``_max`` over seeds of each seed's test mean: robust to one diverged seed."""
+    row: dict[str, float] = {}
+    for metric in METRIC_COLUMNS:
+        per_seed = [np.nanmean([c[metric] for c in run["cases"][checkpoint].values()]) for run in runs.values()]
+        row[f"{metric}_median"] = float(np.median(per_seed))
+        row[f"{metric}_min"], row[f"{metric}_max"] = float(np.min(per_seed)), float(np.max(per_seed))
+    return row
+
+
+def summary_rows(results: Results, entries: Sequence[Entry]) -> list[dict[str, Any]]:
+    """Two rows (best, last) per entry with at least one finished seed."""
+    reference = entries[0].label
+    ref_runs = results.get(reference, {})
+    ref_seconds = np.mean([r["seconds"] for r in ref_runs.values()]) if ref_runs else math.nan
+    rows = []
+    for entry in (e for e in entries if e.label in results):
+        runs = results[entry.label]
+        for checkpoint in CHECKPOINTS:
+            row: dict[str, Any] = {"label": entry.label, "method": entry.method, "checkpoint": checkpoint,
+                                   "seeds": len(runs)}
+            row.update(seed_mean_std(runs, checkpoint))
+            row.update(seed_spread(runs, checkpoint))
+            row["p_dice_vs_ref"] = paired_p(results, entry.label, reference, checkpoint) if ref_runs else math.nan
+            row["train_time_ratio"] = float(np.mean([r["seconds"] for r in runs.values()]) / ref_seconds)
+            rows.append(row)
+    return rows
+
+
+def _spread_cell(row: dict[str, Any], metric: str) -> str:
+    if row["seeds"] == 1:
+        return "—"
+    return f"{row[f'{metric}_median']:.3f} ({row[f'{metric}_min']:.3f}–{row[f'{metric}_max']:.3f})"
+
+
+def format_markdown(rows: list[dict[str, Any]], reference: str) -> str:
+    lines = []
+    for checkpoint in CHECKPOINTS:
+        lines += [f"**{checkpoint} checkpoint** (mean ± std and median (min–max) over seeds; p: paired Wilcoxon of "
+                  f"per-case Dice vs {reference})", "",
+                  "| method | Dice | Dice median (min–max) | Jaccard | HD95 (mm) | ASD (mm) | p | train time ÷ ref |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row in (r for r in rows if r["checkpoint"] == checkpoint):
+            cells = [f"{row[f'{m}_mean']:.3f}" + (f" ± {row[f'{m}_std']:.3f}" if row["seeds"] > 1 else "")
+                     for m in METRIC_COLUMNS]
+            cells.insert(1, _spread_cell(row, "dice"))
+            p = "—" if math.isnan(row["p_dice_vs_ref"]) else f"{row['p_dice_vs_ref']:.3g}"
+            lines.append(f"| {row['label']} | " + " | ".join(cells) + f" | {p} | {row['train_time_ratio']:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def teaching_rows(results: Results) -> dict[str, dict[str, float]]:
+    """Per entry, the mean over its finished seeds of each run's ``scores.last_teaching`` (keys any seed logged)."""
+    table = {}
+    for label, runs in results.items():
+        per_seed = [run["teaching"] for run in runs.values()]
+        keys = sorted({k for values in per_seed for k in values})
+        table[label] = {k: float(np.mean([v[k] for v in per_seed if k in v])) for k in keys}
+    return table
+
+
+def format_teaching(table: dict[str, dict[str, float]]) -> str:
+    """What each method trained on, scored against the unlabelled cases' held-out labels, at the end of training."""
+    rows = [(label, values) for label, values in table.items() if any(k.startswith(TEACH) for k in values)]
+    if not rows:
+        return ""
+    lines = ["", "**What the methods teach** (mean over the last fifth of training and over seeds; `*_dice`/`*_acc`: a "
+             "method's targets on its unlabelled batches against their held-out labels, `*_kept`: share its mask "
+             "kept, `unl_dice_<net>`: each network on whole unlabelled cases; see docs/protocol.md)", "",
+             "| method | val Dice | diagnostics |", "|---|---|---|"]
+    for label, values in rows:
+        cells = ", ".join(f"{k.removeprefix(TEACH)} {v:.3f}" for k, v in values.items() if k.startswith(TEACH))
+        lines.append(f"| {label} | {values.get('val_dice', math.nan):.3f} | {cells} |")
+    return "\n".join(lines + [""])
+
+
+def format_missing(missing: Sequence[dict[str, Any]], entries: Sequence[Entry], n_seeds: int, rerun: str) -> str:
+    """The runs the table lacks, why, and the command that finishes them; empty when all finished."""
+    if not missing:
+        return ""
+    per_label = Counter(m["label"] for m in missing)
+    absent = [e.label for e in entries if per_label[e.label] == n_seeds]
+    lines = ["", f"**Not finished: {len(missing)} run(s)**; the table holds only the finished seeds"
+             + (f" and has no row for {', '.join(absent)}" if absent else "") + ".", ""]
+    lines += [f"- {m['label']} seed {m['seed']}: {m['reason']}" for m in missing]
+    lines += ["", f"Finish them with `{rerun}` (finished runs are reused, interrupted ones resumed).", ""]
+    return "\n".join(lines)
+
+
+def dataset_label(cfg: Config) -> str:
+    """The dataset a reader recognises: the data folder's name (and its source), or the built-in source."""
+    if cfg.data.path:
+        return f"{Path(str(cfg.data.path)).expanduser().resolve().name} ({cfg.data.source})"
+    return cfg.data.source
+
+
+def evaluation_statement(evaluation: str | None) -> str:
+    """Which evaluation of each run the table reports, so TTA numbers never sit unlabelled beside plain ones."""
+    if evaluation is None:
+        return "evaluation: the one made at the end of training (each run folder's summary.json, no test-time " \
+               "augmentation)"
+    return f"evaluation: `{evaluation}` (each run folder's evaluations/{evaluation}/)"
+
+
+def protocol_facts(first: Config) -> dict[str, Any]:
+    """What the header states about the shared protocol, recorded so a rebuild needs no config."""
+    return {"data": dataset_label(first), "labelled": first.split.labelled_budget(),
+            "model": f"{first.model.dim}D {first.model.arch} {first.model.widths}", "steps": first.train.steps}
+
+
+def header(meta: dict[str, Any]) -> str:
+    facts = meta["protocol"]
+    lines = [f"# Comparison `{meta['name']}`", "",
+             f"data: {facts['data']}, labelled: {facts['labelled']}, model: {facts['model']}, steps: {facts['steps']}, "
+             f"seeds: {', '.join(map(str, meta['seeds']))}", "", meta["split"], "",
+             evaluation_statement(meta["evaluation"]), "", ""]
+    return "\n".join(lines)
+
+
+def write_tables(folder: Path, meta: dict[str, Any], results: Results, *, with_csv: bool = True) -> None:
+    """``compare.md`` and ``compare.json`` (and ``compare.csv``) in ``folder`` from ``meta`` and the scores.
+
+    ``meta`` holds what the tables state besides the numbers: name, stamp, seeds, split, entries (as JSON),
+    protocol, evaluation, missing runs and the command that finishes them.
+    """
+    entries = [Entry(e["label"], e["method"], e["options"], tuple(e["overrides"])) for e in meta["entries"]]
+    rows = summary_rows(results, entries)
+    if with_csv:
+        with (folder / "compare.csv").open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["label", "method", "checkpoint"])
+            writer.writeheader()
+            writer.writerows(rows)
+    teaching = teaching_rows(results)
+    (folder / "compare.json").write_text(json.dumps({**meta, "rows": rows, "teaching": teaching}, indent=2,
+                                                    default=str))
+    (folder / "compare.md").write_text(header(meta) + format_markdown(rows, entries[0].label)
+                                       + format_teaching(teaching)
+                                       + format_missing(meta["missing"], entries, len(meta["seeds"]), meta["rerun"]))
