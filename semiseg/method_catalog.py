@@ -9,6 +9,8 @@ from __future__ import annotations
 
 # name → (module that registers it, its ``summary``)
 BUILTIN_METHODS: dict[str, tuple[str, str]] = {
+    'bcp': ('semiseg.methods.bcp',
+        'Bidirectional copy-paste: labelled and unlabelled images pasted into each other, mean-teacher labels.'),
     'cct': ('semiseg.methods.cct',
         'Cross-consistency: auxiliary decoders on perturbed encoder features match the main decoder.'),
     'cmt': ('semiseg.methods.cmt',
