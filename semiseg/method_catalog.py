@@ -50,6 +50,8 @@ BUILTIN_METHODS: dict[str, tuple[str, str]] = {
         'Uncertainty-aware Mean Teacher: consistency masked by the entropy of T noisy teacher passes.'),
     'ucmt': ('semiseg.methods.ucmt',
         'CMT + UMIX: a second update per step on images whose uncertain regions got certain ones.'),
+    'unimatch': ('semiseg.methods.unimatch',
+        'UniMatch: two CutMix-ed strong views and a feature-dropout stream learn the weak view\'s labels.'),
     'urpc': ('semiseg.methods.urpc',
         'Uncertainty-rectified pyramid consistency: decoder scales agree with their mean, weighted by exp(-KL).'),
 }

@@ -19,6 +19,7 @@ from semiseg.methods import (  # noqa: F401
     supervised,
     ua_mt,
     ucmt,
+    unimatch,
     urpc,
 )
 from semiseg.methods.base import (
