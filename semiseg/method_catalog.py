@@ -9,6 +9,8 @@ from __future__ import annotations
 
 # name → (module that registers it, its ``summary``)
 BUILTIN_METHODS: dict[str, tuple[str, str]] = {
+    'ad_mt': ('semiseg.methods.ad_mt',
+        'Alternate diverse mean teachers: two EMA teachers take turns; entropy-fused, conflict-resolved labels.'),
     'bcp': ('semiseg.methods.bcp',
         'Bidirectional copy-paste: labelled and unlabelled images pasted into each other, mean-teacher labels.'),
     'cct': ('semiseg.methods.cct',

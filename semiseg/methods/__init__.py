@@ -1,6 +1,7 @@
 """Methods, one module each. Importing this package registers the built-in ones."""
 
 from semiseg.methods import (  # noqa: F401
+    ad_mt,
     bcp,
     cct,
     cmt,

@@ -13,7 +13,7 @@ WITH_PASSES = sorted(name for name, cls in available_methods().items() if "unlab
 
 
 def test_every_method_with_a_joint_pass_offers_separate_passes():
-    assert WITH_PASSES == ["cct", "cmt", "cps", "cutmix", "dual_uncertainty", "fixmatch", "fixmatch_mix",
+    assert WITH_PASSES == ["ad_mt", "cct", "cmt", "cps", "cutmix", "dual_uncertainty", "fixmatch", "fixmatch_mix",
                            "mean_teacher", "must", "rpg",
                            "rpg_plus", "segpl", "segpl_vi", "self_training", "ua_mt", "ucmt", "unimatch", "urpc"]
 
@@ -23,7 +23,7 @@ def test_methods_that_state_their_passes_keep_them_and_the_others_follow_the_run
     assert {name: mode for name, mode in defaults.items() if mode is not None} == {
         "segpl": "separate", "segpl_vi": "separate", "fixmatch": "joint", "fixmatch_mix": "separate",
         "rpg": "separate_until_gate", "rpg_plus": "separate_until_gate",
-        "dual_uncertainty": "separate_until_gate", "unimatch": "joint"}
+        "dual_uncertainty": "separate_until_gate", "unimatch": "joint", "ad_mt": "joint"}
     assert load_config(None, []).train.unlabelled_pass == "separate"
 
 
