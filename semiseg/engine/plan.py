@@ -80,7 +80,8 @@ def _net_note(spec: NetSpec, steps: int) -> str:
         return "" if spec.trainable else "  (not trained)"
     decay = spec.decay(steps)
     trained = "" if spec.trainable else ", not trained"
-    return f"  (EMA α {decay:.4g}, half-life {ema_half_life(decay):.0f} updates{trained})"
+    turns = "" if spec.ema_on is None else ", on its own steps only"
+    return f"  (EMA α {decay:.4g}, half-life {ema_half_life(decay):.0f} updates{turns}{trained})"
 
 
 def format_plan(cfg: Config, method: Any, nets: dict[str, torch.nn.Module], info: dict[str, Any], data_line: str,
