@@ -10,7 +10,8 @@ from semiseg.config import load_config
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "experiments" / "recipes").glob("*.yaml"))
 EXPECTED = {"segpl_brats2018", "segpl_carve", "ucmt_isic", "ucmt_kvasir", "ucmt_la", "dual_uncertainty_acdc",
-            "dual_uncertainty_prostate", "rpg_jsrt", "rpg_retouch", "must_brats", "must_wmh"}
+            "dual_uncertainty_prostate", "rpg_jsrt", "rpg_retouch", "must_brats", "must_wmh",
+            "bcp_acdc", "bcp_la", "unimatch_acdc", "ad_mt_acdc", "ad_mt_la"}
 
 
 def test_one_recipe_per_experiment_of_the_papers():

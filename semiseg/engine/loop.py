@@ -203,7 +203,7 @@ class Trainer:
         self.scaler.update()
         self.dist.average_buffers(self.nets.values())
         for name, spec in self.specs.items():
-            if spec.ema_of:
+            if spec.ema_of and (spec.ema_on is None or spec.ema_on(self.step)):
                 update_ema_net(self.nets, name, spec, self.step + 1, self.cfg.train.steps)
         return total
 

@@ -98,7 +98,8 @@ def _net_note(spec: NetSpec, steps: int) -> str:
         return "" if spec.trainable else "  (not trained)"
     decay = spec.decay(steps)
     trained = "" if spec.trainable else ", not trained"
-    return f"  (EMA α {decay:.4g}, half-life {ema_half_life(decay):.0f} updates{trained})"
+    turns = "" if spec.ema_on is None else ", on its own steps only"
+    return f"  (EMA α {decay:.4g}, half-life {ema_half_life(decay):.0f} updates{turns}{trained})"
 
 
 def format_plan(cfg: Config, method: Any, nets: dict[str, torch.nn.Module], info: dict[str, Any], data_line: str,
@@ -128,7 +129,7 @@ def format_plan(cfg: Config, method: Any, nets: dict[str, torch.nn.Module], info
         + ({"joint": " (one joint pass)", "separate": " (separate passes)",
             "separate_until_gate": " (separate passes until the gate opens, then one joint pass)"}
            [method.unlabelled_pass_setting]
-           if "unlabelled_pass" in type(method).Config.model_fields else ""),
+           if method.uses_unlabelled else ""),
         f"patch:      {patch}",
         f"optimiser:  {optimiser}",
         f"schedule:   {train.schedule} after {train.warmup_steps} warm-up steps; loss {train.loss}; amp {train.amp}",

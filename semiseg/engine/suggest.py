@@ -3,7 +3,8 @@
 Which scores a run supports follows from what its method has: every run has the entropy of its prediction;
 Monte-Carlo samples (``Method.predict_samples``: SegPL-VI's thresholds, ensemble members, or MC dropout when
 ``model.dropout > 0``) give ``mutual_info`` and ``threshold_variance``; several predicting networks (co-training
-nets, CMT/UCMT students and teacher, ensemble members, dual-uncertainty's snapshots once taken) give
+nets, CMT/UCMT students and teacher, AD-MT's and BCP's student and teachers, ensemble members, dual-uncertainty's
+snapshots once taken) give
 ``disagreement``. Inference goes through the run's ``Inferer`` (2D slice-wise, 3D sliding window).
 """
 
@@ -64,6 +65,8 @@ def members(method: Method) -> tuple[list[str], str | None] | None:
         core = method.core  # type: ignore[attr-defined]
         nets = list(core.students) + (["teacher"] if core.has_teacher else [])
         return (nets, core.prediction_net()) if len(nets) > 1 else None
+    if name in ("ad_mt", "bcp"):  # the student and its mean teacher(s); AD-MT's two teachers are made to differ
+        return list(method.networks()), method.cfg.predict_with  # type: ignore[attr-defined]
     if name == "dual_uncertainty":
         snapshots = list(getattr(method, "snapshot_names", []))
         if snapshots and method.snapshots_taken == len(snapshots):  # type: ignore[attr-defined]
@@ -95,7 +98,7 @@ def supported_scores(model: LoadedModel) -> dict[str, str]:
 def _require(model: LoadedModel, score: str) -> str:
     supported = supported_scores(model)
     if score not in supported:
-        needs = ("several predicting nets (cps, cmt, ucmt, ensemble, dual_uncertainty after its snapshots)"
+        needs = ("several predicting nets (cps, cmt, ucmt, ad_mt, bcp, ensemble, dual_uncertainty after its snapshots)"
                  if score == "disagreement" else
                  "Monte-Carlo samples (segpl_vi, ensemble, or a run trained with model.dropout > 0)")
         raise SemisegError(f"score {score!r} needs {needs}, which this {model.method.name!r} run does not have; "

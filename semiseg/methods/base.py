@@ -55,6 +55,9 @@ class NetSpec:
     ema_updates_per_step: int = 1
     # "copy": BN statistics follow the sources' mix; "own": the net's own train-mode passes (see ssl.ema_update)
     ema_buffers: str = "copy"
+    # steps after which the EMA applies (None: every step); a pure function of the 0-based step, so --resume
+    # needs no state (AD-MT's teachers take turns)
+    ema_on: Callable[[int], bool] | None = None
 
     def decay(self, total_steps: int) -> float:
         """The EMA decay of a run of ``total_steps``: from ``ema_half_life`` when set, else ``ema_decay``."""

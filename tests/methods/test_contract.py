@@ -34,6 +34,11 @@ def _batches(dims, label_mode, with_label=True):
     return lab, unl
 
 
+def _nothing_confident(out):
+    """Whether the step reports masks of what its targets keep and every one is empty."""
+    return bool(out.masks) and not any(bool(mask.any()) for mask in out.masks.values())
+
+
 @pytest.mark.parametrize("label_mode", ["multiclass", "multilabel"])
 @pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize("name", METHODS)
@@ -46,6 +51,8 @@ def test_losses_finite_and_reach_trainable_parameters(name, dims, label_mode):
         assert out.losses, "a method must return at least one loss term"
         for term, value in out.losses.items():
             assert value.ndim == 0 and torch.isfinite(value), term
+            if _nothing_confident(out) and float(value.detach()) == 0:
+                continue  # an untrained net's step may keep no pixel (τ 0.95): an exact 0 teaches nothing, rightly
             grads = torch.autograd.grad(value, trainable, retain_graph=True, allow_unused=True)
             assert any(g is not None and g.abs().sum() > 0 for g in grads), f"{term} reaches no trainable parameter"
         out = out.followup() if out.followup is not None else None

@@ -13,9 +13,9 @@ WITH_PASSES = sorted(name for name, cls in available_methods().items() if "unlab
 
 
 def test_every_method_with_a_joint_pass_offers_separate_passes():
-    assert WITH_PASSES == ["cct", "cmt", "cps", "cutmix", "dual_uncertainty", "fixmatch", "fixmatch_mix",
+    assert WITH_PASSES == ["ad_mt", "cct", "cmt", "cps", "cutmix", "dual_uncertainty", "fixmatch", "fixmatch_mix",
                            "mean_teacher", "must", "rpg",
-                           "rpg_plus", "segpl", "segpl_vi", "self_training", "ua_mt", "ucmt", "urpc"]
+                           "rpg_plus", "segpl", "segpl_vi", "self_training", "ua_mt", "ucmt", "unimatch", "urpc"]
 
 
 def _ctx(run_setting: str = "auto") -> MethodContext:
@@ -29,7 +29,7 @@ def test_auto_is_each_methods_own_choice_and_no_option_defaults_to_one():
     chosen = {name: available_methods()[name](_ctx()).unlabelled_pass_setting for name in WITH_PASSES}
     assert {name: mode for name, mode in chosen.items() if mode != "separate"} == {
         "fixmatch": "joint", "rpg": "separate_until_gate", "rpg_plus": "separate_until_gate",
-        "dual_uncertainty": "separate_until_gate"}
+        "dual_uncertainty": "separate_until_gate", "unimatch": "joint", "ad_mt": "joint"}
     assert load_config(None, []).train.unlabelled_pass == "auto"
 
 

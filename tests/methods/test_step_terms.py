@@ -13,6 +13,11 @@ from semiseg.losses import supervised_loss
 from semiseg.methods import Batch, MethodContext, Progress, StepOut, available_methods
 
 K = 3
+# Options that make every unlabelled term non-zero on an untrained net (its confidence is far below τ = 0.95).
+CONFIDENT = {"unimatch": {"tau": 0.01}, "ad_mt": {"tau": 0.01}}
+# Copy-paste methods compute their labelled terms on images that mix labelled and unlabelled pixels: there the
+# unlabelled batch moves the labelled terms too, as context, without making them unlabelled terms.
+MIXED_INTO_LABELLED = {"bcp"}
 
 
 def test_an_unlabelled_name_that_is_not_a_loss_term_is_an_error() -> None:
@@ -27,6 +32,7 @@ def _steps(name: str, unlabelled_images: list[torch.Tensor]) -> list[StepOut]:
                         supervised_loss=supervised_loss("dice_ce", "multiclass", False), unlabelled_pass="separate")
     cls = available_methods()[name]
     options = {"unlabelled_pass": "separate"} if "unlabelled_pass" in cls.Config.model_fields else {}
+    options |= CONFIDENT.get(name, {})
     torch.manual_seed(0)
     nets = build_nets(cls(ctx, options), cfg, ctx, torch.device("cpu"))
     g = torch.Generator().manual_seed(1)
@@ -45,5 +51,9 @@ def test_the_declared_unlabelled_terms_are_the_ones_the_unlabelled_batch_moves(n
     g = torch.Generator().manual_seed(3)
     first, second = _steps(name, [torch.randn(2, 1, 16, 16, generator=g) for _ in range(2)])
     moved = {k for k in first.losses if not torch.allclose(first.losses[k], second.losses[k])}
-    assert first.unlabelled == moved, f"{name}: declares {sorted(first.unlabelled)}, the batch moves {sorted(moved)}"
+    message = f"{name}: declares {sorted(first.unlabelled)}, the batch moves {sorted(moved)}"
+    if name in MIXED_INTO_LABELLED:
+        assert first.unlabelled <= moved and moved - first.unlabelled <= {"sup"}, message
+    else:
+        assert first.unlabelled == moved, message
     assert first.unlabelled or not available_methods()[name].uses_unlabelled
