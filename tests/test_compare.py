@@ -70,8 +70,8 @@ def test_markdown_shows_std_and_spread_only_with_several_seeds():
                 **{f"{m}_{s}": v for m in METRIC_COLUMNS for s, v in (("median", 0.6), ("min", 0.1), ("max", 0.9))}}
 
     text = format_markdown([row("three", 3), row("one", 1)], "three")
-    assert "| three | 0.500 ± 0.500 | 0.600 (0.100–0.900) | 0.500 ± 0.500 |" in text
-    assert "| one | 0.500 | — | 0.500 |" in text
+    assert "| three | — | 0.500 ± 0.500 | 0.600 (0.100–0.900) | 0.500 ± 0.500 |" in text  # no validation logged
+    assert "| one | — | 0.500 | — | 0.500 |" in text
 
 
 def _tiny(tmp_path, *extra):
@@ -199,4 +199,18 @@ def test_tables_report_median_and_range_over_seeds_of_best_and_last(tmp_path, ca
     assert (sup_last["dice_min"], sup_last["dice_max"]) == pytest.approx((0.508, 0.608))
     assert sup_last["dice_median"] == pytest.approx(0.558)
     text = (tmp_path / "grid" / "compare.md").read_text()
-    assert text.count("| supervised | 0.558 ± 0.050 | 0.558 (0.508–0.608) |") == 2  # best and last tables
+    assert text.count("| supervised | 0.500 | 0.558 ± 0.050 | 0.558 (0.508–0.608) |") == 2  # best and last tables
+
+
+def test_validation_dice_stands_beside_test_dice_for_each_checkpoint(tmp_path, capsys):
+    fake_grid(tmp_path)
+    for i, run in enumerate(sorted((tmp_path / "grid").glob("supervised-s*"))):  # best val 0.7 / 0.8, last 0.6 / 0.7
+        (run / "log.csv").write_text(f"step,elapsed_s,val_dice\n10,1.0,0.5\n20,2.0,{0.7 + 0.1 * i}\n"
+                                     f"30,3.0,{0.6 + 0.1 * i}\n40,4.0,\n")
+    assert main([*GRID, "--set", f"output.root={tmp_path}"]) == 0
+    rows = json.loads((tmp_path / "grid" / "compare.json").read_text())["rows"]
+    sup = {r["checkpoint"]: r for r in rows if r["label"] == "supervised"}
+    assert sup["best"]["val_dice_mean"] == pytest.approx(0.75) and sup["last"]["val_dice_mean"] == pytest.approx(0.65)
+    table = (tmp_path / "grid" / "compare.md").read_text()
+    assert "| method | val Dice | Dice |" in table
+    assert "| supervised | 0.750 | " in table and "| supervised | 0.650 | " in table

@@ -1,9 +1,10 @@
 """Per-case scores of a comparison: collected once from its run folders, kept beside its tables, read back from there.
 
 ``per_case.csv`` holds one row per run, checkpoint (best on validation, last), test case and class; ``runs.json``
-holds each run's training time and what it taught. ``compare`` writes both into the comparison folder and builds
-every table and p-value from them, and ``--publish`` copies them to ``results/<name>/``, so a published table can
-be rebuilt (``semiseg compare --from-results results/<name>``) without its run folders.
+holds each run's training time, validation Dice (best and last checkpoint) and what it taught. ``compare`` writes
+both into the comparison folder and builds every table and p-value from them, and ``--publish`` copies them to
+``results/<name>/``, so a published table can be rebuilt (``semiseg compare --from-results results/<name>``)
+without its run folders.
 """
 
 from __future__ import annotations
@@ -78,6 +79,14 @@ def last_teaching(run_dir: Path) -> dict[str, float]:
     return {key: float(np.mean(v)) for key, v in values.items()}
 
 
+def validation_dice(run_dir: Path) -> dict[str, float]:
+    """Validation Dice of each checkpoint: the best one's (the highest, which chose it) and the last logged one.
+
+    Tables show it beside test Dice so that a decision can be taken on validation without reading test."""
+    values = [float(r["val_dice"]) for r in _log_rows(run_dir) if r.get("val_dice") not in (None, "")]
+    return {"best": max(values), "last": values[-1]} if values else {}
+
+
 def train_seconds(run_dir: Path) -> float:
     rows = _log_rows(run_dir)
     return float(rows[-1]["elapsed_s"]) if rows else math.nan
@@ -94,7 +103,7 @@ def collect(root: Path, entries: Sequence[Entry], seeds: Sequence[int], evaluati
                 continue
             rows += [{"label": entry.label, "seed": seed, **r} for r in _run_rows(run_dir, evaluation)]
             runs.append({"label": entry.label, "seed": seed, "seconds": train_seconds(run_dir),
-                         "teaching": last_teaching(run_dir)})
+                         "teaching": last_teaching(run_dir), "validation": validation_dice(run_dir)})
     with (root / PER_CASE).open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=CASE_COLUMNS, extrasaction="ignore")
         writer.writeheader()
@@ -129,5 +138,5 @@ def _read_scores(folder: Path) -> dict[str, dict[int, dict[str, Any]]]:
         results.setdefault(run["label"], {})[run["seed"]] = {
             "cases": {ck: {case: {m: float(np.mean(v)) for m, v in metrics.items()}
                            for case, metrics in cases[ck].items()} for ck in CHECKPOINTS},
-            "seconds": run["seconds"], "teaching": run["teaching"]}
+            "seconds": run["seconds"], "teaching": run["teaching"], "validation": run.get("validation", {})}
     return results

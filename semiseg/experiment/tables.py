@@ -51,10 +51,18 @@ def summary_rows(results: Results, entries: Sequence[Entry]) -> list[dict[str, A
                                    "seeds": len(runs)}
             row.update(seed_mean_std(runs, checkpoint))
             row.update(seed_spread(runs, checkpoint))
+            row["val_dice_mean"] = _mean_validation(runs, checkpoint)
             row["p_dice_vs_ref"] = paired_p(results, entry.label, reference, checkpoint) if ref_runs else math.nan
             row["train_time_ratio"] = float(np.mean([r["seconds"] for r in runs.values()]) / ref_seconds)
             rows.append(row)
     return rows
+
+
+def _mean_validation(runs: dict[int, Any], checkpoint: str) -> float:
+    """Mean over seeds of the checkpoint's validation Dice (NaN where no seed logged one)."""
+    values = [run.get("validation", {}).get(checkpoint) for run in runs.values()]
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else math.nan
 
 
 def _spread_cell(row: dict[str, Any], metric: str) -> str:
@@ -66,14 +74,18 @@ def _spread_cell(row: dict[str, Any], metric: str) -> str:
 def format_markdown(rows: list[dict[str, Any]], reference: str) -> str:
     lines = []
     for checkpoint in CHECKPOINTS:
-        lines += [f"**{checkpoint} checkpoint** (mean ± std and median (min–max) over seeds; p: paired Wilcoxon of "
-                  f"per-case Dice vs {reference})", "",
-                  "| method | Dice | Dice median (min–max) | Jaccard | HD95 (mm) | ASD (mm) | p | train time ÷ ref |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"**{checkpoint} checkpoint** (val Dice: mean over seeds of the checkpoint's validation Dice, the "
+                  "one to decide on; the other columns are test: mean ± std and median (min–max) over seeds; p: "
+                  f"paired Wilcoxon of per-case Dice vs {reference})", "",
+                  "| method | val Dice | Dice | Dice median (min–max) | Jaccard | HD95 (mm) | ASD (mm) | p | "
+                  "train time ÷ ref |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for row in (r for r in rows if r["checkpoint"] == checkpoint):
             cells = [f"{row[f'{m}_mean']:.3f}" + (f" ± {row[f'{m}_std']:.3f}" if row["seeds"] > 1 else "")
                      for m in METRIC_COLUMNS]
             cells.insert(1, _spread_cell(row, "dice"))
+            val = row.get("val_dice_mean", math.nan)
+            cells.insert(0, "—" if math.isnan(val) else f"{val:.3f}")
             p = "—" if math.isnan(row["p_dice_vs_ref"]) else f"{row['p_dice_vs_ref']:.3g}"
             lines.append(f"| {row['label']} | " + " | ".join(cells) + f" | {p} | {row['train_time_ratio']:.2f} |")
         lines.append("")
