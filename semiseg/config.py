@@ -24,7 +24,8 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    source: str = Field("demo_brain", description="auto | nnunet | folder2d | acdc | la | phantom | demo_brain")
+    source: str = Field("demo_brain", description="auto | nnunet | folder2d | acdc | la | phantom | demo_brain | "
+                        "heart_sites | liver_lesions (development data, docs/data.md)")
     path: str | None = Field(None, description="dataset folder (not needed for demo_brain / phantom)")
     options: dict[str, Any] = Field(default_factory=dict, description="source-specific keyword arguments")
     normalize: Literal["zscore", "minmax", "none"] = Field("zscore",
