@@ -126,6 +126,8 @@ def test_generated_files_are_reused_and_a_changed_knob_gets_its_own_folder(heart
     ("liver_lesions", {"size": 16}, "size"),
     ("liver_lesions", {"n_cases": 5, "n_test": 4, "n_val": 1}, "n_cases"),
     ("liver_lesions", {"colour": 1}, "no option"),
+    ("liver_lesions", {"n_cases": "many"}, "n_cases must be a whole number"),
+    ("heart_sites", {"shift": "far"}, "shift must be a number"),
 ])
 def test_bad_options_name_the_option(source, options, message, tmp_path):
     with pytest.raises(ConfigError, match=message):

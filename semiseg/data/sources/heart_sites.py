@@ -40,6 +40,7 @@ from semiseg.data.sources.synthetic import (
     rician,
     smooth_field,
     warp_labels,
+    whole,
 )
 from semiseg.errors import ConfigError
 
@@ -288,8 +289,11 @@ def open_heart_sites(*, n_subjects: int = 24, n_sites: int = 4, labelled_site: i
                      val_per_site: int = 1, shift: float = 1.0, seed: int = 0,
                      cache_dir: str | None = None) -> DatasetSpec:
     """Build (or reuse from the cache) the multi-site cardiac dataset and list it with its fixed split."""
-    p = HeartParams(int(seed), int(n_subjects), int(n_sites), int(labelled_site), int(test_per_site),
-                    int(val_per_site), float(shift))
+    counts = {"seed": seed, "n_subjects": n_subjects, "n_sites": n_sites, "labelled_site": labelled_site,
+              "test_per_site": test_per_site, "val_per_site": val_per_site}
+    if isinstance(shift, bool) or not isinstance(shift, int | float):
+        raise ConfigError(f"heart_sites: data.options.shift must be a number, got {shift!r}")
+    p = HeartParams(**{k: whole(NAME, k, v) for k, v in counts.items()}, shift=float(shift))
     _check(p)
     params = {"format_version": FORMAT_VERSION, **asdict(p)}
     root = cache_folder(NAME, params, cache_dir)

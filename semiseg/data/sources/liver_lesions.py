@@ -38,6 +38,7 @@ from semiseg.data.sources.synthetic import (
     fixed_split,
     smooth_field,
     warp_labels,
+    whole,
 )
 from semiseg.errors import ConfigError
 
@@ -195,7 +196,8 @@ def _check(p: LiverParams) -> None:
 def open_liver_lesions(*, n_cases: int = 24, n_test: int = 8, n_val: int = 4, size: int = 48, seed: int = 0,
                        cache_dir: str | None = None) -> DatasetSpec:
     """Build (or reuse from the cache) the 3D liver-lesion dataset and list it with its fixed split."""
-    p = LiverParams(int(seed), int(n_cases), int(n_test), int(n_val), int(size))
+    counts = {"seed": seed, "n_cases": n_cases, "n_test": n_test, "n_val": n_val, "size": size}
+    p = LiverParams(**{k: whole(NAME, k, v) for k, v in counts.items()})
     _check(p)
     params = {"format_version": FORMAT_VERSION, **asdict(p)}
     root = cache_folder(NAME, params, cache_dir)

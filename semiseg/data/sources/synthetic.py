@@ -29,7 +29,7 @@ from scipy import ndimage
 
 from semiseg.data.case import Case, CaseRef
 from semiseg.data.io import atomic_write, read_volume, write_nifti
-from semiseg.errors import DataError
+from semiseg.errors import ConfigError, DataError
 
 Generate = Callable[[int], tuple[np.ndarray, np.ndarray]]  # case index -> (image (*spatial), label (*spatial))
 
@@ -41,6 +41,13 @@ class Layout:
     test: tuple[int, ...]
     val: tuple[int, ...]
     labelling_order: tuple[int, ...]  # training cases; the budget k labels the first k
+
+
+def whole(source: str, name: str, value: Any) -> int:
+    """An integer option, or one ``ConfigError`` naming it (``data.options`` values come from YAML)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer | float) or int(value) != value:
+        raise ConfigError(f"{source}: data.options.{name} must be a whole number, got {value!r}")
+    return int(value)
 
 
 def cache_folder(name: str, params: dict[str, Any], cache_dir: str | None) -> Path:
