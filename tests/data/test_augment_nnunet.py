@@ -176,3 +176,16 @@ def test_the_config_switch_and_its_shorthand():
     assert load_config(overrides=["train.augment.preset=nnunet"]).train.augment.flip is True
     with pytest.raises(ConfigError, match="preset"):
         load_config(overrides=["train.augment=strong"])
+
+
+def test_a_run_gives_the_preset_to_its_labelled_sampler_only(tmp_path):
+    from semiseg.engine.run import Run
+
+    cfg = load_config(None, [
+        "data.source=phantom", "data.options={n_cases: 6, dim: 2, seed: 0}", "split.labelled=2", "split.val=1",
+        "split.test=1", "model.widths=[4, 8]", "train.steps=2", "train.batch_size=2", "train.method=mean_teacher",
+        "train.augment=nnunet", f"output.root={tmp_path}", "output.name=run",
+    ])
+    data = Run.build(cfg, progress=False).trainer.data
+    assert data.labelled.augment.preset == "nnunet" and data.labelled.augment.rotate == 0.2
+    assert data.unlabelled.augment == Augmentation()
