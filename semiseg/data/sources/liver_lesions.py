@@ -7,11 +7,12 @@ task at a size a 3D U-Net step handles on a CPU: 48³ voxels of 2.5 mm by defaul
 
 Anatomy is drawn at twice the stored resolution and averaged down (partial volume): a liver from an ellipsoid
 with a smooth random outline and one flat (diaphragm) face, intrahepatic vessels (labelled liver, as in LiTS),
-1–4 lesions per case (radius 4–12 mm, log-uniform; hypodense, hyperdense or rim-enhancing; cut by the liver's
-border), and around it soft tissue with fat, a spine, a kidney and a fluid-filled gallbladder (a dark, round,
-lesion-like distractor outside the liver), all under a smooth random deformation. Each case has its own contrast
-phase (liver and vessel enhancement), reconstruction blur, slice-thickness blur and noise. Labels: 0 background,
-1 liver, 2 lesion.
+1–4 lesions per case (radius 4–12 mm, log-uniform; one type per case: hypodense, hyperdense or rim-enhancing, of
+a contrast drawn per case; cut by the liver's border), and around it soft tissue with fat, a spine, a kidney and a
+fluid-filled gallbladder (a dark, round, lesion-like distractor outside the liver), all under a smooth random
+deformation. Each case has its own contrast phase (from unenhanced, where the liver is near the soft tissue and
+vessels are darker than the liver, to portal venous), reconstruction blur, slice-thickness blur and noise.
+Labels: 0 background, 1 liver, 2 lesion.
 
 Default split (fixed for every run seed; ``DatasetSpec.fixed_split``): 24 cases; a permutation drawn from the data
 seed alone picks 8 test cases, 4 validation cases and the labelling order of the other 12, so ``split.labelled=1``
@@ -43,7 +44,7 @@ from semiseg.data.sources.synthetic import (
 from semiseg.errors import ConfigError
 
 NAME = "liver_lesions"
-FORMAT_VERSION = 1  # bump whenever the generator's output changes
+FORMAT_VERSION = 2  # bump whenever the generator's output changes
 CLASS_NAMES = ["background", "liver", "lesion"]
 FIELD_OF_VIEW_MM = 120.0
 _FINE = 2
@@ -96,9 +97,9 @@ def _tube(rng: np.random.Generator, grid: list[np.ndarray], start: np.ndarray, e
 
 
 def _liver(rng: np.random.Generator, grid: list[np.ndarray]) -> np.ndarray:
-    centre = np.array([rng.uniform(-15, 5), rng.uniform(-15, 5), rng.uniform(-10, 10)])
-    radii = np.array([rng.uniform(42, 55), rng.uniform(34, 45), rng.uniform(38, 50)])
-    liver = _blob(rng, grid, centre, radii, 0.25)
+    centre = np.array([rng.uniform(-20, 10), rng.uniform(-20, 10), rng.uniform(-15, 15)])
+    radii = np.array([rng.uniform(36, 58), rng.uniform(28, 48), rng.uniform(32, 54)])
+    liver = _blob(rng, grid, centre, radii, 0.4)
     normal = rng.normal(size=3)
     normal /= np.linalg.norm(normal)
     face = sum(g * c for g, c in zip(grid, normal, strict=True)) < rng.uniform(20, 35)  # the flat diaphragm face
@@ -118,16 +119,15 @@ def _surroundings(rng: np.random.Generator, grid: list[np.ndarray], n: int) -> n
 
 
 def _lesions(rng: np.random.Generator, grid: list[np.ndarray], liver: np.ndarray,
-             step: float) -> list[tuple[np.ndarray, str]]:
-    """1–4 lesions centred inside the liver, each cut by the liver's border, with its enhancement type."""
+             step: float) -> list[np.ndarray]:
+    """1–4 lesions centred inside the liver, each cut by the liver's border."""
     inside = np.argwhere(liver)
     lesions = []
     for _ in range(int(rng.integers(1, 5))):
         radius = float(np.exp(rng.uniform(np.log(4.0), np.log(12.0))))
         centre = (inside[int(rng.integers(len(inside)))] - (liver.shape[0] - 1) / 2) * step
         radii = radius * rng.uniform(0.8, 1.2, 3)
-        kind = str(rng.choice(["hypodense", "hyperdense", "rim"], p=[0.7, 0.15, 0.15]))
-        lesions.append((_blob(rng, grid, centre, radii, 0.15) & liver, kind))
+        lesions.append(_blob(rng, grid, centre, radii, 0.15) & liver)
     return lesions
 
 
@@ -143,26 +143,27 @@ def _fine_tissue(rng: np.random.Generator, n: int, step: float) -> tuple[np.ndar
         ends = [(np.argwhere(liver)[int(rng.integers(liver.sum()))] - (n - 1) / 2) * step for _ in range(2)]
         tissue[_tube(rng, grid, *ends, rng.uniform(1.5, 3.5)) & liver] = VESSEL
     offsets = np.zeros((n, n, n), dtype=np.float32)
-    for mask, kind in _lesions(rng, grid, liver, step):
+    # One disease per patient: a single labelled case shows one lesion type and one contrast, others differ.
+    kind = str(rng.choice(["hypodense", "hyperdense", "rim"], p=[0.6, 0.2, 0.2]))
+    contrast = rng.uniform(0.06, 0.2) if kind == "hyperdense" else -rng.uniform(0.06, 0.3)
+    for mask in _lesions(rng, grid, liver, step):
         tissue[mask] = LESION
-        if kind == "hyperdense":
-            offsets[mask] = rng.uniform(0.08, 0.2)
-        else:
-            offsets[mask] = -rng.uniform(0.12, 0.35)
-            if kind == "rim":
-                rim = mask & ~ndimage.binary_erosion(mask, iterations=2)
-                offsets[rim] = rng.uniform(0.08, 0.18)
-    displacement = np.stack([smooth_field(rng, (n, n, n), (5, 5, 5), 4.0 / step) for _ in range(3)])
+        offsets[mask] = contrast * rng.uniform(0.8, 1.2)
+        if kind == "rim":
+            rim = mask & ~ndimage.binary_erosion(mask, iterations=2)
+            offsets[rim] = rng.uniform(0.08, 0.18)
+    displacement = np.stack([smooth_field(rng, (n, n, n), (5, 5, 5), 6.0 / step) for _ in range(3)])
     return warp_labels(tissue, displacement), warp_labels(offsets, displacement)
 
 
 def _levels(rng: np.random.Generator) -> np.ndarray:
-    """Window-normalised CT levels (-160..240 HU to 0..1) with this case's contrast phase."""
-    liver = rng.uniform(0.60, 0.74)
+    """Window-normalised CT levels (-160..240 HU to 0..1) with this case's contrast phase: from unenhanced (liver
+    near the soft tissue's 0.46, vessels darker than the liver, a lesion-like pattern) to portal venous."""
+    liver = rng.uniform(0.50, 0.78)
     levels = np.zeros(9, dtype=np.float32)
-    levels[[FAT, SOFT, BONE, FLUID]] = 0.15, 0.52, 1.0, 0.42
+    levels[[FAT, SOFT, BONE, FLUID]] = 0.15, 0.46, 1.0, 0.38
     levels[[LIVER, LESION]] = liver
-    levels[VESSEL] = liver + rng.uniform(0.04, 0.25)  # late phase: vessels barely brighter than the liver
+    levels[VESSEL] = liver + rng.uniform(-0.15, 0.25)
     levels[KIDNEY] = liver + rng.uniform(0.02, 0.2)
     return levels
 
@@ -181,7 +182,7 @@ def generate(p: LiverParams, i: int) -> tuple[np.ndarray, np.ndarray]:
     image = block_mean(fine, _FINE)
     sigma = (rng.uniform(0.3, 0.8), rng.uniform(0.3, 0.8), rng.uniform(0.3, 1.2))  # kernel; slice thickness
     image = ndimage.gaussian_filter(image, sigma)
-    image = image + rng.normal(0.0, rng.uniform(0.025, 0.06), image.shape)
+    image = image + rng.normal(0.0, rng.uniform(0.02, 0.09), image.shape)
     return image.astype(np.float32), label
 
 
