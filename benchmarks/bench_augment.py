@@ -5,8 +5,10 @@ Run: ``python benchmarks/bench_augment.py [--repeats 10] [--threads 1]``.
 Two settings: the 2D demo (8 slices of 88×104 from an 81×99×85 volume, U-Net widths 16…128) and a 3D one
 (2 patches of 64³ from a 160×192×160 volume, U-Net widths 16…128). For each, the sampler's CPU seconds per
 batch with spatial augmentation off (the default: flips and intensity only), nnU-Net's setting (rotation and zoom,
-each p = 0.2) and every spatial perturbation on every sample (p = 1, elastic included: the worst case), and the CPU
-seconds of a forward + backward pass of the network over that batch. CPU time, not wall time, so a loaded machine
+each p = 0.2), every spatial perturbation on every sample (p = 1, elastic included: the worst case) and the
+``nnunet`` preset of the labelled batch (nnU-Net's spatial and intensity chain, ``train.augment.preset=nnunet``;
+its ratio to "off", the current default, is printed after the table), and the CPU seconds of a forward + backward
+pass of the network over that batch. CPU time, not wall time, so a loaded machine
 does not blur the ratios; augmentation must stay a small fraction of the step.
 """
 
@@ -36,6 +38,7 @@ AUGMENTATIONS = {
     "off": Augmentation(),
     "nnU-Net (rotate, scale 0.2)": Augmentation(**{**RANGES, "rotate": 0.2, "scale": 0.2}),
     "all, p = 1": Augmentation(**{**RANGES, "rotate": 1.0, "scale": 1.0, "elastic": 1.0}),
+    "nnunet preset": Augmentation(preset="nnunet"),
 }
 
 
@@ -71,17 +74,21 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print("| setting | forward + backward | " + " | ".join(f"sampling, {name}" for name in AUGMENTATIONS) + " |")
     print("|---" * (2 + len(AUGMENTATIONS)) + "|")
+    ratios = []
     for name, (dim, shape, patch, batch) in SETTINGS.items():
         case = synthetic_case(shape)
         step = step_seconds(dim, patch, batch, max(1, args.repeats // 5))
-        cells = []
+        cells, spent = [], []
         for augment in AUGMENTATIONS.values():
             sampler = PatchSampler([case], dim=dim, patch_size=patch, batch_size=batch, augment=augment,
                                    foreground_fraction=0.5)
             steps = iter(range(10**9))
             seconds = cpu_seconds(lambda s=sampler, it=steps: s.batch_at(next(it)), args.repeats)
             cells.append(f"{seconds * 1000:.0f} ms ({seconds / step:.0%})")
+            spent.append(seconds)
         print(f"| {name}, batch {batch} | {step * 1000:.0f} ms | " + " | ".join(cells) + " |")
+        ratios.append(f"{name}: nnunet preset / off = {spent[-1] / spent[0]:.1f}")
+    print("\n".join(ratios))
 
 
 if __name__ == "__main__":

@@ -164,7 +164,8 @@ def _parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", metavar="{check,export-demo}")
     check = data_sub.add_parser("check", help="validate a dataset and print a summary")
     check.add_argument("path", help="dataset folder ('demo' for the built-in brain demo)")
-    check.add_argument("--source", default="auto", help="auto, nnunet, folder2d, acdc, la, demo_brain, phantom")
+    check.add_argument("--source", default="auto",
+                       help="auto, nnunet, folder2d, acdc, la, demo_brain, heart_sites, liver_lesions, phantom")
     demo = data_sub.add_parser("export-demo", help="write the built-in demo's test images (no labels) as NIfTI, "
                                                    "to try 'semiseg predict' on")
     demo.add_argument("path", metavar="DIR", help="folder for the images (<subject>.nii.gz)")

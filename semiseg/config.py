@@ -24,7 +24,8 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    source: str = Field("demo_brain", description="auto | nnunet | folder2d | acdc | la | phantom | demo_brain")
+    source: str = Field("demo_brain", description="auto | nnunet | folder2d | acdc | la | phantom | demo_brain | "
+                        "heart_sites | liver_lesions (development data, docs/data.md)")
     path: str | None = Field(None, description="dataset folder (not needed for demo_brain / phantom)")
     options: dict[str, Any] = Field(default_factory=dict, description="source-specific keyword arguments")
     normalize: Literal["zscore", "minmax", "none"] = Field("zscore",
@@ -87,8 +88,12 @@ _REMOVED_AUGMENT_KEYS = ("strong_noise", "strong_gamma")
 
 
 class AugmentConfig(Strict):
+    preset: Literal["basic", "nnunet"] = Field("basic",
+        description="basic: the switches below; nnunet: nnU-Net v2's augmentation of the labelled batch of every "
+                    "method (rotation and zoom at p 0.2 where off below, mirroring, noise, blur, brightness, "
+                    "contrast, low resolution, gamma; docs/data.md); the unlabelled batch keeps basic")
     flip: bool = Field(True, description="random flips along the spatial axes of a slice / patch")
-    intensity: bool = Field(True, description="random intensity scale and shift")
+    intensity: bool = Field(True, description="random intensity scale and shift (nnunet: its own chain instead)")
     rotate: float = Field(0.0, ge=0.0, le=1.0,
         description="probability of a random rotation of a sample (nnU-Net: 0.2; off by default, see data.md)")
     rotate_degrees: float | None = Field(None, ge=0.0, le=180.0,
@@ -184,6 +189,12 @@ class TrainConfig(Strict):
                     "labelled-batch Dice after which the gate opens")
     unlabelled_gate_ramp: float = Field(0.1, ge=0.0, le=1.0,
         description="share of the run over which the unlabelled terms rise to full weight once switched on")
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_preset(cls, value: Any) -> Any:
+        """``--set train.augment=nnunet`` is short for ``train.augment.preset=nnunet``."""
+        return {"preset": value} if isinstance(value, str) else value
 
     @field_validator("threads")
     @classmethod

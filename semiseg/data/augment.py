@@ -11,6 +11,11 @@ function of (seed, step, index). With every probability at 0 nothing is drawn an
 crop, bit for bit. The ranges follow nnU-Net v2 (±180° in-plane in 2D, ±30° about each axis in 3D; zoom
 0.7–1.4; it applies rotation and zoom each with probability 0.2 and no elastic deformation). All three are off by
 default: on the brain demo with one labelled subject they cost Dice (docs/data.md has the numbers).
+
+``IntensityChain`` is nnU-Net v2's intensity augmentation (noise, blur, brightness, contrast, low resolution,
+gamma), the labelled batch's under ``train.augment.preset=nnunet``. It is written on the sample's own generator
+with scipy and torch ops rather than MONAI's ``Rand*`` transforms, which draw from a random state they own: a
+batch must stay a pure function of (seed, step, index) whatever the number of loader workers.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 
 @dataclass(frozen=True)
@@ -133,3 +139,131 @@ def nearest_sample(source: np.ndarray, coords: np.ndarray) -> np.ndarray:
     out = np.zeros(source.shape[:-dim] + coords.shape[1:], dtype=source.dtype)
     out[..., inside] = source[(Ellipsis, *(axis[inside] for axis in index))]
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# nnU-Net's intensity chain (train.augment.preset=nnunet, labelled batch only)
+
+
+@dataclass(frozen=True)
+class IntensityChain:
+    """Probabilities (per sample) and ranges of nnU-Net v2's intensity augmentations, in nnU-Net's order.
+
+    Every number is nnU-Net v2's default trainer (``nnUNetTrainer.get_training_transforms``, batchgeneratorsv2):
+    Gaussian noise p 0.1, variance U(0, 0.1), one draw for all channels; Gaussian blur p 0.2, sigma U(0.5, 1)
+    voxels drawn per channel and axis, each channel blurred with p 0.5; multiplicative brightness p 0.15 and
+    contrast p 0.15, factors from (0.75, 1.25) drawn per channel (``BGContrast``: below or above 1 with equal
+    chance), contrast about the channel mean and clipped to the channel's range; low-resolution simulation p 0.25,
+    one zoom U(0.5, 1) for all axes, each channel with p 0.5, nearest-neighbour down, (bi/tri)linear up; gamma
+    p 0.1 on the inverted image and p 0.3 on the image, gamma from (0.7, 1.5) per channel, mean and std kept.
+    Labels are never touched: these change what a voxel looks like, not what it is.
+    """
+
+    noise: float = 0.1
+    noise_variance: tuple[float, float] = (0.0, 0.1)
+    blur: float = 0.2
+    blur_sigma: tuple[float, float] = (0.5, 1.0)
+    blur_per_channel: float = 0.5
+    brightness: float = 0.15
+    brightness_range: tuple[float, float] = (0.75, 1.25)
+    contrast: float = 0.15
+    contrast_range: tuple[float, float] = (0.75, 1.25)
+    lowres: float = 0.25
+    lowres_zoom: tuple[float, float] = (0.5, 1.0)
+    lowres_per_channel: float = 0.5
+    gamma_inverted: float = 0.1
+    gamma: float = 0.3
+    gamma_range: tuple[float, float] = (0.7, 1.5)
+
+
+NNUNET_INTENSITY = IntensityChain()
+NNUNET_SPATIAL_PROBABILITY = 0.2  # nnU-Net v2's p_rotation and p_scaling; its p_elastic_deform is 0
+
+
+def around_one(rng: np.random.Generator, low: float, high: float) -> float:
+    """nnU-Net's ``BGContrast`` draw: below 1 or above 1 with equal chance, so shrinking is as likely as growing."""
+    if rng.random() < 0.5 and low < 1:
+        return float(rng.uniform(low, 1.0))
+    return float(rng.uniform(max(low, 1.0), high))
+
+
+def gaussian_noise(image: np.ndarray, variance: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
+    std = math.sqrt(rng.uniform(*variance))
+    return image + rng.normal(0.0, std, image.shape).astype(np.float32)
+
+
+def gaussian_blur(image: np.ndarray, sigma: tuple[float, float], per_channel: float,
+                  rng: np.random.Generator) -> np.ndarray:
+    out = image.copy()
+    for c in range(len(image)):
+        if rng.random() < per_channel:
+            out[c] = ndimage.gaussian_filter(image[c], rng.uniform(*sigma, size=image.ndim - 1), mode="nearest")
+    return out
+
+
+def brightness(image: np.ndarray, factors: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
+    scale = np.array([around_one(rng, *factors) for _ in range(len(image))], dtype=np.float32)
+    return image * scale.reshape((-1,) + (1,) * (image.ndim - 1))
+
+
+def contrast(image: np.ndarray, factors: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
+    """Stretch each channel about its mean, then clip to the range it had (nnU-Net's ``preserve_range``)."""
+    out = np.empty_like(image)
+    for c, channel in enumerate(image):
+        mean = channel.mean()
+        out[c] = np.clip((channel - mean) * around_one(rng, *factors) + mean, channel.min(), channel.max())
+    return out
+
+
+def low_resolution(image: np.ndarray, zoom: tuple[float, float], per_channel: float,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Resample each chosen channel to ``zoom`` times its size (nearest) and back (linear): detail is lost."""
+    factor = rng.uniform(*zoom)
+    spatial = image.shape[1:]
+    small = [max(1, round(s * factor)) for s in spatial]
+    mode = "bilinear" if len(spatial) == 2 else "trilinear"
+    out = image.copy()
+    for c in range(len(image)):
+        if rng.random() < per_channel:
+            channel = torch.from_numpy(np.ascontiguousarray(image[c]))[None, None]
+            down = F.interpolate(channel, size=small, mode="nearest-exact")
+            out[c] = F.interpolate(down, size=spatial, mode=mode, align_corners=False)[0, 0].numpy()
+    return out
+
+
+def gamma(image: np.ndarray, gammas: tuple[float, float], invert: bool, rng: np.random.Generator) -> np.ndarray:
+    """``((x - min) / range) ** gamma`` per channel, mapped back to its range and its mean and std restored;
+    ``invert`` applies it to ``-image`` (nnU-Net's p_invert_image), which bends the bright end instead."""
+    out = np.empty_like(image)
+    sign = -1.0 if invert else 1.0
+    for c, channel in enumerate(image):
+        x = sign * channel
+        mean, std = x.mean(), x.std()
+        low, span = x.min(), x.max() - x.min()
+        x = ((x - low) / (span + 1e-7)) ** around_one(rng, *gammas) * span + low
+        x = (x - x.mean()) / (x.std() + 1e-8) * std + mean
+        out[c] = sign * x
+    return out
+
+
+def intensity_chain(image: np.ndarray, chain: IntensityChain, rng: np.random.Generator) -> np.ndarray:
+    """nnU-Net's intensity augmentations of one ``(C, *spatial)`` sample, each firing with its probability.
+
+    One random number decides each transform, so the draws that follow do not depend on image content.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if rng.random() < chain.noise:
+        image = gaussian_noise(image, chain.noise_variance, rng)
+    if rng.random() < chain.blur:
+        image = gaussian_blur(image, chain.blur_sigma, chain.blur_per_channel, rng)
+    if rng.random() < chain.brightness:
+        image = brightness(image, chain.brightness_range, rng)
+    if rng.random() < chain.contrast:
+        image = contrast(image, chain.contrast_range, rng)
+    if rng.random() < chain.lowres:
+        image = low_resolution(image, chain.lowres_zoom, chain.lowres_per_channel, rng)
+    if rng.random() < chain.gamma_inverted:
+        image = gamma(image, chain.gamma_range, True, rng)
+    if rng.random() < chain.gamma:
+        image = gamma(image, chain.gamma_range, False, rng)
+    return image

@@ -5,10 +5,13 @@ generator keyed by ``(seed, t, i)``. A batch is therefore a pure function of the
 with exactly the batches an uninterrupted run would have seen, and a batch split over DDP ranks or loader
 workers is the same batch whatever the number of processes.
 2D training on 3D volumes samples slices along the last axis; a 2D case is treated as a volume of one
-slice, so both take the same path. Augmentation is deliberately light and geometric changes are applied
-to image and label alike; rotation, zoom and elastic deformation (``semiseg.data.augment``) are off by
-default. Methods that need a strongly augmented view build it on the device from the batch
-(``semiseg.ssl.strong_augment``), so it stays pixel-aligned with the pseudo labels they make.
+slice, so both take the same path. Augmentation is deliberately light by default and geometric changes are
+applied to image and label alike; rotation, zoom and elastic deformation (``semiseg.data.augment``) are off by
+default. ``preset="nnunet"`` gives the labelled sampler nnU-Net v2's augmentation instead (rotation, zoom,
+mirroring, noise, blur, brightness, contrast, low resolution, gamma), the same for every method; the unlabelled
+sampler keeps the basic one (``Augmentation.for_unlabelled``). Methods that need a strongly augmented view
+build it on the device from the batch (``semiseg.ssl.strong_augment``), so it stays pixel-aligned with the
+pseudo labels they make.
 """
 
 from __future__ import annotations
@@ -21,7 +24,16 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from semiseg.data.augment import SpatialAugmentation, bilinear_sample, draw_warp, nearest_sample, source_box
+from semiseg.data.augment import (
+    NNUNET_INTENSITY,
+    NNUNET_SPATIAL_PROBABILITY,
+    SpatialAugmentation,
+    bilinear_sample,
+    draw_warp,
+    intensity_chain,
+    nearest_sample,
+    source_box,
+)
 from semiseg.data.cache import CaseCache, PreparedCase
 from semiseg.data.case import Case, CaseRef
 
@@ -34,6 +46,26 @@ class Augmentation(SpatialAugmentation):
 
     flip: bool = True  # random flips along the spatial axes of a slice / patch
     intensity: bool = True  # random intensity scale and shift
+    # basic: the above; nnunet: nnU-Net v2's pipeline for the labelled batch (``resolved``)
+    preset: str = "basic"
+
+    def resolved(self) -> Augmentation:
+        """What a sampler applies: under ``nnunet``, rotation and zoom that are off fire with nnU-Net's 0.2.
+
+        nnU-Net's intensity chain then replaces the basic scale-and-shift (``PatchSampler.draw``); mirroring is
+        ``flip`` under both (each axis with probability 0.5, as nnU-Net mirrors); elastic deformation stays as
+        configured (nnU-Net v2 has it off).
+        """
+        if self.preset == "basic":
+            return self
+        if self.preset != "nnunet":
+            raise ValueError(f"unknown augmentation preset {self.preset!r}; choose basic or nnunet")
+        return replace(self, rotate=self.rotate or NNUNET_SPATIAL_PROBABILITY,
+                       scale=self.scale or NNUNET_SPATIAL_PROBABILITY)
+
+    def for_unlabelled(self) -> Augmentation:
+        """The unlabelled batch's: the preset is the labelled batch's; methods perturb their unlabelled views."""
+        return replace(self, preset="basic")
 
 
 def normalize_image(image: np.ndarray, mode: str) -> np.ndarray:
@@ -188,7 +220,7 @@ class PatchSampler:
         if not store:
             raise ValueError("PatchSampler needs at least one case")
         self.store, self.dim, self.patch = list(store), dim, list(patch_size)
-        self.batch_size, self.augment = batch_size, augment
+        self.batch_size, self.augment = batch_size, augment.resolved()
         self.foreground_fraction = foreground_fraction
         self.seed, self._next_step = seed, 0
         self.pool, self._pool_ids = self.store, None
@@ -270,7 +302,9 @@ class PatchSampler:
         image, label, case_id = self._sample_one(rng)
         if self.augment.flip:
             image, label = self._flip(image, label, rng)
-        if self.augment.intensity:
+        if self.augment.preset == "nnunet":
+            image = intensity_chain(image, NNUNET_INTENSITY, rng)
+        elif self.augment.intensity:
             image = self._intensity(image, rng)
         label = None if label is None else np.ascontiguousarray(label)
         return np.ascontiguousarray(image, dtype=np.float32), label, case_id

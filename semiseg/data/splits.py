@@ -55,10 +55,12 @@ def _fixed(spec: DatasetSpec, seed: int) -> dict[str, list[str]]:
     fixed = spec.fixed_split or {}
     labelled_pool = {c.case_id for c in spec.cases if c.has_label}
     train = [i for i in fixed.get("train", []) if i in labelled_pool]
+    # A source may fix the order in which its training cases get labels, so every seed labels the same ones.
+    order = [i for i in fixed.get("labelling_order", []) if i in labelled_pool]
     return {
         "test": sorted(set(fixed.get("test", [])) | {c.case_id for c in spec.test_cases if c.has_label}),
         "val": list(fixed.get("val", [])),
-        "pool": _permute(train, seed),
+        "pool": order or _permute(train, seed),
     }
 
 

@@ -91,7 +91,8 @@ def build_data(cfg: Config, spec: DatasetSpec, split: dict[str, Any], method_cls
     unl_sampler = None
     if unlabelled and train.unlabelled_batch_size > 0:
         unl_sampler = PatchSampler(unlabelled, batch_size=train.unlabelled_batch_size,
-                                   seed=cfg.seed * 7919 + 2, **sampler_args)
+                                   seed=cfg.seed * 7919 + 2, **{**sampler_args,
+                                   "augment": sampler_args["augment"].for_unlabelled()})
     return TrainingData(lab_sampler, unl_sampler, val), patch
 
 

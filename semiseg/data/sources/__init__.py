@@ -25,6 +25,8 @@ SOURCES: dict[str, str] = {
     "la": "SSL4MIS left atrium h5 files: {case}/mri_norm2.h5 with train.list/test.list",
     "phantom": "synthetic ellipses/ellipsoids generated in memory (no path needed)",
     "demo_brain": "virtual brains warped from the MNI template shipped with nilearn (no path needed)",
+    "heart_sites": "development data: cardiac MR stacks from 4 simulated scanner sites, labels from one (no path)",
+    "liver_lesions": "development data: 3D CT-like livers with small lesions, for model.dim=3 (no path)",
 }
 
 # name -> (module, function, needs a path)
@@ -36,7 +38,11 @@ _DISPATCH: dict[str, tuple[str, str, bool]] = {
     "la": ("semiseg.data.sources.h5", "open_la", True),
     "phantom": ("semiseg.data.sources.phantom", "make_phantoms", False),
     "demo_brain": ("semiseg.data.sources.demo_brain", "open_demo_brain", False),
+    "heart_sites": ("semiseg.data.sources.heart_sites", "open_heart_sites", False),
+    "liver_lesions": ("semiseg.data.sources.liver_lesions", "open_liver_lesions", False),
 }
+
+_CACHED_GENERATORS = ("demo_brain", "heart_sites", "liver_lesions")  # ``path`` is their cache folder
 
 _LAYOUTS = (
     "nnunet: dataset.json + imagesTr/",
@@ -94,8 +100,8 @@ def _check_options(source: str, fn: Callable[..., Any], options: dict[str, Any],
 def open_dataset(source: str = "auto", path: str | Path | None = None, **options: Any) -> DatasetSpec:
     """Open a dataset by source name (see ``SOURCES``); "auto" detects the layout of ``path``.
 
-    Generated sources (phantom, demo_brain) ignore ``path``, except that demo_brain uses it as its
-    cache folder when it accepts ``cache_dir`` and none was given.
+    Generated sources (phantom, demo_brain, heart_sites, liver_lesions) ignore ``path``, except that the cached
+    ones use it as their cache folder when no ``cache_dir`` was given.
     """
     if source not in SOURCES:
         raise ConfigError(f"unknown dataset source {source!r}; choose one of: {', '.join(SOURCES)}")
@@ -113,7 +119,7 @@ def open_dataset(source: str = "auto", path: str | Path | None = None, **options
         _check_options(source, fn, options, needs_path)
         return fn(root, **check_options(source, options))
     takes_cache = "cache_dir" in inspect.signature(fn).parameters
-    if path is not None and source == "demo_brain" and takes_cache and "cache_dir" not in options:
+    if path is not None and source in _CACHED_GENERATORS and takes_cache and "cache_dir" not in options:
         options = {**options, "cache_dir": str(path)}
     _check_options(source, fn, options, needs_path)
     return fn(**check_options(source, options))

@@ -78,9 +78,30 @@ class DemoBrainOptions(SourceOptions):
     progress: bool = Field(True, description="print progress while the brains are generated")
 
 
+class HeartSitesOptions(SourceOptions):
+    n_subjects: int = Field(24, ge=1, description="simulated subjects, subject i scanned at site i mod n_sites")
+    n_sites: int = Field(4, ge=1, description="scanner sites (contrast, gamma, resolution, bias field, noise)")
+    labelled_site: int = Field(0, ge=0, description="the site whose training subjects are labelled first")
+    test_per_site: int = Field(2, ge=0, description="test subjects of each site")
+    val_per_site: int = Field(1, ge=0, description="validation subjects of each site")
+    shift: float = Field(1.0, ge=0, description="how far the sites differ (below 1: closer than the default)")
+    seed: int = Field(0, ge=0, description="seed of the anatomy and the sites (not the run seed)")
+    cache_dir: str | None = Field(None, description="folder of the generated cases (data.path if set)")
+
+
+class LiverLesionsOptions(SourceOptions):
+    n_cases: int = Field(24, ge=1, description="simulated CT-like liver crops")
+    n_test: int = Field(8, ge=0, description="test cases of the fixed split")
+    n_val: int = Field(4, ge=0, description="validation cases of the fixed split")
+    size: int = Field(48, ge=8, description="voxels per axis of each cubic crop")
+    seed: int = Field(0, ge=0, description="seed of the livers, lesions and contrast phases (not the run seed)")
+    cache_dir: str | None = Field(None, description="folder of the generated cases (data.path if set)")
+
+
 OPTIONS: dict[str, type[SourceOptions]] = {
     "nnunet": NnunetOptions, "decathlon": DecathlonOptions, "folder2d": Folder2dOptions, "acdc": AcdcOptions,
     "la": LaOptions, "phantom": PhantomOptions, "demo_brain": DemoBrainOptions,
+    "heart_sites": HeartSitesOptions, "liver_lesions": LiverLesionsOptions,
 }
 
 
