@@ -173,15 +173,16 @@ class TrainConfig(Strict):
         description="separate: labelled and unlabelled images pass the network one part at a time, each with its "
                     "own BatchNorm statistics; joint: as one batch (the papers' code); separate_until_gate: "
                     "separate while the reliability gate keeps the unlabelled terms off, joint once it has opened; "
-                    "auto: the method's choice (separate, except fixmatch: joint; segpl, segpl_vi, fixmatch_mix: "
-                    "separate; rpg, rpg_plus, dual_uncertainty: separate_until_gate). Set here, it holds for every "
-                    "method; method.unlabelled_pass overrides it for one method")
+                    "auto: the method's own default_unlabelled_pass (each listed in docs/protocol.md, 'Decisions "
+                    "and the data that took them'). Set here, it holds for every method; method.unlabelled_pass "
+                    "overrides it for one method")
     unlabelled_gate: Literal["auto", "off", "labelled_dice", "labelled_dice_plateau"] = Field("auto",
         description="labelled_dice: unlabelled loss terms stay off until the predicting network's Dice on the "
                     "labelled batch reaches unlabelled_gate_threshold; labelled_dice_plateau: ... or, sooner, "
                     "until that Dice stops improving on its own best (unlabelled_gate_patience), a rule relative to "
                     "what the run measures; off: from step 0 (the papers' schedule); "
-                    "auto: the method's choice (labelled_dice, except fixmatch: off)")
+                    "auto: the method's own default_unlabelled_gate (each listed in docs/protocol.md, 'Decisions "
+                    "and the data that took them')")
     unlabelled_gate_threshold: float = Field(0.8, ge=0.0, le=1.0,
         description="smoothed labelled-batch Dice at which the unlabelled terms switch on")
     unlabelled_gate_patience: int = Field(4, ge=1,
