@@ -2,7 +2,6 @@
 and nothing the user wrote changed (one parametrised line per mistake)."""
 
 import csv
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -12,6 +11,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from hostile import cli as _cli
+from hostile import snapshot as _snapshot
 
 from semiseg.cli import main
 from semiseg.engine.loop import Trainer
@@ -53,20 +54,8 @@ def world(tmp_path) -> Path:
     return tmp_path
 
 
-def _snapshot(*roots: Path) -> dict[str, str]:
-    """Every path under ``roots`` with the hash of its bytes (folders map to '')."""
-    found = {}
-    for root in roots:
-        for path in sorted(root.rglob("*")):
-            found[str(path)] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
-    return found
 
 
-def _cli(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as done:  # argparse's own usage errors
-        return int(done.code)
 
 
 PREDICT = ["predict", "--run", "{run}", "--input", "{tmp}/inputs"]

@@ -2,7 +2,6 @@
 demo's images): exit 2, one ``error:`` line naming the file, key or option, no traceback, nothing written (one
 parametrised line per mistake); and what a re-evaluation writes beside the run's own results."""
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -11,6 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import yaml
+from hostile import cli as _cli
+from hostile import snapshot as _snapshot
 
 from semiseg.cli import main
 
@@ -111,15 +112,8 @@ def world(tmp_path, trained, exported) -> Path:
     return tmp_path
 
 
-def _snapshot(root: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "" for p in sorted(root.rglob("*"))}
 
 
-def _cli(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as done:  # argparse's own usage errors
-        return int(done.code)
 
 
 EVAL_GT = ["evaluate", "--quiet", "--gt"]

@@ -2,13 +2,14 @@
 address or file, no traceback, nothing written (one parametrised line per mistake). The grids are hand-made run
 folders, so nothing trains."""
 
-import hashlib
 import shutil
 import socket
 import time
 from pathlib import Path
 
 import pytest
+from hostile import cli as _cli
+from hostile import snapshot as _snapshot
 from test_compare import fake_grid, fake_run
 
 from semiseg.cli import main
@@ -42,15 +43,8 @@ def world(tmp_path) -> Path:
     return tmp_path
 
 
-def _snapshot(root: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "" for p in sorted(root.rglob("*"))}
 
 
-def _cli(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as done:  # argparse's own usage errors
-        return int(done.code)
 
 
 BROKEN = {"bad_json": ("compare.json", "{not json"), "json_list": ("compare.json", "[1, 2]"),

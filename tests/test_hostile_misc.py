@@ -1,10 +1,11 @@
 """Hostile inputs at the config, data-source and fine-tuning edges, through the console script: exit 2, one
 ``error:`` line naming the key, no traceback, nothing written (one parametrised line per mistake)."""
 
-import hashlib
 from pathlib import Path
 
 import pytest
+from hostile import cli as _cli
+from hostile import snapshot as _snapshot
 
 from semiseg.cli import main
 
@@ -29,15 +30,8 @@ def source(tmp_path_factory) -> Path:
     return run
 
 
-def _snapshot(root: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "" for p in sorted(root.rglob("*"))}
 
 
-def _cli(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as done:  # argparse's own usage errors
-        return int(done.code)
 
 
 HOSTILE = [
