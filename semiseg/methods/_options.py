@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from semiseg.methods.base import MethodConfig, Progress
 from semiseg.ssl.joint import PassSetting
 from semiseg.ssl.ramps import rampup
 from semiseg.ssl.reference import ReferenceSettings
+from semiseg.ssl.strong_augment import GEOMETRIC_OPS, INTENSITY_OPS
 
 RampKind = Literal["linear", "sigmoid", "gaussian", "cosine", "none"]
 
@@ -23,6 +24,21 @@ class RampedWeight(MethodConfig):
 
     def weight_at(self, progress: Progress) -> float:
         return self.weight * rampup(self.rampup, progress.step, self.rampup_fraction * progress.total_steps)
+
+
+class RandAugmentOptions(MethodConfig):
+    """RandAugment's strong view: ``n_ops`` operations per image drawn from ``ops`` (``semiseg.ssl.strong_augment``)."""
+
+    n_ops: int = Field(2, ge=0)
+    ops: list[str] = Field(default_factory=lambda: list(INTENSITY_OPS + GEOMETRIC_OPS))
+
+    @field_validator("ops")
+    @classmethod
+    def _known_ops(cls, ops: list[str]) -> list[str]:
+        unknown = sorted(set(ops) - set(INTENSITY_OPS + GEOMETRIC_OPS))
+        if unknown or not ops:
+            raise ValueError(f"unknown or no ops {unknown}; choose from {', '.join(INTENSITY_OPS + GEOMETRIC_OPS)}")
+        return ops
 
 
 class PassesOption(MethodConfig):

@@ -59,22 +59,22 @@ from functools import partial
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import Tensor
 
-from semiseg.methods._options import PassesOption, RampedWeight, RampKind
+from semiseg.methods._options import PassesOption, RampedWeight, RampKind, RandAugmentOptions
 from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.fixmatch_mix import mix_pairs
 from semiseg.nets.unet import evaluating
 from semiseg.ssl.joint import forward_parts
 from semiseg.ssl.mixing import box_masks
 from semiseg.ssl.pseudo_labels import probabilities, sharpen
-from semiseg.ssl.strong_augment import GEOMETRIC_OPS, INTENSITY_OPS, StrongAugment, strong_view
+from semiseg.ssl.strong_augment import StrongAugment, strong_view
 
 TEACHERS = ("teacher1", "teacher2")
 
 
-class ADMTConfig(RampedWeight, PassesOption):
+class ADMTConfig(RampedWeight, RandAugmentOptions, PassesOption):
     weight: float = Field(2.0, ge=0)  # λ (consistency: 2.0)
     rampup: RampKind = "sigmoid"
     rampup_fraction: float = Field(0.25, ge=0, le=1)  # ACDC: 50 × 150 of 30 000 iterations; LA 40 × 150 of 15 000
@@ -87,17 +87,8 @@ class ADMTConfig(RampedWeight, PassesOption):
     schedule_seed: int = 0
     ema_decay: float = Field(0.99, gt=0, lt=1)
     box_area: tuple[float, float] = (0.22, 0.78)  # CutMix box area (the code: Beta(4, 4))
-    n_ops: int = Field(2, ge=0)
-    ops: list[str] = Field(default_factory=lambda: ["brightness", "contrast", "sharpness"])
+    ops: list[str] = Field(default_factory=lambda: ["brightness", "contrast", "sharpness"])  # intensity only
     predict_with: Literal["student", "teacher1", "teacher2"] = "student"
-
-    @field_validator("ops")
-    @classmethod
-    def _known_ops(cls, ops: list[str]) -> list[str]:
-        unknown = sorted(set(ops) - set(INTENSITY_OPS + GEOMETRIC_OPS))
-        if unknown or not ops:
-            raise ValueError(f"unknown or no ops {unknown}; choose from {', '.join(INTENSITY_OPS + GEOMETRIC_OPS)}")
-        return ops
 
 
 @dataclass

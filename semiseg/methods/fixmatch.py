@@ -24,18 +24,16 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import Tensor
 
 from semiseg.losses import ce_loss
-from semiseg.methods._options import PassesOption
+from semiseg.methods._options import PassesOption, RandAugmentOptions
 from semiseg.methods.base import Batch, Method, Nets, Progress, StepOut
 from semiseg.methods.registry import register
 from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import confidence_mask, hard_labels, probabilities
 from semiseg.ssl.strong_augment import (
-    GEOMETRIC_OPS,
-    INTENSITY_OPS,
     StrongAugment,
     StrongView,
     strong_augment,
@@ -45,23 +43,13 @@ from semiseg.ssl.strong_augment import (
 Taught = tuple[Tensor, Tensor]  # the weak view's pseudo labels and mask (what the term teaches)
 
 
-class FixMatchOptions(PassesOption):
+class FixMatchOptions(RandAugmentOptions, PassesOption):
     # τ of Eqs. 9-10 (FixMatch: 0.95; the RPG paper reports 0.8 and 0.95).
     tau: float = Field(0.95, gt=0, lt=1)
     # False: no strong view, the weak view's pseudo labels train the weak view (Lee 2013's Pseudo-Label).
     strong_augment: bool = True
-    # RandAugment: n_ops operations per image drawn from ops (magnitudes uniform in each op's range), then CutOut.
-    n_ops: int = Field(2, ge=0)
-    ops: list[str] = Field(default_factory=lambda: list(INTENSITY_OPS + GEOMETRIC_OPS))
+    # RandAugment (n_ops, ops: magnitudes uniform in each op's range), then CutOut.
     cutout: bool = True
-
-    @field_validator("ops")
-    @classmethod
-    def _known_ops(cls, ops: list[str]) -> list[str]:
-        unknown = sorted(set(ops) - set(INTENSITY_OPS + GEOMETRIC_OPS))
-        if unknown or not ops:
-            raise ValueError(f"unknown or no ops {unknown}; choose from {', '.join(INTENSITY_OPS + GEOMETRIC_OPS)}")
-        return ops
 
     def augmentation(self) -> StrongAugment:
         return StrongAugment(n_ops=self.n_ops, ops=tuple(self.ops), cutout=self.cutout)

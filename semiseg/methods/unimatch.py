@@ -47,10 +47,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import Tensor
 
-from semiseg.methods._options import PassesOption
+from semiseg.methods._options import PassesOption, RandAugmentOptions
 from semiseg.methods.base import Batch, Method, MethodContext, Nets, Progress, StepOut
 from semiseg.methods.fixmatch_mix import mix_pairs
 from semiseg.nets.unet import UNet
@@ -58,10 +58,10 @@ from semiseg.ssl.joint import Passes
 from semiseg.ssl.mixing import box_masks
 from semiseg.ssl.perturbations import spatial_dropout
 from semiseg.ssl.pseudo_labels import confidence_mask, hard_labels, probabilities
-from semiseg.ssl.strong_augment import GEOMETRIC_OPS, INTENSITY_OPS, StrongAugment, strong_augment
+from semiseg.ssl.strong_augment import StrongAugment, strong_augment
 
 
-class UniMatchConfig(PassesOption):
+class UniMatchConfig(RandAugmentOptions, PassesOption):
     tau: float = Field(0.95, gt=0, lt=1)  # conf_thresh of configs/acdc.yaml
     strong_weight: float = Field(0.25, ge=0)  # weight of each of L_s1, L_s2
     fp_weight: float = Field(0.5, ge=0)  # weight of L_fp
@@ -69,16 +69,7 @@ class UniMatchConfig(PassesOption):
     fp_dropout: float = Field(0.5, ge=0, lt=1)  # channel dropout on the encoder features (nn.Dropout2d(0.5))
     box_area: tuple[float, float] = (0.02, 0.4)  # share of the image a CutMix box covers (obtain_cutmix_box)
     box_probability: float = Field(0.5, ge=0, le=1)  # chance that a strong view is CutMix-ed at all
-    n_ops: int = Field(2, ge=0)
-    ops: list[str] = Field(default_factory=lambda: ["brightness", "contrast", "sharpness"])
-
-    @field_validator("ops")
-    @classmethod
-    def _known_ops(cls, ops: list[str]) -> list[str]:
-        unknown = sorted(set(ops) - set(INTENSITY_OPS + GEOMETRIC_OPS))
-        if unknown or not ops:
-            raise ValueError(f"unknown or no ops {unknown}; choose from {', '.join(INTENSITY_OPS + GEOMETRIC_OPS)}")
-        return ops
+    ops: list[str] = Field(default_factory=lambda: ["brightness", "contrast", "sharpness"])  # intensity only
 
 
 def cutmix_boxes(images: Tensor, area: tuple[float, float], probability: float) -> Tensor:
