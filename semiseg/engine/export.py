@@ -30,6 +30,7 @@ from semiseg.engine.device import resolve_device
 from semiseg.engine.inferer import Inferer
 from semiseg.engine.model import load_model
 from semiseg.engine.run import Run
+from semiseg.engine.run_folder import checkpoint_to_use
 from semiseg.errors import SemisegError
 
 SIDECAR = "export.json"
@@ -230,7 +231,8 @@ def export_run(run_dir: str | Path, fmt: str, *, checkpoint: str = "best", outpu
     out = Path(output_dir) if output_dir is not None else run_dir / "export" / fmt
     if (out / SIDECAR).exists() and not overwrite:
         raise SemisegError(f"{out} already holds an export; pass --overwrite or another --output")
-    model = load_model(run_dir, checkpoint, "cpu")
+    used = checkpoint_to_use(run_dir, checkpoint)  # a run stopped before its first validation has last.pt only
+    model = load_model(run_dir, used, "cpu")
     spacing = training_spacing(run_dir, data)
-    export_model(model, describe_export(model, fmt, checkpoint, run_dir, spacing), out)
+    export_model(model, describe_export(model, fmt, used, run_dir, spacing), out)
     return out

@@ -110,6 +110,14 @@ def test_export_refuses_to_overwrite_and_bad_folders(runs, tmp_path):
         ExportedModel.load(tmp_path)
 
 
+def test_an_export_of_a_run_without_best_names_the_checkpoint_it_holds(tmp_path, capsys):
+    run = _run(tmp_path, "early")
+    (run / "checkpoints" / "best.pt").unlink()  # as a run stopped before its first validation: last.pt only
+    out = api.export(run, "torchscript", checkpoint="best", output_dir=tmp_path / "e")
+    assert json.loads((out / "export.json").read_text())["checkpoint"] == "last"
+    assert "using last.pt" in capsys.readouterr().err
+
+
 def test_an_ensemble_of_one_run_is_the_run(runs, scans):
     model = api.load_model(runs[0], device="cpu")
     case = _case(scans)
