@@ -23,3 +23,16 @@ def cli(argv: list[str]) -> int:
         return main(argv)
     except SystemExit as done:
         return int(done.code)
+
+
+def sets(*pairs: str) -> list[str]:
+    """``--set`` before each ``key=value``."""
+    return [arg for pair in pairs for arg in ("--set", pair)]
+
+
+def tiny(dim: int = 2, widths: str = "[4, 8]") -> list[str]:
+    """Flags of a two-step training run on six phantoms: a real run folder in a second or two."""
+    return ["--quiet", *sets(
+        "data.source=phantom", f"data.options={{n_cases: 6, dim: {dim}, seed: 0}}", f"model.dim={dim}",
+        f"model.widths={widths}", "split.labelled=2", "split.val=1", "split.test=1", "train.steps=2",
+        "train.val_every=2", "train.batch_size=2", "train.warmup_steps=1", "eval.report_cases=1")]

@@ -12,19 +12,9 @@ import pytest
 import yaml
 from hostile import cli as _cli
 from hostile import snapshot as _snapshot
+from hostile import tiny as _tiny
 
 from semiseg.cli import main
-
-
-def _sets(*pairs: str) -> list[str]:
-    return [arg for pair in pairs for arg in ("--set", pair)]
-
-
-def _tiny(dim: int = 2, widths: str = "[4, 8]") -> list[str]:
-    return ["--quiet", *_sets(
-        "data.source=phantom", f"data.options={{n_cases: 6, dim: {dim}, seed: 0}}", f"model.dim={dim}",
-        f"model.widths={widths}", "split.labelled=2", "split.val=1", "split.test=1", "train.steps=2",
-        "train.val_every=2", "train.batch_size=2", "train.warmup_steps=1", "eval.report_cases=1")]
 
 
 @pytest.fixture(scope="module")
