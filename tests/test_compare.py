@@ -6,7 +6,7 @@ import pytest
 from semiseg.cli import main
 from semiseg.errors import ConfigError
 from semiseg.experiment.plan import run_configs, split_statement
-from semiseg.experiment.scores import last_teaching
+from semiseg.experiment.scores import last_teaching, log_rows
 from semiseg.experiment.spec import Entry, parse_entry, split_entries
 
 
@@ -140,7 +140,7 @@ def test_teaching_summary_averages_the_last_fifth_of_training(tmp_path):
     run = tmp_path / "mt-s0"
     run.mkdir()
     (run / "log.csv").write_text("step,val_dice,teach/pseudo_dice\n10,0.1,0.0\n80,,0.5\n90,0.6,0.7\n100,0.8,\n")
-    assert last_teaching(run) == pytest.approx({"val_dice": 0.7, "teach/pseudo_dice": 0.6})
+    assert last_teaching(log_rows(run)) == pytest.approx({"val_dice": 0.7, "teach/pseudo_dice": 0.6})
 
 
 # ------------------------------------------------------------------------------------------------

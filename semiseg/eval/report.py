@@ -90,8 +90,9 @@ def overlay_figure(examples: list[dict[str, Any]], label_mode: str, path: Path,
     fig.savefig(path, dpi=100)
 
 
-def _log_rows(log_csv: Path) -> list[dict[str, str]]:
-    if not log_csv.exists():
+def read_log(log_csv: Path) -> list[dict[str, str]]:
+    """The rows of a run's log.csv (none when the run has not logged yet)."""
+    if not log_csv.is_file():
         return []
     with log_csv.open() as fh:
         return list(csv.DictReader(fh))
@@ -99,7 +100,7 @@ def _log_rows(log_csv: Path) -> list[dict[str, str]]:
 
 def curves_figure(log_csv: Path, path: Path) -> bool:
     """Training loss and validation Dice against step; False when there is no log."""
-    rows = _log_rows(log_csv)
+    rows = read_log(log_csv)
     if not rows:
         return False
     steps = np.array([float(r["step"]) for r in rows])
@@ -118,7 +119,7 @@ def curves_figure(log_csv: Path, path: Path) -> bool:
 
 def threshold_figure(log_csv: Path, path: Path) -> bool:
     """A learnt threshold over training (SegPL-VI logs ``threshold_mu/sigma/sample``); False when not logged."""
-    rows = [r for r in _log_rows(log_csv) if r.get("threshold_mu") not in (None, "")]
+    rows = [r for r in read_log(log_csv) if r.get("threshold_mu") not in (None, "")]
     if not rows:
         return False
     steps = np.array([float(r["step"]) for r in rows])
@@ -151,7 +152,7 @@ def teaching_figure(log_csv: Path, path: Path) -> bool:
     """What the method teaches, against the held-out truth of its unlabelled cases (``teach/*`` columns of
     ``log.csv``): target Dice next to the model's validation Dice, the share its masks keep, and every network's
     Dice on whole unlabelled cases. False when nothing was measured (no truth, or monitoring off)."""
-    rows = _log_rows(log_csv)
+    rows = read_log(log_csv)
     fields = list(rows[0]) if rows else []
     if not any(k.startswith(TEACH) for k in fields):
         return False

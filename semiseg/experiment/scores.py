@@ -21,7 +21,7 @@ import numpy as np
 
 from semiseg.errors import SemisegError
 from semiseg.eval.metrics import METRIC_COLUMNS
-from semiseg.eval.report import TEACH
+from semiseg.eval.report import TEACH, read_log
 from semiseg.experiment.spec import Entry
 
 PER_CASE, RUNS = "per_case.csv", "runs.json"
@@ -56,18 +56,14 @@ def _run_rows(run_dir: Path, evaluation: str | None) -> list[dict[str, str]]:
     return [r for r in rows if r["checkpoint"] in CHECKPOINTS]
 
 
-def _log_rows(run_dir: Path) -> list[dict[str, str]]:
-    file = run_dir / "log.csv"
-    if not file.is_file():
-        return []
-    with file.open() as fh:
-        return list(csv.DictReader(fh))
+def log_rows(run_dir: Path) -> list[dict[str, str]]:
+    return read_log(run_dir / "log.csv")
 
 
-def last_teaching(run_dir: Path) -> dict[str, float]:
+def last_teaching(rows: list[dict[str, str]]) -> dict[str, float]:
     """Mean of each ``teach/*`` column (diagnostics against held-out truth) and of val Dice over the last fifth of
-    training: one logged batch is too noisy a summary, the whole run mixes in the warm-up."""
-    rows = _log_rows(run_dir)
+    training (``rows``: a run's log.csv): one logged batch is too noisy a summary, the whole run mixes in the
+    warm-up."""
     if not rows:
         return {}
     start = 0.8 * float(rows[-1]["step"])
@@ -79,17 +75,19 @@ def last_teaching(run_dir: Path) -> dict[str, float]:
     return {key: float(np.mean(v)) for key, v in values.items()}
 
 
-def validation_dice(run_dir: Path) -> dict[str, float]:
+def validation_dice(rows: list[dict[str, str]]) -> dict[str, float]:
     """Validation Dice of each checkpoint: the best one's (the highest, which chose it) and the last logged one.
 
     Tables show it beside test Dice so that a decision can be taken on validation without reading test."""
-    values = [float(r["val_dice"]) for r in _log_rows(run_dir) if r.get("val_dice") not in (None, "")]
+    values = [float(r["val_dice"]) for r in rows if r.get("val_dice") not in (None, "")]
     return {"best": max(values), "last": values[-1]} if values else {}
 
 
-def train_seconds(run_dir: Path) -> float:
-    rows = _log_rows(run_dir)
-    return float(rows[-1]["elapsed_s"]) if rows else math.nan
+def run_record(run_dir: Path) -> dict[str, Any]:
+    """What ``runs.json`` keeps of one run, from one read of its log.csv: seconds, teaching, validation Dice."""
+    rows = log_rows(run_dir)
+    return {"seconds": float(rows[-1]["elapsed_s"]) if rows else math.nan, "teaching": last_teaching(rows),
+            "validation": validation_dice(rows)}
 
 
 def collect(root: Path, entries: Sequence[Entry], seeds: Sequence[int], evaluation: str | None = None) -> None:
@@ -102,8 +100,7 @@ def collect(root: Path, entries: Sequence[Entry], seeds: Sequence[int], evaluati
             if not (run_dir / "summary.json").is_file():
                 continue
             rows += [{"label": entry.label, "seed": seed, **r} for r in _run_rows(run_dir, evaluation)]
-            runs.append({"label": entry.label, "seed": seed, "seconds": train_seconds(run_dir),
-                         "teaching": last_teaching(run_dir), "validation": validation_dice(run_dir)})
+            runs.append({"label": entry.label, "seed": seed, **run_record(run_dir)})
     with (root / PER_CASE).open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=CASE_COLUMNS, extrasaction="ignore")
         writer.writeheader()
