@@ -36,6 +36,9 @@ Departures, each for one reason:
   initialisation no pixel then reaches τ). Same decoder work; the code also perturbs, then discards, labelled rows.
 - The supervised term is the run's loss (``train.loss``: Dice + CE, where the code halves it as (CE + Dice) / 2);
   Dice honours the run's ``include_background`` (the code's Dice includes the background class).
+- ``loss``: the unlabelled terms' loss, the medical code's Dice by default; ``ce`` (the natural-image code's
+  masked cross-entropy, FixMatch's) and ``dice_ce`` are options, to test whether the Dice-only objective is what
+  lets confident wrong labels take over on small data (``docs/evidence/unimatch.md``).
 - Multilabel (not in the paper): ŷ = p > 0.5 per channel, a pixel counts where every channel is confident.
 
 Gate default ``off``: UniMatch is FixMatch's weak-to-strong scheme, which measured lower with the reliability gate
@@ -44,7 +47,7 @@ on the converged protocol (``fixmatch``'s page); τ = 0.95 already keeps unconfi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -70,6 +73,7 @@ class UniMatchConfig(RandAugmentOptions, PassesOption):
     box_area: tuple[float, float] = (0.02, 0.4)  # share of the image a CutMix box covers (obtain_cutmix_box)
     box_probability: float = Field(0.5, ge=0, le=1)  # chance that a strong view is CutMix-ed at all
     ops: list[str] = Field(default_factory=lambda: ["brightness", "contrast", "sharpness"])  # intensity only
+    loss: Literal["dice", "ce", "dice_ce"] = "dice"  # of L_s1, L_s2, L_fp: the medical code's Dice (docstring)
 
 
 def cutmix_boxes(images: Tensor, area: tuple[float, float], probability: float) -> Tensor:
@@ -119,17 +123,17 @@ class UniMatch(Method):
         return (*mix_pairs(boxes, *strong_augment(image, target, mask, self.augmentation)), boxes)
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
-        net, dice = nets["model"], self.ctx.loss("dice")
+        net, unsup = nets["model"], self.ctx.loss(self.cfg.loss)
         logits_l, logits_w, logits_fp = self.weak_pass(net, labelled.image, unlabelled.image,
                                                       self.unlabelled_pass(progress))
         target, mask = self.weak_labels(logits_w)
         (x1, t1, m1, box1), (x2, t2, m2, _) = (self.mixed_view(unlabelled.image, target, mask) for _ in range(2))
         logits_s1, logits_s2 = net(torch.cat([x1, x2])).chunk(2)
-        scale, strong = self.cfg.scale, dice(logits_s1, t1, mask=m1) + dice(logits_s2, t2, mask=m2)
+        scale, strong = self.cfg.scale, unsup(logits_s1, t1, mask=m1) + unsup(logits_s2, t2, mask=m2)
         losses = {
             "sup": scale * self.ctx.supervised_loss(logits_l, labelled.label),
             "unsup_strong": scale * self.cfg.strong_weight * strong,
-            "unsup_fp": scale * self.cfg.fp_weight * dice(logits_fp, target, mask=mask),
+            "unsup_fp": scale * self.cfg.fp_weight * unsup(logits_fp, target, mask=mask),
         }
         logs = {"confident": float(mask.mean()), "mixed_fraction": float(box1.float().mean())}
         return StepOut(losses=losses, unlabelled=frozenset({"unsup_strong", "unsup_fp"}), logs=logs,

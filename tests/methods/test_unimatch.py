@@ -57,11 +57,12 @@ def test_weak_labels_keep_pixels_whose_top_probability_reaches_tau():
 
 class _Ctx(MethodContext):
     def loss(self, name):
-        assert name == "dice"
+        assert name == self.expected  # type: ignore[attr-defined]
         return self.dice  # type: ignore[attr-defined]
 
 
-def test_the_loss_is_the_codes_weighted_sum_halved():
+@pytest.mark.parametrize("loss", ["dice", "ce"])
+def test_the_loss_is_the_codes_weighted_sum_halved(loss):
     values = iter([1.0, 2.0, 4.0])  # L_s1, L_s2, L_fp in the order the step computes them
 
     def dice(logits, target, mask=None):
@@ -69,7 +70,8 @@ def test_the_loss_is_the_codes_weighted_sum_halved():
 
     ctx = _Ctx(**dataclasses.asdict(_ctx()) | {"supervised_loss": lambda logits, target: logits.sum() * 0 + 8.0})
     object.__setattr__(ctx, "dice", dice)
-    method = UniMatch(ctx, {})
+    object.__setattr__(ctx, "expected", loss)  # the unlabelled terms use the loss the option names
+    method = UniMatch(ctx, {} if loss == "dice" else {"loss": loss})
     nets = _nets(method)
     g = torch.Generator().manual_seed(0)
     lab = Batch(torch.randn(2, 1, 8, 8, generator=g), torch.randint(0, K, (2, 8, 8), generator=g))
