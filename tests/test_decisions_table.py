@@ -28,6 +28,8 @@ STATUSES = (
     "chosen on the demo's test split — to be re-decided on validation Dice across the development datasets "
     "(heart_sites, liver_lesions, the demo)",
     "chosen on validation",
+    "chosen on validation on the demo only — still to hold on heart_sites and liver_lesions",
+    "measured on validation across the development datasets: no candidate holds on all three yet",
     "not measured: to be decided on validation Dice across the development datasets",
     "no decision (no unlabelled term)",
 )
