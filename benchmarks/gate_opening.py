@@ -4,7 +4,7 @@ Why: the gate's threshold (0.8) was set on the brain demo. Whether it carries to
 labelled-batch Dice each run logged while its gate was closed: replaying it through both rules shows where each
 opens, or that one never does, without training anything. ``log.csv`` keeps every 10th step while the gate looks
 every 5, so the replay reads the logged smoothed Dice (``labelled_dice_smoothed``, the gate's own estimate) and
-counts the plateau's patience in steps (``patience`` × 5 since the last improvement): openings are exact to the
+feeds it to ``PlateauGate`` itself, its patience converted from looks to logged rows: openings are exact to the
 logged step, within 5 steps of the gate's. A rule can be replayed only while the run's own gate was closed
 (after it opened, the unlabelled terms changed the network), so an opening after the logged series ends reads
 ``later``.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import sys
 from pathlib import Path
 
@@ -24,7 +25,7 @@ try:
 except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from semiseg.engine.reliability import OBSERVE_EVERY, PLATEAU_MIN_GAIN
+from semiseg.engine.reliability import OBSERVE_EVERY, PlateauGate
 
 
 def read_log(log: Path) -> tuple[list[tuple[int, float]], int | None, int]:
@@ -38,15 +39,17 @@ def read_log(log: Path) -> tuple[list[tuple[int, float]], int | None, int]:
 
 
 def plateau_opening(series: list[tuple[int, float]], patience: int) -> int | None:
-    """``PlateauGate``'s rule (threshold 1): the estimate rose above its first value, then stalled for
-    ``patience`` looks."""
-    first = best = series[0][1]
-    best_step = series[0][0]
-    for step, dice in series[1:]:
-        if dice > best + PLATEAU_MIN_GAIN:
-            best, best_step = dice, step
-        elif best > first + PLATEAU_MIN_GAIN and step - best_step >= patience * OBSERVE_EVERY:
-            return step
+    """Where ``PlateauGate`` (threshold 1) opens when fed the logged estimates as they are (no smoothing again).
+
+    Its patience counts looks; the log holds one row per ``log_every`` steps, so ``patience`` looks of
+    ``OBSERVE_EVERY`` steps become that many steps' worth of rows."""
+    spacing = series[1][0] - series[0][0] if len(series) > 1 else OBSERVE_EVERY
+    gate = PlateauGate(threshold=1.0, ramp_steps=0, smoothing=0.0,
+                       patience=max(1, math.ceil(patience * OBSERVE_EVERY / spacing)))
+    for step, dice in series:
+        gate.observe(step, dice)
+        if gate.is_open:
+            return gate.opened_at
     return None
 
 
