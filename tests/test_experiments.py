@@ -61,7 +61,7 @@ def _dumps(configs):
 # Experiments written after the shell scripts: no old command, but they must resolve (fixed split, one thread).
 NEW_EXPERIMENTS = {"converged", "converged_one_seed", "few_slices", "short", "short_warmup", "strong_few_slices",
                    "strong_methods", "strong_methods_dice", "dev_heart_sites", "dev_gate_demo",
-                   "headline_heart_sites", "dev_heart_sites_long"}
+                   "headline_heart_sites", "dev_heart_sites_long", "dev_demo_length"}
 
 
 def test_every_experiment_file_has_its_old_command():
