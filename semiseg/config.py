@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from semiseg.errors import ConfigError
 
@@ -88,10 +97,11 @@ _REMOVED_AUGMENT_KEYS = ("strong_noise", "strong_gamma")
 
 
 class AugmentConfig(Strict):
-    preset: Literal["basic", "nnunet"] = Field("basic",
+    preset: Literal["basic", "nnunet", "nnunet_intensity"] = Field("basic",
         description="basic: the switches below; nnunet: nnU-Net v2's augmentation of the labelled batch of every "
                     "method (rotation and zoom at p 0.2 where off below, mirroring, noise, blur, brightness, "
-                    "contrast, low resolution, gamma; docs/data.md); the unlabelled batch keeps basic")
+                    "contrast, low resolution, gamma; docs/data.md); nnunet_intensity: the same without the "
+                    "rotation and zoom; the unlabelled batch keeps basic")
     flip: bool = Field(True, description="random flips along the spatial axes of a slice / patch")
     intensity: bool = Field(True, description="random intensity scale and shift (nnunet: its own chain instead)")
     rotate: float = Field(0.0, ge=0.0, le=1.0,
@@ -130,8 +140,13 @@ class AugmentConfig(Strict):
 
 
 class TrainConfig(Strict):
+    _steps_auto: bool = PrivateAttr(False)  # set by Config when train.steps=auto was resolved
+
     method: str = Field("supervised", description="registered method name (semiseg methods lists them)")
-    steps: int = Field(1000, gt=0, description="optimiser steps of the run")
+    steps: int | Literal["auto"] = Field(
+        "auto", description="optimiser steps of the run; auto: the method's default_steps, 1000 for supervised "
+        "training and 2000 updates for a method that learns from unlabelled data (UCMT: 1000 steps of two), "
+        "chosen on validation (docs/protocol.md); compare gives every method the longest")
     batch_size: int = Field(8, gt=0, description="labelled samples per step")
     unlabelled_batch_size: int = Field(8, ge=0, description="unlabelled samples per step (methods that use them)")
     patch_size: list[int] | None = Field(None, description="None: 2D whole slices padded; 3D 64³")
@@ -197,6 +212,18 @@ class TrainConfig(Strict):
         """``--set train.augment=nnunet`` is short for ``train.augment.preset=nnunet``."""
         return {"preset": value} if isinstance(value, str) else value
 
+    @property
+    def steps_were_auto(self) -> bool:
+        """Whether ``steps`` is the method's default (``train.steps=auto``) rather than a number someone set."""
+        return self._steps_auto
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _steps(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            return value
+        raise ValueError("expected a positive whole number of steps, or auto (the method's default length)")
+
     @field_validator("threads")
     @classmethod
     def _threads(cls, value: int | None) -> int | None:
@@ -235,6 +262,24 @@ class Config(Strict):
     method: dict[str, Any] = Field(default_factory=dict, description="the chosen method's hyper-parameters")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="test evaluation and prediction")
     output: OutputConfig = Field(default_factory=OutputConfig, description="where run folders go")
+
+    @model_validator(mode="after")
+    def _resolve_auto_steps(self) -> Config:
+        """``train.steps=auto`` becomes the method's ``default_steps`` here, so every validated config (and every
+        saved ``config.yaml``) holds a number; ``train.steps_were_auto`` remembers it for dry runs and compare.
+
+        The method is looked up by name (importing its module: torch), the one place the config layer asks a
+        method something, because the length a run needs depends on the method.
+        """
+        if self.train.steps == "auto":
+            from semiseg.methods.registry import get_method
+
+            try:
+                self.train.steps = get_method(self.train.method).default_steps()
+            except ConfigError as exc:  # an unknown method: pydantic reports ValueErrors with the key
+                raise ValueError(str(exc)) from None
+            self.train._steps_auto = True
+        return self
 
     @model_validator(mode="after")
     def _patch_dims(self) -> Config:

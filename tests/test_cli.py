@@ -27,7 +27,17 @@ def test_python_dash_m_runs_the_console_script(monkeypatch, capsys):
 
 def test_config_prints_defaults(capsys):
     assert main(["config"]) == 0
-    assert "method: supervised" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "method: supervised" in out
+    assert "  steps: auto\n" in out  # a file made from it follows its method's default length
+
+
+def test_a_config_file_made_from_the_defaults_loads_back(tmp_path, capsys):
+    from semiseg.config import load_config
+
+    assert main(["config"]) == 0
+    (tmp_path / "c.yaml").write_text(capsys.readouterr().out)
+    assert load_config(tmp_path / "c.yaml", ["train.method=must"]).train.steps == 2000
 
 
 @pytest.mark.parametrize(

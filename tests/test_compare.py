@@ -214,3 +214,15 @@ def test_validation_dice_stands_beside_test_dice_for_each_checkpoint(tmp_path, c
     table = (tmp_path / "grid" / "compare.md").read_text()
     assert "| method | val Dice | Dice |" in table
     assert "| supervised | 0.750 | " in table and "| supervised | 0.650 | " in table
+
+
+def test_a_comparison_at_auto_length_gives_every_method_the_longest_in_updates():
+    entries = [Entry("supervised", "supervised"), Entry("fixmatch", "fixmatch"), Entry("ucmt", "ucmt"),
+               Entry("short", "fixmatch", overrides=("train.steps=30",))]
+    configs = run_configs(None, ["data.source=phantom"], entries, [0], "g")
+    steps = {label: cfg.train.steps for (label, _), cfg in configs.items()}
+    assert steps == {"supervised": 2000, "fixmatch": 2000, "ucmt": 1000, "short": 30}
+    alone = run_configs(None, ["data.source=phantom"], entries[:1], [0], "g")
+    assert alone[("supervised", 0)].train.steps == 1000  # nothing longer beside it
+    fixed = run_configs(None, ["data.source=phantom", "train.steps=50"], entries[:3], [0], "g")
+    assert {cfg.train.steps for cfg in fixed.values()} == {50}  # a protocol's length is everybody's

@@ -54,3 +54,34 @@ def test_yaml_round_trip(tmp_path):
     file = tmp_path / "r.yaml"
     file.write_text(config_to_yaml(cfg))
     assert load_config(file) == cfg
+
+
+def test_auto_steps_follow_the_method_in_updates():
+    from semiseg.methods.base import AUTO_UPDATES, AUTO_UPDATES_SUPERVISED
+
+    assert AUTO_UPDATES > AUTO_UPDATES_SUPERVISED  # the rule: unlabelled terms need the longer run
+    lengths = {m: load_config(None, [f"train.method={m}"]).train for m in ("supervised", "fixmatch", "ucmt")}
+    assert lengths["supervised"].steps == AUTO_UPDATES_SUPERVISED
+    assert lengths["fixmatch"].steps == AUTO_UPDATES
+    assert lengths["ucmt"].steps == AUTO_UPDATES // 2  # two updates per step (UCMT's footnote 3)
+    assert all(train.steps_were_auto for train in lengths.values())
+
+
+def test_a_set_length_is_kept_and_saved_configs_hold_numbers():
+    set_by_user = load_config(None, ["train.method=fixmatch", "train.steps=300"]).train
+    assert set_by_user.steps == 300 and not set_by_user.steps_were_auto
+    auto = load_config(None, ["train.method=must"])
+    assert "steps: 2000" in config_to_yaml(auto)  # a run folder's config.yaml resumes at the same length
+    assert load_config(None, ["train.steps=auto", "train.method=supervised"]).train.steps == 1000
+
+
+@pytest.mark.parametrize("value", ["0", "lots", "2.5", "true"])
+def test_a_bad_length_is_one_error_naming_the_key(value):
+    with pytest.raises(ConfigError, match=r"config key 'train.steps': expected a positive whole number of steps, "
+                                          r"or auto"):
+        load_config(None, [f"train.steps={value}"])
+
+
+def test_auto_steps_with_an_unknown_method_names_the_method():
+    with pytest.raises(ConfigError, match="unknown method 'fixmach'.*'fixmatch'"):
+        load_config(None, ["train.method=fixmach"])

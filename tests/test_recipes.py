@@ -37,6 +37,7 @@ def test_dry_run_with_data_builds_everything_and_writes_nothing(tmp_path, monkey
     out = capsys.readouterr().out
     assert "found: phantom" in out and "student1" in out and "teacher" in out
     assert "(separate passes)" in out and "gate:" in out  # today's defaults for UCMT, shown before training
+    assert "steps:      1000 " in out and "auto: 2000 updates" in out  # the default length and why
     assert list(tmp_path.iterdir()) == []
 
 

@@ -40,13 +40,18 @@ from semiseg.data.case import Case, CaseRef
 _FG_POINTS = 4096  # foreground voxels remembered per case for foreground-centred sampling
 
 
+# basic: flips and a scale-and-shift; nnunet: nnU-Net v2's pipeline; nnunet_intensity: its intensity chain and
+# mirroring without the rotation and zoom it adds (what differs between scanners, not between poses)
+PRESETS = ("basic", "nnunet", "nnunet_intensity")
+
+
 @dataclass(frozen=True)
 class Augmentation(SpatialAugmentation):
     """What ``PatchSampler`` perturbs; the data layer's own type, so it needs no application config."""
 
     flip: bool = True  # random flips along the spatial axes of a slice / patch
     intensity: bool = True  # random intensity scale and shift
-    # basic: the above; nnunet: nnU-Net v2's pipeline for the labelled batch (``resolved``)
+    # one of PRESETS, for the labelled batch (``resolved``)
     preset: str = "basic"
 
     def resolved(self) -> Augmentation:
@@ -56,10 +61,10 @@ class Augmentation(SpatialAugmentation):
         ``flip`` under both (each axis with probability 0.5, as nnU-Net mirrors); elastic deformation stays as
         configured (nnU-Net v2 has it off).
         """
-        if self.preset == "basic":
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown augmentation preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.preset != "nnunet":  # basic, and nnunet_intensity: no spatial transform unless configured
             return self
-        if self.preset != "nnunet":
-            raise ValueError(f"unknown augmentation preset {self.preset!r}; choose basic or nnunet")
         return replace(self, rotate=self.rotate or NNUNET_SPATIAL_PROBABILITY,
                        scale=self.scale or NNUNET_SPATIAL_PROBABILITY)
 
@@ -302,7 +307,7 @@ class PatchSampler:
         image, label, case_id = self._sample_one(rng)
         if self.augment.flip:
             image, label = self._flip(image, label, rng)
-        if self.augment.preset == "nnunet":
+        if self.augment.preset in ("nnunet", "nnunet_intensity"):
             image = intensity_chain(image, NNUNET_INTENSITY, rng)
         elif self.augment.intensity:
             image = self._intensity(image, rng)

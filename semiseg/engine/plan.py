@@ -102,6 +102,15 @@ def _net_note(spec: NetSpec, steps: int) -> str:
     return f"  (EMA α {decay:.4g}, half-life {ema_half_life(decay):.0f} updates{turns}{trained})"
 
 
+def _steps_note(method: Method, train: Any) -> str:
+    """Where an ``auto`` length came from, so a user sees why a method trains longer than supervised training."""
+    if not train.steps_were_auto:
+        return ""
+    updates = f"{train.steps * method.updates_per_step} updates, " if method.updates_per_step > 1 else ""
+    kind = "learns from unlabelled data" if method.uses_unlabelled else "has no unlabelled term"
+    return f"; auto: {updates}the default length for a method that {kind} (train.steps=N sets it)"
+
+
 def format_plan(cfg: Config, method: Any, nets: dict[str, torch.nn.Module], info: dict[str, Any], data_line: str,
                 divisor: int) -> str:
     train, split, specs, gate = cfg.train, cfg.split, method.networks(), make_gate(cfg, method)
@@ -123,7 +132,7 @@ def format_plan(cfg: Config, method: Any, nets: dict[str, torch.nn.Module], info
         f"divisor {divisor}",
         "networks:", *rows,
         f"  {'total':<12} {sum(_count(n) for n in nets.values()):>12,} parameters",
-        f"steps:      {train.steps} (validation every {train.val_every}), seed {cfg.seed}",
+        f"steps:      {train.steps} (validation every {train.val_every}), seed {cfg.seed}{_steps_note(method, train)}",
         f"batch:      {train.batch_size} labelled + "
         + (f"{train.unlabelled_batch_size} unlabelled" if method.uses_unlabelled else "no unlabelled")
         + ({"joint": " (one joint pass)", "separate": " (separate passes)",

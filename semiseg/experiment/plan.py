@@ -47,6 +47,28 @@ def run_plan(base_file: str | None, overrides: Sequence[str], entries: Sequence[
                 cfg = load_config(base_file, run)
             parse_method_options(get_method(cfg.train.method), cfg.method)
             plan[(entry.label, seed)] = (run, cfg)
+    return _one_auto_length(plan, base_file)
+
+
+def _one_auto_length(plan: Plan, base_file: str | None) -> Plan:
+    """Runs left at ``train.steps=auto`` all get the longest of their methods' default lengths, in updates.
+
+    A comparison gives every method the same schedule, so supervised training is not cut short beside a method
+    that needs longer (UCMT, two updates per step, gets half the steps, as its paper compares it). A length set
+    by the protocol or an entry is kept.
+    """
+    from semiseg.methods import get_method
+
+    auto = {key: get_method(cfg.train.method) for key, (_, cfg) in plan.items() if cfg.train.steps_were_auto}
+    if not auto:
+        return plan
+    updates = max(plan[key][1].train.steps * method.updates_per_step for key, method in auto.items())
+    for key, method in auto.items():
+        run, cfg = plan[key]
+        steps = max(1, updates // method.updates_per_step)
+        if steps != cfg.train.steps:
+            run = [*run, f"train.steps={steps}"]
+            plan[key] = (run, load_config(base_file, run))
     return plan
 
 

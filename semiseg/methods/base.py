@@ -204,6 +204,13 @@ class Curriculum(ABC):
         return {}
 
 
+# train.steps=auto (Method.default_steps): optimiser updates of a run at the defaults. Chosen on validation Dice
+# (docs/protocol.md, "Decisions"): supervised training peaks within 1000 steps at one labelled case on every
+# development dataset, while the semi-supervised methods were still gaining there.
+AUTO_UPDATES_SUPERVISED = 1000
+AUTO_UPDATES = 2000
+
+
 class Method(ABC):
     """Base class: subclasses define ``training_step``; the defaults give one network, no state."""
 
@@ -219,6 +226,16 @@ class Method(ABC):
     default_unlabelled_gate: ClassVar[Literal["off", "labelled_dice"]] = "labelled_dice"
     # What train.unlabelled_pass=auto means for this method (its measured choice, with the evidence in its docs).
     default_unlabelled_pass: ClassVar[PassSetting] = "separate"
+    # Optimiser updates one step makes (UCMT: two); train.steps=auto counts updates, not steps.
+    updates_per_step: ClassVar[int] = 1
+
+    @classmethod
+    def default_steps(cls) -> int:
+        """What ``train.steps=auto`` trains: ``AUTO_UPDATES`` for a method that learns from unlabelled data
+        (ramps, EMA teachers and stages need the length), ``AUTO_UPDATES_SUPERVISED`` otherwise; the evidence is
+        in docs/protocol.md ("Decisions")."""
+        updates = AUTO_UPDATES if cls.uses_unlabelled else AUTO_UPDATES_SUPERVISED
+        return max(1, updates // cls.updates_per_step)
 
     def __init__(self, ctx: MethodContext, options: dict[str, Any] | None = None) -> None:
         self.ctx = ctx

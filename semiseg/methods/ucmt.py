@@ -69,11 +69,12 @@ class UCMT(CMT):
     summary = "CMT + UMIX: a second update per step on images whose uncertain regions got certain ones."
     Config = UCMTConfig
     cfg: UCMTConfig
+    updates_per_step = 2  # step 1 (CMT) and step 2 (UMIX): train.steps=auto gives half the steps (footnote 3)
 
     def networks(self) -> dict[str, NetSpec]:
         """CMT's nets; the teacher's ``ema_half_life`` counts in steps of two EMA updates (Algorithm 1)."""
         specs = super().networks()
-        specs["teacher"] = replace(specs["teacher"], ema_updates_per_step=2)
+        specs["teacher"] = replace(specs["teacher"], ema_updates_per_step=self.updates_per_step)
         return specs
 
     def grid(self, spatial: tuple[int, ...]) -> list[int]:

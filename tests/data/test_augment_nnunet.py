@@ -170,10 +170,23 @@ def test_nnunet_turns_rotation_and_zoom_on_where_off_and_the_unlabelled_batch_st
         Augmentation(preset="strong").resolved()
 
 
+@pytest.mark.parametrize("dim", [2, 3])
+def test_nnunet_intensity_is_nnunets_chain_without_its_rotation_and_zoom(dim):
+    """Same seed: the intensity-only preset leaves labels as basic does (no spatial draw) and its images equal
+    basic's flips through nnU-Net's intensity chain, not basic's scale and shift."""
+    assert Augmentation(preset="nnunet_intensity").resolved() == Augmentation(preset="nnunet_intensity")
+    intensity_only = _batch(dim, Augmentation(preset="nnunet_intensity"))
+    flips_only = _batch(dim, Augmentation(intensity=False))
+    np.testing.assert_array_equal(intensity_only["label"], flips_only["label"])
+    assert not np.allclose(intensity_only["image"], flips_only["image"])
+    assert not np.allclose(intensity_only["image"], _batch(dim, Augmentation())["image"])
+
+
 def test_the_config_switch_and_its_shorthand():
     assert load_config().train.augment.preset == "basic"
     assert load_config(overrides=["train.augment=nnunet"]).train.augment.preset == "nnunet"
     assert load_config(overrides=["train.augment.preset=nnunet"]).train.augment.flip is True
+    assert load_config(overrides=["train.augment=nnunet_intensity"]).train.augment.preset == "nnunet_intensity"
     with pytest.raises(ConfigError, match="preset"):
         load_config(overrides=["train.augment=strong"])
 

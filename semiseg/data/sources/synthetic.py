@@ -2,10 +2,11 @@
 
 Why: ``heart_sites`` and ``liver_lesions`` are decided on, never reported, so they must be rebuilt bit for bit
 from their arguments anywhere, without downloads, and cost a training run nothing after the first: each case is
-generated once from ``(seed, case index)`` into a folder named by a hash of every generator input (as the brain
-demo's cache does), written atomically, and read back as NIfTI so the case cache and ``semiseg data check`` see
-ordinary files. The split is prescribed by the source (``DatasetSpec.fixed_split``): the same validation and test
-cases and the same labelling order for every run seed, so ``split.labelled=1`` always labels the same case.
+generated once from ``(seed, case index)`` into a folder named by a hash of every generator input (the brain
+demo's cache is the same code), written atomically, and read back as NIfTI so the case cache and ``semiseg data
+check`` see ordinary files. The split is prescribed by the source (``DatasetSpec.fixed_split``): the same
+validation and test cases and the same labelling order for every run seed, so ``split.labelled=1`` always labels
+the same case.
 
 The physics helpers build anatomy at twice the stored resolution and average it down, so boundaries carry partial
 volume, and apply acquisition effects (smooth bias field, blur, lower resolution, Rician noise).
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
+from tqdm.auto import tqdm
 
 from semiseg.data.case import Case, CaseRef
 from semiseg.data.io import atomic_write, read_volume, write_nifti
@@ -69,23 +71,39 @@ def _paths(root: Path, cid: str) -> tuple[Path, Path]:
     return root / f"{cid}_image.nii.gz", root / f"{cid}_label.nii.gz"
 
 
-def ensure_cases(root: Path, prefix: str, n_cases: int, generate: Generate, affine: np.ndarray,
-                 meta: dict[str, Any]) -> None:
-    """Generate whatever case is missing; files only ever appear complete, so the ones present are trusted."""
-    missing = [i for i in range(n_cases) if not all(p.is_file() for p in _paths(root, case_id(prefix, i)))]
+def write_missing_cases(root: Path, paths: Sequence[tuple[Path, Path]], generate: Generate,
+                        affine: Callable[[], np.ndarray], write_meta: Callable[[Path], None], *, what: str,
+                        progress: bool = False) -> None:
+    """Generate whatever case is missing, then ``meta.json``; every generated source (the brain demo included)
+    fills its cache this way. Files only ever appear complete, so the ones present are trusted.
+
+    ``paths[i]`` is case ``i``'s (image, label) files; ``affine`` is asked only when a case is written (the demo's
+    comes from a template that costs a read).
+    """
+    missing = [i for i, pair in enumerate(paths) if not all(p.is_file() for p in pair)]
     if not missing and (root / "meta.json").is_file():
         return
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise DataError(f"cannot create the dataset cache folder {root}: {err}; pass data.options.cache_dir "
+        raise DataError(f"cannot create the {what} cache folder {root}: {err}; pass data.options.cache_dir "
                         "or set SEMISEG_CACHE to a writable folder") from err
-    for i in missing:
+    for i in tqdm(missing, desc=f"{what}: generating cases", unit="case", disable=not progress):
         image, label = generate(i)
-        image_path, label_path = _paths(root, case_id(prefix, i))
-        write_nifti(image_path, image, affine, np.float32)
-        write_nifti(label_path, label, affine, np.uint8)
-    atomic_write(root / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
+        write_nifti(paths[i][0], image, affine(), np.float32)
+        write_nifti(paths[i][1], label, affine(), np.uint8)
+    write_meta(root / "meta.json")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
+
+
+def ensure_cases(root: Path, prefix: str, n_cases: int, generate: Generate, affine: np.ndarray,
+                 meta: dict[str, Any]) -> None:
+    """``write_missing_cases`` for the development datasets: cases ``<prefix>_000`` …, a fixed affine."""
+    write_missing_cases(root, [_paths(root, case_id(prefix, i)) for i in range(n_cases)], generate,
+                        lambda: affine, partial(write_json, data=meta), what=prefix)
 
 
 def case_refs(root: Path, prefix: str, n_cases: int, spacing: Sequence[float],

@@ -17,9 +17,7 @@ from semiseg.data.case import DatasetSpec
 from semiseg.data.sources.demo_brain.cache import (
     DATASET_NAME,
     FORMAT_VERSION,
-    cache_key,
     cache_params,
-    cache_root,
     ensure_generated,
     subject_ref,
 )
@@ -32,6 +30,7 @@ from semiseg.data.sources.demo_brain.simulate import (
     draw_effects,
     find_template_dir,
 )
+from semiseg.data.sources.synthetic import cache_folder
 from semiseg.errors import ConfigError
 
 __all__ = [
@@ -65,7 +64,7 @@ def open_demo_brain(
     _check_args(n_subjects, spacing_mm)
     template_folder = find_template_dir()
     params = cache_params(n_subjects, spacing_mm, seed, difficulty)
-    root = cache_root(cache_dir) / cache_key(params)
+    root = cache_folder(DATASET_NAME, params, cache_dir)
     effects = [draw_effects(seed, i, difficulty) for i in range(n_subjects)]
     ensure_generated(root, params, difficulty, effects, template_folder, progress)
     refs = [subject_ref(root, i, spacing_mm, effects[i].site) for i in range(n_subjects)]

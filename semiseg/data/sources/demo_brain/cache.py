@@ -2,24 +2,21 @@
 
 The folder name hashes every input of the generator (``FORMAT_VERSION``, counts, spacing, seed and each
 ``DemoDifficulty`` knob), so a changed knob never reuses stale files and unchanged inputs always find
-the same folder; files only ever appear complete, so the ones present are trusted.
+the same folder; files only ever appear complete, so the ones present are trusted. The folder and the writing
+are the generated development datasets' (``synthetic.cache_folder``, ``synthetic.write_missing_cases``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from dataclasses import asdict
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from semiseg.data.case import Case, CaseRef
-from semiseg.data.io import atomic_write, read_volume, write_nifti
+from semiseg.data.io import read_volume
 from semiseg.data.sources.demo_brain.simulate import (
     CLASS_NAMES,
     DemoDifficulty,
@@ -29,6 +26,7 @@ from semiseg.data.sources.demo_brain.simulate import (
     site_levels,
     synthesise,
 )
+from semiseg.data.sources.synthetic import write_json, write_missing_cases
 from semiseg.errors import DataError
 
 FORMAT_VERSION = 1  # bump whenever the generator's output changes, so old caches are not trusted
@@ -40,45 +38,19 @@ def cache_params(n_subjects: int, spacing_mm: float, seed: int, difficulty: Demo
             "seed": int(seed), "difficulty": asdict(difficulty)}
 
 
-def cache_key(params: dict[str, Any]) -> str:
-    """Hash of every input of the generator, so a changed knob never reuses stale files."""
-    text = json.dumps(params, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def cache_root(cache_dir: str | None) -> Path:
-    if cache_dir:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("SEMISEG_CACHE")
-    if env:
-        return Path(env).expanduser() / DATASET_NAME
-    return Path.home() / ".cache" / "semiseg" / DATASET_NAME
-
-
 def _paths(root: Path, i: int) -> tuple[Path, Path]:
     stem = f"subject_{i:03d}"
     return root / f"{stem}_image.nii.gz", root / f"{stem}_label.nii.gz"
 
 
 def ensure_generated(root: Path, params: dict[str, Any], difficulty: DemoDifficulty,
-                      effects: list[SubjectEffects], template_dir: Path, progress: bool) -> None:
-    """Write whatever is missing; files only ever appear complete, so existing ones are trusted."""
-    missing = [i for i in range(len(effects)) if not all(p.is_file() for p in _paths(root, i))]
-    meta_path = root / "meta.json"
-    if not missing and meta_path.is_file():
-        return
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DataError(f"cannot create the demo brain cache folder {root}: {err}; "
-                        "pass cache_dir= or set SEMISEG_CACHE to a writable folder") from err
-    template = load_template(template_dir, params["spacing_mm"])
-    for i in tqdm(missing, desc="demo_brain: generating subjects", unit="subject", disable=not progress):
-        image, label = synthesise(template, difficulty, params["seed"], i, effects[i])
-        image_path, label_path = _paths(root, i)
-        write_nifti(image_path, image, template.grid_affine, np.float32)
-        write_nifti(label_path, label, template.grid_affine, np.uint8)
-    _write_meta(meta_path, params, effects, template)
+                     effects: list[SubjectEffects], template_dir: Path, progress: bool) -> None:
+    """Write whatever subject is missing (``synthetic.write_missing_cases``); the template is read only then."""
+    template = cache(partial(load_template, template_dir, params["spacing_mm"]))
+    write_missing_cases(root, [_paths(root, i) for i in range(len(effects))],
+                        lambda i: synthesise(template(), difficulty, params["seed"], i, effects[i]),
+                        lambda: template().grid_affine, lambda path: _write_meta(path, params, effects, template()),
+                        what=DATASET_NAME, progress=progress)
 
 
 def _write_meta(path: Path, params: dict[str, Any], effects: list[SubjectEffects],
@@ -94,7 +66,7 @@ def _write_meta(path: Path, params: dict[str, Any], effects: list[SubjectEffects
         "sites": [asdict(site_levels(params["seed"], k)) | {"index": k} for k in range(n_sites)],
         "subjects": [{"case_id": f"subject_{i:03d}", **asdict(e)} for i, e in enumerate(effects)],
     }
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
+    write_json(path, meta)
 
 
 def subject_ref(root: Path, i: int, spacing_mm: float, site: int) -> CaseRef:
