@@ -68,6 +68,11 @@ class Augmentation(SpatialAugmentation):
         return replace(self, rotate=self.rotate or NNUNET_SPATIAL_PROBABILITY,
                        scale=self.scale or NNUNET_SPATIAL_PROBABILITY)
 
+    @property
+    def nnunet_intensity(self) -> bool:
+        """Whether nnU-Net's intensity chain replaces the basic scale-and-shift (every preset but basic)."""
+        return self.preset != "basic"
+
     def for_unlabelled(self) -> Augmentation:
         """The unlabelled batch's: the preset is the labelled batch's; methods perturb their unlabelled views."""
         return replace(self, preset="basic")
@@ -307,7 +312,7 @@ class PatchSampler:
         image, label, case_id = self._sample_one(rng)
         if self.augment.flip:
             image, label = self._flip(image, label, rng)
-        if self.augment.preset in ("nnunet", "nnunet_intensity"):
+        if self.augment.nnunet_intensity:
             image = intensity_chain(image, NNUNET_INTENSITY, rng)
         elif self.augment.intensity:
             image = self._intensity(image, rng)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from semiseg.config import Config, load_config, read_yaml
+from semiseg.config import Config, TrainConfig, load_config, read_yaml
 from semiseg.data.case import DatasetSpec
 from semiseg.data.splits import load_split, make_split
 from semiseg.engine.assemble import dataset_info, method_context, open_configured_dataset
@@ -102,7 +102,7 @@ def _net_note(spec: NetSpec, steps: int) -> str:
     return f"  (EMA α {decay:.4g}, half-life {ema_half_life(decay):.0f} updates{turns}{trained})"
 
 
-def _steps_note(method: Method, train: Any) -> str:
+def _steps_note(method: Method, train: TrainConfig) -> str:
     """Where an ``auto`` length came from, so a user sees why a method trains longer than supervised training."""
     if not train.steps_were_auto:
         return ""
