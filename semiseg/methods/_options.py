@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
+from torch import Tensor
 
 from semiseg.methods.base import MethodConfig, Progress
 from semiseg.ssl.joint import PassSetting
 from semiseg.ssl.ramps import rampup
 from semiseg.ssl.reference import ReferenceSettings
-from semiseg.ssl.strong_augment import GEOMETRIC_OPS, INTENSITY_OPS
+from semiseg.ssl.strong_augment import GEOMETRIC_OPS, INTENSITY_OPS, intensity_view
 
 RampKind = Literal["linear", "sigmoid", "gaussian", "cosine", "none"]
 
@@ -39,6 +40,23 @@ class RandAugmentOptions(MethodConfig):
         if unknown or not ops:
             raise ValueError(f"unknown or no ops {unknown}; choose from {', '.join(INTENSITY_OPS + GEOMETRIC_OPS)}")
         return ops
+
+
+class StudentViewOption(MethodConfig):
+    """What the student's unlabelled pass sees: the image its pseudo labels were made on, or an intensity view.
+
+    ``clean`` is the papers' setting. ``intensity`` gives the student ``view_ops`` random intensity operations
+    of RandAugment's pool (``semiseg.ssl.strong_augment.intensity_view``) while the labels still come from the
+    clean image, as FixMatch's strong view does without moving the label: on data whose unlabelled scans come
+    from other scanners than the labelled one, it teaches the network to answer alike across contrasts.
+    """
+
+    student_view: Literal["clean", "intensity"] = "clean"
+    view_ops: int = Field(2, ge=1)  # operations per image of the intensity view
+
+    def student_image(self, image: Tensor) -> Tensor:
+        """The student's unlabelled input for this step (``image`` itself when the view is clean)."""
+        return image if self.student_view == "clean" else intensity_view(image, self.view_ops)
 
 
 class PassesOption(MethodConfig):

@@ -54,7 +54,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from semiseg.methods._options import PassesOption
+from semiseg.methods._options import PassesOption, StudentViewOption
 from semiseg.methods.base import (
     Batch,
     Curriculum,
@@ -111,7 +111,7 @@ def rank_cases(uncertainty: dict[str, float], reliable_fraction: float) -> dict[
 # The method
 
 
-class DualUncertaintyConfig(PassesOption):
+class DualUncertaintyConfig(PassesOption, StudentViewOption):
     # Table 3's rows: plain self-training, + sample sorting, + uncertainty rectification (the full method).
     variant: Variant = "st_ss_unrc"
     # First step of stage 3 (labelled + reliable) and of stage 4 (everything), as fractions of train.steps.
@@ -215,8 +215,9 @@ class DualUncertainty(Method):
         self.advance(nets, progress)
         if self.stage == 1:
             return self.supervised_step(nets, labelled, progress)
+        student_u = self.cfg.student_image(unlabelled.image)
         (main_l, aux_l), (main_u, aux_u) = joint_forward(partial(self._decoders, nets["model"]), labelled.image,
-                                                         unlabelled.image, self.unlabelled_pass(progress))
+                                                         student_u, self.unlabelled_pass(progress))
         losses = self._supervised_terms(main_l, aux_l, labelled)
         logs = {"stage": float(self.stage)}
         target = self._pseudo_labels(nets["teacher"], unlabelled.image)

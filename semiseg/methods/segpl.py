@@ -47,16 +47,18 @@ Measurements behind the defaults: ``docs/evidence/segpl.md``.
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
 from functools import partial
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from semiseg.methods._options import PassesOption, RampedWeight, RampKind, ReferenceOptions
+from semiseg.methods._options import PassesOption, RampedWeight, RampKind, ReferenceOptions, StudentViewOption
 from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.registry import register
+from semiseg.nets.unet import frozen_norm_stats
 from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import confidence_mask, hard_labels, probabilities
 from semiseg.ssl.reference import ReferenceSettings, reference_pseudo_labels
@@ -71,7 +73,7 @@ from semiseg.ssl.thresholds import (
 EStep = tuple[Tensor, Tensor | None, dict[str, Tensor], dict[str, Tensor]]  # target, weight, losses, logs
 
 
-class PseudoLabelConfig(RampedWeight, PassesOption):
+class PseudoLabelConfig(RampedWeight, PassesOption, StudentViewOption):
     # α of Eq. 3. Paper: 5e-3 … 0.1 suits BRATS (0.05 in its appendix), 1.0 suits CARVE.
     weight: float = Field(0.05, ge=0)
     # Optional warm-up of α over rampup_fraction of training (paper: SegPL is not sensitive to it; off by default).
@@ -132,15 +134,17 @@ class _PseudoLabelling(Method):
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         settings, model = self.reference(), nets["model"]
+        forward = model if settings is None else partial(model, return_features=True)
+        student_u = self.cfg.student_image(unlabelled.image)
+        out_l, out_u = joint_forward(forward, labelled.image, student_u, self.unlabelled_pass(progress))
+        # the E-step reads the clean image: the training pass itself, or one more pass when the student saw a view
+        clean_u = out_u if student_u is unlabelled.image else self._labelling_pass(model, forward, unlabelled.image)
         if settings is None:
-            logits_l, logits_u = joint_forward(model, labelled.image, unlabelled.image,
-                                               self.unlabelled_pass(progress))
-            target, weight, extra, logs = self.e_step(nets, probabilities(logits_u.detach(), self.ctx.label_mode))
+            logits_l, logits_u = out_l, out_u
+            target, weight, extra, logs = self.e_step(nets, probabilities(clean_u.detach(), self.ctx.label_mode))
         else:
-            out_l, out_u = joint_forward(partial(model, return_features=True), labelled.image, unlabelled.image,
-                                         self.unlabelled_pass(progress))
             logits_l, logits_u = out_l.logits, out_u.logits
-            target, weight, extra, logs = self.reference_e_step(out_l.features, labelled, out_u.features, settings)
+            target, weight, extra, logs = self.reference_e_step(out_l.features, labelled, clean_u.features, settings)
         losses = {
             "sup": self.ctx.supervised_loss(logits_l, labelled.label),
             "unsup": self.cfg.weight_at(progress) * self.ctx.loss(self.cfg.loss)(logits_u, target, weight=weight),
@@ -150,6 +154,14 @@ class _PseudoLabelling(Method):
         masks = {} if weight is None else {"pseudo": weight.detach()}
         return StepOut(losses=losses, logs=dict(zip(logs, values, strict=True)), targets={"pseudo": target.detach()},
                        masks=masks, unlabelled=frozenset({"unsup", *extra}))  # the E-step's terms (KL) too
+
+    @staticmethod
+    @torch.no_grad()
+    def _labelling_pass(model: nn.Module, forward: Callable[[Tensor], Any], image: Tensor) -> Any:
+        """The clean unlabelled images' pass that labels the student's view: batch statistics as the training
+        pass would use them, running statistics left to the training passes (``frozen_norm_stats``)."""
+        with frozen_norm_stats(model):
+            return forward(image)
 
 
 @register

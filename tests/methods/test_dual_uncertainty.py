@@ -272,3 +272,26 @@ def test_loader_workers_never_draw_from_a_stale_pool(tmp_path, recorder):
     a = torch.load(inline.run_dir / "checkpoints" / "last.pt", weights_only=False)["nets"]
     b = torch.load(with_workers.run_dir / "checkpoints" / "last.pt", weights_only=False)["nets"]
     assert all(torch.equal(a[net][k], b[net][k]) for net in a for k in a[net])
+
+
+def test_intensity_student_view_trains_the_student_on_the_view_against_clean_labels(monkeypatch):
+    import semiseg.methods._options as options
+
+    monkeypatch.setattr(options, "intensity_view", lambda image, n_ops: image * 2.0 + 1.0)  # a known view
+    method, nets = _setup({"student_view": "intensity"})
+    lab, unl = _batches()
+    nudge(nets["teacher"])
+    out = method.training_step(nets, lab, unl, Progress(40, 100))
+    teacher, model = nets["teacher"], nets["model"]
+    teacher.eval()
+    with torch.no_grad():
+        target = teacher(unl.image).argmax(1)  # the frozen copy labels the clean images
+        model.train()
+        x = torch.cat([lab.image, unl.image * 2.0 + 1.0])  # one joint pass: labelled images and the view
+        p, q = model(x)[2:].softmax(1), model(x, decoder=1)[2:].softmax(1)
+        d = (p * (p.log() - q.log())).sum(1)
+        ce = cross_entropy_map(model(x)[2:], target, "multiclass")
+    assert torch.equal(out.targets["pseudo"], target)
+    assert out.losses["unsup"].item() == pytest.approx((torch.exp(-d) * ce + d).mean().item(), rel=1e-4)
+    with pytest.raises(ConfigError, match="method.student_view"):
+        _setup({"student_view": "strong"})

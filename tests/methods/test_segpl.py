@@ -11,6 +11,7 @@ from semiseg.engine.networks import build_nets
 from semiseg.errors import ConfigError
 from semiseg.losses import supervised_loss
 from semiseg.methods import Batch, MethodContext, Progress, get_method
+from semiseg.nets.unet import frozen_norm_stats
 
 
 class FixedLogits(nn.Module):
@@ -174,3 +175,32 @@ def test_without_unlabelled_batch_only_the_supervised_term():
     method, nets = _vi("multiclass", "hard")
     lab, _ = _batches("multiclass")
     assert set(method.supervised_step(nets, lab, Progress(0, 10)).losses) == {"sup"}
+
+
+def test_intensity_student_view_labels_the_clean_image_and_trains_on_the_view(monkeypatch):
+    """E-step on the clean batch (its own pass, running statistics untouched), M-step on the view."""
+    import semiseg.methods._options as options
+
+    monkeypatch.setattr(options, "intensity_view", lambda image, n_ops: image * 2.0 + 1.0)  # a known view
+    cfg = load_config(None, ["model.widths=[4, 8]", "train.method=segpl"])
+    ctx = MethodContext(label_mode="multiclass", num_classes=3, spatial_dims=2, in_channels=1,
+                        supervised_loss=supervised_loss("dice_ce", "multiclass", False), unlabelled_pass="separate")
+    method = get_method("segpl")(ctx, {"student_view": "intensity", "weight": 1.0})
+    nets = build_nets(method, cfg, ctx, torch.device("cpu"))
+    lab, unl = _batches("multiclass")
+    model = nets["model"]
+    reference = build_nets(method, cfg, ctx, torch.device("cpu"))["model"]
+    reference.load_state_dict(model.state_dict())
+    out = method.training_step(nets, lab, unl, Progress(5, 10))
+    with torch.no_grad():
+        reference.train()
+        reference(lab.image)
+        view_logits = reference(unl.image * 2.0 + 1.0)
+        with frozen_norm_stats(reference):  # the clean pass normalises with batch statistics, updates none
+            clean = reference(unl.image).argmax(1)
+    assert torch.equal(out.targets["pseudo"], clean)
+    expected = method.ctx.loss("dice")(view_logits, clean)
+    assert out.losses["unsup"].item() == pytest.approx(expected.item(), rel=1e-5)
+    running = {k: v for k, v in model.state_dict().items() if "running" in k}
+    assert running and all(torch.allclose(v, reference.state_dict()[k]) for k, v in running.items())
+    assert not torch.equal(out.targets["pseudo"], view_logits.argmax(1))  # the view would have labelled otherwise

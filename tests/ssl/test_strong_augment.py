@@ -9,6 +9,7 @@ from semiseg.ssl.strong_augment import (
     StrongAugment,
     grid_theta,
     intensity_op,
+    intensity_view,
     strong_augment,
     strong_view,
     warp,
@@ -133,3 +134,18 @@ def test_labels_made_after_the_view_follow_its_flips_rotations_and_cutout(dims):
     assert torch.equal(target[outside], view.image[:, 0][outside].long())
     assert (target[~outside] == 0).all() and (mask[~outside] == 1).all() and (mask[outside] == 0).all()
     assert not torch.equal(view.image, image)  # something moved
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_intensity_view_draws_intensity_ops_only_so_labels_stay_put(dims):
+    image = torch.rand(3, 1, *([8] * dims), generator=_gen(1))
+    view = intensity_view(image, n_ops=2, generator=_gen(5))
+    g = _gen(5)  # the same draws by hand: two ops per image from the intensity pool, each with its magnitude
+    expected = []
+    for b in range(3):
+        x = image[b]
+        for pick in torch.randint(len(INTENSITY_OPS), (2,), generator=g).tolist():
+            x = intensity_op(INTENSITY_OPS[pick], x, g)
+        expected.append(x)
+    assert view.shape == image.shape and view.dtype == image.dtype
+    assert torch.allclose(view, torch.stack(expected))
