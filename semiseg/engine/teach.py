@@ -37,9 +37,23 @@ from semiseg.methods.base import Batch
 from semiseg.nets import evaluating
 from semiseg.ssl.pseudo_labels import probabilities
 
-# Whole unlabelled cases scored per network at each validation (the first of the store, so every validation
-# scores the same ones): enough for a trend at about the cost of one more validation per network.
+# Whole unlabelled cases scored per network at each validation (the same ones every time, spread over the store:
+# ``scored_cases``): enough for a trend at about the cost of one more validation per network.
 UNLABELLED_CASES = 2
+
+
+def scored_cases(cases: Sequence[StoredCase], n: int = UNLABELLED_CASES) -> list[StoredCase]:
+    """``n`` of the cases with truth, evenly spaced from the first to the last.
+
+    Why not the first ``n``: a store follows its split's order, which often groups cases by origin (a folder
+    sorted by site, heart_sites' training subjects ordered site by site); its first cases then all come from one
+    scanner, and on heart_sites that was the labelled subject's own site, where every method scored well.
+    """
+    with_truth = [c for c in cases if c.truth is not None]
+    if len(with_truth) <= n or n == 1:
+        return with_truth[:n]
+    last = len(with_truth) - 1
+    return [with_truth[round(k * last / (n - 1))] for k in range(n)]
 
 
 def hard_target(target: Tensor, truth: Tensor, label_mode: str) -> Tensor:
@@ -129,7 +143,7 @@ def _fingerprint(net: torch.nn.Module) -> float:
 
 
 class UnlabelledDice:
-    """``teach/unl_dice_<net>``: each net's mean foreground Dice on the first whole unlabelled cases with truth.
+    """``teach/unl_dice_<net>``: each net's mean foreground Dice on whole unlabelled cases (``scored_cases``).
 
     Whole-case inference costs about one validation per net (measured on the demo: 2 validation cases 6.4 s,
     4 unlabelled cases 11.5 s per net), so only ``UNLABELLED_CASES`` are scored, and a net whose weights have
@@ -143,7 +157,7 @@ class UnlabelledDice:
         self, nets: dict[str, torch.nn.Module], cases: Sequence[StoredCase], probabilities: Callable[..., np.ndarray],
         *, label_mode: str, num_classes: int, dice: Callable[..., float] = mean_foreground_dice,
     ) -> dict[str, float]:
-        scored = [c for c in cases if c.truth is not None][:UNLABELLED_CASES]
+        scored = scored_cases(cases)
         if not scored:
             return {}
         row = {}

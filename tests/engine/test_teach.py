@@ -11,7 +11,7 @@ from semiseg import api
 from semiseg.config import load_config
 from semiseg.data.loaders import Augmentation, PatchSampler, StoredCase
 from semiseg.engine.networks import build_nets
-from semiseg.engine.teach import UnlabelledDice, score_prediction, score_step
+from semiseg.engine.teach import UnlabelledDice, score_prediction, score_step, scored_cases
 from semiseg.errors import SemisegError
 from semiseg.eval.report import _teach_keys, teaching_figure, write_report
 from semiseg.losses import supervised_loss
@@ -222,7 +222,7 @@ def test_unlabelled_dice_rescores_a_net_only_when_its_weights_change():
     kwargs = {"label_mode": "multiclass", "num_classes": 2, "dice": dice}
     assert scorer(nets, cases, probabilities, **kwargs) == {"teach/unl_dice_student": 1.0,
                                                             "teach/unl_dice_frozen": 1.0}
-    assert len(calls) == 2 * 2  # two nets × the first two cases
+    assert len(calls) == 2 * 2  # two nets × two cases
     with torch.no_grad():
         nets["student"].weight.add_(1.0)
     scorer(nets, cases, probabilities, **kwargs)
@@ -239,3 +239,13 @@ def test_monitoring_does_not_change_what_training_computes(tmp_path):
     assert any(k.startswith("teach/") for k in logs["true"][0])
     for with_, without in zip(logs["true"], logs["false"], strict=True):
         assert all(with_[k] == without[k] for k in ("loss", "sup", "unsup", "val_dice")), (with_, without)
+
+
+def test_scored_unlabelled_cases_spread_from_the_first_to_the_last():
+    """Eleven stored cases, two of them without truth: the first and the last with truth, then evenly spaced."""
+    cases = [StoredCase(f"c{i}", np.zeros((1, 2, 2, 1), np.float32), None, np.zeros((0, 3)),
+                        truth=None if i in (0, 10) else np.zeros((2, 2, 1), np.int64)) for i in range(11)]
+    assert [c.case_id for c in scored_cases(cases, 2)] == ["c1", "c9"]
+    assert [c.case_id for c in scored_cases(cases, 3)] == ["c1", "c5", "c9"]
+    assert [c.case_id for c in scored_cases(cases, 1)] == ["c1"]
+    assert [c.case_id for c in scored_cases(cases[:2], 2)] == ["c1"]

@@ -1,0 +1,77 @@
+"""Which scanner sites a run segments: Dice per site on its validation and unlabelled cases, never its test cases.
+
+Run: ``python benchmarks/dice_by_site.py RUN [RUN ...] [--checkpoint last] [--parts val,unlabelled]``. Runs that
+share a label (the folder name without ``-s<seed>``) are averaged. A case's site is ``meta["site"]`` from its
+source (``heart_sites`` sets it; a source without it gives one group, ``all``). The unlabelled cases are scored
+against the labels the split withheld, so it needs a dataset that has them (the built-in ones do).
+
+Why: a mean validation Dice cannot say whether a semi-supervised method carried what one labelled site taught to
+the others or only refined that site; per site it can (``docs/evidence/student_view.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+try:
+    import semiseg  # noqa: F401
+except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from semiseg.api import load_model
+from semiseg.engine.assemble import open_configured_dataset
+from semiseg.eval.labels import probs_to_label
+from semiseg.eval.metrics import mean_foreground_dice
+
+Scores = dict[str, dict[str, list[float]]]  # part → site → per-case Dice
+
+
+def run_scores(run: Path, checkpoint: str, parts: list[str]) -> Scores:
+    """Mean foreground Dice of each case of ``parts`` (split names), grouped by part and site."""
+    model = load_model(run, checkpoint, "cpu", 1)
+    spec = open_configured_dataset(model.cfg)
+    refs = {ref.case_id: ref for ref in spec.cases}
+    split = json.loads((run / "split.json").read_text())
+    scores: Scores = defaultdict(lambda: defaultdict(list))
+    for part in parts:
+        for case_id in split[part]:
+            case = refs[case_id].load()
+            if case.label is None:
+                raise SystemExit(f"{case_id} ({part}) has no label on disk: nothing to score it against")
+            predicted = probs_to_label(model.probabilities(case), spec.label_mode)
+            dice = mean_foreground_dice(predicted, case.label, spec.label_mode, spec.num_classes)
+            scores[part][str(case.meta.get("site", "all"))].append(dice)
+    return scores
+
+
+def label_of(run: Path) -> str:
+    return run.name.rsplit("-s", 1)[0] if "-s" in run.name else run.name
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--checkpoint", default="last", choices=["best", "last"])
+    parser.add_argument("--parts", default="val,unlabelled", help="split parts to score (test is refused)")
+    args = parser.parse_args(argv)
+    parts = args.parts.split(",")
+    if "test" in parts:
+        parser.error("--parts: test cases are read once, for a published table; decide on val and unlabelled")
+    merged: dict[str, Scores] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for run in args.runs:
+        for part, sites in run_scores(run, args.checkpoint, parts).items():
+            for site, values in sites.items():
+                merged[label_of(run)][part][site].extend(values)
+    for label, by_part in merged.items():
+        cells = [f"{part}: " + " ".join(f"site {site} {statistics.mean(v):.3f}" for site, v in sorted(sites.items()))
+                 for part, sites in by_part.items()]
+        print(f"{label:28s} " + " | ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()

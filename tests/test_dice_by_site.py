@@ -1,0 +1,37 @@
+"""benchmarks/dice_by_site.py: scores validation and unlabelled cases by site, refuses the test split."""
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+
+from semiseg import api
+from semiseg.config import load_config
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "dice_by_site.py"
+
+
+@pytest.fixture
+def dice_by_site(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    return importlib.import_module("dice_by_site")
+
+
+def test_scores_each_val_and_unlabelled_case_once_by_site(dice_by_site, tmp_path, capsys):
+    cfg = load_config(None, [
+        "data.source=heart_sites", "data.options={n_subjects: 12, test_per_site: 1}",
+        "split.labelled=1", "model.widths=[4, 8]", "train.steps=2", "train.val_every=2",
+        "train.batch_size=2", "train.unlabelled_batch_size=2", "train.warmup_steps=1", "train.method=supervised",
+        f"output.root={tmp_path}", "output.name=tiny-s0", "train.threads=1", "eval.report_cases=0",
+    ])
+    run = api.train(cfg, progress=False, evaluate=False).run_dir
+    scores = dice_by_site.run_scores(run, "last", ["val", "unlabelled"])
+    split = json.loads((run / "split.json").read_text())
+    assert sum(len(v) for v in scores["val"].values()) == len(split["val"]) == 4  # one per site
+    assert sum(len(v) for v in scores["unlabelled"].values()) == len(split["unlabelled"]) > 1
+    assert set(scores["unlabelled"]) <= {"0", "1", "2", "3"} and len(scores["unlabelled"]) > 1
+    dice_by_site.main([str(run)])
+    assert capsys.readouterr().out.startswith("tiny ")
+    with pytest.raises(SystemExit):
+        dice_by_site.main([str(run), "--parts", "val,test"])
