@@ -46,7 +46,7 @@ from torch import Tensor
 
 from semiseg.errors import ConfigError
 from semiseg.losses import one_hot
-from semiseg.methods._options import PassesOption, RampedWeight, RampKind
+from semiseg.methods._options import PassesOption, RampedWeight, RampKind, StudentViewOption
 from semiseg.methods.base import Batch, Method, MethodConfig, MethodContext, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.registry import register
 from semiseg.nets.unet import NetOutput, UNet, frozen_norm_stats, running_norm_stats
@@ -138,7 +138,7 @@ class MultiscaleSupervisedConfig(MethodConfig):
     label_pooling: LabelPooling = "max"  # ↓ of Eq. 4: 2×2 max-pooling (paper) or soft class fractions
 
 
-class MuSTConfig(MultiscaleSupervisedConfig, RampedWeight, PassesOption):
+class MuSTConfig(MultiscaleSupervisedConfig, RampedWeight, PassesOption, StudentViewOption):
     weight: float = Field(20.0, ge=0)  # max w_u (Eq. 5): 20 BraTS, 30 WMH; 0 = Eq. 4 only
     rampup: RampKind = "linear"  # Eq. 5: linear from 0
     rampup_fraction: float = Field(0.5, ge=0, le=1)  # ramp length (share of the run; not given in the paper)
@@ -237,7 +237,8 @@ class MuST(MultiscaleSupervised):
         sup = self.supervised(out_l.scales, labelled.label)
         # The clean output's labels: those of the sharpened layer-0 target (sharpening keeps the argmax).
         taught = {"teacher": out_u.scales[0].detach()}
-        return StepOut({"sup": sup, "consistency": w * self.consistency(net, out_u)}, {"consistency_weight": w},
+        cons = self.consistency(net, out_u, self._student_source(net, unlabelled.image, out_u))
+        return StepOut({"sup": sup, "consistency": w * cons}, {"consistency_weight": w},
                        targets=taught, unlabelled=frozenset({"consistency"}))
 
     def _teacher_passes(self, net: UNet, labelled: Tensor, unlabelled: Tensor,
@@ -260,14 +261,24 @@ class MuST(MultiscaleSupervised):
     def _unsupervised_update(self, net: UNet, unlabelled: Batch, w: float) -> StepOut:
         """The alternating scheme's second update; its lr ratio is a loss scale (exact for plain SGD)."""
         teacher = self._unlabelled_teacher(net, unlabelled.image)
-        cons = self.consistency(net, teacher)
+        cons = self.consistency(net, teacher, self._student_source(net, unlabelled.image, teacher))
         return StepOut({"consistency": w * self.cfg.unsupervised_lr_scale * cons}, {"consistency_weight": w},
                        targets={"teacher": teacher.scales[0].detach()}, unlabelled=frozenset({"consistency"}))
 
-    def consistency(self, net: UNet, teacher: NetOutput) -> Tensor:
-        """L_MSC (Eq. 3) of a teacher pass over unlabelled images."""
+    def _student_source(self, net: UNet, images: Tensor, teacher: NetOutput) -> NetOutput:
+        """The pass whose features the students perturb: the teacher's own, or a pass over the intensity view
+        (``student_view``), normalised as the students are."""
+        view = self.cfg.student_image(images)
+        if view is images:
+            return teacher
+        with (frozen_norm_stats if self.cfg.student_norm == "batch" else running_norm_stats)(net):
+            return net(view, return_scales=True)
+
+    def consistency(self, net: UNet, teacher: NetOutput, source: NetOutput | None = None) -> Tensor:
+        """L_MSC (Eq. 3) of a teacher pass over unlabelled images; students perturb ``source``'s features
+        (default: the teacher pass's own, as in the paper)."""
         layers = resolve_layers(self.cfg.consistency_layers, net.num_layers)
-        students = self.student_logits(net, teacher, layers)
+        students = self.student_logits(net, teacher if source is None else source, layers)
         mode, temp = self.ctx.label_mode, self.cfg.temperature
         targets = [consistency_target(teacher.scales[k], mode, temp) for k in layers]
         return multiscale_consistency(targets, [probabilities(students[k], mode) for k in layers])

@@ -253,3 +253,27 @@ def test_without_unlabelled_batch_only_the_supervised_term_counts():
     lab, _ = _batches()
     out = _method().supervised_step({"model": _net()}, lab, Progress(5, 10))
     assert set(out.losses) == {"sup"} and out.losses["sup"] > 0
+
+
+def test_intensity_student_view_perturbs_the_views_features_against_the_clean_targets(monkeypatch):
+    import semiseg.methods._options as options
+    from semiseg.nets.unet import running_norm_stats
+
+    monkeypatch.setattr(options, "intensity_view", lambda image, n_ops: image * 2.0 + 1.0)  # a known view
+    net, method = _net(), _method(options={"student_view": "intensity"})
+    lab, unl = _batches()
+    reference = _net()
+    torch.manual_seed(3)  # the perturbation module's draws, replayed below
+    out = method.training_step({"model": net}, lab, unl, Progress(5, 10))
+    with torch.no_grad():
+        teacher = take_rows(reference.train()(torch.cat([lab.image, unl.image]), return_scales=True),
+                            slice(2, None))
+        with running_norm_stats(reference):
+            view = reference(unl.image * 2.0 + 1.0, return_scales=True)
+        torch.manual_seed(3)
+        students = method.student_logits(reference, view, range(reference.num_layers))
+        expected = multiscale_consistency([consistency_target(t, "multiclass", 0.5) for t in teacher.scales],
+                                          [s.softmax(1) for _, s in sorted(students.items())])
+    assert out.losses["consistency"].item() == pytest.approx(20.0 * expected.item(), rel=1e-5)
+    clean = _method().consistency(reference, teacher)  # the paper's students read the teacher's features
+    assert not math.isclose(clean.item(), expected.item(), rel_tol=1e-3)
