@@ -6,7 +6,7 @@ source (``heart_sites`` sets it; a source without it gives one group, ``all``). 
 against the labels the split withheld, so it needs a dataset that has them (the built-in ones do).
 
 Why: a mean validation Dice cannot say whether a semi-supervised method carried what one labelled site taught to
-the others or only refined that site; per site it can (``docs/evidence/student_view.md``).
+the others or only refined that site; per site it can (``docs/evidence/segpl.md``, the student's view).
 """
 
 from __future__ import annotations

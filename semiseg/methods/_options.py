@@ -14,6 +14,7 @@ from semiseg.ssl.reference import ReferenceSettings
 from semiseg.ssl.strong_augment import GEOMETRIC_OPS, INTENSITY_OPS, intensity_view
 
 RampKind = Literal["linear", "sigmoid", "gaussian", "cosine", "none"]
+StudentView = Literal["clean", "intensity"]
 
 
 class RampedWeight(MethodConfig):
@@ -51,7 +52,7 @@ class StudentViewOption(MethodConfig):
     from other scanners than the labelled one, it teaches the network to answer alike across contrasts.
     """
 
-    student_view: Literal["clean", "intensity"] = "clean"
+    student_view: StudentView = "clean"
     view_ops: int = Field(2, ge=1)  # operations per image of the intensity view
 
     def student_image(self, image: Tensor) -> Tensor:

@@ -41,6 +41,11 @@ labels the unlabelled images with their own batch statistics; with the paper's j
 were worse than the network's own prediction and SegPL ended below supervised training
 (``segpl_joint`` in ``experiments/converged_one_seed.yaml`` against ``segpl`` in ``experiments/converged.yaml``).
 
+Deviation, measured: the M-step trains on an intensity view of the unlabelled batch (``student_view:
+intensity``, ``semiseg.ssl.strong_augment.intensity_view``) while the E-step labels the clean batch in a pass
+of its own (no gradient, batch statistics, running statistics untouched); ``student_view: clean`` is the
+paper's single image. On multi-site data the view carries what the labelled site teaches to the other scanners.
+
 Measurements behind the defaults: ``docs/evidence/segpl.md``.
 """
 
@@ -55,7 +60,14 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from semiseg.methods._options import PassesOption, RampedWeight, RampKind, ReferenceOptions, StudentViewOption
+from semiseg.methods._options import (
+    PassesOption,
+    RampedWeight,
+    RampKind,
+    ReferenceOptions,
+    StudentView,
+    StudentViewOption,
+)
 from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.registry import register
 from semiseg.nets.unet import frozen_norm_stats
@@ -81,6 +93,9 @@ class PseudoLabelConfig(RampedWeight, PassesOption, StudentViewOption):
     rampup_fraction: float = Field(0.0, ge=0, le=1)
     # Loss on the pseudo labels: Eq. 3's Dice (foreground classes unless train.include_background), or ce / dice_ce.
     loss: Literal["dice", "ce", "dice_ce"] = "dice"
+    # The M-step trains on an intensity view of the unlabelled batch, the E-step labels the clean one; "clean" is
+    # the paper (one image for both). Chosen on validation: heart_sites 0.591 → 0.703, the demo level (docstring).
+    student_view: StudentView = "intensity"
 
 
 class SegPLConfig(PseudoLabelConfig, ReferenceOptions):

@@ -129,7 +129,7 @@ def test_variants_build_what_they_need():
 
 @pytest.mark.parametrize("label_mode", ["multiclass", "multilabel"])
 def test_unsupervised_term_is_eq4(label_mode):
-    method, nets = _setup(label_mode=label_mode)
+    method, nets = _setup({"student_view": "clean"}, label_mode=label_mode)  # the paper: one image for both
     lab, unl = _batches(label_mode)
     nudge(nets["teacher"])
     out = method.training_step(nets, lab, unl, Progress(40, 100))
@@ -295,3 +295,4 @@ def test_intensity_student_view_trains_the_student_on_the_view_against_clean_lab
     assert out.losses["unsup"].item() == pytest.approx((torch.exp(-d) * ce + d).mean().item(), rel=1e-4)
     with pytest.raises(ConfigError, match="method.student_view"):
         _setup({"student_view": "strong"})
+    assert _setup()[0].cfg.student_view == "intensity"  # the default since dev_student_view_heart/_demo

@@ -92,7 +92,8 @@ def test_segpl_takes_pseudo_labels_from_the_reference_matcher():
     logits[1, 1] = 3.0
     lab, unl = _batches()
     nets = {"model": FixedNet(logits, FEATURES)}
-    options = {"pseudo_labels": "reference", "k": 2, "weight": 1.0, "unlabelled_pass": "joint"}  # FixedNet: one pass
+    options = {"pseudo_labels": "reference", "k": 2, "weight": 1.0, "unlabelled_pass": "joint",  # FixedNet: one pass
+               "student_view": "clean"}
     method = get_method("segpl")(_ctx(loss="dice"), options)
     target, weight, _, logs = method.reference_e_step(FEATURES[:1], lab, FEATURES[1:], method.reference())
     assert target.flatten().tolist() == EXPECTED_LABELS
@@ -102,9 +103,8 @@ def test_segpl_takes_pseudo_labels_from_the_reference_matcher():
         logits[1:], torch.tensor([[EXPECTED_LABELS]]), include_background=False, weight=torch.tensor([[EXPECTED_W]])
     )
     assert out.losses["unsup"].item() == pytest.approx(expected.item(), abs=1e-5)
-    model_source = get_method("segpl")(_ctx(loss="dice"), {"weight": 1.0, "unlabelled_pass": "joint"}).training_step(
-        nets, lab, unl, Progress(0, 10)
-    )
+    model_options = {"weight": 1.0, "unlabelled_pass": "joint", "student_view": "clean"}
+    model_source = get_method("segpl")(_ctx(loss="dice"), model_options).training_step(nets, lab, unl, Progress(0, 10))
     assert model_source.losses["unsup"].item() != pytest.approx(out.losses["unsup"].item(), abs=1e-3)
     assert "reference_w_mean" in out.logs and get_method("segpl")(_ctx(), {}).reference() is None
 

@@ -57,12 +57,12 @@ def test_eq1_pseudo_labels_by_hand():
     assert target.flatten().tolist() == [0, 1] and mask.flatten().tolist() == [1.0, 0.0]
 
 
-def test_eq3_loss_by_hand_multilabel():
+def test_eq3_loss_by_hand_multilabel():  # the paper: one image for E- and M-step (student_view=clean)
     # labelled image (1 pixel row of 4): prediction p = [0.8, 0.8, 0.2, 0.2] against y = [1, 0, 1, 0];
     # unlabelled: p = [0.9, 0.6, 0.3, 0.1] gives y' = [1, 1, 0, 0] (Eq. 1 with T = 0.5).
     p_l, p_u = [0.8, 0.8, 0.2, 0.2], [0.9, 0.6, 0.3, 0.1]
     logits = torch.stack([_logit(p_l), _logit(p_u)]).reshape(2, 1, 4, 1)
-    method = get_method("segpl")(_ctx("multilabel", 1), {"weight": 0.1})
+    method = get_method("segpl")(_ctx("multilabel", 1), {"weight": 0.1, "student_view": "clean"})
     label = torch.tensor([1.0, 0.0, 1.0, 0.0]).reshape(1, 1, 4, 1)
     lab = Batch(torch.zeros(1, 1, 4, 1), label)
     unl = Batch(torch.zeros(1, 1, 4, 1))
@@ -77,7 +77,7 @@ def test_eq3_loss_by_hand_multiclass_foreground_dice():
     # unlabelled 2 pixels, 2 classes: p(class 1) = [0.8, 0.3] → argmax y' = [1, 0]; Dice on class 1 only.
     logits = torch.zeros(2, 2, 2, 1)
     logits[1, 1, :, 0] = _logit([0.8, 0.3])  # softmax over (0, z) gives sigmoid(z) for class 1
-    method = get_method("segpl")(_ctx("multiclass", 2), {"weight": 1.0})
+    method = get_method("segpl")(_ctx("multiclass", 2), {"weight": 1.0, "student_view": "clean"})
     lab = Batch(torch.zeros(1, 1, 2, 1), torch.tensor([[[1], [0]]]))
     out = method.training_step({"model": FixedLogits(logits)}, lab, Batch(torch.zeros(1, 1, 2, 1)), Progress(0, 10))
     assert out.losses["unsup"].item() == pytest.approx(1 - 2 * 0.8 / (1.1 + 1), abs=1e-5)
@@ -204,3 +204,8 @@ def test_intensity_student_view_labels_the_clean_image_and_trains_on_the_view(mo
     running = {k: v for k, v in model.state_dict().items() if "running" in k}
     assert running and all(torch.allclose(v, reference.state_dict()[k]) for k, v in running.items())
     assert not torch.equal(out.targets["pseudo"], view_logits.argmax(1))  # the view would have labelled otherwise
+
+
+def test_the_student_trains_on_an_intensity_view_by_default():
+    assert get_method("segpl")(_ctx("multiclass", 2), {}).cfg.student_view == "intensity"
+    assert get_method("segpl_vi")(_ctx("multiclass", 2), {}).cfg.student_view == "intensity"
