@@ -36,6 +36,7 @@ Measurements behind the defaults: ``docs/evidence/must.md``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from functools import partial
 from typing import Any, Literal, get_args
 
@@ -265,13 +266,18 @@ class MuST(MultiscaleSupervised):
         return StepOut({"consistency": w * self.cfg.unsupervised_lr_scale * cons}, {"consistency_weight": w},
                        targets={"teacher": teacher.scales[0].detach()}, unlabelled=frozenset({"consistency"}))
 
+    def _student_norms(self, net: UNet) -> AbstractContextManager[None]:
+        """How BatchNorm normalises every student-side pass (``student_norm``); the running statistics stay
+        the clean path's either way."""
+        return (frozen_norm_stats if self.cfg.student_norm == "batch" else running_norm_stats)(net)
+
     def _student_source(self, net: UNet, images: Tensor, teacher: NetOutput) -> NetOutput:
         """The pass whose features the students perturb: the teacher's own, or a pass over the intensity view
         (``student_view``), normalised as the students are."""
         view = self.cfg.student_image(images)
         if view is images:
             return teacher
-        with (frozen_norm_stats if self.cfg.student_norm == "batch" else running_norm_stats)(net):
+        with self._student_norms(net):
             return net(view, return_scales=True)
 
     def consistency(self, net: UNet, teacher: NetOutput, source: NetOutput | None = None) -> Tensor:
@@ -287,7 +293,7 @@ class MuST(MultiscaleSupervised):
         """f̃_k = (a_k ∘ g_k)(z̃_k) for each layer k, z̃_k built from the teacher's inputs to g_k (Sec. 2.2)."""
         enc, dec = teacher.encoder_features, teacher.decoder_features
         top, out = net.num_layers - 1, {}
-        with (frozen_norm_stats if self.cfg.student_norm == "batch" else running_norm_stats)(net):
+        with self._student_norms(net):
             for k in layers:
                 if k == top:
                     feats = net.bottleneck(self.spm(k, net.bottleneck_input(enc), "bottleneck"))
