@@ -113,6 +113,22 @@ def test_stages_snapshots_and_teacher():
     assert method.stage == 4 and same_weights(nets["teacher"], nets["model"])
 
 
+
+def test_average_labeller_is_frozen_from_the_ema_not_the_network():
+    method, nets = _setup({"stage_starts": [0.3, 0.6], "snapshots": [0.5, 1.0], "labeller": "average"})
+    spec = method.networks()["average"]
+    assert spec.ema_of == ("model",) and not spec.trainable and spec.ema_half_life == 0.05
+    lab, unl = _batches()
+    nudge(nets["average"])  # the average now differs from the network
+    method.training_step(nets, lab, unl, Progress(30, 100))
+    assert same_weights(nets["teacher"], nets["average"]) and not same_weights(nets["teacher"], nets["model"])
+    nudge(nets["average"])
+    method.training_step(nets, lab, unl, Progress(45, 100))  # frozen within stage 3
+    assert not same_weights(nets["teacher"], nets["average"])
+    method.training_step(nets, lab, unl, Progress(60, 100))  # refreshed from the average at stage 4
+    assert same_weights(nets["teacher"], nets["average"])
+    assert "average" not in _setup()[1]  # the paper's labeller builds no average
+
 def test_variants_build_what_they_need():
     st, st_nets = _setup({"variant": "st"})
     assert set(st_nets) == {"model", "teacher"} and st.curriculum() is None  # no sample sorting
