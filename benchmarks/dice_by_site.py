@@ -1,7 +1,9 @@
 """Which scanner sites a run segments: Dice per site on its validation and unlabelled cases, never its test cases.
 
-Run: ``python benchmarks/dice_by_site.py RUN [RUN ...] [--checkpoint last] [--parts val,unlabelled]``. Runs that
-share a label (the folder name without ``-s<seed>``) are averaged. A case's site is ``meta["site"]`` from its
+Run: ``python benchmarks/dice_by_site.py RUN [RUN ...] [--checkpoint last] [--parts val,unlabelled] [--nets]``.
+Runs that share a label (the folder name without ``-s<seed>``) are averaged. ``--nets`` scores every network of
+the checkpoint on its own (``label[net]``) instead of the method's prediction: whether a teacher, a student or a
+frozen labeller is the one that segments (``docs/evidence/ucmt.md``). A case's site is ``meta["site"]`` from its
 source (``heart_sites`` sets it; a source without it gives one group, ``all``). The unlabelled cases are scored
 against the labels the split withheld, so it needs a dataset that has them (the built-in ones do).
 
@@ -31,9 +33,13 @@ from semiseg.eval.metrics import mean_foreground_dice
 Scores = dict[str, dict[str, list[float]]]  # part → site → per-case Dice
 
 
-def run_scores(run: Path, checkpoint: str, parts: list[str]) -> Scores:
-    """Mean foreground Dice of each case of ``parts`` (split names), grouped by part and site."""
+def run_scores(run: Path, checkpoint: str, parts: list[str], net: str | None = None) -> Scores:
+    """Mean foreground Dice of each case of ``parts`` (split names), grouped by part and site.
+
+    ``net`` scores that network of the checkpoint alone instead of the method's prediction."""
     model = load_model(run, checkpoint, "cpu", 1)
+    if net is not None:
+        model = model.only(net)
     spec = open_configured_dataset(model.cfg)
     refs = {ref.case_id: ref for ref in spec.cases}
     split = json.loads((run / "split.json").read_text())
@@ -49,6 +55,10 @@ def run_scores(run: Path, checkpoint: str, parts: list[str]) -> Scores:
     return scores
 
 
+def net_names(run: Path, checkpoint: str) -> list[str]:
+    return list(load_model(run, checkpoint, "cpu", 1).nets)
+
+
 def label_of(run: Path) -> str:
     return run.name.rsplit("-s", 1)[0] if "-s" in run.name else run.name
 
@@ -58,15 +68,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--checkpoint", default="last", choices=["best", "last"])
     parser.add_argument("--parts", default="val,unlabelled", help="split parts to score (test is refused)")
+    parser.add_argument("--nets", action="store_true", help="score each network of the checkpoint on its own")
     args = parser.parse_args(argv)
     parts = args.parts.split(",")
     if "test" in parts:
         parser.error("--parts: test cases are read once, for a published table; decide on val and unlabelled")
     merged: dict[str, Scores] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for run in args.runs:
-        for part, sites in run_scores(run, args.checkpoint, parts).items():
-            for site, values in sites.items():
-                merged[label_of(run)][part][site].extend(values)
+        for net in net_names(run, args.checkpoint) if args.nets else [None]:
+            label = label_of(run) + (f"[{net}]" if net else "")
+            for part, sites in run_scores(run, args.checkpoint, parts, net).items():
+                for site, values in sites.items():
+                    merged[label][part][site].extend(values)
     for label, by_part in merged.items():
         cells = [f"{part}: " + " ".join(f"site {site} {statistics.mean(v):.3f}" for site, v in sorted(sites.items()))
                  for part, sites in by_part.items()]

@@ -33,5 +33,9 @@ def test_scores_each_val_and_unlabelled_case_once_by_site(dice_by_site, tmp_path
     assert set(scores["unlabelled"]) <= {"0", "1", "2", "3"} and len(scores["unlabelled"]) > 1
     dice_by_site.main([str(run)])
     assert capsys.readouterr().out.startswith("tiny ")
+    # supervised training predicts with its one network, so scoring that network alone changes nothing
+    assert dice_by_site.run_scores(run, "last", ["val"], "model") == {"val": scores["val"]}
+    dice_by_site.main([str(run), "--nets", "--parts", "val"])
+    assert capsys.readouterr().out.startswith("tiny[model] ")
     with pytest.raises(SystemExit):
         dice_by_site.main([str(run), "--parts", "val,test"])

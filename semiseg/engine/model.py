@@ -38,6 +38,8 @@ class LoadedModel:
     info: dict[str, Any]
     patch_size: list[int]
     inferer: Inferer
+    # predict with this network alone instead of the method's rule (``only``); None: the method's ``predict``
+    net: str | None = None
 
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any], device: torch.device) -> LoadedModel:
@@ -56,6 +58,13 @@ class LoadedModel:
         """The same model predicting with (or without) flip test-time augmentation."""
         return dataclasses.replace(self, inferer=dataclasses.replace(self.inferer, tta=tta))
 
+    def only(self, net: str) -> LoadedModel:
+        """The same checkpoint predicting with network ``net`` alone (a teacher, a student, a frozen labeller):
+        which of a method's networks segments is a diagnostic a mean Dice cannot give."""
+        if net not in self.nets:
+            raise ValueError(f"the checkpoint has no network {net!r}; it has {sorted(self.nets)}")
+        return dataclasses.replace(self, net=net)
+
     @property
     def divisor(self) -> int:
         return self.inferer.divisor
@@ -65,7 +74,7 @@ class LoadedModel:
         return self.inferer.device
 
     def _predict(self, x: Tensor) -> Tensor:
-        return self.method.predict(self.nets, x)
+        return self.method.predict(self.nets, x) if self.net is None else self.nets[self.net](x)
 
     def probabilities(self, case: Case) -> np.ndarray:
         return self.predict_normalized(self.normalized(case))

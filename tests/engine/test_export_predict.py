@@ -193,3 +193,20 @@ def test_every_method_traces_to_a_module_that_predicts_other_sizes(name):
                                  check_trace=False)
         x = torch.randn(3, 1, 20, 28)
         np.testing.assert_allclose(traced(x).numpy(), method.predict(nets, x).numpy(), atol=1e-6)
+
+
+def test_only_predicts_with_one_network_of_the_checkpoint(tmp_path, scans):
+    run = _run(tmp_path, "mt", "train.method=mean_teacher", "train.unlabelled_gate=off")
+    model = api.load_model(run, "last", threads=1)
+    torch.nn.init.constant_(next(model.nets["teacher"].parameters()), 0.3)  # the teacher now differs
+    image = np.random.default_rng(0).normal(size=(1, 16, 16)).astype(np.float32)
+    x = torch.from_numpy(image)[None]
+    for net in ("student", "teacher"):
+        with torch.no_grad():
+            expected = torch.softmax(model.nets[net](x), 1)[0].numpy()
+        assert np.allclose(model.only(net).predict_normalized(image), expected, atol=1e-5)
+    assert not np.allclose(model.only("student").predict_normalized(image),
+                           model.only("teacher").predict_normalized(image))
+    assert np.allclose(model.predict_normalized(image), model.only("teacher").predict_normalized(image))  # MT's rule
+    with pytest.raises(ValueError, match="no network 'nope'.*student"):
+        model.only("nope")
