@@ -37,6 +37,8 @@ STATUSES = (
     "by analogy with a family member chosen on validation; its own alternative level on the demo's validation",
     "measured on heart_sites' validation: both settings collapse there — kept by analogy, to be decided on the demo",
     "by analogy with a family member chosen on validation; not measured on its own",
+    "paper default kept: its alternative measured worse on heart_sites' validation — the demo and liver_lesions "
+    "not measured",
 )
 
 

@@ -45,11 +45,11 @@ Deviation, measured: in stages 3 and 4 the student trains on an intensity view o
 also re-trains on strongly augmented images) while the frozen copy labels the clean batch; ``student_view:
 clean`` is the paper's single image.
 
-Option, under measurement: ``labeller: average`` copies the frozen labeller at each boundary from an
+Option, measured and not adopted: ``labeller: average`` copies the frozen labeller at each boundary from an
 exponential moving average of the network's weights (half-life ``labeller_half_life``) instead of the network
-as it is at that step (``snapshot``, the paper). With one labelled subject the network's validation Dice swings
-by 0.1–0.15 between checkpoints 200 steps apart during pre-training (heart_sites), so which labeller a seed gets
-is a draw; an average over the last few hundred steps is the usual remedy (Mean Teacher, SWA).
+as it is at that step (``snapshot``, the paper): the usual remedy (Mean Teacher, SWA) for a labeller drawn from a
+pre-training whose validation Dice still swings; on heart_sites it labelled no better
+(``experiments/dev_dual_labeller_heart.yaml``).
 
 Measurements behind the defaults: ``docs/evidence/dual_uncertainty.md``.
 """
@@ -144,7 +144,8 @@ class DualUncertaintyConfig(PassesOption, StudentViewOption):
     # "clean" is the paper. Chosen on validation: heart_sites 0.466 → 0.510, the demo level (module docstring).
     student_view: StudentView = "intensity"
     # "snapshot": the frozen copy is the network at the stage boundary (the paper); "average": an EMA of the
-    # network's weights with half-life ``labeller_half_life`` (steps, or a fraction of the run when < 1).
+    # network's weights with half-life ``labeller_half_life`` (steps, or a fraction of the run when < 1);
+    # measured on heart_sites' validation, the average labelled no better (module docstring).
     labeller: Labeller = "snapshot"
     labeller_half_life: float = Field(0.05, gt=0)
 
