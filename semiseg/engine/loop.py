@@ -79,7 +79,7 @@ class Trainer:
         self.specs = method.networks()
         self.params = trainable_parameters(self.nets, self.specs)
         self.optimizer = make_optimizer(cfg, self.params)
-        self.scheduler = make_scheduler(cfg, self.optimizer)
+        self.scheduler = make_scheduler(cfg, self.optimizer, method.schedule_restarts(cfg.train.steps))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and self.amp_dtype == torch.float16)
         self.dist = distributed.current()
         self.gate, self.handlers = gate, list(handlers or [])

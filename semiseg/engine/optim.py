@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from semiseg.config import Config
+from semiseg.config import Config, TrainConfig
 from semiseg.errors import SemisegError
 
 
@@ -21,18 +23,30 @@ def make_optimizer(cfg: Config, params: list[nn.Parameter]) -> torch.optim.Optim
     return cls(params, lr=train.lr, weight_decay=train.weight_decay)
 
 
-def make_scheduler(cfg: Config, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``train.warmup_steps``, then cosine, poly (power 0.9) or constant."""
+def make_scheduler(cfg: Config, optimizer: torch.optim.Optimizer,
+                   restarts: Sequence[int] = ()) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``train.warmup_steps``, then cosine, poly (power 0.9) or constant.
+
+    ``restarts`` (``Method.schedule_restarts``) cut the run into segments that each get the whole schedule."""
     train = cfg.train
+    starts = sorted({0, *(s for s in restarts if 0 < s < train.steps)})
+    ends = [*starts[1:], train.steps]
 
     def factor(step: int) -> float:
-        if step < train.warmup_steps:
-            return (step + 1) / train.warmup_steps
-        t = (step - train.warmup_steps) / max(1, train.steps - train.warmup_steps)
-        if train.schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
-        if train.schedule == "poly":
-            return (1 - min(t, 1.0)) ** 0.9
-        return 1.0
+        segment = bisect.bisect_right(starts, step) - 1
+        return schedule_factor(train, step - starts[segment], ends[segment] - starts[segment])
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def schedule_factor(train: TrainConfig, step: int, steps: int) -> float:
+    """The factor on ``train.lr`` at ``step`` of a schedule ``steps`` long."""
+    warmup = train.warmup_steps
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    if train.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    if train.schedule == "poly":
+        return (1 - min(t, 1.0)) ** 0.9
+    return 1.0

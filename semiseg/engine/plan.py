@@ -141,7 +141,8 @@ def format_plan(cfg: Config, method: Any, nets: dict[str, torch.nn.Module], info
            if method.uses_unlabelled else ""),
         f"patch:      {patch}",
         f"optimiser:  {optimiser}",
-        f"schedule:   {train.schedule} after {train.warmup_steps} warm-up steps; loss {train.loss}; amp {train.amp}",
+        f"schedule:   {train.schedule} after {train.warmup_steps} warm-up steps{_restarts_note(method, train)}; "
+        f"loss {train.loss}; amp {train.amp}",
         *([f"gate:       unlabelled terms from a labelled-batch Dice of {train.unlabelled_gate_threshold:g}"
            + (f" or once it stops improving ({train.unlabelled_gate_patience} measurements without a new best)"
               if isinstance(gate, PlateauGate) else "")
@@ -151,3 +152,10 @@ def format_plan(cfg: Config, method: Any, nets: dict[str, torch.nn.Module], info
         f"run folder: {Path(cfg.output.root) / (cfg.output.name or '<time>_<method>_<source>')} (not written)",
     ]
     return "\n".join(lines)
+
+
+def _restarts_note(method: Method, train: TrainConfig) -> str:
+    restarts = [s for s in method.schedule_restarts(train.steps) if 0 < s < train.steps]
+    if not restarts:
+        return ""
+    return f", started again at step{'s' if len(restarts) > 1 else ''} {', '.join(map(str, restarts))}"

@@ -261,6 +261,11 @@ class Method(ABC):
     def networks(self) -> dict[str, NetSpec]:
         return {"model": NetSpec()}
 
+    def schedule_restarts(self, total_steps: int) -> list[int]:
+        """Steps where the learning-rate schedule starts again (warm-up, then its decay over the segment up to
+        the next restart): a method made of phases that the paper trains as separate runs. None by default."""
+        return []
+
     @abstractmethod
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
         """The loss terms of one step.

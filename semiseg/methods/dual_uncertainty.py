@@ -51,6 +51,10 @@ as it is at that step (``snapshot``, the paper): the usual remedy (Mean Teacher,
 pre-training whose validation Dice still swings; on heart_sites it labelled no better
 (``experiments/dev_dual_labeller_heart.yaml``).
 
+Option, under measurement: ``stage_schedule: per_stage`` restarts the learning-rate schedule (warm-up, then its
+decay) at stages 3 and 4 (``Method.schedule_restarts``). The paper trains each phase for 200 epochs, as separate
+runs; with one schedule over the run the copy is frozen while the learning rate is still near its peak.
+
 Measurements behind the defaults: ``docs/evidence/dual_uncertainty.md``.
 """
 
@@ -88,6 +92,8 @@ Variant = Literal["st", "st_ss", "st_ss_unrc"]
 # Where the frozen labeller comes from at a stage boundary: the network as it is then (the paper), or an
 # exponential moving average of its weights over the steps before (see the module docstring).
 Labeller = Literal["snapshot", "average"]
+# One learning-rate schedule over the run, or a fresh one for each phase (the paper trains each for 200 epochs).
+StageSchedule = Literal["one", "per_stage"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,6 +154,9 @@ class DualUncertaintyConfig(PassesOption, StudentViewOption):
     # measured on heart_sites' validation, the average labelled no better (module docstring).
     labeller: Labeller = "snapshot"
     labeller_half_life: float = Field(0.05, gt=0)
+    # "per_stage": the learning-rate schedule starts again at stages 3 and 4, so the network frozen as the labeller
+    # has finished a schedule of its own, as a phase trained on its own would have (module docstring).
+    stage_schedule: StageSchedule = "one"
 
     @field_validator("stage_starts")
     @classmethod
@@ -202,6 +211,9 @@ class DualUncertainty(Method):
     # -- the curriculum ----------------------------------------------------------------------
     def stage_starts(self, total_steps: int) -> tuple[int, int]:
         return round(total_steps * self.cfg.stage_starts[0]), round(total_steps * self.cfg.stage_starts[1])
+
+    def schedule_restarts(self, total_steps: int) -> list[int]:
+        return list(self.stage_starts(total_steps)) if self.cfg.stage_schedule == "per_stage" else []
 
     def stage_at(self, progress: Progress) -> int:
         start3, start4 = self.stage_starts(progress.total_steps)

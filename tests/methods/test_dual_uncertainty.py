@@ -312,3 +312,9 @@ def test_intensity_student_view_trains_the_student_on_the_view_against_clean_lab
     with pytest.raises(ConfigError, match="method.student_view"):
         _setup({"student_view": "strong"})
     assert _setup()[0].cfg.student_view == "intensity"  # the default since dev_student_view_heart/_demo
+
+
+def test_per_stage_schedule_restarts_at_the_stage_boundaries():
+    method, _ = _setup({"stage_starts": [0.3, 0.6], "stage_schedule": "per_stage"})
+    assert method.schedule_restarts(100) == [30, 60]
+    assert _setup()[0].schedule_restarts(100) == []  # the default: one schedule over the run
