@@ -39,6 +39,7 @@ STATUSES = (
     "by analogy with a family member chosen on validation; not measured on its own",
     "paper default kept: its alternative measured worse on heart_sites' validation — the demo and liver_lesions "
     "not measured",
+    "kept: its alternative level on heart_sites' validation — the demo and liver_lesions not measured",
 )
 
 

@@ -51,9 +51,10 @@ as it is at that step (``snapshot``, the paper): the usual remedy (Mean Teacher,
 pre-training whose validation Dice still swings; on heart_sites it labelled no better
 (``experiments/dev_dual_labeller_heart.yaml``).
 
-Option, under measurement: ``stage_schedule: per_stage`` restarts the learning-rate schedule (warm-up, then its
-decay) at stages 3 and 4 (``Method.schedule_restarts``). The paper trains each phase for 200 epochs, as separate
-runs; with one schedule over the run the copy is frozen while the learning rate is still near its peak.
+Option, measured and not adopted: ``stage_schedule: per_stage`` restarts the learning-rate schedule (warm-up,
+then its decay) at stages 3 and 4 (``Method.schedule_restarts``), as the paper's phases of 200 epochs each would
+run; with one schedule over the run the copy is frozen while the learning rate is still near its peak. Level on
+heart_sites (``experiments/dev_dual_schedule_heart.yaml``).
 
 Measurements behind the defaults: ``docs/evidence/dual_uncertainty.md``.
 """
@@ -155,7 +156,7 @@ class DualUncertaintyConfig(PassesOption, StudentViewOption):
     labeller: Labeller = "snapshot"
     labeller_half_life: float = Field(0.05, gt=0)
     # "per_stage": the learning-rate schedule starts again at stages 3 and 4, so the network frozen as the labeller
-    # has finished a schedule of its own, as a phase trained on its own would have (module docstring).
+    # has finished a schedule of its own, as a phase trained on its own would have; level on heart_sites.
     stage_schedule: StageSchedule = "one"
 
     @field_validator("stage_starts")
