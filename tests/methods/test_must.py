@@ -189,7 +189,7 @@ def test_joint_step_reaches_the_encoder_and_keeps_clean_norm_statistics(student_
     reference = _net()
     reference.train()(torch.cat([lab.image, unl.image]))  # the teacher pass alone
     out = method.training_step({"model": net}, lab, unl, Progress(5, 10))
-    assert set(out.losses) == {"sup", "consistency"} and out.logs["consistency_weight"] == pytest.approx(20.0)
+    assert set(out.losses) == {"sup", "consistency"} and out.logs["consistency_weight"] == pytest.approx(10.0)
     first_conv = net.encoder[0][0].weight
     assert torch.autograd.grad(out.losses["consistency"], first_conv)[0].abs().sum() > 0
     for key, value in reference.state_dict().items():
@@ -216,8 +216,8 @@ def test_running_teacher_norm_makes_the_targets_the_eval_answer_and_leaves_stati
 def test_rampup_weight_is_linear_and_zero_at_start():
     cfg = _method().cfg
     assert cfg.weight_at(Progress(0, 100)) == 0.0
-    assert cfg.weight_at(Progress(25, 100)) == pytest.approx(10.0)
-    assert cfg.weight_at(Progress(80, 100)) == pytest.approx(20.0)
+    assert cfg.weight_at(Progress(25, 100)) == pytest.approx(5.0)
+    assert cfg.weight_at(Progress(80, 100)) == pytest.approx(10.0)
     method = _method()
     lab, unl = _batches()
     out = method.training_step({"model": _net()}, lab, unl, Progress(0, 100))
@@ -242,7 +242,7 @@ def test_alternating_updates_and_unsupervised_learning_rate_scale():
     torch.manual_seed(3)
     second = method.training_step({"model": _net()}, lab, unl, Progress(5, 10)).followup()
     assert set(second.losses) == {"consistency"} and second.losses["consistency"] > 0
-    assert second.followup is None and second.logs["consistency_weight"] == pytest.approx(20.0)
+    assert second.followup is None and second.logs["consistency_weight"] == pytest.approx(10.0)
     scaled = _method(options={"alternate": True, "unsupervised_lr_scale": 0.5})
     torch.manual_seed(3)
     half = scaled.training_step({"model": _net()}, lab, unl, Progress(5, 10)).followup()
@@ -274,6 +274,6 @@ def test_intensity_student_view_perturbs_the_views_features_against_the_clean_ta
         students = method.student_logits(reference, view, range(reference.num_layers))
         expected = multiscale_consistency([consistency_target(t, "multiclass", 0.5) for t in teacher.scales],
                                           [s.softmax(1) for _, s in sorted(students.items())])
-    assert out.losses["consistency"].item() == pytest.approx(20.0 * expected.item(), rel=1e-5)
+    assert out.losses["consistency"].item() == pytest.approx(10.0 * expected.item(), rel=1e-5)
     clean = _method().consistency(reference, teacher)  # the paper's students read the teacher's features
     assert not math.isclose(clean.item(), expected.item(), rel_tol=1e-3)
