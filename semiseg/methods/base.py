@@ -263,7 +263,7 @@ class Method(ABC):
 
     def schedule_restarts(self, total_steps: int) -> list[int]:
         """Steps where the learning-rate schedule starts again (warm-up, then its decay over the segment up to
-        the next restart): a method made of phases that the paper trains as separate runs. None by default."""
+        the next restart): a method made of phases that the paper trains as separate runs. No restarts by default."""
         return []
 
     @abstractmethod
