@@ -29,7 +29,7 @@ def make_scheduler(cfg: Config, optimizer: torch.optim.Optimizer,
 
     ``restarts`` (``Method.schedule_restarts``) cut the run into segments that each get the whole schedule."""
     train = cfg.train
-    starts = sorted({0, *(s for s in restarts if 0 < s < train.steps)})
+    starts = [0, *restart_steps(restarts, train.steps)]
     ends = [*starts[1:], train.steps]
 
     def factor(step: int) -> float:
@@ -37,6 +37,11 @@ def make_scheduler(cfg: Config, optimizer: torch.optim.Optimizer,
         return schedule_factor(train, step - starts[segment], ends[segment] - starts[segment])
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def restart_steps(restarts: Sequence[int], total_steps: int) -> list[int]:
+    """The restarts that fall inside a run of ``total_steps`` (after step 0), sorted, each once."""
+    return sorted({s for s in restarts if 0 < s < total_steps})
 
 
 def schedule_factor(train: TrainConfig, step: int, steps: int) -> float:

@@ -21,6 +21,7 @@ from semiseg.engine.assemble import dataset_info, method_context, open_configure
 from semiseg.engine.checks import check_method_settings, check_patch
 from semiseg.engine.inferer import network_divisor
 from semiseg.engine.networks import build_nets
+from semiseg.engine.optim import restart_steps
 from semiseg.engine.reliability import PlateauGate, make_gate
 from semiseg.errors import ConfigError, SemisegError
 from semiseg.methods.base import Method, NetSpec
@@ -155,7 +156,7 @@ def format_plan(cfg: Config, method: Any, nets: dict[str, torch.nn.Module], info
 
 
 def _restarts_note(method: Method, train: TrainConfig) -> str:
-    restarts = [s for s in method.schedule_restarts(train.steps) if 0 < s < train.steps]
+    restarts = restart_steps(method.schedule_restarts(train.steps), train.steps)
     if not restarts:
         return ""
     return f", started again at step{'s' if len(restarts) > 1 else ''} {', '.join(map(str, restarts))}"
