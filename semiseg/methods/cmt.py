@@ -49,6 +49,7 @@ class CMTConfig(RampedWeight, PassesOption):
     ema_half_life: float | None = Field(None, gt=0)  # steps, or a fraction of the run when < 1; overrides ema_decay
     # "paper": Eq. 6, the EMA of the students' weight average; "code" (default): the authors' code, 0.99·student1 +
     # 0.01·student2. Two students drifting apart early in a run average into a poor teacher (module docstring).
+    # UCMT inherits it.
     teacher_update: Literal["paper", "code"] = "code"
     teacher_supervised: bool = True
     loss: Literal["dice", "ce", "dice_ce"] = "dice"

@@ -58,9 +58,8 @@ class UCMTConfig(CMTConfig):
     top_k: int = Field(2, ge=1)
     grid: int | None = Field(None, ge=1, description="regions per axis; default 16 in 2D, 8 in 3D")
     umix: Literal["replace", "code"] = "replace"
-    # The teacher follows student 1 (the authors' code, as CMT's): Eq. 6's average of two students that have grown
-    # apart is a poor network (module docstring); chosen on validation on heart_sites and the demo.
-    teacher_update: Literal["paper", "code"] = "code"
+    # teacher_update is CMT's "code" (the teacher follows student 1); for UCMT chosen on validation on heart_sites
+    # and the demo (module docstring)
 
     @model_validator(mode="after")
     def _needs_both_students_and_teacher(self) -> UCMTConfig:
