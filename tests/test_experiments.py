@@ -66,7 +66,7 @@ NEW_EXPERIMENTS = {"converged", "converged_one_seed", "few_slices", "short", "sh
                    "dev_strong_baseline_heart", "dev_strong_baseline_demo",
                    "dev_dual_aux_heart", "dev_layout_heart", "dev_student_view_heart", "dev_student_view_demo",
                    "dev_rpg_k_demo", "dev_rpg_k_heart", "dev_must_view_heart", "dev_must_view_demo",
-                   "dev_dual_labeller_heart", "dev_ucmt_teacher_heart",
+                   "dev_dual_labeller_heart", "dev_dual_snapshots_heart", "dev_ucmt_teacher_heart",
                    "dev_ucmt_teacher_demo", "dev_must_weight_heart", "dev_must_weight_demo",
                    "dev_dual_schedule_heart", "headline_must_heart"}
 

@@ -67,7 +67,7 @@ from functools import partial
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 
 from semiseg.methods._options import PassesOption, StudentView, StudentViewOption
@@ -90,9 +90,9 @@ from semiseg.ssl.rectification import cross_entropy_map, rectified_loss
 from semiseg.ssl.uncertainty import kl_divergence_logits
 
 Variant = Literal["st", "st_ss", "st_ss_unrc"]
-# Where the frozen labeller comes from at a stage boundary: the network as it is then (the paper), or an
-# exponential moving average of its weights over the steps before (see the module docstring).
-Labeller = Literal["snapshot", "average"]
+# Where stage 3's frozen labeller comes from: the network as it is at the boundary (the paper), an exponential
+# moving average of its weights over the steps before, or the mean prediction of the K snapshots (module docstring).
+Labeller = Literal["snapshot", "average", "snapshots"]
 # One learning-rate schedule over the run, or a fresh one for each phase (the paper trains each for 200 epochs).
 StageSchedule = Literal["one", "per_stage"]
 
@@ -152,7 +152,8 @@ class DualUncertaintyConfig(PassesOption, StudentViewOption):
     student_view: StudentView = "intensity"
     # "snapshot": the frozen copy is the network at the stage boundary (the paper); "average": an EMA of the
     # network's weights with half-life ``labeller_half_life`` (steps, or a fraction of the run when < 1);
-    # measured on heart_sites' validation, the average labelled no better (module docstring).
+    # measured on heart_sites' validation, the average labelled no better (module docstring). "snapshots":
+    # stage 3 is labelled by the mean probability of the K snapshots Eq. 1 already keeps; stage 4 as the paper.
     labeller: Labeller = "snapshot"
     labeller_half_life: float = Field(0.05, gt=0)
     # "per_stage": the learning-rate schedule starts again at stages 3 and 4, so the network frozen as the labeller
@@ -172,6 +173,13 @@ class DualUncertaintyConfig(PassesOption, StudentViewOption):
         if len(value) < 2 or any(not 0 < f <= 1 for f in value) or sorted(set(value)) != value:
             raise ValueError("needs at least two increasing fractions of the pre-training stage in (0, 1]")
         return value
+
+    @model_validator(mode="after")
+    def _snapshot_labeller_needs_snapshots(self) -> DualUncertaintyConfig:
+        if self.labeller == "snapshots" and self.variant == "st":
+            raise ValueError("labeller=snapshots labels with the sample-sorting snapshots, which variant=st does "
+                             "not keep: use variant st_ss or st_ss_unrc, or labeller=snapshot")
+        return self
 
 
 @register
@@ -263,7 +271,7 @@ class DualUncertainty(Method):
                                                          student_u, self.unlabelled_pass(progress))
         losses = self._supervised_terms(main_l, aux_l, labelled)
         logs = {"stage": float(self.stage)}
-        target = self._pseudo_labels(nets["teacher"], unlabelled.image)
+        target = self._pseudo_labels(self._labellers(nets), unlabelled.image)
         ce = cross_entropy_map(main_u, target, self.ctx.label_mode)  # Eq. 3, per pixel
         if aux_u is None:
             losses["unsup"] = self.cfg.weight * ce.mean()
@@ -291,10 +299,20 @@ class DualUncertainty(Method):
         skips = model.encode(x)
         return model.head(model.decode(skips, 0)[0], 0), model.head(model.decode(skips, 1)[0], 1)
 
+    def _labellers(self, nets: Nets) -> list[nn.Module]:
+        """The frozen networks whose mean prediction labels this stage's unlabelled batches."""
+        if self.cfg.labeller == "snapshots" and self.stage == 3:
+            return [nets[name] for name in self.snapshot_names]
+        return [nets["teacher"]]
+
     @torch.no_grad()
-    def _pseudo_labels(self, teacher: nn.Module, image: Tensor) -> Tensor:
-        teacher.eval()  # frozen labeller: running BN statistics, never updated by these passes
-        return hard_labels(probabilities(teacher(image), self.ctx.label_mode), self.ctx.label_mode)
+    def _pseudo_labels(self, labellers: Sequence[nn.Module], image: Tensor) -> Tensor:
+        mode = self.ctx.label_mode
+        total = 0.0
+        for labeller in labellers:
+            labeller.eval()  # frozen labeller: running BN statistics, never updated by these passes
+            total = total + probabilities(labeller(image), mode)
+        return hard_labels(total / len(labellers), mode)
 
     # -- state -------------------------------------------------------------------------------
     @property

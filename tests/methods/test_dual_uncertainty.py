@@ -129,6 +129,21 @@ def test_average_labeller_is_frozen_from_the_ema_not_the_network():
     assert same_weights(nets["teacher"], nets["average"])
     assert "average" not in _setup()[1]  # the paper's labeller builds no average
 
+def test_snapshots_labeller_is_the_mean_of_the_snapshots_in_stage_3_only():
+    method, nets = _setup({"stage_starts": [0.3, 0.6], "snapshots": [0.5, 1.0], "labeller": "snapshots"})
+    lab, unl = _batches()
+    method.training_step(nets, lab, unl, Progress(15, 100))
+    nudge(nets["model"])  # the two snapshots now differ
+    method.training_step(nets, lab, unl, Progress(30, 100))
+    assert method.stage == 3 and not same_weights(nets["snapshot0"], nets["snapshot1"])
+    probs = [torch.softmax(nets[n].eval()(unl.image), 1) for n in ("snapshot0", "snapshot1")]
+    mean_labels = ((probs[0] + probs[1]) / 2).argmax(1)
+    assert torch.equal(method._pseudo_labels(method._labellers(nets), unl.image), mean_labels)
+    assert [id(n) for n in method._labellers(nets)] == [id(nets["snapshot0"]), id(nets["snapshot1"])]
+    method.training_step(nets, lab, unl, Progress(60, 100))  # stage 4: the refreshed copy alone, as the paper
+    assert method._labellers(nets) == [nets["teacher"]] and same_weights(nets["teacher"], nets["model"])
+
+
 def test_variants_build_what_they_need():
     st, st_nets = _setup({"variant": "st"})
     assert set(st_nets) == {"model", "teacher"} and st.curriculum() is None  # no sample sorting
@@ -189,6 +204,8 @@ def test_bad_options_name_the_key():
         _setup({"snapshots": [1.0]})
     with pytest.raises(ConfigError, match="method.variant"):
         _setup({"variant": "unrc"})
+    with pytest.raises(ConfigError, match="labeller=snapshots"):
+        _setup({"variant": "st", "labeller": "snapshots"})
 
 
 # -- end to end: every stage through the engine, and resume mid-stage 3 ----------------------
