@@ -50,6 +50,9 @@ exponential moving average of the network's weights (half-life ``labeller_half_l
 as it is at that step (``snapshot``, the paper): the usual remedy (Mean Teacher, SWA) for a labeller drawn from a
 pre-training whose validation Dice still swings; on heart_sites it labelled no better
 (``experiments/dev_dual_labeller_heart.yaml``).
+``labeller: snapshots`` labels stage 3 with the mean prediction of the K snapshots Eq. 1 already keeps (an
+ensemble over those swings; stage 4 as the paper); on heart_sites it ended lower too
+(``experiments/dev_dual_snapshots_heart.yaml``).
 
 Option, measured and not adopted: ``stage_schedule: per_stage`` restarts the learning-rate schedule (warm-up,
 then its decay) at stages 3 and 4 (``Method.schedule_restarts``), as the paper's phases of 200 epochs each would
