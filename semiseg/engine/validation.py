@@ -26,7 +26,8 @@ class ValidationHandler(Handler):
 
     def on_step_end(self, loop: TrainingLoop, step: StepRecord) -> None:
         if validates(loop.cfg.train, loop.step):
-            step.row["val_dice"] = loop.dist.on_main(lambda: self.validate(loop))
+            step.row["val_dice"] = dice = loop.dist.on_main(lambda: self.validate(loop))
+            loop.method.on_validation(loop.nets, loop.step, dice)
 
     @torch.no_grad()
     def validate(self, loop: TrainingLoop) -> float:

@@ -266,6 +266,12 @@ class Method(ABC):
         the next restart): a method made of phases that the paper trains as separate runs. No restarts by default."""
         return []
 
+    def on_validation(self, nets: Nets, step: int, dice: float) -> None:
+        """The run's validation Dice of ``nets`` after ``step`` steps (NaN without a validation set), on every
+        process alike. For a method that selects a network on validation, as ST++-style self-training labels with
+        the best checkpoint of a phase; nothing by default."""
+        return None
+
     @abstractmethod
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch | None, progress: Progress) -> StepOut:
         """The loss terms of one step.

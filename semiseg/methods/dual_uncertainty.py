@@ -54,6 +54,12 @@ pre-training whose validation Dice still swings; on heart_sites it labelled no b
 ensemble over those swings; stage 4 as the paper); on heart_sites it ended lower too
 (``experiments/dev_dual_snapshots_heart.yaml``).
 
+Option: ``labeller: best`` freezes, at each boundary, the stage's best network on the run's validation split
+(``Method.on_validation``; without a validation set, the network at the boundary), and stage 3's student starts
+from it (Algorithm 1, line 4: "initialise S with T"). ST++, whose K-checkpoint ranking this paper's sample sorting
+follows, labels with its best model of the phase in the same way. The run's validation Dice then took part in
+training, so read it as slightly optimistic for this labeller.
+
 Option, measured and not adopted: ``stage_schedule: per_stage`` restarts the learning-rate schedule (warm-up,
 then its decay) at stages 3 and 4 (``Method.schedule_restarts``), as the paper's phases of 200 epochs each would
 run; with one schedule over the run the copy is frozen while the learning rate is still near its peak. Level on
@@ -94,8 +100,9 @@ from semiseg.ssl.uncertainty import kl_divergence_logits
 
 Variant = Literal["st", "st_ss", "st_ss_unrc"]
 # Where stage 3's frozen labeller comes from: the network as it is at the boundary (the paper), an exponential
-# moving average of its weights over the steps before, or the mean prediction of the K snapshots (module docstring).
-Labeller = Literal["snapshot", "average", "snapshots"]
+# moving average of its weights over the steps before, the mean prediction of the K snapshots, or the stage's best
+# network on validation (ST++'s best model; module docstring).
+Labeller = Literal["snapshot", "average", "snapshots", "best"]
 # One learning-rate schedule over the run, or a fresh one for each phase (the paper trains each for 200 epochs).
 StageSchedule = Literal["one", "per_stage"]
 
@@ -157,6 +164,8 @@ class DualUncertaintyConfig(PassesOption, StudentViewOption):
     # network's weights with half-life ``labeller_half_life`` (steps, or a fraction of the run when < 1);
     # measured on heart_sites' validation, the average labelled no better (module docstring). "snapshots":
     # stage 3 is labelled by the mean probability of the K snapshots Eq. 1 already keeps; stage 4 as the paper.
+    # "best": each boundary freezes the stage's best network on validation and stage 3's student starts from it
+    # (Algorithm 1: "initialise S with T"; ST++ labels with its best model); without validation, the boundary's.
     labeller: Labeller = "snapshot"
     labeller_half_life: float = Field(0.05, gt=0)
     # "per_stage": the learning-rate schedule starts again at stages 3 and 4, so the network frozen as the labeller
@@ -198,6 +207,7 @@ class DualUncertainty(Method):
     def __init__(self, ctx: MethodContext, options: dict[str, Any] | None = None) -> None:
         super().__init__(ctx, options)
         self.stage, self.snapshots_taken = 1, 0
+        self.best_dice: float | None = None  # the stage's best validation Dice so far (labeller "best")
         self.sorting = SampleSorting(self) if self.sorts else None
 
     @property
@@ -215,6 +225,8 @@ class DualUncertainty(Method):
     def networks(self) -> dict[str, NetSpec]:
         arch = {"aux_decoders": ["interp"]} if self.rectifies else {}
         nets = {"model": NetSpec(overrides=arch), "teacher": NetSpec(overrides=arch, trainable=False)}
+        if self.cfg.labeller == "best":
+            nets["best"] = NetSpec(overrides=arch, trainable=False)
         if self.cfg.labeller == "average":
             nets["average"] = NetSpec(overrides=arch, trainable=False, ema_of=("model",),
                                       ema_half_life=self.cfg.labeller_half_life)
@@ -248,12 +260,25 @@ class DualUncertainty(Method):
         target = self.stage_at(progress)
         if target > self.stage:
             nets["teacher"].load_state_dict(nets[self.labeller_source].state_dict())
-            self.stage = target
+            if self.cfg.labeller == "best" and self.stage == 1:  # Algorithm 1, line 4: initialise S with T
+                nets["model"].load_state_dict(nets["teacher"].state_dict())
+            self.stage, self.best_dice = target, None
 
     @property
     def labeller_source(self) -> str:
         """The net the frozen labeller is copied from at a stage boundary."""
+        if self.cfg.labeller == "best" and self.best_dice is not None:
+            return "best"
         return "average" if self.cfg.labeller == "average" else "model"
+
+    @torch.no_grad()
+    def on_validation(self, nets: Nets, step: int, dice: float) -> None:
+        """With ``labeller: best``, keep the network of the stage's best validation Dice until its boundary."""
+        if self.cfg.labeller != "best" or self.stage == 4 or not math.isfinite(dice):
+            return
+        if self.best_dice is None or dice > self.best_dice:
+            nets["best"].load_state_dict(nets["model"].state_dict())
+            self.best_dice = dice
 
     def curriculum(self) -> Curriculum | None:
         return self.sorting
@@ -323,13 +348,15 @@ class DualUncertainty(Method):
         return None if self.sorting is None else self.sorting.ranking
 
     def state_dict(self) -> dict[str, Any]:
-        return {"stage": self.stage, "snapshots_taken": self.snapshots_taken, "ranking": self.ranking}
+        return {"stage": self.stage, "snapshots_taken": self.snapshots_taken, "ranking": self.ranking,
+                "best_dice": self.best_dice}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        expected = {"stage", "snapshots_taken", "ranking"}
-        if set(state) != expected:
+        expected = {"stage", "snapshots_taken", "ranking"}  # "best_dice" since labeller "best"; older runs lack it
+        if not expected <= set(state) <= expected | {"best_dice"}:
             raise ValueError(f"dual_uncertainty expects its state {sorted(expected)}, got {sorted(state)}")
         self.stage, self.snapshots_taken = int(state["stage"]), int(state["snapshots_taken"])
+        self.best_dice = state.get("best_dice")
         if self.sorting is not None:
             self.sorting.ranking = state["ranking"]
 

@@ -90,3 +90,15 @@ def test_a_handlers_state_travels_in_the_checkpoint_and_comes_back_on_resume(tmp
     resumed = Recorder()
     api.resume(tmp_path / "run", progress=False, evaluate=False, handlers=[resumed])
     assert resumed.seen == 4 and resumed.events[0] == ("train_start", 2)
+
+
+def test_the_method_hears_every_validation_dice_the_log_records(tmp_path, monkeypatch):
+    from semiseg.methods.mean_teacher import MeanTeacher
+
+    heard: dict[int, float] = {}
+    monkeypatch.setattr(MeanTeacher, "on_validation", lambda self, nets, step, dice: heard.__setitem__(step, dice),
+                        raising=False)
+    run = api.train(_cfg(tmp_path), progress=False, evaluate=False).run_dir
+    with (run / "log.csv").open() as handle:
+        logged = {int(r["step"]): float(r["val_dice"]) for r in csv.DictReader(handle) if r["val_dice"]}
+    assert heard == logged and sorted(heard) == [2, 4]

@@ -144,6 +144,33 @@ def test_snapshots_labeller_is_the_mean_of_the_snapshots_in_stage_3_only():
     assert method._labellers(nets) == [nets["teacher"]] and same_weights(nets["teacher"], nets["model"])
 
 
+def test_best_labeller_freezes_the_stage_best_on_validation_and_starts_the_student_from_it():
+    method, nets = _setup({"stage_starts": [0.3, 0.6], "snapshots": [0.5, 1.0], "labeller": "best"})
+    lab, unl = _batches()
+    method.on_validation(nets, 10, 0.5)  # the best so far: kept
+    best_then = {k: v.clone() for k, v in nets["model"].state_dict().items()}
+    nudge(nets["model"])
+    method.on_validation(nets, 20, 0.4)  # worse: not kept
+    method.on_validation(nets, 25, float("nan"))  # no validation set: ignored
+    assert all(torch.equal(best_then[k], v) for k, v in nets["best"].state_dict().items())
+    method.training_step(nets, lab, unl, Progress(30, 100))  # stage 3: T = the best, S initialised with T
+    assert same_weights(nets["teacher"], nets["best"]) and same_weights(nets["model"], nets["best"])
+    assert method.best_dice is None  # stage 3 tracks its own best
+    nudge(nets["model"])
+    method.on_validation(nets, 40, 0.3)  # lower than stage 1's best, still stage 3's best
+    stage3_best = {k: v.clone() for k, v in nets["model"].state_dict().items()}
+    nudge(nets["model"])
+    method.training_step(nets, lab, unl, Progress(60, 100))  # stage 4: labels from stage 3's best; S goes on
+    assert all(torch.equal(stage3_best[k], v) for k, v in nets["teacher"].state_dict().items())
+    assert not same_weights(nets["model"], nets["teacher"])
+    method.on_validation(nets, 70, 0.9)  # nothing left to label: stage 4 keeps no copy
+    assert method.best_dice is None
+    fresh, fresh_nets = _setup({"stage_starts": [0.3, 0.6], "snapshots": [0.5, 1.0], "labeller": "best"})
+    fresh.training_step(fresh_nets, lab, unl, Progress(30, 100))  # never validated: the boundary's network
+    assert same_weights(fresh_nets["teacher"], fresh_nets["model"])
+    assert "best" not in _setup()[1]
+
+
 def test_variants_build_what_they_need():
     st, st_nets = _setup({"variant": "st"})
     assert set(st_nets) == {"model", "teacher"} and st.curriculum() is None  # no sample sorting
