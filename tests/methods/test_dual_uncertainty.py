@@ -297,6 +297,29 @@ def test_all_stages_end_to_end(tmp_path, recorder, dim):
     assert stage3 <= set(ranking["reliable"])
 
 
+def test_best_labeller_end_to_end_resumes_with_its_copy(tmp_path):
+    """The engine hands the method its validation Dice; the stage's best copy travels in the checkpoint."""
+    def cfg(root):
+        config = _cfg(root, steps=12)  # stage 3 from step 4, stage 4 from step 8; validation at 3, 6, 9, 12
+        config.method = {"labeller": "best"}
+        return config
+
+    def stop(step):
+        if step == 7:  # stage 3, after the validation at step 6 chose its best copy
+            raise KeyboardInterrupt
+
+    straight = api.train(cfg(tmp_path / "a"), progress=False, evaluate=False)
+    with pytest.raises(KeyboardInterrupt):
+        api.train(cfg(tmp_path / "b"), progress=False, evaluate=False, on_step=stop)
+    resumed = api.resume(tmp_path / "b" / "run", progress=False, evaluate=False)
+    a = torch.load(straight.run_dir / "checkpoints" / "last.pt", weights_only=False)
+    b = torch.load(resumed.run_dir / "checkpoints" / "last.pt", weights_only=False)
+    assert a["method_state"] == b["method_state"] and a["method_state"]["stage"] == 4
+    assert set(a["nets"]) >= {"model", "teacher", "best"}
+    for net in a["nets"]:
+        assert all(torch.equal(a["nets"][net][k], b["nets"][net][k]) for k in a["nets"][net]), net
+
+
 def test_resume_mid_stage_3_continues_the_same_curriculum(tmp_path, recorder):
     straight = api.train(_cfg(tmp_path / "a"), progress=False, evaluate=False)
     assert recorder["rankings"] == 1
