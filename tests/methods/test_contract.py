@@ -60,7 +60,7 @@ def test_losses_finite_and_reach_trainable_parameters(name, dims, label_mode):
 
 def _train(method, nets, lab, unl) -> None:
     """An early and a late step (staged methods snapshot their teacher in between), each an optimiser step per
-    update and the EMA the engine makes: every net moves off its initial weights."""
+    update, the EMA and the validation the engine makes: every net moves off its initial weights."""
     specs = method.networks()
     optimiser = torch.optim.SGD(trainable_parameters(nets, specs), lr=0.5)
     for step in (0, 9):
@@ -73,6 +73,7 @@ def _train(method, nets, lab, unl) -> None:
         for name, spec in specs.items():
             if spec.ema_of:
                 update_ema_net(nets, name, spec, step=step + 1, total_steps=10)
+        method.on_validation(nets, step + 1, 0.5 + step / 100)  # as the engine does (a method may keep a copy)
 
 
 @pytest.mark.parametrize("dims", [2, 3])

@@ -168,14 +168,14 @@ def test_best_labeller_freezes_the_stage_best_on_validation_and_starts_the_stude
     fresh, fresh_nets = _setup({"stage_starts": [0.3, 0.6], "snapshots": [0.5, 1.0], "labeller": "best"})
     fresh.training_step(fresh_nets, lab, unl, Progress(30, 100))  # never validated: the boundary's network
     assert same_weights(fresh_nets["teacher"], fresh_nets["model"])
-    assert "best" not in _setup()[1]
+    assert "best" not in _setup({"labeller": "snapshot"})[1] and "best" in _setup()[1]  # the default keeps one
 
 
 def test_variants_build_what_they_need():
     st, st_nets = _setup({"variant": "st"})
-    assert set(st_nets) == {"model", "teacher"} and st.curriculum() is None  # no sample sorting
+    assert set(st_nets) == {"model", "teacher", "best"} and st.curriculum() is None  # no sample sorting
     ss, ss_nets = _setup({"variant": "st_ss"})
-    assert set(ss_nets) == {"model", "teacher", "snapshot0", "snapshot1", "snapshot2"}
+    assert set(ss_nets) == {"model", "teacher", "best", "snapshot0", "snapshot1", "snapshot2"}
     assert ss_nets["model"].num_decoders == 1
     full, full_nets = _setup()
     assert full_nets["model"].num_decoders == 2 and full_nets["snapshot0"].num_decoders == 2
