@@ -212,7 +212,10 @@ class DualUncertainty(Method):
     def __init__(self, ctx: MethodContext, options: dict[str, Any] | None = None) -> None:
         super().__init__(ctx, options)
         self.stage, self.snapshots_taken = 1, 0
-        self.best_dice: float | None = None  # the stage's best validation Dice so far (labeller "best")
+        # labeller "best": the stage's best validation Dice so far and the weights that scored it. Method state,
+        # not a network of its own, so checkpoints written before this labeller existed still load.
+        self.best_dice: float | None = None
+        self.best_weights: dict[str, Tensor] | None = None
         self.sorting = SampleSorting(self) if self.sorts else None
 
     @property
@@ -230,8 +233,6 @@ class DualUncertainty(Method):
     def networks(self) -> dict[str, NetSpec]:
         arch = {"aux_decoders": ["interp"]} if self.rectifies else {}
         nets = {"model": NetSpec(overrides=arch), "teacher": NetSpec(overrides=arch, trainable=False)}
-        if self.cfg.labeller == "best":
-            nets["best"] = NetSpec(overrides=arch, trainable=False)
         if self.cfg.labeller == "average":
             nets["average"] = NetSpec(overrides=arch, trainable=False, ema_of=("model",),
                                       ema_half_life=self.cfg.labeller_half_life)
@@ -264,17 +265,16 @@ class DualUncertainty(Method):
             self.snapshots_taken += 1
         target = self.stage_at(progress)
         if target > self.stage:
-            nets["teacher"].load_state_dict(nets[self.labeller_source].state_dict())
+            nets["teacher"].load_state_dict(self._labeller_weights(nets))
             if self.cfg.labeller == "best" and self.stage == 1:  # Algorithm 1, line 4: initialise S with T
                 nets["model"].load_state_dict(nets["teacher"].state_dict())
-            self.stage, self.best_dice = target, None
+            self.stage, self.best_dice, self.best_weights = target, None, None
 
-    @property
-    def labeller_source(self) -> str:
-        """The net the frozen labeller is copied from at a stage boundary."""
-        if self.cfg.labeller == "best" and self.best_dice is not None:
-            return "best"
-        return "average" if self.cfg.labeller == "average" else "model"
+    def _labeller_weights(self, nets: Nets) -> dict[str, Tensor]:
+        """The weights the frozen labeller takes at a stage boundary."""
+        if self.cfg.labeller == "best" and self.best_weights is not None:
+            return self.best_weights
+        return nets["average" if self.cfg.labeller == "average" else "model"].state_dict()
 
     @torch.no_grad()
     def on_validation(self, nets: Nets, step: int, dice: float) -> None:
@@ -282,7 +282,7 @@ class DualUncertainty(Method):
         if self.cfg.labeller != "best" or self.stage == 4 or not math.isfinite(dice):
             return
         if self.best_dice is None or dice > self.best_dice:
-            nets["best"].load_state_dict(nets["model"].state_dict())
+            self.best_weights = {k: v.detach().clone() for k, v in nets["model"].state_dict().items()}
             self.best_dice = dice
 
     def curriculum(self) -> Curriculum | None:
@@ -354,14 +354,14 @@ class DualUncertainty(Method):
 
     def state_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, "snapshots_taken": self.snapshots_taken, "ranking": self.ranking,
-                "best_dice": self.best_dice}
+                "best_dice": self.best_dice, "best_weights": self.best_weights}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        expected = {"stage", "snapshots_taken", "ranking"}  # "best_dice" since labeller "best"; older runs lack it
-        if not expected <= set(state) <= expected | {"best_dice"}:
+        expected = {"stage", "snapshots_taken", "ranking"}  # older runs lack the best labeller's two keys
+        if not expected <= set(state) <= expected | {"best_dice", "best_weights"}:
             raise ValueError(f"dual_uncertainty expects its state {sorted(expected)}, got {sorted(state)}")
         self.stage, self.snapshots_taken = int(state["stage"]), int(state["snapshots_taken"])
-        self.best_dice = state.get("best_dice")
+        self.best_dice, self.best_weights = state.get("best_dice"), state.get("best_weights")
         if self.sorting is not None:
             self.sorting.ranking = state["ranking"]
 

@@ -152,10 +152,11 @@ def test_best_labeller_freezes_the_stage_best_on_validation_and_starts_the_stude
     nudge(nets["model"])
     method.on_validation(nets, 20, 0.4)  # worse: not kept
     method.on_validation(nets, 25, float("nan"))  # no validation set: ignored
-    assert all(torch.equal(best_then[k], v) for k, v in nets["best"].state_dict().items())
+    assert method.best_dice == 0.5 and all(torch.equal(best_then[k], v) for k, v in method.best_weights.items())
     method.training_step(nets, lab, unl, Progress(30, 100))  # stage 3: T = the best, S initialised with T
-    assert same_weights(nets["teacher"], nets["best"]) and same_weights(nets["model"], nets["best"])
-    assert method.best_dice is None  # stage 3 tracks its own best
+    assert all(torch.equal(best_then[k], v) for k, v in nets["teacher"].state_dict().items())
+    assert same_weights(nets["model"], nets["teacher"])
+    assert method.best_dice is None and method.best_weights is None  # stage 3 tracks its own best
     nudge(nets["model"])
     method.on_validation(nets, 40, 0.3)  # lower than stage 1's best, still stage 3's best
     stage3_best = {k: v.clone() for k, v in nets["model"].state_dict().items()}
@@ -168,14 +169,19 @@ def test_best_labeller_freezes_the_stage_best_on_validation_and_starts_the_stude
     fresh, fresh_nets = _setup({"stage_starts": [0.3, 0.6], "snapshots": [0.5, 1.0], "labeller": "best"})
     fresh.training_step(fresh_nets, lab, unl, Progress(30, 100))  # never validated: the boundary's network
     assert same_weights(fresh_nets["teacher"], fresh_nets["model"])
-    assert "best" not in _setup({"labeller": "snapshot"})[1] and "best" in _setup()[1]  # the default keeps one
+    older = _setup()[0]  # a checkpoint from before the best labeller: no copy, and it still loads
+    older.load_state_dict({"stage": 3, "snapshots_taken": 3, "ranking": None})
+    assert older.stage == 3 and older.best_weights is None
+    snapshot, _ = _setup({"labeller": "snapshot"})
+    snapshot.on_validation(nets, 10, 0.5)
+    assert snapshot.best_weights is None  # only the best labeller keeps a copy
 
 
 def test_variants_build_what_they_need():
     st, st_nets = _setup({"variant": "st"})
-    assert set(st_nets) == {"model", "teacher", "best"} and st.curriculum() is None  # no sample sorting
+    assert set(st_nets) == {"model", "teacher"} and st.curriculum() is None  # no sample sorting
     ss, ss_nets = _setup({"variant": "st_ss"})
-    assert set(ss_nets) == {"model", "teacher", "best", "snapshot0", "snapshot1", "snapshot2"}
+    assert set(ss_nets) == {"model", "teacher", "snapshot0", "snapshot1", "snapshot2"}
     assert ss_nets["model"].num_decoders == 1
     full, full_nets = _setup()
     assert full_nets["model"].num_decoders == 2 and full_nets["snapshot0"].num_decoders == 2
@@ -315,7 +321,7 @@ def test_best_labeller_end_to_end_resumes_with_its_copy(tmp_path):
     a = torch.load(straight.run_dir / "checkpoints" / "last.pt", weights_only=False)
     b = torch.load(resumed.run_dir / "checkpoints" / "last.pt", weights_only=False)
     assert a["method_state"] == b["method_state"] and a["method_state"]["stage"] == 4
-    assert set(a["nets"]) >= {"model", "teacher", "best"}
+    assert set(a["method_state"]) >= {"best_dice", "best_weights"}
     for net in a["nets"]:
         assert all(torch.equal(a["nets"][net][k], b["nets"][net][k]) for k in a["nets"][net]), net
 
