@@ -96,8 +96,7 @@ def test_the_method_hears_every_validation_dice_the_log_records(tmp_path, monkey
     from semiseg.methods.mean_teacher import MeanTeacher
 
     heard: dict[int, float] = {}
-    monkeypatch.setattr(MeanTeacher, "on_validation", lambda self, nets, step, dice: heard.__setitem__(step, dice),
-                        raising=False)
+    monkeypatch.setattr(MeanTeacher, "on_validation", lambda self, nets, step, dice: heard.__setitem__(step, dice))
     run = api.train(_cfg(tmp_path), progress=False, evaluate=False).run_dir
     with (run / "log.csv").open() as handle:
         logged = {int(r["step"]): float(r["val_dice"]) for r in csv.DictReader(handle) if r["val_dice"]}
