@@ -52,7 +52,10 @@ class CMTConfig(RampedWeight, PassesOption):
     # UCMT inherits it.
     teacher_update: Literal["paper", "code"] = "code"
     teacher_supervised: bool = True
-    loss: Literal["dice", "ce", "dice_ce"] = "dice"
+    loss: Literal["dice", "ce", "dice_ce"] = "dice"  # L_seg of the paper: Dice ("we choose dice loss")
+    # which loss the labelled terms use: "method" is ``loss`` above, as in the paper (L_s and L_u both Dice);
+    # "train" is the run's ``train.loss``, the supervised term every other method and the supervised baseline share
+    supervised_loss: Literal["method", "train"] = "method"
     student_init: Literal["shared_body", "independent"] = "shared_body"
 
     @model_validator(mode="after")
@@ -116,13 +119,14 @@ class CMTCore:
              teacher_pseudo_u: Tensor | None = None, need_teacher_l: bool = False) -> CMTOutputs:
         """Losses on one batch; ``teacher_pseudo_u`` replaces the teacher's pass on x_u (UMIX step)."""
         mode, loss = self.ctx.label_mode, self.ctx.loss(self.cfg.loss)
+        sup_loss = self.ctx.supervised_loss if self.cfg.supervised_loss == "train" else loss
         logits = {s: joint_forward(nets[s], x_l, x_u, passes) for s in self.students}
-        sup = sum(loss(out_l, y_l) for out_l, _ in logits.values())
+        sup = sum(sup_loss(out_l, y_l) for out_l, _ in logits.values())
         teacher_l = teacher_u = None
         if self.has_teacher:
             if self.cfg.teacher_supervised:
                 teacher_logits_l = nets["teacher"](x_l)
-                sup = sup + loss(teacher_logits_l, y_l)
+                sup = sup + sup_loss(teacher_logits_l, y_l)
                 teacher_l = probabilities(teacher_logits_l.detach(), mode)
             elif need_teacher_l:
                 with torch.no_grad():

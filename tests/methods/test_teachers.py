@@ -149,6 +149,22 @@ def test_cmt_losses_follow_equations_3_to_7():
     assert out.losses["mts"].item() == pytest.approx(2.0 * mts.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("name", ["cmt", "ucmt"])
+def test_cmt_supervised_loss_train_uses_the_runs_loss_on_labelled_terms_only(name):
+    method, nets = setup(name, {"weight": 2.0, "rampup": "none", "supervised_loss": "train"})
+    lab, unl = batches()
+    out = method.core.step(nets, lab.image, lab.label, unl.image, 2.0, method.unlabelled_pass(Progress(5, 10)))
+    x = torch.cat([lab.image, unl.image])
+    s1, s2, t = (nets[n](x) for n in ("student1", "student2", "teacher"))
+    run_loss = supervised_loss("dice_ce", "multiclass", False)  # the context's train.loss in setup()
+    dice = lambda logits, y: dice_loss(logits, y, include_background=False)  # noqa: E731
+    sup = sum(run_loss(out_l[:2], lab.label) for out_l in (s1, s2, t))
+    cps = dice(s1[2:], s2[2:].argmax(1)) + dice(s2[2:], s1[2:].argmax(1))
+    assert out.losses["sup"].item() == pytest.approx(sup.item(), rel=1e-5)
+    assert out.losses["sup"].item() != pytest.approx(sum(dice(o[:2], lab.label) for o in (s1, s2, t)).item(), rel=1e-3)
+    assert out.losses["cps"].item() == pytest.approx(2.0 * cps.item(), rel=1e-5)  # unlabelled terms keep Dice
+
+
 def test_cmt_gaussian_ramp_over_the_whole_run():
     method, _ = setup("cmt")
     assert method.cfg.weight_at(Progress(30, 100)) == pytest.approx(math.exp(-5 * 0.7**2))
