@@ -28,6 +28,7 @@ def source_prediction_net(method_name: str, net_names: list[str], method_options
     """The net a run of ``method_name`` predicts with: its ``method.predict_with`` where it has one, else
     ``model``, a teacher, the first co-training net or ensemble member."""
     chosen = (method_options or {}).get("predict_with")
+    chosen = {"students": "student1"}.get(chosen, chosen)  # CMT / UCMT's students' mean: start from student 1
     if chosen in net_names:
         return chosen
     for candidate in ("model", "teacher", "net1", "member0", "student1"):

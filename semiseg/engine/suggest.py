@@ -63,8 +63,11 @@ def members(method: Method) -> tuple[list[str], str | None] | None:
         return ["net1", "net2"], method.cfg.predict_with  # type: ignore[attr-defined]
     if name in ("cmt", "ucmt"):
         core = method.core  # type: ignore[attr-defined]
+        predicting = core.prediction_nets()
+        if len(predicting) > 1:  # the students' mean predicts: their disagreement
+            return predicting, None
         nets = list(core.students) + (["teacher"] if core.has_teacher else [])
-        return (nets, core.prediction_net()) if len(nets) > 1 else None
+        return (nets, predicting[0]) if len(nets) > 1 else None
     if name in ("ad_mt", "bcp"):  # the student and its mean teacher(s); AD-MT's two teachers are made to differ
         return list(method.networks()), method.cfg.predict_with  # type: ignore[attr-defined]
     if name == "dual_uncertainty":

@@ -31,6 +31,7 @@ from torch import Tensor
 from semiseg.methods._options import PassesOption, RampedWeight, RampKind
 from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.cps import agreement
+from semiseg.methods.ensemble import probs_to_logits
 from semiseg.methods.registry import register
 from semiseg.ssl.joint import Passes, joint_forward
 from semiseg.ssl.pseudo_labels import hard_labels, probabilities
@@ -56,6 +57,9 @@ class CMTConfig(RampedWeight, PassesOption):
     # which loss the labelled terms use: "method" is ``loss`` above, as in the paper (L_s and L_u both Dice);
     # "train" is the run's ``train.loss``, the supervised term every other method and the supervised baseline share
     supervised_loss: Literal["method", "train"] = "method"
+    # which network segments at test time: "teacher" (the paper: "only the teacher model is required in the testing
+    # stage"; student 1 in architecture "ss") or "students", the mean of the students' probabilities
+    predict_with: Literal["teacher", "students"] = "teacher"
     student_init: Literal["shared_body", "independent"] = "shared_body"
 
     @model_validator(mode="after")
@@ -112,8 +116,18 @@ class CMTCore:
                                        ema_buffers="own")  # BN statistics from its own passes (module docstring)
         return specs
 
-    def prediction_net(self) -> str:
-        return "teacher" if self.has_teacher else "student1"
+    def prediction_nets(self) -> list[str]:
+        """The networks whose mean probability is the prediction."""
+        if self.cfg.predict_with == "students":
+            return list(self.students)
+        return ["teacher"] if self.has_teacher else ["student1"]
+
+    def predict(self, nets: Nets, x: Tensor) -> Tensor:
+        names = self.prediction_nets()
+        if len(names) == 1:
+            return nets[names[0]](x)
+        mode = self.ctx.label_mode
+        return probs_to_logits(torch.stack([probabilities(nets[n](x), mode) for n in names]).mean(0), mode)
 
     def step(self, nets: Nets, x_l: Tensor, y_l: Tensor, x_u: Tensor, weight: float, passes: Passes,
              teacher_pseudo_u: Tensor | None = None, need_teacher_l: bool = False) -> CMTOutputs:
@@ -175,4 +189,4 @@ class CMT(Method):
                        unlabelled=out.unlabelled)
 
     def predict(self, nets: Nets, x: Tensor) -> Tensor:
-        return nets[self.core.prediction_net()](x)
+        return self.core.predict(nets, x)

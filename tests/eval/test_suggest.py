@@ -150,7 +150,8 @@ def test_which_methods_have_disagreement():
 
     assert members(make("supervised")) is None
     assert members(make("ensemble", members=3)) == (["member0", "member1", "member2"], None)
-    assert members(make("cmt")) == (["student1", "student2", "teacher"], "teacher")
+    assert members(make("cmt", predict_with="teacher")) == (["student1", "student2", "teacher"], "teacher")
+    assert members(make("ucmt", predict_with="students")) == (["student1", "student2"], None)  # their mean predicts
     dual = make("dual_uncertainty")
     assert members(dual) is None  # no snapshots yet
     dual.snapshots_taken = len(dual.snapshot_names)

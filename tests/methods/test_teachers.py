@@ -170,8 +170,8 @@ def test_cmt_gaussian_ramp_over_the_whole_run():
     assert method.cfg.weight_at(Progress(30, 100)) == pytest.approx(math.exp(-5 * 0.7**2))
 
 
-@pytest.mark.parametrize(("name", "options"), [("cmt", {"teacher_update": "paper"}),
-                                             ("ucmt", {"teacher_update": "paper"})])
+@pytest.mark.parametrize(("name", "options"), [("cmt", {"teacher_update": "paper", "predict_with": "teacher"}),
+                                             ("ucmt", {"teacher_update": "paper", "predict_with": "teacher"})])
 def test_teacher_is_the_ema_of_the_students_average_and_alone_predicts(name, options):
     method, nets = setup(name, options)
     spec = method.networks()["teacher"]
@@ -190,6 +190,29 @@ def test_teacher_is_the_ema_of_the_students_average_and_alone_predicts(name, opt
             for p in nets[s].parameters():
                 p.fill_(float("nan"))
     assert torch.equal(method.predict(nets, x), expected)
+
+
+@pytest.mark.parametrize("name", ["cmt", "ucmt"])
+def test_predict_with_students_is_the_mean_of_their_probabilities(name):
+    method, nets = setup(name, {"predict_with": "students"})
+    x = torch.randn(1, 1, 16, 16)
+    for net in nets.values():
+        net.eval()
+    with torch.no_grad():
+        p1, p2 = (F.softmax(nets[s](x), 1) for s in ("student1", "student2"))
+        for p in nets["teacher"].parameters():
+            p.fill_(float("nan"))  # the teacher takes no part
+        predicted = method.predict(nets, x)
+    assert torch.allclose(F.softmax(predicted, 1), (p1 + p2) / 2, atol=1e-5)
+    assert not torch.allclose(p1, p2, atol=1e-3)  # so one student alone would not pass
+
+
+def test_finetuning_from_a_students_mean_starts_from_student_one():
+    from semiseg.engine.finetune import source_prediction_net
+
+    names = ["student1", "student2", "teacher"]
+    assert source_prediction_net("ucmt", names, {"predict_with": "students"}) == "student1"
+    assert source_prediction_net("ucmt", names, {"predict_with": "teacher"}) == "teacher"
 
 
 def test_code_compatible_teacher_follows_student_one():
