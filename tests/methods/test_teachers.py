@@ -207,6 +207,12 @@ def test_predict_with_students_is_the_mean_of_their_probabilities(name):
     assert not torch.allclose(p1, p2, atol=1e-3)  # so one student alone would not pass
 
 
+def test_ucmt_predicts_with_its_students_by_default_and_cmt_with_its_teacher():
+    assert setup("ucmt")[0].core.prediction_nets() == ["student1", "student2"]
+    assert setup("cmt")[0].core.prediction_nets() == ["teacher"]
+    assert setup("cmt", {"architecture": "ss", "mts": False})[0].core.prediction_nets() == ["student1"]
+
+
 def test_finetuning_from_a_students_mean_starts_from_student_one():
     from semiseg.engine.finetune import source_prediction_net
 
