@@ -190,3 +190,15 @@ class CMT(Method):
 
     def predict(self, nets: Nets, x: Tensor) -> Tensor:
         return self.core.predict(nets, x)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The networks that predicted during training, so a checkpoint predicts as it was validated even after
+        the default changes."""
+        return {"predict_with": self.cfg.predict_with}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # a checkpoint older than this record predicted with the option it was given, else with the teacher
+        given = "predict_with" in self.cfg.model_fields_set
+        predict_with = state.get("predict_with", self.cfg.predict_with if given else "teacher")
+        if predict_with != self.cfg.predict_with:
+            self.cfg = self.core.cfg = self.cfg.model_copy(update={"predict_with": predict_with})

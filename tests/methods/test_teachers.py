@@ -213,6 +213,21 @@ def test_ucmt_predicts_with_its_students_by_default_and_cmt_with_its_teacher():
     assert setup("cmt", {"architecture": "ss", "mts": False})[0].core.prediction_nets() == ["student1"]
 
 
+def test_a_checkpoint_keeps_the_prediction_it_was_trained_with():
+    trained, _ = setup("ucmt")
+    state = trained.state_dict()
+    assert state == {"predict_with": "students"}
+    old = setup("ucmt")[0]
+    old.load_state_dict({})  # written before the option existed: its teacher predicted
+    assert old.core.prediction_nets() == ["teacher"] and old.cfg.predict_with == "teacher"
+    given = setup("ucmt", {"predict_with": "students"})[0]
+    given.load_state_dict({})  # older, but the option was given: it predicted with it
+    assert given.core.prediction_nets() == ["student1", "student2"]
+    again = setup("ucmt", {"predict_with": "teacher"})[0]
+    again.load_state_dict(state)
+    assert again.core.prediction_nets() == ["student1", "student2"]
+
+
 def test_finetuning_from_a_students_mean_starts_from_student_one():
     from semiseg.engine.finetune import source_prediction_net
 
