@@ -111,7 +111,11 @@ def init_from_run(nets: Nets, method: Method, run_dir: str | Path, checkpoint: s
         raise ConfigError(f"model.init_from={str(run_dir)!r}: {path} does not exist; give a trained run folder")
     state = load_checkpoint(path)
     sources = state["nets"]
-    fallback = source_prediction_net(state["method"], list(sources), state["config"].get("method"))
+    options = dict(state["config"].get("method") or {})
+    recorded = (state.get("method_state") or {}).get("predict_with")  # CMT / UCMT record what predicted in the run
+    if recorded is not None:
+        options["predict_with"] = recorded
+    fallback = source_prediction_net(state["method"], list(sources), options)
     specs = method.networks()
     mapping = {}
     for name, net in nets.items():

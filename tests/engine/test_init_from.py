@@ -86,3 +86,19 @@ def test_a_mismatch_names_the_setting_that_differs(source, tmp_path, override, n
     with pytest.raises(ConfigError) as error:
         Run.build(_cfg(tmp_path, "bad", override, *extra, f"model.init_from={source}"), progress=False)
     assert named in str(error.value)
+
+
+@pytest.mark.parametrize(("recorded", "expected"), [({"predict_with": "students"}, "student1"), ({}, "teacher")])
+def test_init_from_a_ucmt_run_starts_from_the_network_that_predicted_there(source, tmp_path, recorded, expected):
+    from semiseg.engine.checkpoint import save_checkpoint
+
+    state = load_checkpoint(source / "checkpoints" / "best.pt")
+    weights = state["nets"]["model"]
+    nets = {name: {k: v + i if v.is_floating_point() else v for k, v in weights.items()}
+            for i, name in enumerate(("student1", "student2", "teacher"))}
+    fake = tmp_path / "ucmt_run"
+    (fake / "checkpoints").mkdir(parents=True)
+    save_checkpoint({**state, "method": "ucmt", "nets": nets, "method_state": recorded,
+                     "config": {**state["config"], "method": {}}}, fake / "checkpoints" / "best.pt")
+    run = Run.build(_cfg(tmp_path, "tuned", f"model.init_from={fake}"), progress=False)
+    _assert_same(run.trainer.nets["model"], nets[expected])
