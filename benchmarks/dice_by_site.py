@@ -3,9 +3,11 @@
 Run: ``python benchmarks/dice_by_site.py RUN [RUN ...] [--checkpoint last] [--parts val,unlabelled] [--nets]``.
 Runs that share a label (the folder name without ``-s<seed>``) are averaged. ``--nets`` scores every network of
 the checkpoint on its own (``label[net]``) instead of the method's prediction: whether a teacher, a student or a
-frozen labeller is the one that segments (``docs/evidence/ucmt.md``). A case's site is ``meta["site"]`` from its
-source (``heart_sites`` sets it; a source without it gives one group, ``all``). The unlabelled cases are scored
-against the labels the split withheld, so it needs a dataset that has them (the built-in ones do).
+frozen labeller is the one that segments (``docs/evidence/ucmt.md``); ``--mean-of student1,student2`` scores the
+mean of those networks' probabilities (``label[student1+student2]``), and ``--all`` adds the mean over all sites.
+A case's site is ``meta["site"]`` from its source (``heart_sites`` sets it; a source without it gives one group,
+``all``). The unlabelled cases are scored against the labels the split withheld, so it needs a dataset that has
+them (the built-in ones do).
 
 Why: a mean validation Dice cannot say whether a semi-supervised method carried what one labelled site taught to
 the others or only refined that site; per site it can (``docs/evidence/segpl.md``, the student's view).
@@ -36,10 +38,10 @@ Scores = dict[str, dict[str, list[float]]]  # part → site → per-case Dice
 def run_scores(run: Path, checkpoint: str, parts: list[str], net: str | None = None) -> Scores:
     """Mean foreground Dice of each case of ``parts`` (split names), grouped by part and site.
 
-    ``net`` scores that network of the checkpoint alone instead of the method's prediction."""
+    ``net`` scores that network of the checkpoint alone instead of the method's prediction, ``"a+b"`` the mean of
+    those networks' probabilities."""
     model = load_model(run, checkpoint, "cpu", 1)
-    if net is not None:
-        model = model.only(net)
+    predictors = [model] if net is None else [model.only(name) for name in net.split("+")]
     spec = open_configured_dataset(model.cfg)
     refs = {ref.case_id: ref for ref in spec.cases}
     split = json.loads((run / "split.json").read_text())
@@ -49,7 +51,8 @@ def run_scores(run: Path, checkpoint: str, parts: list[str], net: str | None = N
             case = refs[case_id].load()
             if case.label is None:
                 raise SystemExit(f"{case_id} ({part}) has no label on disk: nothing to score it against")
-            predicted = probs_to_label(model.probabilities(case), spec.label_mode)
+            probs = sum(p.probabilities(case) for p in predictors) / len(predictors)
+            predicted = probs_to_label(probs, spec.label_mode)
             dice = mean_foreground_dice(predicted, case.label, spec.label_mode, spec.num_classes)
             scores[part][str(case.meta.get("site", "all"))].append(dice)
     return scores
@@ -69,19 +72,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", default="last", choices=["best", "last"])
     parser.add_argument("--parts", default="val,unlabelled", help="split parts to score (test is refused)")
     parser.add_argument("--nets", action="store_true", help="score each network of the checkpoint on its own")
+    parser.add_argument("--mean-of", default=None, help="comma-separated networks: also score their mean")
+    parser.add_argument("--all", action="store_true", help="also print the mean over every case of a part")
     args = parser.parse_args(argv)
     parts = args.parts.split(",")
     if "test" in parts:
         parser.error("--parts: test cases are read once, for a published table; decide on val and unlabelled")
     merged: dict[str, Scores] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for run in args.runs:
-        for net in net_names(run, args.checkpoint) if args.nets else [None]:
+        nets: list[str | None] = list(net_names(run, args.checkpoint)) if args.nets else [None]
+        if args.mean_of:
+            nets.append("+".join(args.mean_of.split(",")))
+        for net in nets:
             label = label_of(run) + (f"[{net}]" if net else "")
             for part, sites in run_scores(run, args.checkpoint, parts, net).items():
                 for site, values in sites.items():
                     merged[label][part][site].extend(values)
     for label, by_part in merged.items():
         cells = [f"{part}: " + " ".join(f"site {site} {statistics.mean(v):.3f}" for site, v in sorted(sites.items()))
+                 + (f" all {statistics.mean([d for v in sites.values() for d in v]):.3f}" if args.all else "")
                  for part, sites in by_part.items()]
         print(f"{label:28s} " + " | ".join(cells), flush=True)
 

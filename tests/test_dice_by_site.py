@@ -37,5 +37,10 @@ def test_scores_each_val_and_unlabelled_case_once_by_site(dice_by_site, tmp_path
     assert dice_by_site.run_scores(run, "last", ["val"], "model") == {"val": scores["val"]}
     dice_by_site.main([str(run), "--nets", "--parts", "val"])
     assert capsys.readouterr().out.startswith("tiny[model] ")
+    assert dice_by_site.run_scores(run, "last", ["val"], "model+model") == {"val": scores["val"]}  # a mean of one net
+    dice_by_site.main([str(run), "--mean-of", "model,model", "--parts", "val", "--all"])
+    out = capsys.readouterr().out.splitlines()
+    every = [d for v in scores["val"].values() for d in v]
+    assert out[1].startswith("tiny[model+model] ") and out[1].endswith(f"all {sum(every) / len(every):.3f}")
     with pytest.raises(SystemExit):
         dice_by_site.main([str(run), "--parts", "val,test"])
