@@ -31,7 +31,7 @@ from torch import Tensor
 from semiseg.methods._options import PassesOption, RampedWeight, RampKind
 from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.cps import agreement
-from semiseg.methods.ensemble import probs_to_logits
+from semiseg.methods.ensemble import mean_prediction
 from semiseg.methods.registry import register
 from semiseg.ssl.joint import Passes, joint_forward
 from semiseg.ssl.pseudo_labels import hard_labels, probabilities
@@ -124,10 +124,7 @@ class CMTCore:
 
     def predict(self, nets: Nets, x: Tensor) -> Tensor:
         names = self.prediction_nets()
-        if len(names) == 1:
-            return nets[names[0]](x)
-        mode = self.ctx.label_mode
-        return probs_to_logits(torch.stack([probabilities(nets[n](x), mode) for n in names]).mean(0), mode)
+        return nets[names[0]](x) if len(names) == 1 else mean_prediction(nets, names, x, self.ctx.label_mode)
 
     def step(self, nets: Nets, x_l: Tensor, y_l: Tensor, x_u: Tensor, weight: float, passes: Passes,
              teacher_pseudo_u: Tensor | None = None, need_teacher_l: bool = False) -> CMTOutputs:

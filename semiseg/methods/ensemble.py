@@ -35,6 +35,16 @@ def probs_to_logits(probs: Tensor, label_mode: str) -> Tensor:
     return torch.logit(probs, eps=_EPS)
 
 
+def member_probabilities(nets: Nets, names: list[str], x: Tensor, label_mode: str) -> Tensor:
+    """Each named network's probabilities, stacked ``(M, B, K, *spatial)``."""
+    return torch.stack([probabilities(nets[name](x), label_mode) for name in names])
+
+
+def mean_prediction(nets: Nets, names: list[str], x: Tensor, label_mode: str) -> Tensor:
+    """Logits of the named networks' mean probability: one prediction from several networks."""
+    return probs_to_logits(member_probabilities(nets, names, x, label_mode).mean(0), label_mode)
+
+
 @register
 class Ensemble(Method):
     name = "ensemble"
@@ -55,7 +65,7 @@ class Ensemble(Method):
 
     def predict_samples(self, nets: Nets, x: Tensor, n: int) -> Tensor:
         """The M members' probabilities, ``(M, B, K, *spatial)``; ``n`` is ignored (an ensemble has M)."""
-        return torch.stack([probabilities(nets[name](x), self.ctx.label_mode) for name in self.member_names])
+        return member_probabilities(nets, self.member_names, x, self.ctx.label_mode)
 
     def predict(self, nets: Nets, x: Tensor) -> Tensor:
-        return probs_to_logits(self.predict_samples(nets, x, self.cfg.members).mean(0), self.ctx.label_mode)
+        return mean_prediction(nets, self.member_names, x, self.ctx.label_mode)
