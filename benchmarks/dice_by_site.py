@@ -5,6 +5,9 @@ Runs that share a label (the folder name without ``-s<seed>``) are averaged. ``-
 the checkpoint on its own (``label[net]``) instead of the method's prediction: whether a teacher, a student or a
 frozen labeller is the one that segments (``docs/evidence/ucmt.md``); ``--mean-of student1,student2`` scores the
 mean of those networks' probabilities (``label[student1+student2]``), and ``--all`` adds the mean over all sites.
+``--adapt-bn`` also predicts each case with BatchNorm's statistics re-estimated on that case alone (AdaBN, Li et al.
+2016; ``label{adapted}``, what ``semiseg evaluate --adapt-bn`` does): whether what a network lacks on a far site
+is its normalisation or its features.
 A case's site is ``meta["site"]`` from its source (``heart_sites`` sets it; a source without it gives one group,
 ``all``). The unlabelled cases are scored against the labels the split withheld, so it needs a dataset that has
 them (the built-in ones do).
@@ -35,12 +38,14 @@ from semiseg.eval.metrics import mean_foreground_dice
 Scores = dict[str, dict[str, list[float]]]  # part → site → per-case Dice
 
 
-def run_scores(run: Path, checkpoint: str, parts: list[str], net: str | None = None) -> Scores:
+def run_scores(run: Path, checkpoint: str, parts: list[str], net: str | None = None,
+               adapt_bn: bool = False) -> Scores:
     """Mean foreground Dice of each case of ``parts`` (split names), grouped by part and site.
 
     ``net`` scores that network of the checkpoint alone instead of the method's prediction, ``"a+b"`` the mean of
-    those networks' probabilities."""
+    those networks' probabilities; ``adapt_bn`` re-estimates BatchNorm's statistics on each case."""
     model = load_model(run, checkpoint, "cpu", 1)
+    model = model.with_case_norm(adapt_bn)
     predictors = [model] if net is None else [model.only(name) for name in net.split("+")]
     spec = open_configured_dataset(model.cfg)
     refs = {ref.case_id: ref for ref in spec.cases}
@@ -74,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nets", action="store_true", help="score each network of the checkpoint on its own")
     parser.add_argument("--mean-of", default=None, help="comma-separated networks: also score their mean")
     parser.add_argument("--all", action="store_true", help="also print the mean over every case of a part")
+    parser.add_argument("--adapt-bn", action="store_true",
+                        help="also score with BatchNorm statistics re-estimated on each case (AdaBN)")
     args = parser.parse_args(argv)
     parts = args.parts.split(",")
     if "test" in parts:
@@ -84,10 +91,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.mean_of:
             nets.append("+".join(args.mean_of.split(",")))
         for net in nets:
-            label = label_of(run) + (f"[{net}]" if net else "")
-            for part, sites in run_scores(run, args.checkpoint, parts, net).items():
-                for site, values in sites.items():
-                    merged[label][part][site].extend(values)
+            for adapt_bn in [False, True] if args.adapt_bn else [False]:
+                label = label_of(run) + (f"[{net}]" if net else "") + ("{adapted}" if adapt_bn else "")
+                for part, sites in run_scores(run, args.checkpoint, parts, net, adapt_bn).items():
+                    for site, values in sites.items():
+                        merged[label][part][site].extend(values)
     for label, by_part in merged.items():
         cells = [f"{part}: " + " ".join(f"site {site} {statistics.mean(v):.3f}" for site, v in sorted(sites.items()))
                  + (f" all {statistics.mean([d for v in sites.values() for d in v]):.3f}" if args.all else "")

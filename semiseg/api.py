@@ -85,7 +85,7 @@ def load_model(run_dir: str | Path, checkpoint: str = "best", device: str = "aut
 def evaluate_run(run_dir: str | Path, *, checkpoints: tuple[str, ...] = ("best", "last"), progress: bool = True,
                  robustness: bool = False, uncertainty: bool = False,
                  gammas: tuple[float, ...] = DEFAULT_GAMMAS, epsilons: tuple[float, ...] = DEFAULT_EPSILONS,
-                 samples: int = 5, threads: int | None = None, tta: bool = False,
+                 samples: int = 5, threads: int | None = None, tta: bool = False, adapt_bn: bool = False,
                  overwrite: bool = False, data: str | Path | None = None) -> dict[str, Any]:
     """Evaluate the run's checkpoints on its test split; write metrics, summary, predictions and report.
 
@@ -97,30 +97,34 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: tuple[str, ...] = ("best",
     Brier/ECE of the (Monte-Carlo mean, ``samples`` draws where the method samples) prediction and writes
     uncertainty maps to ``uncertainty/``. Both use the first checkpoint only (``best`` by default).
     ``threads`` overrides the run's ``train.threads``; a run without ``best.pt`` is evaluated on ``last``;
-    ``tta`` predicts every case as the mean over flips of the spatial axes; ``data`` is where the run's dataset
-    is now, when it moved since training.
+    ``tta`` predicts every case as the mean over flips of the spatial axes; ``adapt_bn`` normalises each case
+    with BatchNorm statistics of that case (AdaBN; ``docs/protocol.md`` says where it pays); ``data`` is where
+    the run's dataset is now, when it moved since training.
     """
     options = EvaluationOptions(checkpoints=checkpoints, robustness=robustness, uncertainty=uncertainty,
-                                gammas=gammas, epsilons=epsilons, samples=samples, tta=tta, beside=True,
+                                gammas=gammas, epsilons=epsilons, samples=samples, tta=tta, case_norm=adapt_bn,
+                                beside=True,
                                 overwrite=overwrite)
     return Run.open(run_dir, progress=progress, threads=threads, data=data).evaluate(options)
 
 
 def predict(run_dir: str | Path | Sequence[str | Path] | None, input_path: str | Path, output_dir: str | Path, *,
             checkpoint: str | None = None, save_probabilities: bool = False, device: str = "auto",
-            overwrite: bool = False, threads: int | None = None, tta: bool = False,
+            overwrite: bool = False, threads: int | None = None, tta: bool = False, adapt_bn: bool = False,
             model_dir: str | Path | None = None) -> list[Path]:
     """Segment every image in ``input_path``; outputs keep the input's geometry (NIfTI affine / PNG size).
 
     Several runs form an ensemble: their probabilities are averaged and the members' disagreement is written
     next to each prediction. ``model_dir`` predicts from an export (``semiseg export``) instead of a run;
-    ``tta`` averages over flips of the spatial axes. The output folder is checked before any model or image is
-    loaded, so a clash fails at once. ``checkpoint`` (default ``best``) picks a run's checkpoint; an export holds
-    one, so asking it for another is an error. 2D images given to a 3D model are refused.
+    ``tta`` averages over flips of the spatial axes; ``adapt_bn`` normalises each case with BatchNorm statistics
+    of that case (runs only: an export's statistics are fixed). The output folder is checked before any model or
+    image is loaded, so a clash fails at once. ``checkpoint`` (default ``best``) picks a run's checkpoint; an
+    export holds one, so asking it for another is an error. 2D images given to a 3D model are refused.
     """
     runs = [] if not run_dir else [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
     return predict_runs(runs, input_path, output_dir, model_dir=model_dir, checkpoint=checkpoint, device=device,
-                        tta=tta, save_probabilities=save_probabilities, overwrite=overwrite, threads=threads)
+                        tta=tta, adapt_bn=adapt_bn, save_probabilities=save_probabilities, overwrite=overwrite,
+                        threads=threads)
 
 
 def export(run_dir: str | Path, fmt: str = "torchscript", *, checkpoint: str = "best",

@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="run folder; repeat it for an ensemble (mean probabilities + an uncertainty map)")
     pred.add_argument("--model", help="export folder written by 'semiseg export' (instead of --run)")
     pred.add_argument("--tta", action="store_true", help="average over flips of the spatial axes")
+    pred.add_argument("--adapt-bn", action="store_true",
+                      help="with --run: normalise each image with BatchNorm statistics of that image (AdaBN), for "
+                           "scans from scanners the labelled ones do not represent (docs/protocol.md)")
     pred.add_argument("--input", required=True, help="NIfTI/PNG file or folder")
     pred.add_argument("--output", required=True, help="folder for the predictions")
     pred.add_argument("--checkpoint", choices=["best", "last"],
@@ -121,6 +124,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--epsilons", help="comma-separated FGSM ε >= 0 (default 0,0.01,0.02,0.05,0.1,0.2)")
     ev.add_argument("--samples", type=int, default=5, help="Monte-Carlo samples for --uncertainty (default 5)")
     ev.add_argument("--tta", action="store_true", help="with --run: average predictions over flips of the axes")
+    ev.add_argument("--adapt-bn", action="store_true",
+                    help="with --run: normalise each test case with BatchNorm statistics of that case (AdaBN)")
     ev.add_argument("--overwrite", action="store_true",
                     help="with --run: replace an earlier evaluation with the same settings (in <run>/evaluations/); "
                          "with --csv: replace that file")
@@ -325,11 +330,11 @@ def _evaluate_run(args: argparse.Namespace) -> None:
     checkpoints = ("best", "last") if args.checkpoint == "both" else (args.checkpoint,)
     summary = api.evaluate_run(args.run, checkpoints=checkpoints, progress=not args.quiet, robustness=args.robustness,
                                uncertainty=args.uncertainty, samples=args.samples, threads=args.threads, tta=args.tta,
-                               overwrite=args.overwrite, data=args.data, **_levels(args.gammas, "gammas"),
-                               **_levels(args.epsilons, "epsilons"))
+                               adapt_bn=args.adapt_bn, overwrite=args.overwrite, data=args.data,
+                               **_levels(args.gammas, "gammas"), **_levels(args.epsilons, "epsilons"))
     print(_short_table(summary))
     used = EvaluationOptions(checkpoints=tuple(summary), robustness=args.robustness, uncertainty=args.uncertainty,
-                             tta=args.tta, beside=True)  # the checkpoints scored: best falls back to last
+                             tta=args.tta, case_norm=args.adapt_bn, beside=True)  # best falls back to last
     folder = evaluation_folder(Path(args.run), used)
     saved = json.loads((folder / "summary.json").read_text())
     if "robustness" in saved:
@@ -480,7 +485,7 @@ def _predict(args: argparse.Namespace) -> None:
 
     files = api.predict(args.run, args.input, args.output, checkpoint=args.checkpoint,
                         save_probabilities=args.probabilities, device=args.device, overwrite=args.overwrite,
-                        threads=args.threads, tta=args.tta, model_dir=args.model)
+                        threads=args.threads, tta=args.tta, adapt_bn=args.adapt_bn, model_dir=args.model)
     print(f"wrote {len(files)} file(s) to {args.output}")
 
 

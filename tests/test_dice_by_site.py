@@ -18,14 +18,19 @@ def dice_by_site(monkeypatch):
     return importlib.import_module("dice_by_site")
 
 
-def test_scores_each_val_and_unlabelled_case_once_by_site(dice_by_site, tmp_path, capsys):
+def tiny_run(tmp_path: Path) -> Path:
+    """A two-step supervised run on a small heart_sites: one validation subject per site."""
     cfg = load_config(None, [
         "data.source=heart_sites", "data.options={n_subjects: 12, test_per_site: 1}",
         "split.labelled=1", "model.widths=[4, 8]", "train.steps=2", "train.val_every=2",
         "train.batch_size=2", "train.unlabelled_batch_size=2", "train.warmup_steps=1", "train.method=supervised",
         f"output.root={tmp_path}", "output.name=tiny-s0", "train.threads=1", "eval.report_cases=0",
     ])
-    run = api.train(cfg, progress=False, evaluate=False).run_dir
+    return api.train(cfg, progress=False, evaluate=False).run_dir
+
+
+def test_scores_each_val_and_unlabelled_case_once_by_site(dice_by_site, tmp_path, capsys):
+    run = tiny_run(tmp_path)
     scores = dice_by_site.run_scores(run, "last", ["val", "unlabelled"])
     split = json.loads((run / "split.json").read_text())
     assert sum(len(v) for v in scores["val"].values()) == len(split["val"]) == 4  # one per site
@@ -44,3 +49,14 @@ def test_scores_each_val_and_unlabelled_case_once_by_site(dice_by_site, tmp_path
     assert out[1].startswith("tiny[model+model] ") and out[1].endswith(f"all {sum(every) / len(every):.3f}")
     with pytest.raises(SystemExit):
         dice_by_site.main([str(run), "--parts", "val,test"])
+
+
+def test_adapt_bn_scores_every_case_and_labels_the_rows(dice_by_site, tmp_path, capsys):
+    run = tiny_run(tmp_path)
+    plain = dice_by_site.run_scores(run, "last", ["val"])
+    adapted = dice_by_site.run_scores(run, "last", ["val"], adapt_bn=True)
+    assert {s: len(v) for s, v in adapted["val"].items()} == {s: len(v) for s, v in plain["val"].items()}
+    assert dice_by_site.run_scores(run, "last", ["val"]) == plain  # the trained statistics are back
+    dice_by_site.main([str(run), "--parts", "val", "--adapt-bn"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("tiny ") and out[1].startswith("tiny{adapted} ")

@@ -128,6 +128,10 @@ HOSTILE = [
     ("png_into_3d_export", [*PREDICT, "{tmp}/pngs", "--model", "{tmp}/export3d"], "pngs/p1.png|export3d|3D"),
     ("flat_nifti_into_3d_export", [*PREDICT, "{tmp}/flat", "--model", "{tmp}/export3d"], "flat/s1.nii.gz|export3d"),
     ("png_into_3d_run", [*PREDICT, "{tmp}/pngs", "--run", "{tmp}/run3d"], "pngs/p1.png|run3d"),
+    ("adapt_bn_with_an_export", [*PREDICT, "{tmp}/scans", "--model", "{tmp}/export", "--adapt-bn"],
+     "--adapt-bn|--run"),
+    ("adapt_bn_with_robustness", ["evaluate", "--run", "{tmp}/run", "--adapt-bn", "--robustness", "--quiet"],
+     "--adapt-bn|--robustness"),
     ("export_demo_into_a_file", ["data", "export-demo", "{tmp}/run/config.yaml"], "export-demo|config.yaml"),
     ("export_demo_over_images", ["data", "export-demo", "{tmp}/demo_images"], "demo_images/phantom_0"),
     ("suggest_top_zero", ["suggest", "--run", "{tmp}/run", "--top", "0"], "--top|!--diversity|!--samples"),
@@ -169,6 +173,8 @@ RUN_OWN = ("summary.json", "report.md", "metrics/per_case.csv")
     (["--tta"], "tta", ["best", "last"]),
     (["--checkpoint", "best", "--tta"], "best-tta", ["best"]),
     (["--checkpoint", "last"], "last", ["last"]),
+    (["--adapt-bn"], "adapt-bn", ["best", "last"]),
+    (["--checkpoint", "best", "--tta", "--adapt-bn"], "best-tta-adapt-bn", ["best"]),
     ([], "default", ["best", "last"]),
 ])
 def test_reevaluation_writes_beside_the_runs_own(world, capsys, flags, name, checkpoints):
@@ -182,8 +188,8 @@ def test_reevaluation_writes_beside_the_runs_own(world, capsys, flags, name, che
     for file in RUN_OWN:
         assert (folder / file).is_file(), file
     settings = json.loads((folder / "summary.json").read_text())["settings"]
-    assert settings == {"name": name, "checkpoints": checkpoints, "tta": "--tta" in flags, "robustness": False,
-                        "uncertainty": False}
+    assert settings == {"name": name, "checkpoints": checkpoints, "tta": "--tta" in flags,
+                        "adapt_bn": "--adapt-bn" in flags, "robustness": False, "uncertainty": False}
     assert json.loads((run / "summary.json").read_text())["settings"]["name"] == "default"
 
 

@@ -26,6 +26,7 @@ from semiseg.engine.networks import build_nets
 from semiseg.engine.run_folder import checkpoint_to_use, require_run
 from semiseg.methods import Method, get_method
 from semiseg.methods.base import Nets
+from semiseg.nets.unet import case_norm_stats
 
 
 @dataclass
@@ -40,6 +41,8 @@ class LoadedModel:
     inferer: Inferer
     # predict with this network alone instead of the method's rule (``only``); None: the method's ``predict``
     net: str | None = None
+    # BatchNorm statistics re-estimated on each case before it is predicted (``with_case_norm``)
+    case_norm: bool = False
 
     @classmethod
     def from_checkpoint(cls, state: dict[str, Any], device: torch.device) -> LoadedModel:
@@ -57,6 +60,12 @@ class LoadedModel:
     def with_tta(self, tta: bool = True) -> LoadedModel:
         """The same model predicting with (or without) flip test-time augmentation."""
         return dataclasses.replace(self, inferer=dataclasses.replace(self.inferer, tta=tta))
+
+    def with_case_norm(self, case_norm: bool = True) -> LoadedModel:
+        """The same model normalising each case with BatchNorm statistics of that case (AdaBN): for cases from a
+        scanner whose intensities the training statistics do not describe. Measured in ``docs/protocol.md``
+        ("Normalising each case with its own statistics"): a gain on the multi-site 2D data, a loss in 3D."""
+        return dataclasses.replace(self, case_norm=case_norm)
 
     def only(self, net: str) -> LoadedModel:
         """The same checkpoint predicting with network ``net`` alone (a teacher, a student, a frozen labeller):
@@ -85,7 +94,10 @@ class LoadedModel:
 
     def predict_normalized(self, image: np.ndarray) -> np.ndarray:
         """``(K, *spatial)`` probabilities of an already normalised image (robustness perturbs that input)."""
-        return self.inferer.probabilities(self._predict, image)
+        if not self.case_norm:
+            return self.inferer.probabilities(self._predict, image)
+        with case_norm_stats(self.nets.values(), lambda: self.inferer.probabilities(self._predict, image)):
+            return self.inferer.probabilities(self._predict, image)
 
     def input_gradient(self, image: np.ndarray, onehot: np.ndarray) -> np.ndarray:
         """Gradient of the cross-entropy against ``onehot`` w.r.t. a normalised image (FGSM)."""

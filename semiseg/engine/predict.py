@@ -180,8 +180,8 @@ def predict_files(model: CasePredictor, input_path: str | Path, output: Path, *,
 
 def predict_runs(runs: Sequence[str | Path], input_path: str | Path, output_dir: str | Path, *,
                  model_dir: str | Path | None = None, checkpoint: str | None = None, device: str = "auto",
-                 tta: bool = False, save_probabilities: bool = False, overwrite: bool = False,
-                 threads: int | None = None) -> list[Path]:
+                 tta: bool = False, adapt_bn: bool = False, save_probabilities: bool = False,
+                 overwrite: bool = False, threads: int | None = None) -> list[Path]:
     """Predict with one run, an ensemble of runs (mean + disagreement map) or an export.
 
     Runs, output folder, name clashes, ``checkpoint`` (default best; an export's own) and the inputs'
@@ -189,6 +189,9 @@ def predict_runs(runs: Sequence[str | Path], input_path: str | Path, output_dir:
     """
     if (model_dir is None) == (not runs):
         raise SemisegError("predict needs --run RUN (repeatable: an ensemble) or --model EXPORT_DIR, not both")
+    if adapt_bn and model_dir is not None:
+        raise SemisegError("--adapt-bn re-estimates BatchNorm statistics of a run's networks; an export's are fixed "
+                           "in its file: predict with --run RUN instead of --model")
     output = Path(output_dir)
     for run in runs:
         require_run(Path(run))
@@ -202,6 +205,7 @@ def predict_runs(runs: Sequence[str | Path], input_path: str | Path, output_dir:
     if model_dir is not None:
         model: CasePredictor = ExportedModel.load(model_dir, device, tta=tta)
     else:
-        members = [load_model(r, checkpoint or "best", device, threads).with_tta(tta) for r in runs]
+        members = [load_model(r, checkpoint or "best", device, threads).with_tta(tta).with_case_norm(adapt_bn)
+                   for r in runs]
         model = members[0] if len(members) == 1 else Ensemble(members, [str(r) for r in runs])
     return predict_files(model, input_path, output, save_probabilities=save_probabilities, overwrite=True)

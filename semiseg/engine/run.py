@@ -208,7 +208,7 @@ class Run:
         options = replace(options, checkpoints=names)
         states = {name: load_checkpoint(self.run_dir / "checkpoints" / f"{name}.pt", self.device) for name in names}
         models = {name: LoadedModel.from_checkpoint(state, self.device).with_tta(options.tta)
-                  for name, state in states.items()}
+                  .with_case_norm(options.case_norm) for name, state in states.items()}
         best = self.best if self.trainer is not None else _best_of(self.run_dir, states)
         refs = refs_by_id(self.dataset)
         test = [refs[case_id] for case_id in self.split["test"]]
@@ -222,12 +222,16 @@ class Run:
                   "best_step": best["step"], "best_val_dice": best["score"]}
         if options.tta:
             header["tta"] = "flips"
+        if options.case_norm:
+            header["adapt_bn"] = "per case"
         info = {"method": cfg.train.method, "dataset": spec.name, "labelled cases": len(split["labelled"]),
                 "unlabelled cases": len(split["unlabelled"]), "test cases": len(split["test"]),
                 "model": f"{cfg.model.dim}D {cfg.model.arch} widths {cfg.model.widths}", "steps": cfg.train.steps,
                 "best checkpoint": f"step {best['step']} (val Dice {best['score']:.3f})", "seed": cfg.seed}
         if options.tta:
             info["test-time augmentation"] = "mean over flips of the spatial axes"
+        if options.case_norm:
+            info["BatchNorm statistics"] = "re-estimated on each test case (AdaBN)"
         info |= provenance(self.run_dir, cfg.split.file)
         return RunFacts(label_mode=spec.label_mode, class_names=list(spec.class_names), summary_header=header,
                         report_info=info, report_cases=cfg.eval.report_cases,

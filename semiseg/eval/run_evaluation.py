@@ -65,6 +65,7 @@ class EvaluationOptions:
     epsilons: tuple[float, ...] = DEFAULT_EPSILONS
     samples: int = 5
     tta: bool = False  # flip test-time augmentation of every prediction
+    case_norm: bool = False  # BatchNorm statistics re-estimated on each test case (AdaBN)
     beside: bool = False  # a re-evaluation: write into <run>/evaluations/<name>/, never over the run's own files
     overwrite: bool = False  # with beside: replace an earlier evaluation made with the same settings
 
@@ -73,11 +74,15 @@ class EvaluationOptions:
         object.__setattr__(self, "epsilons", check_grid(self.epsilons, "epsilons"))
         if self.samples < 1:
             raise ConfigError(f"samples: Monte-Carlo samples must be at least 1, got {self.samples}")
+        if self.case_norm and (self.robustness or self.uncertainty):
+            raise ConfigError("--adapt-bn re-estimates BatchNorm statistics for plain predictions only; evaluate "
+                              "--robustness or --uncertainty in a separate call without it")
 
     def settings(self) -> dict[str, Any]:
         """What changes the numbers, as ``summary.json`` records it (grids and samples only where used)."""
         out: dict[str, Any] = {"name": self.name, "checkpoints": list(self.checkpoints), "tta": self.tta,
-                               "robustness": self.robustness, "uncertainty": self.uncertainty}
+                               "adapt_bn": self.case_norm, "robustness": self.robustness,
+                               "uncertainty": self.uncertainty}
         if self.robustness:
             out |= {"gammas": list(self.gammas), "epsilons": list(self.epsilons)}
         if self.uncertainty:
@@ -88,7 +93,8 @@ class EvaluationOptions:
     def name(self) -> str:
         """The evaluation folder's name: one word per setting, e.g. ``tta``, ``best-tta``, ``robust``."""
         words = [] if set(self.checkpoints) == {"best", "last"} else list(self.checkpoints)
-        words += [word for flag, word in ((self.tta, "tta"), (self.robustness, "robust"),
+        words += [word for flag, word in ((self.tta, "tta"), (self.case_norm, "adapt-bn"),
+                                          (self.robustness, "robust"),
                                           (self.uncertainty, "uncertainty")) if flag]
         return "-".join(words) or "default"
 

@@ -280,6 +280,36 @@ def frozen_norm_stats(module: nn.Module) -> Iterator[None]:
 
 
 @contextmanager
+def case_norm_stats(nets: Iterable[nn.Module], estimate: Callable[[], object]) -> Iterator[None]:
+    """Inside, every BatchNorm layer normalises with the statistics of what ``estimate`` passed through it.
+
+    Why: a network trained where one site's images set the statistics normalises another site's features wrongly;
+    re-estimating them on the case being predicted (AdaBN, Li et al. 2016) needs no label. The running mean and
+    variance are reset, re-estimated as a cumulative average over ``estimate``'s batches and used in eval mode;
+    the trained statistics, momentum and modes are restored after the block.
+    """
+    norms = [m for net in nets for m in net.modules() if isinstance(m, _BATCH_NORMS) and m.track_running_stats]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum, m.training)
+             for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        estimate()
+        for m in norms:
+            m.eval()
+        yield
+    finally:
+        for m, (mean, var, count, momentum, training) in zip(norms, saved, strict=True):
+            m.running_mean.copy_(mean)
+            m.running_var.copy_(var)
+            m.num_batches_tracked.copy_(count)
+            m.momentum = momentum
+            m.train(training)
+
+
+@contextmanager
 def running_norm_stats(module: nn.Module) -> Iterator[None]:
     """Inside, BatchNorm layers normalise with their running statistics (as at test time) and leave them alone.
 

@@ -210,3 +210,20 @@ def test_only_predicts_with_one_network_of_the_checkpoint(tmp_path, scans):
     assert np.allclose(model.predict_normalized(image), model.only("teacher").predict_normalized(image))  # MT's rule
     with pytest.raises(ValueError, match="no network 'nope'.*student"):
         model.only("nope")
+
+
+def test_adapt_bn_predicts_with_each_cases_statistics_and_leaves_the_model_as_trained(runs, scans, tmp_path):
+    model = api.load_model(runs[0], "last", "cpu", 1)
+    image = _read(scans / "s1.nii.gz")[0].astype(np.float32)[None]
+    plain = model.predict_normalized(image)
+    adapted = model.with_case_norm().predict_normalized(image)
+    assert adapted.shape == plain.shape and not np.allclose(adapted, plain, atol=1e-3)
+    assert np.array_equal(model.predict_normalized(image), plain)  # the trained statistics are back
+    # the first BatchNorm's statistics follow the case, so a case three times as bright is predicted the same
+    # (the trained statistics do not follow it)
+    assert np.allclose(model.with_case_norm().predict_normalized(image * 3.0), adapted, atol=1e-3)
+    assert not np.allclose(model.predict_normalized(image * 3.0), plain, atol=1e-3)
+    assert main(["predict", "--run", str(runs[0]), "--input", str(scans), "--output", str(tmp_path),
+                 "--adapt-bn"]) == 0
+    label, affine = _read(tmp_path / "s2.nii.gz")
+    assert label.shape == (14, 22, 2) and np.allclose(affine, _AFFINE)

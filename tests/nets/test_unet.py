@@ -102,3 +102,35 @@ def test_evaluating_restores_each_nets_own_mode_even_after_an_error():
         assert not training.training and not frozen.training
         raise RuntimeError("inside")
     assert training.training and not frozen.training
+
+
+def test_case_norm_stats_normalises_with_what_passed_through_and_restores_the_trained_statistics():
+    from semiseg.nets.unet import case_norm_stats
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.BatchNorm2d(3))
+    net[0].running_mean.fill_(5.0)
+    net[0].running_var.fill_(4.0)
+    net.eval()
+    first, second = torch.randn(2, 3, 4, 4) * 3 + 1, torch.randn(2, 3, 4, 4) - 2
+    both = torch.cat([first, second])
+
+    def estimate():
+        net(first)
+        net(second)
+
+    with case_norm_stats([net], estimate):
+        assert not net.training and not net[0].training
+        # a cumulative average over the two batches: the mean of their means and of their unbiased variances
+        means = torch.stack([first.mean((0, 2, 3)), second.mean((0, 2, 3))]).mean(0)
+        variances = torch.stack([first.var((0, 2, 3)), second.var((0, 2, 3))]).mean(0)
+        assert torch.allclose(net[0].running_mean, means, atol=1e-5)
+        assert torch.allclose(net[0].running_var, variances, atol=1e-5)
+        expected = (both - means[:, None, None]) / torch.sqrt(variances[:, None, None] + 1e-5)
+        assert torch.allclose(net(both), expected, atol=1e-4)
+    assert torch.equal(net[0].running_mean, torch.full((3,), 5.0))
+    assert torch.equal(net[0].running_var, torch.full((3,), 4.0))
+    assert net[0].momentum == 0.1 and not net.training
+    with pytest.raises(RuntimeError), case_norm_stats([net], estimate):
+        raise RuntimeError("inside")
+    assert torch.equal(net[0].running_mean, torch.full((3,), 5.0)) and net[0].momentum == 0.1
