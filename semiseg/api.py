@@ -103,8 +103,7 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: tuple[str, ...] = ("best",
     """
     options = EvaluationOptions(checkpoints=checkpoints, robustness=robustness, uncertainty=uncertainty,
                                 gammas=gammas, epsilons=epsilons, samples=samples, tta=tta, case_norm=adapt_bn,
-                                beside=True,
-                                overwrite=overwrite)
+                                beside=True, overwrite=overwrite)
     return Run.open(run_dir, progress=progress, threads=threads, data=data).evaluate(options)
 
 
