@@ -24,6 +24,7 @@ from semiseg.engine.device import resolve_device
 from semiseg.engine.inferer import Inferer
 from semiseg.engine.networks import build_nets
 from semiseg.engine.run_folder import checkpoint_to_use, require_run
+from semiseg.errors import SemisegError
 from semiseg.methods import Method, get_method
 from semiseg.methods.base import Nets
 from semiseg.nets.unet import case_norm_stats
@@ -65,6 +66,9 @@ class LoadedModel:
         """The same model normalising each case with BatchNorm statistics of that case (AdaBN): for cases from a
         scanner whose intensities the training statistics do not describe. Measured in ``docs/protocol.md``
         ("Normalising each case with its own statistics"): a gain on the multi-site 2D data, a loss in 3D."""
+        if case_norm and self.cfg.model.norm != "batch":
+            raise SemisegError(f"--adapt-bn re-estimates BatchNorm statistics, and this run's networks normalise with "
+                               f"model.norm={self.cfg.model.norm}, which has no running statistics: leave it out")
         return dataclasses.replace(self, case_norm=case_norm)
 
     def only(self, net: str) -> LoadedModel:

@@ -227,3 +227,9 @@ def test_adapt_bn_predicts_with_each_cases_statistics_and_leaves_the_model_as_tr
                  "--adapt-bn"]) == 0
     label, affine = _read(tmp_path / "s2.nii.gz")
     assert label.shape == (14, 22, 2) and np.allclose(affine, _AFFINE)
+
+
+def test_adapt_bn_is_refused_for_networks_without_batchnorm(tmp_path):
+    run = _run(tmp_path, "inst", "model.norm=instance")
+    with pytest.raises(SemisegError, match="model.norm=instance"):
+        api.load_model(run, "last", "cpu", 1).with_case_norm()
