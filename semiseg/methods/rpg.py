@@ -45,11 +45,15 @@ from semiseg.methods.base import Batch, Method, Nets, Progress, StepOut
 from semiseg.methods.registry import register
 from semiseg.nets.unet import NetOutput
 from semiseg.ssl.joint import joint_forward
+from semiseg.ssl.pseudo_labels import hard_labels, probabilities
 from semiseg.ssl.reference import reference_pseudo_labels
 
 
 class RPGConfig(ReferenceOptions, PassesOption):
     weight: float = Field(1.0, ge=0)  # weight of Eq. 8's unlabelled term (paper: 1)
+    # True: Eq. 8 keeps a pixel only where its reference label equals the network's own hard label of the same
+    # pass (W × 1[agree]); not in the paper. Why and the measurements: module docstring, "Agreement".
+    agreement: bool = False
 
 
 def expected_weighted_ce(logits: Tensor, target: Tensor, weight: Tensor, label_mode: str) -> Tensor:
@@ -94,19 +98,35 @@ class RPG(Method):
             num_classes=self.ctx.num_classes,
             settings=self.cfg.reference_settings(),
         )
-        unsup = expected_weighted_ce(out_u.logits, ref.target, ref.weight, self.ctx.label_mode)
+        weight = ref.weight
+        if self.cfg.agreement:
+            agree = agreeing(ref.target, out_u.logits, self.ctx.label_mode)
+            weight = weight * agree
+        unsup = expected_weighted_ce(out_u.logits, ref.target, weight, self.ctx.label_mode)
         losses = {"sup": self.ctx.supervised_loss(out_l.logits, labelled.label), "rpg": self.cfg.weight * unsup}
         logs = {
             "rpg_w_mean": float(ref.weight.mean()),
+            **({"rpg_agree": float(agree.mean())} if self.cfg.agreement else {}),
             "rpg_pool": float(len(ref.pool)),
             "rpg_classes": float(ref.table.shape[0]),
             **weight_by_side(ref.weight, ref.target, self.ctx.label_mode),
         }
-        return StepOut(losses, logs, targets={"reference": ref.target}, masks={"reference": ref.weight},
+        return StepOut(losses, logs, targets={"reference": ref.target}, masks={"reference": weight},
                        unlabelled=frozenset({"rpg"}))
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         return self.terms(*self.forward(nets, labelled, unlabelled.image, progress), labelled)
+
+
+def agreeing(target: Tensor, logits: Tensor, label_mode: str) -> Tensor:
+    """1.0 where ``target`` equals the network's own hard label of ``logits`` (every channel, multilabel), else 0.0.
+
+    (B, *spatial), no gradient: the mask by which ``agreement`` keeps only the reference labels the network
+    already gives, so a reference that labels a far site's background as foreground teaches nothing.
+    """
+    own = hard_labels(probabilities(logits.detach(), label_mode), label_mode)
+    same = own == target if label_mode == "multiclass" else (own == target).all(dim=1)
+    return same.float()
 
 
 def weight_by_side(weight: Tensor, target: Tensor, label_mode: str) -> dict[str, float]:

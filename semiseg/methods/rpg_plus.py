@@ -26,7 +26,6 @@ from typing import Any
 from pydantic import Field
 from torch import Tensor
 
-from semiseg.methods._options import ReferenceOptions
 from semiseg.methods.base import Batch, Method, MethodContext, Nets, Progress, StepOut
 from semiseg.methods.fixmatch import FixMatch, FixMatchOptions
 from semiseg.methods.registry import register
@@ -35,8 +34,7 @@ from semiseg.ssl.joint import forward_parts
 from semiseg.ssl.pseudo_labels import probabilities
 
 
-class RPGPlusConfig(ReferenceOptions, FixMatchOptions):
-    weight: float = Field(1.0, ge=0)  # weight of the reference-guided term (Eq. 8: 1)
+class RPGPlusConfig(RPGConfig, FixMatchOptions):
     fixmatch_weight: float = Field(1.0, ge=0)  # weight of the FixMatch term (Eq. 11: 1)
 
 
