@@ -10,6 +10,7 @@ from torch import nn
 from semiseg.errors import ConfigError
 from semiseg.losses import dice_loss, supervised_loss
 from semiseg.methods import Batch, MethodContext, Progress, get_method
+from semiseg.methods.rpg import agreeing
 from semiseg.nets.unet import NetOutput
 
 # One labelled image of three pixels with features r0 = (1, 0), r1 = (0.8, 0.6), r2 = (0, 1) and classes 0, 1, 2;
@@ -63,6 +64,38 @@ def test_eq8_by_hand():
     assert out.losses["rpg"].item() == pytest.approx(expected, abs=1e-5)
     assert out.losses["sup"].item() == pytest.approx(F.cross_entropy(logits[:1], LABEL).item(), abs=1e-5)
     assert out.logs["rpg_w_mean"] == pytest.approx(sum(EXPECTED_W) / 3, abs=1e-5)
+
+
+def test_agreement_keeps_only_reference_labels_the_network_gives():
+    # the network's own labels of the unlabelled pixels are (0, 1, 0); the references say (0, 2, 0), so the
+    # middle pixel disagrees and drops out of Eq. 8 while the others keep their W
+    logits = torch.zeros(2, 3, 1, 3)
+    logits[1, 0, 0, [0, 2]] = 2.0
+    logits[1, 1, 0, 1] = 2.0
+    method = get_method("rpg")(_ctx(), {"k": 2, "agreement": True})
+    out = method.training_step({"model": FixedNet(logits, FEATURES)}, *_batches(), Progress(0, 10))
+    ce_u = F.cross_entropy(logits[1:], torch.tensor([[EXPECTED_LABELS]]), reduction="none").flatten().tolist()
+    kept = [EXPECTED_W[0], 0.0, EXPECTED_W[2]]
+    assert out.losses["rpg"].item() == pytest.approx(sum(w * c for w, c in zip(kept, ce_u, strict=True)) / 3,
+                                                     abs=1e-5)
+    assert out.masks["reference"].flatten().tolist() == pytest.approx(kept, abs=1e-5)
+    assert out.logs["rpg_agree"] == pytest.approx(2 / 3)
+    plain = get_method("rpg")(_ctx(), {"k": 2}).training_step({"model": FixedNet(logits, FEATURES)}, *_batches(),
+                                                            Progress(0, 10))
+    assert plain.losses["rpg"].item() > out.losses["rpg"].item() and "rpg_agree" not in plain.logs
+
+
+def test_agreement_in_multilabel_mode_needs_every_channel():
+    target = torch.tensor([[[[1.0, 1.0]], [[0.0, 1.0]]]])  # (B=1, K=2, 1, 2): pixel 0 is (1, 0), pixel 1 (1, 1)
+    logits = torch.tensor([[[[3.0, 3.0]], [[-3.0, -3.0]]]])  # the network says (1, 0) at both pixels
+    assert agreeing(target, logits, "multilabel").flatten().tolist() == [1.0, 0.0]
+    logits = torch.tensor([[[[0.0, 5.0]], [[0.0, 0.0]], [[5.0, 0.0]]]])  # (1, 3, 1, 2): classes 2, 0
+    assert agreeing(torch.tensor([[[2, 1]]]), logits, "multiclass").tolist() == [[[1.0, 0.0]]]
+
+
+def test_rpg_plus_passes_agreement_to_its_rpg():
+    assert get_method("rpg_plus")(_ctx(), {"agreement": True}).rpg.cfg.agreement
+    assert not get_method("rpg_plus")(_ctx(), {}).rpg.cfg.agreement
 
 
 def test_nearest_neighbour_baseline_has_no_weighting():
