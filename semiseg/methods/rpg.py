@@ -28,6 +28,14 @@ structures fill much of the image. The pass layout is ``separate_until_gate``: s
 Eq. 8's term off, the paper's joint pass once it has opened, the one layout that never fell below supervised
 training at either labelled budget measured (``experiments/converged.yaml``, ``experiments/few_slices.yaml``).
 
+Agreement (``agreement: true``, not in the paper): Eq. 8 keeps a pixel only where its reference label equals
+the network's own hard label from the same pass (W × 1[agree]); where they differ the pixel teaches nothing. Why:
+on data whose unlabelled scans come from other scanners than the labelled one, the far sites' background can lie
+nearer in feature space to foreground references than to background ones; the term then teaches foreground the
+network does not predict, the network follows, and the matching drifts further (RPG⁺ on heart_sites, two seeds
+of seven: half of the far sites' pixels labelled foreground at the end). Two labellers that must agree stop that
+loop where the network has not yet drifted. Measured in ``experiments/dev_rpg_agree_*.yaml``.
+
 Measurements behind the defaults: ``docs/evidence/rpg.md``.
 """
 
