@@ -34,7 +34,14 @@ on data whose unlabelled scans come from other scanners than the labelled one, t
 nearer in feature space to foreground references than to background ones; the term then teaches foreground the
 network does not predict, the network follows, and the matching drifts further (RPG⁺ on heart_sites, two seeds
 of seven: half of the far sites' pixels labelled foreground at the end). Two labellers that must agree stop that
-loop where the network has not yet drifted. Measured in ``experiments/dev_rpg_agree_*.yaml``.
+loop where the network has not yet drifted. Measured in ``experiments/dev_rpg_agree_heart.yaml``: it stops
+the drift but costs the seeds that do not drift (the term's gain lies in the pixels where the two disagree).
+
+Share cap (``share_cap: true``, not in the paper): a class's share of the unlabelled batch's reference labels,
+u_c, is held to its share of the references, r_c (the labelled pool's class balance): the W of a class handed
+out more often than that is scaled by r_c / u_c. Why: the drift above begins as a class (foreground on the far
+sites) labelled far more often than the labelled images hold it; the cap bounds that without a threshold of its
+own, and leaves W alone while the labels keep the pool's balance. Measured in ``experiments/dev_rpg_cap_*.yaml``.
 
 Measurements behind the defaults: ``docs/evidence/rpg.md``.
 """
@@ -44,6 +51,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+import torch
 from pydantic import Field
 from torch import Tensor
 
@@ -62,6 +70,9 @@ class RPGConfig(ReferenceOptions, PassesOption):
     # True: Eq. 8 keeps a pixel only where its reference label equals the network's own hard label of the same
     # pass (W × 1[agree]); not in the paper. Why and the measurements: module docstring, "Agreement".
     agreement: bool = False
+    # True: W of the pixels of a class the references hand out more often (share of the batch's labels) than
+    # they hold it is scaled down to the references' share (not in the paper; module docstring, "Share cap").
+    share_cap: bool = False
 
 
 def expected_weighted_ce(logits: Tensor, target: Tensor, weight: Tensor, label_mode: str) -> Tensor:
@@ -110,11 +121,14 @@ class RPG(Method):
         if self.cfg.agreement:
             agree = agreeing(ref.target, out_u.logits, self.ctx.label_mode)
             weight = weight * agree
+        if self.cfg.share_cap:
+            weight = weight * share_cap(ref.codes, ref.reference_share)
         unsup = expected_weighted_ce(out_u.logits, ref.target, weight, self.ctx.label_mode)
         losses = {"sup": self.ctx.supervised_loss(out_l.logits, labelled.label), "rpg": self.cfg.weight * unsup}
         logs = {
             "rpg_w_mean": float(ref.weight.mean()),
             **({"rpg_agree": float(agree.mean())} if self.cfg.agreement else {}),
+            **({"rpg_capped_w": float(weight.mean())} if self.cfg.share_cap else {}),
             "rpg_pool": float(len(ref.pool)),
             "rpg_classes": float(ref.table.shape[0]),
             **weight_by_side(ref.weight, ref.target, self.ctx.label_mode),
@@ -135,6 +149,19 @@ def agreeing(target: Tensor, logits: Tensor, label_mode: str) -> Tensor:
     own = hard_labels(probabilities(logits.detach(), label_mode), label_mode)
     same = own == target if label_mode == "multiclass" else (own == target).all(dim=1)
     return same.float()
+
+
+def share_cap(codes: Tensor, reference_share: Tensor) -> Tensor:
+    """Per-pixel factor min(1, r_c / u_c) of the pixel's class code c, (B, *spatial).
+
+    r_c is c's share of the references (the labelled pool's balance), u_c its share of the unlabelled batch's
+    reference labels: both count labels, so W's own lean (low on small structures) does not enter. A class the
+    references hand out more often than the labelled images hold it (far sites' background matched to foreground
+    references, the start of RPG⁺'s drift) is scaled back to the pool's share; the others keep W.
+    """
+    counts = torch.bincount(codes.flatten(), minlength=reference_share.numel()).float()
+    factor = (reference_share / (counts / counts.sum()).clamp_min(1e-12)).clamp(max=1.0)
+    return factor[codes]
 
 
 def weight_by_side(weight: Tensor, target: Tensor, label_mode: str) -> dict[str, float]:

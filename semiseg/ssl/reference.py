@@ -357,6 +357,7 @@ class ReferenceLabels:
     table: Tensor  # (C, K) label vector of each code
     delta: Tensor | None  # (B, *spatial, C) Eq. 5, None without weighting
     pool: Tensor  # indices of the labelled images used as references
+    reference_share: Tensor  # (C,) share of the references holding each code (the pool's class balance)
 
 
 def reference_pseudo_labels(
@@ -396,4 +397,5 @@ def reference_pseudo_labels(
         delta = delta.reshape(*spatial, -1)
     nearest = nearest.reshape(spatial)
     target = nearest if label_mode == "multiclass" else table[nearest].movedim(-1, 1).contiguous()
-    return ReferenceLabels(target, weight, nearest, table, delta, pool)
+    share = torch.bincount(codes, minlength=num_codes).float() / codes.numel()
+    return ReferenceLabels(target, weight, nearest, table, delta, pool, share)

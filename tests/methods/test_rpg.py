@@ -10,7 +10,7 @@ from torch import nn
 from semiseg.errors import ConfigError
 from semiseg.losses import dice_loss, supervised_loss
 from semiseg.methods import Batch, MethodContext, Progress, get_method
-from semiseg.methods.rpg import agreeing
+from semiseg.methods.rpg import agreeing, share_cap
 from semiseg.nets.unet import NetOutput
 
 # One labelled image of three pixels with features r0 = (1, 0), r1 = (0.8, 0.6), r2 = (0, 1) and classes 0, 1, 2;
@@ -93,8 +93,29 @@ def test_agreement_in_multilabel_mode_needs_every_channel():
     assert agreeing(torch.tensor([[[2, 1]]]), logits, "multiclass").tolist() == [[[1.0, 0.0]]]
 
 
-def test_rpg_plus_passes_agreement_to_its_rpg():
-    assert get_method("rpg_plus")(_ctx(), {"agreement": True}).rpg.cfg.agreement
+def test_share_cap_scales_classes_handed_out_beyond_the_references_share():
+    # references: one pixel each of classes 0, 1, 2 (share 1/3 each); the unlabelled labels (0, 2, 0) hand out
+    # class 0 twice (2/3: scaled by 1/2) and class 2 once (1/3: kept), whatever their W
+    logits = _logits(3)
+    method = get_method("rpg")(_ctx(), {"k": 2, "share_cap": True})
+    out = method.training_step({"model": FixedNet(logits, FEATURES)}, *_batches(), Progress(0, 10))
+    capped = [w * f for w, f in zip(EXPECTED_W, [0.5, 1.0, 0.5], strict=True)]
+    ce_u = F.cross_entropy(logits[1:], torch.tensor([[EXPECTED_LABELS]]), reduction="none").flatten().tolist()
+    assert out.masks["reference"].flatten().tolist() == pytest.approx(capped, abs=1e-5)
+    assert out.losses["rpg"].item() == pytest.approx(sum(w * c for w, c in zip(capped, ce_u, strict=True)) / 3,
+                                                     abs=1e-5)
+    assert out.logs["rpg_capped_w"] == pytest.approx(sum(capped) / 3, abs=1e-5)
+
+
+def test_share_cap_leaves_a_batch_at_the_references_balance_alone():
+    share = torch.tensor([0.5, 0.5])
+    assert share_cap(torch.tensor([[0, 1, 1, 0]]), share).flatten().tolist() == [1.0, 1.0, 1.0, 1.0]
+    over = share_cap(torch.tensor([[1, 1, 1, 0]]), share)  # class 1: 3/4 of the labels
+    assert over.flatten().tolist() == pytest.approx([2 / 3, 2 / 3, 2 / 3, 1.0])
+
+
+def test_rpg_plus_passes_agreement_and_share_cap_to_its_rpg():
+    assert get_method("rpg_plus")(_ctx(), {"agreement": True, "share_cap": True}).rpg.cfg.share_cap
     assert not get_method("rpg_plus")(_ctx(), {}).rpg.cfg.agreement
 
 
