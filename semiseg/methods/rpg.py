@@ -41,7 +41,9 @@ Share cap (``share_cap: true``, not in the paper): a class's share of the unlabe
 u_c, is held to its share of the references, r_c (the labelled pool's class balance): the W of a class handed
 out more often than that is scaled by r_c / u_c. Why: the drift above begins as a class (foreground on the far
 sites) labelled far more often than the labelled images hold it; the cap bounds that without a threshold of its
-own, and leaves W alone while the labels keep the pool's balance. Measured in ``experiments/dev_rpg_cap_*.yaml``.
+own, and leaves W alone while the labels keep the pool's balance. Measured in ``experiments/dev_rpg_cap_heart.yaml``
+(every seed above supervised training, two of which drifted without it), ``dev_rpg_drift_demo.yaml`` and
+``dev_rpg_cap_liver.yaml`` (level): RPG⁺'s default, not RPG's (RPG alone was not measured with it).
 
 Measurements behind the defaults: ``docs/evidence/rpg.md``.
 """

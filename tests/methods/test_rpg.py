@@ -117,6 +117,9 @@ def test_share_cap_leaves_a_batch_at_the_references_balance_alone():
 def test_rpg_plus_passes_agreement_and_share_cap_to_its_rpg():
     assert get_method("rpg_plus")(_ctx(), {"agreement": True, "share_cap": True}).rpg.cfg.share_cap
     assert not get_method("rpg_plus")(_ctx(), {}).rpg.cfg.agreement
+    assert get_method("rpg_plus")(_ctx(), {}).rpg.cfg.share_cap  # RPG⁺'s default (measured), not RPG's
+    assert not get_method("rpg")(_ctx(), {}).cfg.share_cap
+    assert not get_method("rpg_plus")(_ctx(), {"share_cap": False}).rpg.cfg.share_cap
 
 
 def test_nearest_neighbour_baseline_has_no_weighting():
