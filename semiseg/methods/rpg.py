@@ -64,7 +64,7 @@ from semiseg.methods.registry import register
 from semiseg.nets.unet import NetOutput
 from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import hard_labels, probabilities
-from semiseg.ssl.reference import reference_pseudo_labels
+from semiseg.ssl.reference import ReferenceLabels, reference_pseudo_labels
 
 
 class RPGConfig(ReferenceOptions, PassesOption):
@@ -119,24 +119,29 @@ class RPG(Method):
             num_classes=self.ctx.num_classes,
             settings=self.cfg.reference_settings(),
         )
-        weight = ref.weight
-        if self.cfg.agreement:
-            agree = agreeing(ref.target, out_u.logits, self.ctx.label_mode)
-            weight = weight * agree
-        if self.cfg.share_cap:
-            weight = weight * share_cap(ref.codes, ref.reference_share)
+        weight, filter_logs = self.filtered_weight(ref, out_u.logits)
         unsup = expected_weighted_ce(out_u.logits, ref.target, weight, self.ctx.label_mode)
         losses = {"sup": self.ctx.supervised_loss(out_l.logits, labelled.label), "rpg": self.cfg.weight * unsup}
         logs = {
             "rpg_w_mean": float(ref.weight.mean()),
-            **({"rpg_agree": float(agree.mean())} if self.cfg.agreement else {}),
-            **({"rpg_capped_w": float(weight.mean())} if self.cfg.share_cap else {}),
+            **filter_logs,
             "rpg_pool": float(len(ref.pool)),
             "rpg_classes": float(ref.table.shape[0]),
             **weight_by_side(ref.weight, ref.target, self.ctx.label_mode),
         }
         return StepOut(losses, logs, targets={"reference": ref.target}, masks={"reference": weight},
                        unlabelled=frozenset({"rpg"}))
+
+    def filtered_weight(self, ref: ReferenceLabels, logits_u: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """Eq. 7's W after the options that filter it (``agreement``, ``share_cap``), and what each kept."""
+        weight, logs = ref.weight, {}
+        if self.cfg.agreement:
+            agree = agreeing(ref.target, logits_u, self.ctx.label_mode)
+            weight, logs["rpg_agree"] = weight * agree, float(agree.mean())
+        if self.cfg.share_cap:
+            weight = weight * share_cap(ref.codes, ref.reference_share)
+            logs["rpg_capped_w"] = float(weight.mean())
+        return weight, logs
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         return self.terms(*self.forward(nets, labelled, unlabelled.image, progress), labelled)
