@@ -23,6 +23,7 @@ import json
 import statistics
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 try:
@@ -31,28 +32,40 @@ except ModuleNotFoundError:  # run from a checkout without ``pip install -e .``
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from semiseg.api import load_model
+from semiseg.data.case import DatasetSpec
 from semiseg.engine.assemble import open_configured_dataset
+from semiseg.engine.model import LoadedModel
 from semiseg.eval.labels import probs_to_label
 from semiseg.eval.metrics import mean_foreground_dice
 
 Scores = dict[str, dict[str, list[float]]]  # part → site → per-case Dice
 
 
-def run_scores(run: Path, checkpoint: str, parts: list[str], net: str | None = None,
-               adapt_bn: bool = False) -> Scores:
+@dataclass(frozen=True)
+class LoadedRun:
+    """A run's checkpoint, dataset and split, loaded once for every variant scored on it."""
+
+    model: LoadedModel
+    spec: DatasetSpec
+    split: dict[str, list[str]]
+
+    @classmethod
+    def open(cls, run: Path, checkpoint: str) -> LoadedRun:
+        model = load_model(run, checkpoint, "cpu", 1)
+        return cls(model, open_configured_dataset(model.cfg), json.loads((run / "split.json").read_text()))
+
+
+def run_scores(loaded: LoadedRun, parts: list[str], net: str | None = None, adapt_bn: bool = False) -> Scores:
     """Mean foreground Dice of each case of ``parts`` (split names), grouped by part and site.
 
     ``net`` scores that network of the checkpoint alone instead of the method's prediction, ``"a+b"`` the mean of
     those networks' probabilities; ``adapt_bn`` re-estimates BatchNorm's statistics on each case."""
-    model = load_model(run, checkpoint, "cpu", 1)
-    model = model.with_case_norm(adapt_bn)
+    model, spec = loaded.model.with_case_norm(adapt_bn), loaded.spec
     predictors = [model] if net is None else [model.only(name) for name in net.split("+")]
-    spec = open_configured_dataset(model.cfg)
     refs = {ref.case_id: ref for ref in spec.cases}
-    split = json.loads((run / "split.json").read_text())
     scores: Scores = defaultdict(lambda: defaultdict(list))
     for part in parts:
-        for case_id in split[part]:
+        for case_id in loaded.split[part]:
             case = refs[case_id].load()
             if case.label is None:
                 raise SystemExit(f"{case_id} ({part}) has no label on disk: nothing to score it against")
@@ -61,10 +74,6 @@ def run_scores(run: Path, checkpoint: str, parts: list[str], net: str | None = N
             dice = mean_foreground_dice(predicted, case.label, spec.label_mode, spec.num_classes)
             scores[part][str(case.meta.get("site", "all"))].append(dice)
     return scores
-
-
-def net_names(run: Path, checkpoint: str) -> list[str]:
-    return list(load_model(run, checkpoint, "cpu", 1).nets)
 
 
 def label_of(run: Path) -> str:
@@ -87,13 +96,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--parts: test cases are read once, for a published table; decide on val and unlabelled")
     merged: dict[str, Scores] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for run in args.runs:
-        nets: list[str | None] = list(net_names(run, args.checkpoint)) if args.nets else [None]
+        loaded = LoadedRun.open(run, args.checkpoint)
+        nets: list[str | None] = list(loaded.model.nets) if args.nets else [None]
         if args.mean_of:
             nets.append("+".join(args.mean_of.split(",")))
         for net in nets:
             for adapt_bn in [False, True] if args.adapt_bn else [False]:
                 label = label_of(run) + (f"[{net}]" if net else "") + ("{adapted}" if adapt_bn else "")
-                for part, sites in run_scores(run, args.checkpoint, parts, net, adapt_bn).items():
+                for part, sites in run_scores(loaded, parts, net, adapt_bn).items():
                     for site, values in sites.items():
                         merged[label][part][site].extend(values)
     for label, by_part in merged.items():

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from semiseg.engine.handlers import Handler
     from semiseg.engine.model import LoadedModel
 
-__all__ = ["RunResult", "evaluate_folders", "evaluate_run", "export", "export_demo", "load_model", "plan", "predict",
-           "resume", "suggest", "train"]
+__all__ = ["RunResult", "evaluate_folders", "evaluate_run", "evaluate_run_with", "export", "export_demo",
+           "load_model", "plan", "predict", "resume", "suggest", "train"]
 
 
 @dataclass
@@ -104,6 +104,13 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: tuple[str, ...] = ("best",
     options = EvaluationOptions(checkpoints=checkpoints, robustness=robustness, uncertainty=uncertainty,
                                 gammas=gammas, epsilons=epsilons, samples=samples, tta=tta, case_norm=adapt_bn,
                                 beside=True, overwrite=overwrite)
+    return evaluate_run_with(run_dir, options, progress=progress, threads=threads, data=data)
+
+
+def evaluate_run_with(run_dir: str | Path, options: EvaluationOptions, *, progress: bool = True,
+                      threads: int | None = None, data: str | Path | None = None) -> dict[str, Any]:
+    """``evaluate_run`` from settings already gathered, for a caller that also needs them afterwards (the CLI
+    prints what the evaluation folder holds); ``options.beside`` keeps the training-time evaluation intact."""
     return Run.open(run_dir, progress=progress, threads=threads, data=data).evaluate(options)
 
 

@@ -321,6 +321,7 @@ def _levels(text: str | None, flag: str) -> dict[str, tuple[float, ...]]:
 
 def _evaluate_run(args: argparse.Namespace) -> None:
     import json
+    from dataclasses import replace
 
     from semiseg import api
     from semiseg.eval.robustness import format_robustness_table
@@ -328,14 +329,14 @@ def _evaluate_run(args: argparse.Namespace) -> None:
     from semiseg.eval.uncertainty import format_uncertainty_table
 
     checkpoints = ("best", "last") if args.checkpoint == "both" else (args.checkpoint,)
-    summary = api.evaluate_run(args.run, checkpoints=checkpoints, progress=not args.quiet, robustness=args.robustness,
-                               uncertainty=args.uncertainty, samples=args.samples, threads=args.threads, tta=args.tta,
-                               adapt_bn=args.adapt_bn, overwrite=args.overwrite, data=args.data,
-                               **_levels(args.gammas, "gammas"), **_levels(args.epsilons, "epsilons"))
+    options = EvaluationOptions(checkpoints=checkpoints, robustness=args.robustness, uncertainty=args.uncertainty,
+                                samples=args.samples, tta=args.tta, case_norm=args.adapt_bn, beside=True,
+                                overwrite=args.overwrite, **_levels(args.gammas, "gammas"),
+                                **_levels(args.epsilons, "epsilons"))
+    summary = api.evaluate_run_with(args.run, options, progress=not args.quiet, threads=args.threads,
+                                    data=args.data)
     print(_short_table(summary))
-    used = EvaluationOptions(checkpoints=tuple(summary), robustness=args.robustness, uncertainty=args.uncertainty,
-                             tta=args.tta, case_norm=args.adapt_bn, beside=True)  # best falls back to last
-    folder = evaluation_folder(Path(args.run), used)
+    folder = evaluation_folder(Path(args.run), replace(options, checkpoints=tuple(summary)))  # best → last
     saved = json.loads((folder / "summary.json").read_text())
     if "robustness" in saved:
         print("\n" + format_robustness_table(saved["robustness"]))

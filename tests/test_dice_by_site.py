@@ -31,7 +31,8 @@ def tiny_run(tmp_path: Path) -> Path:
 
 def test_scores_each_val_and_unlabelled_case_once_by_site(dice_by_site, tmp_path, capsys):
     run = tiny_run(tmp_path)
-    scores = dice_by_site.run_scores(run, "last", ["val", "unlabelled"])
+    loaded = dice_by_site.LoadedRun.open(run, "last")
+    scores = dice_by_site.run_scores(loaded, ["val", "unlabelled"])
     split = json.loads((run / "split.json").read_text())
     assert sum(len(v) for v in scores["val"].values()) == len(split["val"]) == 4  # one per site
     assert sum(len(v) for v in scores["unlabelled"].values()) == len(split["unlabelled"]) > 1
@@ -39,10 +40,10 @@ def test_scores_each_val_and_unlabelled_case_once_by_site(dice_by_site, tmp_path
     dice_by_site.main([str(run)])
     assert capsys.readouterr().out.startswith("tiny ")
     # supervised training predicts with its one network, so scoring that network alone changes nothing
-    assert dice_by_site.run_scores(run, "last", ["val"], "model") == {"val": scores["val"]}
+    assert dice_by_site.run_scores(loaded, ["val"], "model") == {"val": scores["val"]}
     dice_by_site.main([str(run), "--nets", "--parts", "val"])
     assert capsys.readouterr().out.startswith("tiny[model] ")
-    assert dice_by_site.run_scores(run, "last", ["val"], "model+model") == {"val": scores["val"]}  # a mean of one net
+    assert dice_by_site.run_scores(loaded, ["val"], "model+model") == {"val": scores["val"]}  # a mean of one net
     dice_by_site.main([str(run), "--mean-of", "model,model", "--parts", "val", "--all"])
     out = capsys.readouterr().out.splitlines()
     every = [d for v in scores["val"].values() for d in v]
@@ -53,10 +54,21 @@ def test_scores_each_val_and_unlabelled_case_once_by_site(dice_by_site, tmp_path
 
 def test_adapt_bn_scores_every_case_and_labels_the_rows(dice_by_site, tmp_path, capsys):
     run = tiny_run(tmp_path)
-    plain = dice_by_site.run_scores(run, "last", ["val"])
-    adapted = dice_by_site.run_scores(run, "last", ["val"], adapt_bn=True)
+    loaded = dice_by_site.LoadedRun.open(run, "last")
+    plain = dice_by_site.run_scores(loaded, ["val"])
+    adapted = dice_by_site.run_scores(loaded, ["val"], adapt_bn=True)
     assert {s: len(v) for s, v in adapted["val"].items()} == {s: len(v) for s, v in plain["val"].items()}
-    assert dice_by_site.run_scores(run, "last", ["val"]) == plain  # the trained statistics are back
+    assert dice_by_site.run_scores(loaded, ["val"]) == plain  # the trained statistics are back
     dice_by_site.main([str(run), "--parts", "val", "--adapt-bn"])
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("tiny ") and out[1].startswith("tiny{adapted} ")
+
+
+def test_every_variant_of_a_run_shares_one_loaded_checkpoint(dice_by_site, tmp_path, monkeypatch, capsys):
+    run = tiny_run(tmp_path)
+    loads = []
+    real = dice_by_site.load_model
+    monkeypatch.setattr(dice_by_site, "load_model", lambda *a: loads.append(a) or real(*a))
+    dice_by_site.main([str(run), "--nets", "--mean-of", "model,model", "--adapt-bn", "--parts", "val"])
+    assert len(capsys.readouterr().out.splitlines()) == 4  # two networks' views, each plain and adapted
+    assert len(loads) == 1

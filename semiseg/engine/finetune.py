@@ -19,8 +19,11 @@ from typing import Any
 
 import torch
 
+from semiseg.config import validate_config
+from semiseg.engine.assemble import method_context
 from semiseg.engine.checkpoint import load_checkpoint
 from semiseg.errors import ConfigError
+from semiseg.methods import get_method
 from semiseg.methods.base import Method, Nets
 
 
@@ -35,6 +38,15 @@ def source_prediction_net(method_name: str, net_names: list[str], method_options
         if candidate in net_names:
             return candidate
     raise ConfigError(f"cannot tell which of the {method_name!r} run's nets {net_names} predicts")
+
+
+def _source_options(state: dict[str, Any]) -> dict[str, Any]:
+    """The source run's method options as its method resolves them from the checkpoint: CMT / UCMT record which
+    networks predicted during training, and their ``load_state_dict`` is the one place that reads the record."""
+    cfg = validate_config(state["config"])
+    method = get_method(state["method"])(method_context(cfg, state["dataset"]), cfg.method)
+    method.load_state_dict(state.get("method_state") or {})
+    return method.cfg.model_dump()
 
 
 def _mismatch(target: dict[str, torch.Tensor], source: dict[str, torch.Tensor]) -> str | None:
@@ -111,11 +123,7 @@ def init_from_run(nets: Nets, method: Method, run_dir: str | Path, checkpoint: s
         raise ConfigError(f"model.init_from={str(run_dir)!r}: {path} does not exist; give a trained run folder")
     state = load_checkpoint(path)
     sources = state["nets"]
-    options = dict(state["config"].get("method") or {})
-    recorded = (state.get("method_state") or {}).get("predict_with")  # CMT / UCMT record what predicted in the run
-    if recorded is not None:
-        options["predict_with"] = recorded
-    fallback = source_prediction_net(state["method"], list(sources), options)
+    fallback = source_prediction_net(state["method"], list(sources), _source_options(state))
     specs = method.networks()
     mapping = {}
     for name, net in nets.items():
