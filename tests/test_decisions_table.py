@@ -42,6 +42,7 @@ STATUSES = (
     "paper default kept: its alternative measured worse on heart_sites' validation — the demo and liver_lesions "
     "not measured",
     "kept: its alternative level on heart_sites' validation — the demo and liver_lesions not measured",
+    "chosen on validation on the demo and heart_sites — its alternative ahead on liver_lesions' validation",
 )
 
 
