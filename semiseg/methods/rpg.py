@@ -43,7 +43,8 @@ out more often than that is scaled by r_c / u_c. Why: the drift above begins as 
 sites) labelled far more often than the labelled images hold it; the cap bounds that without a threshold of its
 own, and leaves W alone while the labels keep the pool's balance. Measured in ``experiments/dev_rpg_cap_heart.yaml``
 (every seed above supervised training, two of which drifted without it), ``dev_rpg_drift_demo.yaml`` and
-``dev_rpg_cap_liver.yaml`` (level): RPG⁺'s default, not RPG's (RPG alone was not measured with it).
+``dev_rpg_cap_liver.yaml`` (level on the demo, ~0.02 lower in 3D): RPG⁺'s default, not RPG's (RPG alone was not
+measured with it).
 
 Measurements behind the defaults: ``docs/evidence/rpg.md``.
 """
