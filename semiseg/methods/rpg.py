@@ -44,7 +44,10 @@ sites) labelled far more often than the labelled images hold it; the cap bounds 
 own, and leaves W alone while the labels keep the pool's balance. Measured in ``experiments/dev_rpg_cap_heart.yaml``
 (every seed above supervised training, two of which drifted without it), ``dev_rpg_drift_demo.yaml`` and
 ``dev_rpg_cap_liver.yaml`` (level on the demo, ~0.02 lower in 3D): RPG⁺'s default, not RPG's (RPG alone was not
-measured with it).
+measured with it). ``share_half_life`` compares running shares instead of the batch's own: r_c and u_c are
+exponential moving averages over steps (half-life in steps, or a fraction of the run when < 1), so a batch that
+happens to hold more foreground than the labelled batch of the same step is not capped, while a class handed out
+beyond its share step after step (the drift) still is.
 
 Measurements behind the defaults: ``docs/evidence/rpg.md``.
 """
@@ -53,6 +56,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
 from pydantic import Field
@@ -60,9 +64,10 @@ from torch import Tensor
 
 from semiseg.losses import ce_loss
 from semiseg.methods._options import PassesOption, ReferenceOptions
-from semiseg.methods.base import Batch, Method, Nets, Progress, StepOut
+from semiseg.methods.base import Batch, Method, MethodContext, Nets, Progress, StepOut
 from semiseg.methods.registry import register
 from semiseg.nets.unet import NetOutput
+from semiseg.ssl.ema import decay_for_half_life, resolve_half_life
 from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import hard_labels, probabilities
 from semiseg.ssl.reference import ReferenceLabels, reference_pseudo_labels
@@ -76,6 +81,9 @@ class RPGConfig(ReferenceOptions, PassesOption):
     # True: W of the pixels of a class the references hand out more often (share of the batch's labels) than
     # they hold it is scaled down to the references' share (not in the paper; module docstring, "Share cap").
     share_cap: bool = False
+    # None: the cap compares this batch's shares; a half-life (steps, or a fraction of the run when < 1): their
+    # running averages over steps (module docstring, "Share cap")
+    share_half_life: float | None = Field(None, gt=0)
 
 
 def expected_weighted_ce(logits: Tensor, target: Tensor, weight: Tensor, label_mode: str) -> Tensor:
@@ -98,6 +106,10 @@ class RPG(Method):
     uses_unlabelled = True
     cfg: RPGConfig
 
+    def __init__(self, ctx: MethodContext, options: dict[str, Any] | None = None) -> None:
+        super().__init__(ctx, options)
+        self.shares = RunningShares()
+
     @staticmethod
     def features(nets: Nets) -> Callable[[Tensor], NetOutput]:
         """The network with its penultimate features, which the reference matching reads (Eqs. 1-4)."""
@@ -109,7 +121,7 @@ class RPG(Method):
         return joint_forward(self.features(nets), labelled.image, unlabelled_images,
                              self.unlabelled_pass(progress))
 
-    def terms(self, out_l: NetOutput, out_u: NetOutput, labelled: Batch) -> StepOut:
+    def terms(self, out_l: NetOutput, out_u: NetOutput, labelled: Batch, progress: Progress) -> StepOut:
         """Eq. 8's two terms from a pass over [labelled; unlabelled], what the matching looked like (W over
         pixels the references label foreground and background) and what it teaches (labels, W as the mask)."""
         ref = reference_pseudo_labels(
@@ -120,7 +132,7 @@ class RPG(Method):
             num_classes=self.ctx.num_classes,
             settings=self.cfg.reference_settings(),
         )
-        weight, filter_logs = self.filtered_weight(ref, out_u.logits)
+        weight, filter_logs = self.filtered_weight(ref, out_u.logits, progress)
         unsup = expected_weighted_ce(out_u.logits, ref.target, weight, self.ctx.label_mode)
         losses = {"sup": self.ctx.supervised_loss(out_l.logits, labelled.label), "rpg": self.cfg.weight * unsup}
         logs = {
@@ -133,19 +145,36 @@ class RPG(Method):
         return StepOut(losses, logs, targets={"reference": ref.target}, masks={"reference": weight},
                        unlabelled=frozenset({"rpg"}))
 
-    def filtered_weight(self, ref: ReferenceLabels, logits_u: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def filtered_weight(self, ref: ReferenceLabels, logits_u: Tensor,
+                        progress: Progress) -> tuple[Tensor, dict[str, float]]:
         """Eq. 7's W after the options that filter it (``agreement``, ``share_cap``), and what each kept."""
         weight, logs = ref.weight, {}
         if self.cfg.agreement:
             agree = agreeing(ref.target, logits_u, self.ctx.label_mode)
             weight, logs["rpg_agree"] = weight * agree, float(agree.mean())
         if self.cfg.share_cap:
-            weight = weight * share_cap(ref.codes, ref.reference_share)
+            weight = weight * self.cap_factor(ref, progress)
             logs["rpg_capped_w"] = float(weight.mean())
         return weight, logs
 
+    def cap_factor(self, ref: ReferenceLabels, progress: Progress) -> Tensor:
+        """The share cap's per-pixel factor, from this batch's shares or, with ``share_half_life``, running ones."""
+        label_share = code_shares(ref.codes, len(ref.reference_share))
+        if self.cfg.share_half_life is None:
+            return share_cap(ref.codes, ref.reference_share, label_share)
+        decay = decay_for_half_life(resolve_half_life(self.cfg.share_half_life, progress.total_steps))
+        reference_share, label_share = self.shares.update(ref.table, ref.reference_share, label_share, decay)
+        return share_cap(ref.codes, reference_share, label_share)
+
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
-        return self.terms(*self.forward(nets, labelled, unlabelled.image, progress), labelled)
+        return self.terms(*self.forward(nets, labelled, unlabelled.image, progress), labelled, progress)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The share cap's running shares (empty unless ``share_half_life`` is set), so a resumed run goes on."""
+        return self.shares.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.shares.load_state_dict(state)
 
 
 def agreeing(target: Tensor, logits: Tensor, label_mode: str) -> Tensor:
@@ -159,17 +188,59 @@ def agreeing(target: Tensor, logits: Tensor, label_mode: str) -> Tensor:
     return same.float()
 
 
-def share_cap(codes: Tensor, reference_share: Tensor) -> Tensor:
+def code_shares(codes: Tensor, num_codes: int) -> Tensor:
+    """(C,) share of the pixels carrying each class code: u_c of the share cap."""
+    counts = torch.bincount(codes.flatten(), minlength=num_codes).float()
+    return counts / counts.sum()
+
+
+def share_cap(codes: Tensor, reference_share: Tensor, label_share: Tensor | None = None) -> Tensor:
     """Per-pixel factor min(1, r_c / u_c) of the pixel's class code c, (B, *spatial).
 
     r_c is c's share of the references (the labelled pool's balance), u_c its share of the unlabelled batch's
-    reference labels: both count labels, so W's own lean (low on small structures) does not enter. A class the
-    references hand out more often than the labelled images hold it (far sites' background matched to foreground
-    references, the start of RPG⁺'s drift) is scaled back to the pool's share; the others keep W.
+    reference labels (``label_share``; counted from ``codes`` when not given): both count labels, so W's own lean
+    (low on small structures) does not enter. A class the references hand out more often than the labelled
+    images hold it (far sites' background matched to foreground references, the start of RPG⁺'s drift) is
+    scaled back to the pool's share; the others keep W.
     """
-    counts = torch.bincount(codes.flatten(), minlength=reference_share.numel()).float()
-    factor = (reference_share / (counts / counts.sum()).clamp_min(1e-12)).clamp(max=1.0)
+    if label_share is None:
+        label_share = code_shares(codes, reference_share.numel())
+    factor = (reference_share / label_share.clamp_min(1e-12)).clamp(max=1.0)
     return factor[codes]
+
+
+class RunningShares:
+    """Exponential moving averages of r_c and u_c over steps, kept per label vector.
+
+    Keyed by the class's label vector, not its code: in multilabel mode a batch's codes index only the vectors
+    its pool holds, so the same code can mean another class next step. A class absent from a step counts as a
+    share of 0 there; a class seen for the first time starts at its step's shares.
+    """
+
+    def __init__(self) -> None:
+        self.shares: dict[tuple[int, ...], tuple[float, float]] = {}
+
+    def update(self, table: Tensor, reference_share: Tensor, label_share: Tensor,
+               decay: float) -> tuple[Tensor, Tensor]:
+        """Fold this step's shares in; the running (r, u) of each of this step's codes, (C,) each."""
+        step = {tuple(int(v) for v in row.tolist()): (float(r), float(u))
+                for row, r, u in zip(table.gt(0.5), reference_share, label_share, strict=True)}
+        for key in self.shares.keys() | step.keys():
+            now = step.get(key, (0.0, 0.0))
+            old = self.shares.get(key, now)
+            self.shares[key] = (decay * old[0] + (1 - decay) * now[0], decay * old[1] + (1 - decay) * now[1])
+        running = torch.tensor([self.shares[key] for key in step], dtype=reference_share.dtype,
+                               device=reference_share.device)
+        return running[:, 0], running[:, 1]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"running_shares": [[list(key), *value] for key, value in self.shares.items()]} if self.shares else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        unknown = set(state) - {"running_shares"}
+        if unknown:
+            raise ValueError(f"rpg's state holds unknown entries {sorted(unknown)}")
+        self.shares = {tuple(key): (r, u) for key, r, u in state.get("running_shares", [])}
 
 
 def weight_by_side(weight: Tensor, target: Tensor, label_mode: str) -> dict[str, float]:

@@ -69,13 +69,20 @@ class RPGPlus(Method):
         features = self.rpg.features(nets)
         if not self.cfg.strong_augment:  # no strong view: the confident weak labels train the weak logits
             out_l, out_u = forward_parts(features, [labelled.image, unlabelled.image], self.unlabelled_pass(progress))
-            return self.combine(self.rpg.terms(out_l, out_u, labelled), *self.fixmatch.weak_term(out_u.logits))
+            taught = self.rpg.terms(out_l, out_u, labelled, progress)
+            return self.combine(taught, *self.fixmatch.weak_term(out_u.logits))
         strong = self.fixmatch.strong_image(unlabelled.image)
         out_l, out_u, out_s = forward_parts(features, [labelled.image, unlabelled.image, strong.image],
                                             self.unlabelled_pass(progress))
         target, mask = self.fixmatch.weak_labels(probabilities(out_u.logits.detach(), self.ctx.label_mode))
         fixmatch, kept = self.fixmatch.term(out_s.logits, *strong.carry(target, mask))
-        return self.combine(self.rpg.terms(out_l, out_u, labelled), fixmatch, kept, (target, mask))
+        return self.combine(self.rpg.terms(out_l, out_u, labelled, progress), fixmatch, kept, (target, mask))
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.rpg.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rpg.load_state_dict(state)
 
     def combine(self, taught: StepOut, fixmatch: Tensor, kept: float, pseudo: tuple[Tensor, Tensor]) -> StepOut:
         """Eq. 11: RPG's step (supervised + reference-guided terms) with the FixMatch term and what it teaches."""

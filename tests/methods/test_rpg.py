@@ -10,7 +10,7 @@ from torch import nn
 from semiseg.errors import ConfigError
 from semiseg.losses import dice_loss, supervised_loss
 from semiseg.methods import Batch, MethodContext, Progress, get_method
-from semiseg.methods.rpg import agreeing, share_cap
+from semiseg.methods.rpg import RunningShares, agreeing, share_cap
 from semiseg.nets.unet import NetOutput
 
 # One labelled image of three pixels with features r0 = (1, 0), r1 = (0.8, 0.6), r2 = (0, 1) and classes 0, 1, 2;
@@ -112,6 +112,43 @@ def test_share_cap_leaves_a_batch_at_the_references_balance_alone():
     assert share_cap(torch.tensor([[0, 1, 1, 0]]), share).flatten().tolist() == [1.0, 1.0, 1.0, 1.0]
     over = share_cap(torch.tensor([[1, 1, 1, 0]]), share)  # class 1: 3/4 of the labels
     assert over.flatten().tolist() == pytest.approx([2 / 3, 2 / 3, 2 / 3, 1.0])
+
+
+def test_share_cap_with_a_half_life_compares_running_shares():
+    # a balanced history (1/3 each); this step hands out (2/3, 0, 1/3) against references of 1/3 each. With a
+    # half-life of one step (decay ½) the running u is (1/2, 1/6, 1/3): class 0 is scaled by (1/3)/(1/2) = 2/3,
+    # not by the batch's own 1/2
+    method = get_method("rpg")(_ctx(), {"k": 2, "share_cap": True, "share_half_life": 1})
+    third = 1 / 3
+    method.shares.shares = {(1, 0, 0): (third, third), (0, 1, 0): (third, third), (0, 0, 1): (third, third)}
+    out = method.training_step({"model": FixedNet(_logits(3), FEATURES)}, *_batches(), Progress(0, 10))
+    capped = [w * f for w, f in zip(EXPECTED_W, [2 / 3, 1.0, 2 / 3], strict=True)]
+    assert out.masks["reference"].flatten().tolist() == pytest.approx(capped, abs=1e-5)
+    assert method.shares.shares[(1, 0, 0)] == pytest.approx((third, 0.5))
+    assert method.shares.shares[(0, 1, 0)] == pytest.approx((third, third / 2))
+
+
+def test_running_shares_start_at_the_first_step_and_decay_absent_classes():
+    running = RunningShares()
+    table = torch.tensor([[0.0, 0.0], [1.0, 0.0]])  # multilabel: background and channel 0
+    r, u = running.update(table, torch.tensor([0.5, 0.5]), torch.tensor([0.25, 0.75]), decay=0.5)
+    assert r.tolist() == [0.5, 0.5] and u.tolist() == [0.25, 0.75]  # no bias towards 0 at the first step
+    # next step's pool holds background and channel 1 only: code 1 now means another class
+    r, u = running.update(torch.tensor([[0.0, 0.0], [0.0, 1.0]]), torch.tensor([0.75, 0.25]),
+                          torch.tensor([0.5, 0.5]), decay=0.5)
+    assert r.tolist() == [0.625, 0.25] and u.tolist() == [0.375, 0.5]
+    assert running.shares[(1, 0)] == (0.25, 0.375)  # absent this step: counted as 0
+
+
+def test_rpg_plus_keeps_the_running_shares_in_its_checkpoint_state():
+    method = get_method("rpg_plus")(_ctx(), {"share_half_life": 0.05})
+    assert method.state_dict() == {}  # nothing kept before a step, or without a half-life
+    method.rpg.shares.update(torch.eye(2), torch.tensor([0.5, 0.5]), torch.tensor([0.9, 0.1]), decay=0.9)
+    restored = get_method("rpg_plus")(_ctx(), {"share_half_life": 0.05})
+    restored.load_state_dict(method.state_dict())
+    assert restored.rpg.shares.shares == method.rpg.shares.shares
+    with pytest.raises(ValueError, match="unknown"):
+        restored.load_state_dict({"bank": 1})
 
 
 def test_rpg_plus_passes_agreement_and_share_cap_to_its_rpg():
