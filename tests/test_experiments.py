@@ -74,7 +74,7 @@ NEW_EXPERIMENTS = {"converged", "converged_one_seed", "few_slices", "short", "sh
                    "dev_liver_ucmt", "headline_rpg_heart", "dev_liver_rpg", "dev_rpg_agree_heart",
                    "dev_rpg_drift_demo", "dev_rpg_cap_heart",
                    "dev_rpg_cap_liver", "dev_liver_views",
-                   "dev_rpg_running_cap_heart", "dev_rpg_running_cap_demo", "dev_rpg_running_cap_liver",
+                   "dev_rpg_running_cap_heart", "dev_rpg_running_cap_demo",
                    "dev_warmup_heart", "dev_warmup_demo", "dev_rpg_cap_window_heart"}
 
 
