@@ -73,7 +73,7 @@ from semiseg.nets.unet import NetOutput
 from semiseg.ssl.ema import decay_for_half_life, resolve_half_life
 from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import hard_labels, probabilities
-from semiseg.ssl.reference import ReferenceLabels, reference_pseudo_labels
+from semiseg.ssl.reference import ReferenceLabels, code_shares, reference_pseudo_labels
 
 
 class RPGConfig(ReferenceOptions, PassesOption):
@@ -189,12 +189,6 @@ def agreeing(target: Tensor, logits: Tensor, label_mode: str) -> Tensor:
     own = hard_labels(probabilities(logits.detach(), label_mode), label_mode)
     same = own == target if label_mode == "multiclass" else (own == target).all(dim=1)
     return same.float()
-
-
-def code_shares(codes: Tensor, num_codes: int) -> Tensor:
-    """(C,) share of the pixels carrying each class code: u_c of the share cap."""
-    counts = torch.bincount(codes.flatten(), minlength=num_codes).float()
-    return counts / counts.sum()
 
 
 def share_cap(codes: Tensor, reference_share: Tensor, label_share: Tensor | None = None) -> Tensor:

@@ -113,6 +113,12 @@ def label_codes(labels: Tensor, label_mode: str, num_classes: int) -> tuple[Tens
     return codes, table
 
 
+def code_shares(codes: Tensor, num_codes: int) -> Tensor:
+    """(C,) share of the pixels carrying each class code: the references' class balance, or the share cap's u_c."""
+    counts = torch.bincount(codes.flatten(), minlength=num_codes).float()
+    return counts / counts.sum()
+
+
 def flatten_pixels(x: Tensor) -> Tensor:
     """(B, d, *spatial) → (B·Π spatial, d): one row per pixel."""
     return x.movedim(1, -1).reshape(-1, x.shape[1])
@@ -397,5 +403,4 @@ def reference_pseudo_labels(
         delta = delta.reshape(*spatial, -1)
     nearest = nearest.reshape(spatial)
     target = nearest if label_mode == "multiclass" else table[nearest].movedim(-1, 1).contiguous()
-    share = torch.bincount(codes, minlength=num_codes).float() / codes.numel()
-    return ReferenceLabels(target, weight, nearest, table, delta, pool, share)
+    return ReferenceLabels(target, weight, nearest, table, delta, pool, code_shares(codes, num_codes))
