@@ -200,6 +200,9 @@ class TrainConfig(Strict):
                     "and the data that took them')")
     unlabelled_gate_threshold: float = Field(0.8, ge=0.0, le=1.0,
         description="smoothed labelled-batch Dice at which the unlabelled terms switch on")
+    unlabelled_gate_smoothing: float = Field(0.5, ge=0.0, lt=1.0,
+        description="weight of the previous estimate when the gate folds in a new labelled-batch Dice (one every "
+                    "5 steps while closed): 0 opens on a single batch, 0.8 averages about the last 25 steps")
     unlabelled_gate_patience: int = Field(4, ge=1,
         description="labelled_dice_plateau: measurements (one every 5 steps) without a new best smoothed "
                     "labelled-batch Dice after which the gate opens")

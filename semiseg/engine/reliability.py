@@ -72,11 +72,11 @@ def make_gate(cfg: Config, method: Method) -> ReliabilityGate | None:
     setting = method.default_unlabelled_gate if train.unlabelled_gate == "auto" else train.unlabelled_gate
     if setting == "off" or not method.uses_unlabelled:
         return None
-    ramp = train.unlabelled_gate_ramp * train.steps
+    shared = {"threshold": train.unlabelled_gate_threshold, "ramp_steps": train.unlabelled_gate_ramp * train.steps,
+              "smoothing": train.unlabelled_gate_smoothing}
     if setting == "labelled_dice_plateau":
-        return PlateauGate(threshold=train.unlabelled_gate_threshold, ramp_steps=ramp,
-                           patience=train.unlabelled_gate_patience)
-    return ReliabilityGate(threshold=train.unlabelled_gate_threshold, ramp_steps=ramp)
+        return PlateauGate(**shared, patience=train.unlabelled_gate_patience)
+    return ReliabilityGate(**shared)
 
 
 def closed_gate_note(gate: ReliabilityGate, steps: int) -> str:

@@ -103,3 +103,23 @@ def test_separate_until_gate_without_a_gate_is_the_joint_pass(tmp_path, monkeypa
     passes = record_passes(monkeypatch)
     train(tmp_path, "train.unlabelled_pass=separate_until_gate", "train.unlabelled_gate=off")
     assert passes == ["joint"] * 10
+
+
+@pytest.mark.parametrize("setting", ["labelled_dice", "labelled_dice_plateau"])
+def test_the_configured_smoothing_reaches_either_gate_and_weighs_the_previous_estimate(setting) -> None:
+    from semiseg.engine.reliability import make_gate
+    from semiseg.losses import supervised_loss
+    from semiseg.methods import MethodContext, get_method
+
+    ctx = MethodContext(label_mode="multiclass", num_classes=3, spatial_dims=2, in_channels=1,
+                        supervised_loss=supervised_loss("ce", "multiclass", False))
+    cfg = load_config(None, [f"train.unlabelled_gate={setting}", "train.unlabelled_gate_smoothing=0.8"])
+    gate = make_gate(cfg, get_method("mean_teacher")(ctx))
+    gate.observe(5, 0.5)
+    gate.observe(10, 1.0)
+    assert gate.reliability == pytest.approx(0.8 * 0.5 + 0.2 * 1.0)
+
+
+def test_smoothing_of_one_is_refused_since_the_estimate_would_never_move() -> None:
+    with pytest.raises(Exception, match="unlabelled_gate_smoothing"):
+        load_config(None, ["train.unlabelled_gate_smoothing=1"])
