@@ -43,6 +43,9 @@ STATUSES = (
     "not measured",
     "kept: its alternative level on heart_sites' validation — the demo and liver_lesions not measured",
     "chosen on validation on the demo and heart_sites — its alternative ahead on liver_lesions' validation",
+    "kept: its alternative level on the demo's and heart_sites' validation — liver_lesions not measured",
+    "measured on the demo's and heart_sites' validation: both settings collapse on both — kept",
+    "kept: ahead on the demo's validation, both settings collapse on heart_sites' — liver_lesions not measured",
 )
 
 
