@@ -63,18 +63,22 @@ def test_bare_yaml_off_means_the_word_and_a_bad_value_names_the_key() -> None:
         load_config(None, ["train.unlabelled_gate=validation"])
 
 
-@pytest.mark.parametrize(("method", "setting", "gated"), [
-    ("mean_teacher", "auto", True), ("fixmatch", "auto", False), ("fixmatch_mix", "auto", True),
-    ("fixmatch", "labelled_dice", True), ("mean_teacher", "off", False), ("supervised", "labelled_dice", False)])
-def test_auto_is_the_methods_own_choice_and_an_explicit_setting_wins(method, setting, gated) -> None:
+def gate_of(method: str, *overrides: str):
+    """The gate ``make_gate`` builds for ``method`` (a 2D, 3-class context) under the config ``overrides``."""
     from semiseg.engine.reliability import make_gate
     from semiseg.losses import supervised_loss
     from semiseg.methods import MethodContext, get_method
 
     ctx = MethodContext(label_mode="multiclass", num_classes=3, spatial_dims=2, in_channels=1,
                         supervised_loss=supervised_loss("ce", "multiclass", False))
-    cfg = load_config(None, [f"train.unlabelled_gate={setting}"])
-    assert (make_gate(cfg, get_method(method)(ctx)) is not None) == gated
+    return make_gate(load_config(None, list(overrides)), get_method(method)(ctx))
+
+
+@pytest.mark.parametrize(("method", "setting", "gated"), [
+    ("mean_teacher", "auto", True), ("fixmatch", "auto", False), ("fixmatch_mix", "auto", True),
+    ("fixmatch", "labelled_dice", True), ("mean_teacher", "off", False), ("supervised", "labelled_dice", False)])
+def test_auto_is_the_methods_own_choice_and_an_explicit_setting_wins(method, setting, gated) -> None:
+    assert (gate_of(method, f"train.unlabelled_gate={setting}") is not None) == gated
 
 
 def record_passes(monkeypatch) -> list[str]:
@@ -107,19 +111,14 @@ def test_separate_until_gate_without_a_gate_is_the_joint_pass(tmp_path, monkeypa
 
 @pytest.mark.parametrize("setting", ["labelled_dice", "labelled_dice_plateau"])
 def test_the_configured_smoothing_reaches_either_gate_and_weighs_the_previous_estimate(setting) -> None:
-    from semiseg.engine.reliability import make_gate
-    from semiseg.losses import supervised_loss
-    from semiseg.methods import MethodContext, get_method
-
-    ctx = MethodContext(label_mode="multiclass", num_classes=3, spatial_dims=2, in_channels=1,
-                        supervised_loss=supervised_loss("ce", "multiclass", False))
-    cfg = load_config(None, [f"train.unlabelled_gate={setting}", "train.unlabelled_gate_smoothing=0.8"])
-    gate = make_gate(cfg, get_method("mean_teacher")(ctx))
+    gate = gate_of("mean_teacher", f"train.unlabelled_gate={setting}", "train.unlabelled_gate_smoothing=0.8")
     gate.observe(5, 0.5)
     gate.observe(10, 1.0)
     assert gate.reliability == pytest.approx(0.8 * 0.5 + 0.2 * 1.0)
 
 
 def test_smoothing_of_one_is_refused_since_the_estimate_would_never_move() -> None:
-    with pytest.raises(Exception, match="unlabelled_gate_smoothing"):
+    from semiseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unlabelled_gate_smoothing"):
         load_config(None, ["train.unlabelled_gate_smoothing=1"])
