@@ -46,6 +46,8 @@ STATUSES = (
     "kept: its alternative level on the demo's and heart_sites' validation — liver_lesions not measured",
     "measured on the demo's and heart_sites' validation: both settings collapse on both — kept",
     "kept: ahead on the demo's validation, both settings collapse on heart_sites' — liver_lesions not measured",
+    "kept: validation mixed on heart_sites', level on the demo's at the default length — liver_lesions not measured",
+    "kept: ahead on the demo's validation, behind on heart_sites' — liver_lesions not measured",
 )
 
 
