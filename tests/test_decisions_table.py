@@ -50,8 +50,6 @@ STATUSES = (
     "kept: ahead on the demo's validation, behind on heart_sites' — liver_lesions not measured",
     "kept: ahead on the demo's validation; both settings end far below supervised training on heart_sites' — "
     "liver_lesions not measured",
-    "kept: ahead of the papers' way on heart_sites' validation, mixed on the demo's — its `separate_until_gate` "
-    "candidate not yet measured on the demo",
     "kept: validation mixed on heart_sites' (SegPL ahead, MuST behind); only the opt-in rule uses it — the demo and "
     "liver_lesions not trained",
 )

@@ -36,7 +36,8 @@ def test_dry_run_with_data_builds_everything_and_writes_nothing(tmp_path, monkey
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "found: phantom" in out and "student1" in out and "teacher" in out
-    assert "(separate passes)" in out and "gate:" in out  # today's defaults for UCMT, shown before training
+    # today's defaults for UCMT, shown before training
+    assert "(separate passes until the gate opens, then one joint pass)" in out and "gate:" in out
     assert "steps:      1000 " in out and "auto: 2000 updates" in out  # the default length and why
     assert list(tmp_path.iterdir()) == []
 

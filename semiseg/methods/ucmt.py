@@ -38,6 +38,12 @@ picks the best checkpoint. An EMA teacher of α = 0.999 remembers a third of a 2
 students in every seed on heart_sites; trained this way UCMT holds against supervised training there and on the
 demo (``experiments/dev_ucmt_predict_heart.yaml``, ``_demo.yaml``).
 
+Pass layout, measured: separate passes while the reliability gate is closed, then the papers' one joint pass
+(``separate_until_gate``, as ``rpg`` and ``dual_uncertainty``). Ahead of separate passes throughout on the
+validation cases of heart_sites and the demo (``experiments/dev_ucmt_layout_heart.yaml``,
+``dev_ucmt_until_gate_demo.yaml``); the papers' way (no gate, one joint pass) ends below supervised training on
+heart_sites.
+
 Measurements behind the defaults: ``docs/evidence/ucmt.md``.
 """
 
@@ -85,6 +91,8 @@ class UCMT(CMT):
     Config = UCMTConfig
     cfg: UCMTConfig
     updates_per_step = 2  # step 1 (CMT) and step 2 (UMIX): train.steps=auto gives half the steps (footnote 3)
+    # separate passes while the gate is closed, the papers' joint pass after (module docstring)
+    default_unlabelled_pass = "separate_until_gate"
 
     def networks(self) -> dict[str, NetSpec]:
         """CMT's nets; the teacher's ``ema_half_life`` counts in steps of two EMA updates (Algorithm 1)."""

@@ -29,7 +29,8 @@ def test_auto_is_each_methods_own_choice_and_no_option_defaults_to_one():
     chosen = {name: available_methods()[name](_ctx()).unlabelled_pass_setting for name in WITH_PASSES}
     assert {name: mode for name, mode in chosen.items() if mode != "separate"} == {
         "fixmatch": "joint", "rpg": "separate_until_gate", "rpg_plus": "separate_until_gate",
-        "dual_uncertainty": "separate_until_gate", "unimatch": "joint", "ad_mt": "joint"}
+        "dual_uncertainty": "separate_until_gate", "ucmt": "separate_until_gate", "unimatch": "joint",
+        "ad_mt": "joint"}
     assert load_config(None, []).train.unlabelled_pass == "auto"
 
 
