@@ -43,9 +43,11 @@ out more often than that is scaled by r_c / u_c. Why: the drift above begins as 
 sites) labelled far more often than the labelled images hold it; the cap bounds that without a threshold of its
 own, and leaves W alone while the labels keep the pool's balance. Measured in ``experiments/dev_rpg_cap_heart.yaml``
 (every seed above supervised training, two of which drifted without it), ``dev_rpg_drift_demo.yaml`` and
-``dev_rpg_cap_liver.yaml`` (level on the demo, ~0.02 lower in 3D): RPG⁺'s default, not RPG's (RPG alone was not
-measured with it). ``share_half_life`` compares running shares instead of the batch's own: r_c and u_c are
-exponential moving averages over steps (half-life in steps, or a fraction of the run when < 1), so a batch that
+``dev_rpg_cap_liver.yaml`` (level on the demo, ~0.02 lower in 3D): RPG⁺'s default, not RPG's: with RPG alone on
+heart_sites (``experiments/dev_rpg_plain_cap_heart.yaml``) it stops the foreground flood but RPG still ends far
+below supervised training, so it does not rescue the conference method there. ``share_half_life`` compares
+running shares instead of the batch's own: r_c and u_c are exponential moving averages over steps (half-life in
+steps, or a fraction of the run when < 1), so a batch that
 happens to hold more foreground than the labelled batch of the same step is not capped. Measured and not adopted
 (``experiments/dev_rpg_running_cap_heart.yaml``, half-life 5 % of the run): it gives back what the cap costs the
 seeds that do not drift (0.725 / 0.788 against 0.677 / 0.698) but lets the drift through on the two that do
