@@ -47,8 +47,8 @@ own, and leaves W alone while the labels keep the pool's balance. Measured in ``
 heart_sites (``experiments/dev_rpg_plain_cap_heart.yaml``) it stops the foreground flood but RPG still ends far
 below supervised training, so it does not rescue the conference method there. ``share_half_life`` compares
 running shares instead of the batch's own: r_c and u_c are exponential moving averages over steps (half-life in
-steps, or a fraction of the run when < 1), so a batch that
-happens to hold more foreground than the labelled batch of the same step is not capped. Measured and not adopted
+steps, or a fraction of the run when < 1), so a batch that happens to hold more foreground than the labelled
+batch of the same step is not capped. Measured and not adopted
 (``experiments/dev_rpg_running_cap_heart.yaml``, half-life 5 % of the run): it gives back what the cap costs the
 seeds that do not drift (0.725 / 0.788 against 0.677 / 0.698) but lets the drift through on the two that do
 (0.549 / 0.422 against 0.617 / 0.567; supervised training 0.551 / 0.517), and a half-life of 1 % (20 steps) as
