@@ -3,7 +3,8 @@
 ``python -m semiseg.docs`` writes ``docs/configuration.md`` (every key of ``semiseg.config``: type, default,
 constraint, description), ``docs/methods/<name>.md`` (one page per registered method: its module and class
 docstrings and its ``Config``, each option's comment read from the source), ``docs/results.md`` (the published
-``results/<experiment>/compare.json`` tables with their stamps) and ``docs/index.md``. ``--check`` writes nothing
+``results/<experiment>/compare.json`` tables with their stamps), ``docs/targets.md`` (where the defaults stand on
+each development dataset, from the tables named in ``TARGET_TABLES``) and ``docs/index.md``. ``--check`` writes nothing
 and exits 1 listing the pages that differ from what the code would generate; ``tests/test_docs.py`` runs it.
 The other pages of ``docs/`` are written by hand and left alone.
 """
@@ -275,6 +276,80 @@ def results_page(repo: Path) -> str:
     return "".join(parts)
 
 
+# One published table per development dataset that holds every seed paper's main method at today's defaults
+# beside supervised training and full supervision (label ``full``): the page ``targets.md`` reads them.
+TARGET_TABLES = {"heart_sites": "headline_defaults_heart", "demo": "dev_defaults_demo"}
+# Development datasets without such a table yet, and why.
+WITHOUT_TARGET_TABLE = {
+    "liver_lesions": "no table of every main method at today's defaults yet (a 3D run costs 5–40 CPU-minutes here); "
+                     "its tables at earlier defaults are `results/dev_liver_lesions`, `results/dev_liver_ucmt` and "
+                     "`results/dev_liver_rpg`, summed up in [protocol.md](protocol.md)",
+}
+MAIN_METHODS = ("segpl", "ucmt", "dual_uncertainty", "rpg", "rpg_plus", "must")
+FULL_SHARE_TARGET, SUPERVISED_MARGIN = 0.95, 0.02
+
+
+def _rows_by_label(compare: dict[str, Any], checkpoint: str) -> dict[str, dict[str, Any]]:
+    return {row["label"]: row for row in compare["rows"] if row["checkpoint"] == checkpoint}
+
+
+def _target_row(label: str, main: bool, last: dict[str, Any], best: dict[str, Any], full: float,
+                supervised: float) -> tuple[str, ...]:
+    val = last["val_dice_mean"]
+    return (f"`{label}`", "yes" if main else "no", f"{val:.3f} ({best['val_dice_mean']:.3f})", f"{val / full:.2f}",
+            f"{val - supervised:+.3f}", f"{last['dice_median']:.3f} ({last['dice_min']:.3f}–{last['dice_max']:.3f})",
+            f"{last['p_dice_vs_ref']:.2g}")
+
+
+def _target_rows(compare: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[str]]:
+    """One row per semi-supervised entry (validation decides, test read for the table), and the summary lines."""
+    last, best = _rows_by_label(compare, "last"), _rows_by_label(compare, "best")
+    main = {entry["label"]: entry["method"] in MAIN_METHODS for entry in compare["entries"]}
+    full, supervised = last["full"]["val_dice_mean"], last["supervised"]["val_dice_mean"]
+    semi = {label: row["val_dice_mean"] for label, row in last.items() if label not in ("supervised", "full")}
+    rows = [_target_row(label, main[label], last[label], best[label], full, supervised) for label in semi]
+    top = max(semi, key=semi.__getitem__)
+    floor = supervised - SUPERVISED_MARGIN
+    held = [f"`{label}`" for label, val in semi.items() if main[label] and val >= floor]
+    missed = [f"`{label}` ({val - supervised:+.3f})" for label, val in semi.items() if main[label] and val < floor]
+    reached = "met" if semi[top] >= FULL_SHARE_TARGET * full else "not met"
+    summary = [f"- best semi-supervised entry: `{top}`, {semi[top] / full:.2f} of full supervision ({semi[top]:.3f} "
+               f"against {full:.3f}); the target is {FULL_SHARE_TARGET}: {reached}\n",
+               f"- main methods at least supervised training ({supervised:.3f}) − {SUPERVISED_MARGIN}: "
+               f"{', '.join(held) or 'none'}; below: {', '.join(missed) or 'none'}\n"]
+    return rows, summary
+
+
+def targets_page(repo: Path) -> str:
+    """Where today's defaults stand on each development dataset, read from the published tables."""
+    parts = [GENERATED, "# Where the defaults stand\n\n",
+             "Each development dataset's published table of every seed paper's main method at today's defaults, "
+             "beside supervised training and full supervision (every training case labelled, same network and "
+             "schedule), summed up against two targets: the best semi-supervised method at least "
+             f"{FULL_SHARE_TARGET} of full supervision, and every main method at least supervised training − "
+             f"{SUPERVISED_MARGIN}, both at the last checkpoint. Figures are means over seeds of validation Dice "
+             "(last, best in brackets), the column decisions read; the test column (median and range over seeds "
+             "of the last checkpoint's mean Dice, and the paired Wilcoxon p of per-case Dice against supervised "
+             "training) was read for the table only. The full tables are in [results.md](results.md); how they "
+             "were run, in [protocol.md](protocol.md).\n"]
+    for dataset, name in TARGET_TABLES.items():
+        path = repo / "results" / name / "compare.json"
+        parts.append(f"\n## {dataset} (`results/{name}`)\n\n")
+        if not path.is_file():
+            parts.append(f"Not published yet: `semiseg compare experiments/{name}.yaml --publish`.\n")
+            continue
+        compare = json.loads(path.read_text())
+        rows, summary = _target_rows(compare)
+        protocol = compare["protocol"]
+        parts += [f"Seeds {', '.join(map(str, compare['seeds']))}; {protocol['model']}, {protocol['steps']} "
+                  f"steps, labelled: {protocol['labelled']}.\n\n", *summary, "\n",
+                  table(("entry", "main method", "val Dice, last (best)", "÷ full", "− supervised",
+                         "test median (min–max)", "p"), rows)]
+    for dataset, why in WITHOUT_TARGET_TABLE.items():
+        parts.append(f"\n## {dataset}\n\n{why[0].upper()}{why[1:]}.\n")
+    return "".join(parts)
+
+
 def recipes_page(repo: Path) -> str:
     """The papers' recipes (``experiments/recipes/*.yaml``): a table, then each recipe's notes."""
     import yaml
@@ -304,7 +379,8 @@ def index_page(methods: dict[str, type]) -> str:
     hand = [(f"[{page}]({page})", what) for page, what in HAND_WRITTEN.items()]
     generated = [("[configuration.md](configuration.md)", "every configuration key, generated from the code"),
                  ("[results.md](results.md)", "published comparison tables with their stamps, generated"),
-                 ("[recipes.md](recipes.md)", "the papers' experiments as config files, with their numbers, generated")]
+                 ("[recipes.md](recipes.md)", "the papers' experiments as config files, with their numbers, generated"),
+                 ("[targets.md](targets.md)", "where today's defaults stand on each development dataset, generated")]
     return "".join([GENERATED, "# semiseg documentation\n\n", table(("page", "what it holds"), hand + generated),
                     "\n## Methods\n\n", table(("method", "summary"), rows)])
 
@@ -315,7 +391,8 @@ def generate(repo: Path = REPO) -> dict[str, str]:
 
     methods = available_methods(plugins=False)  # the project's own pages, whatever is installed beside it
     pages = {"configuration.md": configuration_page(), "results.md": results_page(repo),
-             "recipes.md": recipes_page(repo), "index.md": index_page(methods)}
+             "recipes.md": recipes_page(repo),
+             "targets.md": targets_page(repo), "index.md": index_page(methods)}
     pages |= {f"methods/{name}.md": method_page(name, cls, evidence_section(repo, cls.__module__))
               for name, cls in methods.items()}
     return pages

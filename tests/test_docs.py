@@ -77,3 +77,50 @@ def test_a_stamp_with_an_absolute_path_reads_the_repositorys_experiment_file(tmp
     (published / "compare.md").write_text("# Comparison `teachers`\n")
     page = generate(tmp_path)["results.md"]
     assert "- experiment: `experiments/teachers.yaml`" in page and "changed since" not in page
+
+
+def _row(label: str, checkpoint: str, val: float, median: float = 0.6, p: float = 0.01) -> dict:
+    return {"label": label, "checkpoint": checkpoint, "val_dice_mean": val, "dice_median": median,
+            "dice_min": median - 0.1, "dice_max": median + 0.1, "p_dice_vs_ref": p}
+
+
+def test_targets_page_sums_up_a_published_table_against_both_targets(tmp_path):
+    from semiseg.docs import TARGET_TABLES, targets_page
+
+    heart, demo = TARGET_TABLES["heart_sites"], TARGET_TABLES["demo"]
+    entries = [{"label": label, "method": method} for label, method in
+               (("supervised", "supervised"), ("segpl", "segpl"), ("dual", "dual_uncertainty"),
+                ("fixmatch", "fixmatch"), ("full", "supervised"))]
+    last = {"supervised": 0.5, "segpl": 0.72, "dual": 0.47, "fixmatch": 0.78, "full": 0.8}
+    rows = [_row(label, "last", val) for label, val in last.items()]
+    rows += [_row(label, "best", val + 0.01) for label, val in last.items()]
+    folder = tmp_path / "results" / heart
+    folder.mkdir(parents=True)
+    (folder / "compare.json").write_text(json.dumps({
+        "seeds": [0, 1], "protocol": {"model": "2D unet [8, 16]", "steps": 2000, "labelled": "1"},
+        "entries": entries, "rows": rows}))
+    page = targets_page(tmp_path)
+    # fixmatch 0.78 / 0.8 = 0.975 ≥ 0.95; segpl 0.72 ≥ 0.5 − 0.02; dual 0.47 < 0.48
+    assert "best semi-supervised entry: `fixmatch`, 0.97 of full supervision (0.780 against 0.800)" in page
+    assert "the target is 0.95: met" in page
+    assert "main methods at least supervised training (0.500) − 0.02: `segpl`; below: `dual` (-0.030)" in page
+    assert "| `segpl` | yes | 0.720 (0.730) | 0.90 | +0.220 | 0.600 (0.500–0.700) | 0.01 |" in page
+    assert "| `fixmatch` | no |" in page and "| `supervised` |" not in page
+    assert f"## demo (`results/{demo}`)\n\nNot published yet" in page
+
+
+def test_targets_page_says_when_no_semi_supervised_entry_reaches_the_share(tmp_path):
+    from semiseg.docs import TARGET_TABLES, targets_page
+
+    folder = tmp_path / "results" / TARGET_TABLES["demo"]
+    folder.mkdir(parents=True)
+    entries = [{"label": label, "method": label} for label in ("supervised", "must")]
+    entries.append({"label": "full", "method": "supervised"})
+    rows = [_row(label, ckpt, val) for label, val in (("supervised", 0.6), ("must", 0.7), ("full", 0.9))
+            for ckpt in ("best", "last")]
+    (folder / "compare.json").write_text(json.dumps({
+        "seeds": [0], "protocol": {"model": "2D unet", "steps": 100, "labelled": "1"}, "entries": entries,
+        "rows": rows}))
+    page = targets_page(tmp_path)
+    assert "`must`, 0.78 of full supervision (0.700 against 0.900); the target is 0.95: not met" in page
+    assert "− 0.02: `must`; below: none" in page
