@@ -281,7 +281,7 @@ def results_page(repo: Path) -> str:
 TARGET_TABLES = {"heart_sites": "headline_defaults_heart", "demo": "dev_defaults_demo"}
 # Development datasets without such a table yet, and why.
 WITHOUT_TARGET_TABLE = {
-    "liver_lesions": "no table of every main method at today's defaults yet (a 3D run costs 5–40 CPU-minutes here); "
+    "liver_lesions": "No table of every main method at today's defaults yet (a 3D run costs 5–40 CPU-minutes here); "
                      "its tables at earlier defaults are `results/dev_liver_lesions`, `results/dev_liver_ucmt` and "
                      "`results/dev_liver_rpg`, summed up in [protocol.md](protocol.md)",
 }
@@ -304,6 +304,9 @@ def _target_row(label: str, main: bool, last: dict[str, Any], best: dict[str, An
 def _target_rows(compare: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[str]]:
     """One row per semi-supervised entry (validation decides, test read for the table), and the summary lines."""
     last, best = _rows_by_label(compare, "last"), _rows_by_label(compare, "best")
+    if not {"supervised", "full"} <= set(last):
+        raise ValueError(f"{compare.get('name')}: a targets table needs entries labelled `supervised` and `full` "
+                         f"(full supervision); it has {sorted(last)}")
     main = {entry["label"]: entry["method"] in MAIN_METHODS for entry in compare["entries"]}
     full, supervised = last["full"]["val_dice_mean"], last["supervised"]["val_dice_mean"]
     semi = {label: row["val_dice_mean"] for label, row in last.items() if label not in ("supervised", "full")}
@@ -348,7 +351,7 @@ def targets_page(repo: Path) -> str:
                   table(("entry", "main method", "val Dice, last (best)", "÷ full", "− supervised",
                          "test median (min–max)", "p"), rows)]
     for dataset, why in WITHOUT_TARGET_TABLE.items():
-        parts.append(f"\n## {dataset}\n\n{why[0].upper()}{why[1:]}.\n")
+        parts.append(f"\n## {dataset}\n\n{why}.\n")
     return "".join(parts)
 
 

@@ -4,6 +4,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from semiseg.docs import GENERATED, field_comment, generate, main, stale_pages, type_name, write_pages
 from semiseg.experiment.provenance import file_sha256
 
@@ -124,3 +126,17 @@ def test_targets_page_says_when_no_semi_supervised_entry_reaches_the_share(tmp_p
     page = targets_page(tmp_path)
     assert "`must`, 0.78 of full supervision (0.700 against 0.900); the target is 0.95: not met" in page
     assert "− 0.02: `must`; below: none" in page
+
+
+def test_a_targets_table_without_full_supervision_is_refused_by_name(tmp_path):
+    from semiseg.docs import TARGET_TABLES, targets_page
+
+    folder = tmp_path / "results" / TARGET_TABLES["demo"]
+    folder.mkdir(parents=True)
+    rows = [_row(label, ckpt, 0.6) for label in ("supervised", "must") for ckpt in ("best", "last")]
+    (folder / "compare.json").write_text(json.dumps({
+        "name": "dev_defaults_demo", "seeds": [0], "protocol": {"model": "2D unet", "steps": 100, "labelled": "1"},
+        "entries": [{"label": "supervised", "method": "supervised"}, {"label": "must", "method": "must"}],
+        "rows": rows}))
+    with pytest.raises(ValueError, match="dev_defaults_demo: .* `full`"):
+        targets_page(tmp_path)
