@@ -82,7 +82,7 @@ def test_a_stamp_with_an_absolute_path_reads_the_repositorys_experiment_file(tmp
 
 
 def _row(label: str, checkpoint: str, val: float, median: float = 0.6, p: float = 0.01) -> dict:
-    return {"label": label, "checkpoint": checkpoint, "val_dice_mean": val, "dice_median": median,
+    return {"label": label, "checkpoint": checkpoint, "seeds": 2, "val_dice_mean": val, "dice_median": median,
             "dice_min": median - 0.1, "dice_max": median + 0.1, "p_dice_vs_ref": p}
 
 

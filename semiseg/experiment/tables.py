@@ -65,10 +65,16 @@ def _mean_validation(runs: dict[int, Any], checkpoint: str) -> float:
     return float(np.mean(known)) if known else math.nan
 
 
-def _spread_cell(row: dict[str, Any], metric: str) -> str:
+def spread_cell(row: dict[str, Any], metric: str) -> str:
+    """A summary row's median (min–max) over seeds; one seed has no spread."""
     if row["seeds"] == 1:
         return "—"
     return f"{row[f'{metric}_median']:.3f} ({row[f'{metric}_min']:.3f}–{row[f'{metric}_max']:.3f})"
+
+
+def p_cell(row: dict[str, Any]) -> str:
+    """A summary row's paired p against the reference entry; the reference itself has none."""
+    return "—" if math.isnan(row["p_dice_vs_ref"]) else f"{row['p_dice_vs_ref']:.3g}"
 
 
 def format_markdown(rows: list[dict[str, Any]], reference: str) -> str:
@@ -83,11 +89,11 @@ def format_markdown(rows: list[dict[str, Any]], reference: str) -> str:
         for row in (r for r in rows if r["checkpoint"] == checkpoint):
             cells = [f"{row[f'{m}_mean']:.3f}" + (f" ± {row[f'{m}_std']:.3f}" if row["seeds"] > 1 else "")
                      for m in METRIC_COLUMNS]
-            cells.insert(1, _spread_cell(row, "dice"))
+            cells.insert(1, spread_cell(row, "dice"))
             val = row.get("val_dice_mean", math.nan)
             cells.insert(0, "—" if math.isnan(val) else f"{val:.3f}")
-            p = "—" if math.isnan(row["p_dice_vs_ref"]) else f"{row['p_dice_vs_ref']:.3g}"
-            lines.append(f"| {row['label']} | " + " | ".join(cells) + f" | {p} | {row['train_time_ratio']:.2f} |")
+            lines.append(f"| {row['label']} | " + " | ".join(cells) + f" | {p_cell(row)} | "
+                         f"{row['train_time_ratio']:.2f} |")
         lines.append("")
     return "\n".join(lines)
 
