@@ -81,7 +81,8 @@ NEW_EXPERIMENTS = {"converged", "converged_one_seed", "few_slices", "short", "sh
                    "dev_gate_smoothing_demo", "dev_rpg_layout_heart", "dev_layout_baselines_heart",
                    "dev_ua_mt_layout_heart", "dev_rpg_plain_layout_heart", "dev_ucmt_layout_heart",
                    "dev_gate_patience_heart", "dev_ucmt_until_gate_demo",
-                   "dev_rpg_plain_cap_heart", "headline_defaults_heart", "dev_defaults_demo"}
+                   "dev_rpg_plain_cap_heart", "headline_defaults_heart", "dev_defaults_demo",
+                   "dev_defaults_liver"}
 
 
 def test_every_experiment_file_has_its_old_command():
