@@ -109,6 +109,10 @@ def test_targets_page_sums_up_a_published_table_against_both_targets(tmp_path):
     assert "| `segpl` | yes | 0.720 (0.730) | 0.90 | +0.220 | 0.670 (0.570–0.770) | 0.01 |" in page
     assert "| `fixmatch` | no |" in page and "| `supervised` |" not in page
     assert f"## demo (`results/{demo}`)\n\nNot published yet" in page
+    # the overview table above the sections: one row per dataset, the unpublished one said so
+    assert "| heart_sites | `fixmatch` | 0.97 | met | `dual` (-0.030) |" in page
+    assert "| demo | not published yet |" in page
+    assert page.index("| heart_sites | `fixmatch`") < page.index("## heart_sites")
 
 
 def test_targets_page_says_when_no_semi_supervised_entry_reaches_the_share(tmp_path):
