@@ -312,14 +312,14 @@ def _target_rows(compare: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[s
     held = [f"`{label}`" for label, val in semi.items() if main[label] and val >= floor]
     missed = [f"`{label}` ({val - supervised:+.3f})" for label, val in semi.items() if main[label] and val < floor]
     reached = "met" if semi[top] >= FULL_SHARE_TARGET * full else "not met"
+    share, below = f"{semi[top] / full:.2f}", ", ".join(missed) or "none"
     on_test = last[top]["dice_median"] / last["full"]["dice_median"]
-    summary = [f"- best semi-supervised entry: `{top}`, {semi[top] / full:.2f} of full supervision ({semi[top]:.3f} "
+    summary = [f"- best semi-supervised entry: `{top}`, {share} of full supervision ({semi[top]:.3f} "
                f"against {full:.3f}); the target is {FULL_SHARE_TARGET}: {reached} (its test median: "
                f"{on_test:.2f} of full supervision's)\n",
                f"- main methods at least supervised training ({supervised:.3f}) − {SUPERVISED_MARGIN}: "
-               f"{', '.join(held) or 'none'}; below: {', '.join(missed) or 'none'}\n"]
-    overview = (f"`{top}`", f"{semi[top] / full:.2f}", reached, ", ".join(missed) or "none")
-    return rows, summary, overview
+               f"{', '.join(held) or 'none'}; below: {below}\n"]
+    return rows, summary, (f"`{top}`", share, reached, below)
 
 
 def targets_page(repo: Path) -> str:
