@@ -54,10 +54,22 @@ class StudentViewOption(MethodConfig):
 
     student_view: StudentView = "clean"
     view_ops: int = Field(2, ge=1)  # operations per image of the intensity view
+    # the intensity ops the view draws from (default: all of INTENSITY_OPS)
+    view_pool: list[str] = Field(default_factory=lambda: list(INTENSITY_OPS))
+
+    @field_validator("view_pool")
+    @classmethod
+    def _known_view_ops(cls, ops: list[str]) -> list[str]:
+        unknown = sorted(set(ops) - set(INTENSITY_OPS))
+        if unknown or not ops:
+            raise ValueError(f"unknown or no intensity ops {unknown}; choose from {', '.join(INTENSITY_OPS)}")
+        return ops
 
     def student_image(self, image: Tensor) -> Tensor:
         """The student's unlabelled input for this step (``image`` itself when the view is clean)."""
-        return image if self.student_view == "clean" else intensity_view(image, self.view_ops)
+        if self.student_view == "clean":
+            return image
+        return intensity_view(image, self.view_ops, ops=tuple(self.view_pool))
 
 
 class PassesOption(MethodConfig):

@@ -299,13 +299,22 @@ def strong_augment(
     return view.image, *view.carry(target, mask)
 
 
-def intensity_view(image: Tensor, n_ops: int = 2, generator: torch.Generator | None = None) -> Tensor:
-    """``n_ops`` intensity operations per image, no geometry, no CutOut: a view whose labels are the image's own.
+def intensity_view(
+    image: Tensor,
+    n_ops: int = 2,
+    generator: torch.Generator | None = None,
+    ops: tuple[str, ...] = INTENSITY_OPS,
+) -> Tensor:
+    """``n_ops`` intensity operations per image drawn from ``ops``, no geometry, no CutOut: a view whose labels
+    are the image's own.
 
     Why: a pseudo label made on the clean image is the view's label unchanged, so any method can train its
     student on the view without carrying targets along; what changes (contrast, gamma, noise, sharpness) is
     what differs between scanners, so the student learns to answer alike across them.
     """
-    settings = StrongAugment(n_ops=n_ops, ops=INTENSITY_OPS, cutout=False)
+    unknown = sorted(set(ops) - set(INTENSITY_OPS))
+    if unknown or not ops:
+        raise ValueError(f"unknown or no intensity ops {unknown}; choose from {', '.join(INTENSITY_OPS)}")
+    settings = StrongAugment(n_ops=n_ops, ops=tuple(ops), cutout=False)
     return strong_view(image, settings, generator).image
 

@@ -12,6 +12,7 @@ from semiseg.errors import ConfigError
 from semiseg.losses import supervised_loss
 from semiseg.methods import Batch, MethodContext, Progress, get_method
 from semiseg.nets.unet import frozen_norm_stats
+from semiseg.ssl.strong_augment import INTENSITY_OPS
 
 
 class FixedLogits(nn.Module):
@@ -181,7 +182,7 @@ def test_intensity_student_view_labels_the_clean_image_and_trains_on_the_view(mo
     """E-step on the clean batch (its own pass, running statistics untouched), M-step on the view."""
     import semiseg.methods._options as options
 
-    monkeypatch.setattr(options, "intensity_view", lambda image, n_ops: image * 2.0 + 1.0)  # a known view
+    monkeypatch.setattr(options, "intensity_view", lambda image, n_ops, ops: image * 2.0 + 1.0)  # a known view
     cfg = load_config(None, ["model.widths=[4, 8]", "train.method=segpl"])
     ctx = MethodContext(label_mode="multiclass", num_classes=3, spatial_dims=2, in_channels=1,
                         supervised_loss=supervised_loss("dice_ce", "multiclass", False), unlabelled_pass="separate")
@@ -209,3 +210,17 @@ def test_intensity_student_view_labels_the_clean_image_and_trains_on_the_view(mo
 def test_the_student_trains_on_an_intensity_view_by_default():
     assert get_method("segpl")(_ctx("multiclass", 2), {}).cfg.student_view == "intensity"
     assert get_method("segpl_vi")(_ctx("multiclass", 2), {}).cfg.student_view == "intensity"
+
+
+def test_the_student_view_draws_from_the_configured_pool(monkeypatch):
+    import semiseg.methods._options as options
+
+    seen = []
+    monkeypatch.setattr(options, "intensity_view", lambda image, n_ops, ops: seen.append((n_ops, ops)) or image)
+    default = get_method("segpl")(_ctx("multiclass", 2), {}).cfg
+    assert default.view_pool == list(INTENSITY_OPS)
+    narrowed = get_method("segpl")(_ctx("multiclass", 2), {"view_pool": ["contrast", "noise"], "view_ops": 1}).cfg
+    narrowed.student_image(torch.zeros(1, 1, 4, 4))
+    assert seen == [(1, ("contrast", "noise"))]
+    with pytest.raises(ConfigError, match="rot90"):
+        get_method("segpl")(_ctx("multiclass", 2), {"view_pool": ["rot90"]})

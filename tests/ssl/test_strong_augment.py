@@ -149,3 +149,18 @@ def test_intensity_view_draws_intensity_ops_only_so_labels_stay_put(dims):
         expected.append(x)
     assert view.shape == image.shape and view.dtype == image.dtype
     assert torch.allclose(view, torch.stack(expected))
+
+
+def test_intensity_view_draws_from_the_pool_it_is_given_and_refuses_unknown_ops():
+    image = torch.rand(3, 1, 8, 8, generator=_gen(1))
+    view = intensity_view(image, n_ops=1, generator=_gen(7), ops=("brightness",))
+    g = _gen(7)  # one draw from a pool of one names brightness every time, then its factor
+    expected = []
+    for b in range(3):
+        assert torch.randint(1, (1,), generator=g).tolist() == [0]
+        expected.append(intensity_op("brightness", image[b], g))
+    assert torch.allclose(view, torch.stack(expected))
+    with pytest.raises(ValueError, match="rot90"):
+        intensity_view(image, ops=("contrast", "rot90"))
+    with pytest.raises(ValueError, match="no intensity ops"):
+        intensity_view(image, ops=())
