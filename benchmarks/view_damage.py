@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +42,7 @@ def op_overlaps(loaded: LoadedRun, parts: list[str], ops: tuple[str, ...], draws
     """Each op's per-class overlaps, summed over the cases of ``parts`` and ``draws`` seeded draws of the op."""
     spec, model = loaded.spec, loaded.model
     refs = {ref.case_id: ref for ref in spec.cases}
-    totals: Overlaps = defaultdict(lambda: np.zeros((0, 2), dtype=np.int64))
+    totals: Overlaps = {}
     for case_index, case_id in enumerate(case_id for part in parts for case_id in loaded.split[part]):
         case = refs[case_id].load()
         if case.label is None:
@@ -55,8 +54,8 @@ def op_overlaps(loaded: LoadedRun, parts: list[str], ops: tuple[str, ...], draws
                 view = intensity_op(op, image, generator).numpy()
                 predicted = probs_to_label(model.predict_normalized(view), spec.label_mode)
                 counts = np.array(foreground_overlaps(predicted, case.label, spec.label_mode, spec.num_classes))
-                totals[op] = counts if totals[op].size == 0 else totals[op] + counts
-    return dict(totals)
+                totals[op] = totals.get(op, 0) + counts
+    return totals
 
 
 def dice_rows(overlaps: Overlaps, class_names: list[str]) -> list[str]:

@@ -6,9 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from semiseg import api
-from semiseg.config import load_config
-
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "dice_by_site.py"
 
 
@@ -18,19 +15,8 @@ def dice_by_site(monkeypatch):
     return importlib.import_module("dice_by_site")
 
 
-def tiny_run(tmp_path: Path) -> Path:
-    """A two-step supervised run on a small heart_sites: one validation subject per site."""
-    cfg = load_config(None, [
-        "data.source=heart_sites", "data.options={n_subjects: 12, test_per_site: 1}",
-        "split.labelled=1", "model.widths=[4, 8]", "train.steps=2", "train.val_every=2",
-        "train.batch_size=2", "train.unlabelled_batch_size=2", "train.warmup_steps=1", "train.method=supervised",
-        f"output.root={tmp_path}", "output.name=tiny-s0", "train.threads=1", "eval.report_cases=0",
-    ])
-    return api.train(cfg, progress=False, evaluate=False).run_dir
-
-
-def test_scores_each_val_and_unlabelled_case_once_by_site(dice_by_site, tmp_path, capsys):
-    run = tiny_run(tmp_path)
+def test_scores_each_val_and_unlabelled_case_once_by_site(dice_by_site, tiny_heart_run, capsys):
+    run = tiny_heart_run
     loaded = dice_by_site.LoadedRun.open(run, "last")
     scores = dice_by_site.run_scores(loaded, ["val", "unlabelled"])
     split = json.loads((run / "split.json").read_text())
@@ -52,8 +38,8 @@ def test_scores_each_val_and_unlabelled_case_once_by_site(dice_by_site, tmp_path
         dice_by_site.main([str(run), "--parts", "val,test"])
 
 
-def test_adapt_bn_scores_every_case_and_labels_the_rows(dice_by_site, tmp_path, capsys):
-    run = tiny_run(tmp_path)
+def test_adapt_bn_scores_every_case_and_labels_the_rows(dice_by_site, tiny_heart_run, capsys):
+    run = tiny_heart_run
     loaded = dice_by_site.LoadedRun.open(run, "last")
     plain = dice_by_site.run_scores(loaded, ["val"])
     adapted = dice_by_site.run_scores(loaded, ["val"], adapt_bn=True)
@@ -64,8 +50,8 @@ def test_adapt_bn_scores_every_case_and_labels_the_rows(dice_by_site, tmp_path, 
     assert out[0].startswith("tiny ") and out[1].startswith("tiny{adapted} ")
 
 
-def test_every_variant_of_a_run_shares_one_loaded_checkpoint(dice_by_site, tmp_path, monkeypatch, capsys):
-    run = tiny_run(tmp_path)
+def test_every_variant_of_a_run_shares_one_loaded_checkpoint(dice_by_site, tiny_heart_run, monkeypatch, capsys):
+    run = tiny_heart_run
     loads = []
     real = dice_by_site.load_model
     monkeypatch.setattr(dice_by_site, "load_model", lambda *a: loads.append(a) or real(*a))
