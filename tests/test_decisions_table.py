@@ -76,6 +76,8 @@ def same(value: str, default: Any) -> bool:
     """Does the table's text ``value`` state the code's ``default``?"""
     if default is None or isinstance(default, bool):
         return value == str(default)
+    if isinstance(default, list):  # written as YAML's flow list: [a, b, c]
+        return value == "[" + ", ".join(map(str, default)) + "]"
     if isinstance(default, (int, float)):
         try:
             return float(value) == float(default)
@@ -162,3 +164,5 @@ def test_a_stale_table_is_caught(rows: list[list[str]]) -> None:
     assert any("train.steps" in p for p in option_problems(length))
     k = edited(rows, "`rpg.k_fraction = 0.1`", "`rpg.k_fraction = 0.57`")
     assert any("k_fraction" in p for p in option_problems(k))
+    pool = edited(rows, "`segpl.view_pool = [identity, autocontrast,", "`segpl.view_pool = [identity,")
+    assert any("segpl.view_pool" in p for p in option_problems(pool))

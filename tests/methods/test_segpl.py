@@ -218,7 +218,9 @@ def test_the_student_view_draws_from_the_configured_pool(monkeypatch):
     seen = []
     monkeypatch.setattr(options, "intensity_view", lambda image, n_ops, ops: seen.append((n_ops, ops)) or image)
     default = get_method("segpl")(_ctx("multiclass", 2), {}).cfg
-    assert default.view_pool == list(INTENSITY_OPS)
+    assert default.view_pool == [op for op in INTENSITY_OPS if op not in ("brightness", "gamma")]
+    assert get_method("segpl_vi")(_ctx("multiclass", 2), {}).cfg.view_pool == default.view_pool
+    assert get_method("dual_uncertainty")(_ctx("multiclass", 2), {}).cfg.view_pool == list(INTENSITY_OPS)
     narrowed = get_method("segpl")(_ctx("multiclass", 2), {"view_pool": ["contrast", "noise"], "view_ops": 1}).cfg
     narrowed.student_image(torch.zeros(1, 1, 4, 4))
     assert seen == [(1, ("contrast", "noise"))]
