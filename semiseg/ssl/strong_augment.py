@@ -17,7 +17,7 @@ the loss ignores them. Flips and 90° rotations are exact. Randomness comes from
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -299,6 +299,14 @@ def strong_augment(
     return view.image, *view.carry(target, mask)
 
 
+def checked_intensity_ops(ops: Sequence[str]) -> tuple[str, ...]:
+    """``ops`` as a tuple, or a ValueError naming what is not an intensity op (an empty pool included)."""
+    unknown = sorted(set(ops) - set(INTENSITY_OPS))
+    if unknown or not ops:
+        raise ValueError(f"unknown or no intensity ops {unknown}; choose from {', '.join(INTENSITY_OPS)}")
+    return tuple(ops)
+
+
 def intensity_view(
     image: Tensor,
     n_ops: int = 2,
@@ -312,9 +320,6 @@ def intensity_view(
     student on the view without carrying targets along; what changes (contrast, gamma, noise, sharpness) is
     what differs between scanners, so the student learns to answer alike across them.
     """
-    unknown = sorted(set(ops) - set(INTENSITY_OPS))
-    if unknown or not ops:
-        raise ValueError(f"unknown or no intensity ops {unknown}; choose from {', '.join(INTENSITY_OPS)}")
-    settings = StrongAugment(n_ops=n_ops, ops=tuple(ops), cutout=False)
+    settings = StrongAugment(n_ops=n_ops, ops=checked_intensity_ops(ops), cutout=False)
     return strong_view(image, settings, generator).image
 
