@@ -11,7 +11,7 @@ from semiseg.methods.base import MethodConfig, Progress
 from semiseg.ssl.joint import PassSetting
 from semiseg.ssl.ramps import rampup
 from semiseg.ssl.reference import ReferenceSettings
-from semiseg.ssl.strong_augment import GEOMETRIC_OPS, INTENSITY_OPS, checked_intensity_ops, intensity_view
+from semiseg.ssl.strong_augment import GEOMETRIC_OPS, INTENSITY_OPS, checked_ops, intensity_view
 
 RampKind = Literal["linear", "sigmoid", "gaussian", "cosine", "none"]
 StudentView = Literal["clean", "intensity"]
@@ -37,10 +37,7 @@ class RandAugmentOptions(MethodConfig):
     @field_validator("ops")
     @classmethod
     def _known_ops(cls, ops: list[str]) -> list[str]:
-        unknown = sorted(set(ops) - set(INTENSITY_OPS + GEOMETRIC_OPS))
-        if unknown or not ops:
-            raise ValueError(f"unknown or no ops {unknown}; choose from {', '.join(INTENSITY_OPS + GEOMETRIC_OPS)}")
-        return ops
+        return list(checked_ops(ops, INTENSITY_OPS + GEOMETRIC_OPS))
 
 
 class StudentViewOption(MethodConfig):
@@ -60,7 +57,7 @@ class StudentViewOption(MethodConfig):
     @field_validator("view_pool")
     @classmethod
     def _known_view_ops(cls, ops: list[str]) -> list[str]:
-        return list(checked_intensity_ops(ops))
+        return list(checked_ops(ops, INTENSITY_OPS, "intensity "))
 
     def student_image(self, image: Tensor) -> Tensor:
         """The student's unlabelled input for this step (``image`` itself when the view is clean)."""

@@ -299,11 +299,12 @@ def strong_augment(
     return view.image, *view.carry(target, mask)
 
 
-def checked_intensity_ops(ops: Sequence[str]) -> tuple[str, ...]:
-    """``ops`` as a tuple, or a ValueError naming what is not an intensity op (an empty pool included)."""
-    unknown = sorted(set(ops) - set(INTENSITY_OPS))
+def checked_ops(ops: Sequence[str], allowed: tuple[str, ...], kind: str = "") -> tuple[str, ...]:
+    """``ops`` as a tuple, or a ValueError naming what is not in ``allowed`` (an empty pool included); ``kind``
+    qualifies the ops in the message ("intensity ")."""
+    unknown = sorted(set(ops) - set(allowed))
     if unknown or not ops:
-        raise ValueError(f"unknown or no intensity ops {unknown}; choose from {', '.join(INTENSITY_OPS)}")
+        raise ValueError(f"unknown or no {kind}ops {unknown}; choose from {', '.join(allowed)}")
     return tuple(ops)
 
 
@@ -320,6 +321,6 @@ def intensity_view(
     student on the view without carrying targets along; what changes (contrast, gamma, noise, sharpness) is
     what differs between scanners, so the student learns to answer alike across them.
     """
-    settings = StrongAugment(n_ops=n_ops, ops=checked_intensity_ops(ops), cutout=False)
+    settings = StrongAugment(n_ops=n_ops, ops=checked_ops(ops, INTENSITY_OPS, "intensity "), cutout=False)
     return strong_view(image, settings, generator).image
 
