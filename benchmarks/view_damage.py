@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> None:
         loaded = LoadedRun.open(run, args.checkpoint)
         class_names = list(loaded.spec.class_names[1:] if loaded.spec.label_mode == "multiclass"
                            else loaded.spec.class_names)
-        label = label_of(run)
+        totals = pooled.setdefault(label_of(run), {})
         for op, counts in op_overlaps(loaded, parts, ops, args.draws).items():
-            pooled.setdefault(label, {})[op] = pooled.get(label, {}).get(op, 0) + counts
+            totals[op] = totals.get(op, 0) + counts
     for label, overlaps in pooled.items():
         print(f"\n{label} ({args.checkpoint} checkpoint, {', '.join(parts)} cases, {args.draws} draws)\n")
         print("\n".join(dice_rows(overlaps, class_names)), flush=True)
