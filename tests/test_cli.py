@@ -132,7 +132,7 @@ def test_evaluate_grid_errors_are_one_line(tmp_path, capsys, flag, value, match)
 
 def test_compare_runs_an_experiment_file_stamps_and_publishes_it(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("semiseg.experiment.provenance.git_state", lambda where=None: ("c0ffee", []))  # clean tree
+    monkeypatch.setattr("semiseg.engine.origin.git_state", lambda where=None: ("c0ffee", []))  # clean tree
     monkeypatch.setattr("semiseg.experiment.provenance._tracked", lambda file: True)  # and the file committed
     experiment = tmp_path / "tiny.yaml"
     experiment.write_text(

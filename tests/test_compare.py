@@ -226,3 +226,38 @@ def test_a_comparison_at_auto_length_gives_every_method_the_longest_in_updates()
     assert alone[("supervised", 0)].train.steps == 1000  # nothing longer beside it
     fixed = run_configs(None, ["data.source=phantom", "train.steps=50"], entries[:3], [0], "g")
     assert {cfg.train.steps for cfg in fixed.values()} == {50}  # a protocol's length is everybody's
+
+
+def _origin(run, cpu_capability, commit="a" * 40):
+    start = {"step": 0, "commit": commit,
+             "machine": {"cpu": "AMD EPYC", "cpu_capability": cpu_capability, "torch": "2.13.0", "device": "cpu"}}
+    (run / "origin.json").write_text(json.dumps([start]))
+
+
+def test_a_table_says_when_its_runs_come_from_two_machines_and_which_runs(tmp_path, capsys):
+    fake_grid(tmp_path)
+    grid = tmp_path / "grid"
+    for run in grid.iterdir():
+        _origin(run, "AVX2")
+    assert main([*GRID, "--set", f"output.root={tmp_path}"]) == 0
+    text = (grid / "compare.md").read_text()
+    assert "trained on one machine (AMD EPYC, AVX2, torch 2.13.0, cpu); commits (runs): `aaaaaaa` (4)" in text
+    _origin(grid / "mt-s1", "AVX512", commit="b" * 40 + "+dirty")
+    (grid / "mt-s0" / "origin.json").unlink()  # a run trained before runs recorded their machine
+    assert main([*GRID, "--set", f"output.root={tmp_path}"]) == 0
+    text = (grid / "compare.md").read_text()
+    assert "**trained on 2 machines**" in text and "`aaaaaaa` (2), `bbbbbbb+dirty` (1)" in text
+    assert "- AMD EPYC, AVX2, torch 2.13.0, cpu: supervised-s0, supervised-s1\n" in text
+    assert "- AMD EPYC, AVX512, torch 2.13.0, cpu: mt-s1\n" in text
+    assert "1 run(s) recorded no machine (trained before runs recorded one): mt-s0" in text
+    assert json.loads((grid / "compare.json").read_text())["origins"]["unrecorded"] == ["mt-s0"]
+    (grid / "compare.md").write_text("stale")
+    assert main(["compare", "--from-results", str(grid)]) == 0  # the per-case scores alone rebuild the statement
+    assert (grid / "compare.md").read_text() == text
+
+
+def test_a_table_whose_runs_recorded_no_machine_states_none(tmp_path, capsys):
+    fake_grid(tmp_path)
+    assert main([*GRID, "--set", f"output.root={tmp_path}"]) == 0
+    assert "machine" not in (tmp_path / "grid" / "compare.md").read_text()
+    assert "origins" not in json.loads((tmp_path / "grid" / "compare.json").read_text())

@@ -92,7 +92,7 @@ def test_publish_refuses_a_dirty_tree_naming_the_files(tmp_path):
 
 
 def test_publish_refuses_before_training_and_a_table_stamped_dirty(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("semiseg.experiment.provenance.git_state", lambda where=None: ("abc", ["semiseg/x.py"]))
+    monkeypatch.setattr("semiseg.engine.origin.git_state", lambda where=None: ("abc", ["semiseg/x.py"]))
     monkeypatch.chdir(tmp_path)
     assert main([*GRID, "--set", f"output.root={tmp_path / 'runs'}", "--publish"]) == 2
     err = capsys.readouterr().err

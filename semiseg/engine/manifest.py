@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 MANIFEST = ".semiseg-manifest.json"
-ALWAYS_OWN = ("config.yaml", "split.json", "log.csv", "summary.json", "report.md", "checkpoints/best.pt",
+ALWAYS_OWN = ("config.yaml", "split.json", "origin.json", "log.csv", "summary.json", "report.md", "checkpoints/best.pt",
               "checkpoints/last.pt")
 
 

@@ -51,6 +51,7 @@ from semiseg.engine.inferer import network_divisor
 from semiseg.engine.loop import Trainer
 from semiseg.engine.manifest import recorded
 from semiseg.engine.model import LoadedModel
+from semiseg.engine.origin import record_start
 from semiseg.engine.progress import StepCallback
 from semiseg.engine.reliability import make_gate
 from semiseg.engine.run_folder import RunFolderUndo, checkpoint_to_use, new_run_folder, recorded_config, require_run
@@ -192,6 +193,8 @@ class Run:
             self.trainer.handlers.append(StepCallback(on_step))
         try:
             with recorded(self.run_dir) if distributed.current().is_main else nullcontext():
+                if distributed.current().is_main:
+                    record_start(self.run_dir, self.device, self.trainer.step)
                 done = self.trainer.fit()
         except Exception:
             if self.undo is not None and self.trainer.step == 0:

@@ -2,10 +2,11 @@
 
 A run folder holds everything about one training run::
 
-    config.yaml  split.json  log.csv  checkpoints/{best,last}.pt
+    config.yaml  split.json  origin.json  log.csv  checkpoints/{best,last}.pt
     metrics/per_case.csv  summary.json  report.md  figures/*.png  predictions/  .semiseg-manifest.json
 
-The manifest lists the files the run wrote; ``--overwrite`` deletes those and nothing a user put there.
+``origin.json`` names the commit and machine of each start and resume (``origin``). The manifest lists the files
+the run wrote; ``--overwrite`` deletes those and nothing a user put there.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from semiseg.engine.finetune import InitRecord
 from semiseg.engine.manifest import MANIFEST, recorded, remove_run_files
 from semiseg.errors import SemisegError
 
-RUN_ARTEFACTS = ("config.yaml", "split.json", "log.csv", "summary.json", "report.md",
+RUN_ARTEFACTS = ("config.yaml", "split.json", "origin.json", "log.csv", "summary.json", "report.md",
                  "checkpoints", "metrics", "figures", "predictions", "uncertainty", "artifacts",
                  "export", "tensorboard")
 

@@ -70,7 +70,7 @@ def rebuild(folder: Path) -> bool:
                            "per-case scores were kept, cannot be rebuilt; rerun its experiment and --publish it")
     before = {n: (folder / n).read_text() for n in ("compare.md", "compare.json")}
     try:
-        meta = {k: v for k, v in json.loads(before["compare.json"]).items() if k not in ("rows", "teaching")}
+        meta = {k: v for k, v in json.loads(before["compare.json"]).items() if k not in ("rows", "teaching", "origins")}
     except (ValueError, AttributeError) as exc:
         raise SemisegError(f"{folder / 'compare.json'}: not a comparison's JSON ({exc}); restore it from git") from None
     absent = [k for k in ("name", "seeds", "split", "evaluation", "protocol", "entries", "missing", "rerun")

@@ -10,48 +10,17 @@ run folders elsewhere in the checkout do not.
 from __future__ import annotations
 
 import hashlib
-import os
-import platform
 import subprocess
 from pathlib import Path
 from typing import Any
 
+from semiseg.engine import origin
+from semiseg.engine.origin import CODE
 from semiseg.errors import SemisegError
-
-CODE = Path(__file__).resolve().parents[1]  # the semiseg package, inside the checkout whose commit is stamped
 
 
 def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def git_state(where: Path = CODE) -> tuple[str, list[str]] | None:
-    """The checkout's commit and what it does not hold (repository-relative paths); None outside git.
-
-    That is every tracked file with uncommitted changes, and every untracked file under ``where`` (a new module
-    there is code that runs: a method file is discovered without being imported by name).
-    """
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, check=True,
-                              timeout=10).stdout
-
-    try:
-        commit = git("rev-parse", "HEAD").strip()
-        changed = git("status", "--porcelain", "--untracked-files=no")
-        new_code = git("status", "--porcelain", "--untracked-files=all", "--", ".")  # only under ``where``
-    except (OSError, subprocess.SubprocessError):
-        return None
-    lines = changed.splitlines() + [line for line in new_code.splitlines() if line.startswith("??")]
-    return commit, [line[3:] for line in lines if line.strip()]
-
-
-def git_commit(where: Path = CODE) -> str | None:
-    """The commit of the checkout semiseg runs from (``+dirty`` with uncommitted changes), None outside git."""
-    state = git_state(where)
-    if state is None:
-        return None
-    commit, dirty = state
-    return commit + ("+dirty" if dirty else "")
 
 
 def require_clean_tree(where: Path = CODE, experiment: Path | None = None) -> str:
@@ -59,7 +28,7 @@ def require_clean_tree(where: Path = CODE, experiment: Path | None = None) -> st
 
     ``experiment``, the experiment file, must be committed too: the results page reads the commit's copy.
     """
-    state = git_state(where)
+    state = origin.git_state(where)
     if state is None:
         raise SemisegError(f"--publish stamps the table with a git commit, but {where} is not in a git checkout: "
                            "publish from a clone of the repository")
@@ -84,13 +53,7 @@ def _tracked(file: Path) -> bool:
     return True
 
 
-def machine(device: str) -> dict[str, Any]:
-    import torch
-
-    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__, "device": device}
-
-
 def stamp(experiment: Any, device: str) -> dict[str, Any]:
     """What produced a comparison's numbers: the experiment text (an ``Experiment`` or None), code and machine."""
     source = None if experiment is None else {"path": experiment.path.as_posix(), "sha256": experiment.sha256}
-    return {"experiment": source, "commit": git_commit(), "machine": machine(device)}
+    return {"experiment": source, "commit": origin.git_commit(), "machine": origin.machine(device)}

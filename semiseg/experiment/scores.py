@@ -1,10 +1,10 @@
 """Per-case scores of a comparison: collected once from its run folders, kept beside its tables, read back from there.
 
 ``per_case.csv`` holds one row per run, checkpoint (best on validation, last), test case and class; ``runs.json``
-holds each run's training time, validation Dice (best and last checkpoint) and what it taught. ``compare`` writes
-both into the comparison folder and builds every table and p-value from them, and ``--publish`` copies them to
-``results/<name>/``, so a published table can be rebuilt (``semiseg compare --from-results results/<name>``)
-without its run folders.
+holds each run's training time, validation Dice (best and last checkpoint), what it taught and the machines and
+commits it was trained on (``engine.origin``). ``compare`` writes both into the comparison folder and builds every
+table and p-value from them, and ``--publish`` copies them to ``results/<name>/``, so a published table can be
+rebuilt (``semiseg compare --from-results results/<name>``) without its run folders.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from semiseg.engine.origin import fingerprint, read_origin
 from semiseg.errors import SemisegError
 from semiseg.eval.metrics import METRIC_COLUMNS
 from semiseg.eval.report import TEACH, read_log
@@ -83,11 +84,21 @@ def validation_dice(rows: list[dict[str, str]]) -> dict[str, float]:
     return {"best": max(values), "last": values[-1]} if values else {}
 
 
+def run_origin(run_dir: Path) -> dict[str, list[str]]:
+    """The machines and commits a run was trained on (several if resumed elsewhere); empty if it recorded none."""
+    starts = read_origin(run_dir)
+    if not starts:
+        return {}
+    return {"machines": sorted({fingerprint(start) for start in starts}),
+            "commits": sorted({start.get("commit") or "unknown" for start in starts})}
+
+
 def run_record(run_dir: Path) -> dict[str, Any]:
-    """What ``runs.json`` keeps of one run, from one read of its log.csv: seconds, teaching, validation Dice."""
+    """What ``runs.json`` keeps of one run, from one read of its log.csv: seconds, teaching, validation Dice, and
+    where it was trained."""
     rows = log_rows(run_dir)
     return {"seconds": float(rows[-1]["elapsed_s"]) if rows else math.nan, "teaching": last_teaching(rows),
-            "validation": validation_dice(rows)}
+            "validation": validation_dice(rows), "origin": run_origin(run_dir)}
 
 
 def collect(root: Path, entries: Sequence[Entry], seeds: Sequence[int], evaluation: str | None = None) -> None:
@@ -135,5 +146,6 @@ def _read_scores(folder: Path) -> dict[str, dict[int, dict[str, Any]]]:
         results.setdefault(run["label"], {})[run["seed"]] = {
             "cases": {ck: {case: {m: float(np.mean(v)) for m, v in metrics.items()}
                            for case, metrics in cases[ck].items()} for ck in CHECKPOINTS},
-            "seconds": run["seconds"], "teaching": run["teaching"], "validation": run.get("validation", {})}
+            "seconds": run["seconds"], "teaching": run["teaching"], "validation": run.get("validation", {}),
+            "origin": run.get("origin", {})}
     return results

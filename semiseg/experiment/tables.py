@@ -166,6 +166,45 @@ def header(meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def origins(results: Results) -> dict[str, Any]:
+    """Which runs were trained on which machine and at which commits (``engine.origin``), for the table to state."""
+    machines: dict[str, list[str]] = {}
+    commits: Counter[str] = Counter()
+    unrecorded = []
+    for label, runs in results.items():
+        for seed, run in runs.items():
+            record = run.get("origin") or {}
+            if not record:
+                unrecorded.append(f"{label}-s{seed}")
+            for name in record.get("machines", []):
+                machines.setdefault(name, []).append(f"{label}-s{seed}")
+            commits.update(record.get("commits", []))
+    return {"machines": machines, "commits": dict(commits), "unrecorded": unrecorded}
+
+
+def format_origins(found: dict[str, Any]) -> str:
+    """Where the runs were trained; a table mixing machines says so, since a seed's bits follow the machine.
+
+    Empty when no run recorded its origin (runs trained before semiseg recorded one), so older tables rebuild as
+    they were published."""
+    machines, unrecorded = found["machines"], found["unrecorded"]
+    if not machines:
+        return ""
+    commits = ", ".join(f"`{commit[:7]}{'+dirty' if commit.endswith('+dirty') else ''}` ({n})"
+                        for commit, n in sorted(found["commits"].items()))
+    if len(machines) == 1:
+        lines = [f"trained on one machine ({next(iter(machines))}); commits (runs): {commits}"]
+    else:
+        lines = [f"**trained on {len(machines)} machines**: a seed is bit-identical only on the machine that trained "
+                 "it, so entries trained on different machines differ by more than their method; commits (runs): "
+                 f"{commits}", ""]
+        lines += [f"- {name}: {', '.join(runs)}" for name, runs in machines.items()]
+    if unrecorded:
+        lines += ["", f"{len(unrecorded)} run(s) recorded no machine (trained before runs recorded one): "
+                  f"{', '.join(unrecorded)}"]
+    return "\n".join(lines + ["", ""])
+
+
 def write_tables(folder: Path, meta: dict[str, Any], results: Results, *, with_csv: bool = True) -> None:
     """``compare.md`` and ``compare.json`` (and ``compare.csv``) in ``folder`` from ``meta`` and the scores.
 
@@ -179,9 +218,9 @@ def write_tables(folder: Path, meta: dict[str, Any], results: Results, *, with_c
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["label", "method", "checkpoint"])
             writer.writeheader()
             writer.writerows(rows)
-    teaching = teaching_rows(results)
-    (folder / "compare.json").write_text(json.dumps({**meta, "rows": rows, "teaching": teaching}, indent=2,
-                                                    default=str))
-    (folder / "compare.md").write_text(header(meta) + format_markdown(rows, entries[0].label)
+    teaching, found = teaching_rows(results), origins(results)
+    extra = {"rows": rows, "teaching": teaching, **({"origins": found} if found["machines"] else {})}
+    (folder / "compare.json").write_text(json.dumps({**meta, **extra}, indent=2, default=str))
+    (folder / "compare.md").write_text(header(meta) + format_origins(found) + format_markdown(rows, entries[0].label)
                                        + format_teaching(teaching)
                                        + format_missing(meta["missing"], entries, len(meta["seeds"]), meta["rerun"]))
