@@ -345,6 +345,22 @@ def _target_section(compare: dict[str, Any], rows: list[tuple[str, ...]], summar
                    "p"), rows)]
 
 
+def _retest_section(repo: Path, name: str, margins: dict[str, float]) -> list[str]:
+    """A re-measuring table's section; the main-method margins it shares with its dataset's table replace theirs in
+    ``margins``."""
+    parts = [f"\n### Re-measured: `results/{name}`\n\n"]
+    path = repo / "results" / name / "compare.json"
+    if not path.is_file():
+        return [*parts, f"Not published yet: `semiseg compare experiments/{name}.yaml --publish`.\n"]
+    again = json.loads(path.read_text())
+    shared = {label: gap for label, gap in _main_margins(again).items() if label in margins}
+    margins.update(shared)
+    parts += _target_section(again, *_target_rows(again)[:2])
+    if shared:
+        parts.append(f"\nIts verdict replaces the table's above for {', '.join(f'`{x}`' for x in shared)}.\n")
+    return parts
+
+
 def targets_page(repo: Path) -> str:
     """Where today's defaults stand on each development dataset, read from the published tables."""
     parts = [GENERATED, "# Where the defaults stand\n\n",
@@ -372,17 +388,7 @@ def targets_page(repo: Path) -> str:
         sections += _target_section(compare, rows, summary)
         margins = _main_margins(compare)
         for retest in TARGET_RETESTS.get(dataset, ()):
-            sections.append(f"\n### Re-measured: `results/{retest}`\n\n")
-            retest_path = repo / "results" / retest / "compare.json"
-            if not retest_path.is_file():
-                sections.append(f"Not published yet: `semiseg compare experiments/{retest}.yaml --publish`.\n")
-                continue
-            again = json.loads(retest_path.read_text())
-            sections += _target_section(again, *_target_rows(again)[:2])
-            shared = {label: gap for label, gap in _main_margins(again).items() if label in margins}
-            margins.update(shared)
-            sections.append(f"\nIts verdict replaces the table's above for {', '.join(f'`{x}`' for x in shared)}."
-                            "\n" if shared else "")
+            sections += _retest_section(repo, retest, margins)
         overview.append((dataset, *glance[:3], _below(margins)))
     parts += ["\n", table(("dataset", "best semi-supervised entry", "÷ full", f"≥ {FULL_SHARE_TARGET}",
                            f"main methods below supervised − {SUPERVISED_MARGIN}"), overview), *sections]
