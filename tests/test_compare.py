@@ -261,3 +261,19 @@ def test_a_table_whose_runs_recorded_no_machine_states_none(tmp_path, capsys):
     assert main([*GRID, "--set", f"output.root={tmp_path}"]) == 0
     assert "machine" not in (tmp_path / "grid" / "compare.md").read_text()
     assert "origins" not in json.loads((tmp_path / "grid" / "compare.json").read_text())
+
+
+def test_per_class_diagnostics_get_a_table_of_their_own(tmp_path, capsys):
+    fake_grid(tmp_path)
+    for seed, lesion in ((0, 0.2), (1, 0.4)):  # mt's lesion targets, present in one logged batch of the last fifth
+        (tmp_path / "grid" / f"mt-s{seed}" / "log.csv").write_text(
+            "step,elapsed_s,val_dice,teach/pseudo_dice,teach_class/pseudo_dice/liver,teach_class/pseudo_dice/lesion,"
+            f"teach_class/prediction_dice/lesion\n90,1.0,,0.5,0.9,,0.5\n100,2.0,0.6,0.6,0.8,{lesion},0.3\n")
+    assert main([*GRID, "--set", f"output.root={tmp_path}"]) == 0
+    text = (tmp_path / "grid" / "compare.md").read_text()
+    per_class = text.split("**Per class**")[1]
+    assert "| method | lesion | liver |" in per_class
+    assert "| mt | pseudo 0.300, prediction 0.400 | pseudo 0.850 |" in per_class
+    assert "| supervised |" not in per_class  # nothing to score without targets
+    teaching = json.loads((tmp_path / "grid" / "compare.json").read_text())["teaching"]["mt"]
+    assert teaching["teach_class/pseudo_dice/lesion"] == pytest.approx(0.3)

@@ -132,7 +132,8 @@ def default_handlers(cfg: Config, run_dir: Path, describe: dict[str, Any], gate:
     handlers: list[Handler] = [DeferredInterrupt(), CurriculumHandler()]
     if gate is not None:
         handlers.append(GateHandler(gate, notes=main))
-    handlers += [validation, TeachHandler()]  # the row's columns: gate, val_dice, then teach/unl_dice_*
+    # the row's columns: gate, val_dice, then teach/unl_dice_*
+    handlers += [validation, TeachHandler(describe["dataset"]["class_names"])]
     if main:
         handlers.append(CsvLogHandler(run_dir / "log.csv"))
     if writes_events:

@@ -14,10 +14,15 @@ predicting network's own answer on the same batch (eval mode, before the step): 
 less than it already knows. At each validation every segmentation network of the method (students,
 teachers, EMA, snapshots) is scored on whole unlabelled cases: ``teach/unl_dice_<net>``. Set
 ``train.monitor_unlabelled=false`` to switch it all off; without truth nothing is logged.
+
+Where a task has two or more foreground classes, ``teach_class/<name>_dice/<class>`` gives each class's Dice of
+each target and of the prediction on the same batch: the mean over classes hides a small class whose targets
+collapse (a lesion the model misses becomes confident background) behind a large one that is right.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,7 +36,7 @@ from semiseg.engine.handlers import Handler, StepRecord, TrainingLoop, logs, val
 from semiseg.errors import SemisegError
 from semiseg.eval.labels import probs_to_label
 from semiseg.eval.metrics import foreground_overlaps, mean_foreground_dice
-from semiseg.eval.report import PREDICTION, UNLABELLED_DICE
+from semiseg.eval.report import PREDICTION, TEACH_CLASS, UNLABELLED_DICE
 from semiseg.eval.report import TEACH as PREFIX
 from semiseg.methods.base import Batch
 from semiseg.nets import evaluating
@@ -121,6 +126,32 @@ def score_step(
     return row
 
 
+def column_names(class_names: Sequence[str]) -> list[str]:
+    """Class names as log columns (lower case, ``_`` for anything else); a clash gets the class index appended."""
+    names = [re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_") or "class" for name in class_names]
+    return [f"{name}_{k}" if names.count(name) > 1 else name for k, name in enumerate(names)]
+
+
+def class_dice(targets: dict[str, Tensor], truth: Tensor, *, label_mode: str,
+               class_names: Sequence[str]) -> dict[str, float]:
+    """``teach_class/<name>_dice/<class>``: each foreground class's Dice of each target, pooled over the batch.
+
+    Only for two or more foreground classes (with one it is ``teach/<name>_dice``); a class absent from both the
+    target and the truth is left out of the row, so a mean over logged steps reads the batches that held it.
+    """
+    foreground = column_names(class_names[1:] if label_mode == "multiclass" else class_names)
+    if len(foreground) < 2:
+        return {}
+    row: dict[str, float] = {}
+    for name, target in targets.items():
+        pred = hard_target(target, truth, label_mode)
+        pooled = (pred.movedim(1, 0), truth.movedim(1, 0)) if label_mode == "multilabel" else (pred, truth)
+        overlaps = foreground_overlaps(*pooled, label_mode, len(class_names))
+        row.update({f"{TEACH_CLASS}{name}_dice/{cls}": 2.0 * inter / size
+                    for cls, (inter, size) in zip(foreground, overlaps, strict=True) if size})
+    return row
+
+
 def score_prediction(logits: Tensor, truth: Tensor, *, label_mode: str, num_classes: int) -> dict[str, float]:
     """``teach/prediction_acc`` and ``teach/prediction_dice``: the predicting network's hard prediction on the
     unlabelled batch against its truth, the yardstick a method's targets must beat to teach the model anything."""
@@ -176,9 +207,10 @@ class TeachHandler(Handler):
     """The ``teach/*`` columns: the step's targets and the network's own answer against the held-out truth
     (on logged steps), and ``teach/unl_dice_<net>`` on whole unlabelled cases (at validations)."""
 
-    def __init__(self) -> None:
+    def __init__(self, class_names: Sequence[str] = ()) -> None:
         self.truth: Tensor | None = None
         self.unlabelled_dice = UnlabelledDice()
+        self.class_names = list(class_names)  # the dataset's, for the per-class columns
 
     def on_batches(self, loop: TrainingLoop, step: StepRecord) -> None:
         self.truth = None
@@ -194,6 +226,8 @@ class TeachHandler(Handler):
         if self.truth is not None and step.out is not None:
             step.row.update(score_step(step.out.targets, step.out.masks, self.truth, label_mode=loop.ctx.label_mode,
                                        num_classes=loop.ctx.num_classes, method=loop.method.name))
+            step.row.update(class_dice(step.out.targets, self.truth, label_mode=loop.ctx.label_mode,
+                                       class_names=self.class_names))
 
     def on_step_end(self, loop: TrainingLoop, step: StepRecord) -> None:
         self.truth = None
@@ -209,7 +243,10 @@ class TeachHandler(Handler):
         """
         with evaluating(loop.nets.values()), autocast(loop.amp, loop.inferer.device, loop.amp_dtype):
             logits = loop.method.predict(loop.nets, unlabelled.image)
-        return score_prediction(logits, truth, label_mode=loop.ctx.label_mode, num_classes=loop.ctx.num_classes)
+        label_mode = loop.ctx.label_mode
+        own = class_dice({PREDICTION: probabilities(logits.detach(), label_mode)}, truth, label_mode=label_mode,
+                         class_names=self.class_names)
+        return {**score_prediction(logits, truth, label_mode=label_mode, num_classes=loop.ctx.num_classes), **own}
 
     @torch.no_grad()
     def _whole_cases(self, loop: TrainingLoop) -> dict[str, float]:

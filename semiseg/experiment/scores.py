@@ -22,7 +22,7 @@ import numpy as np
 from semiseg.engine.origin import fingerprint, read_origin
 from semiseg.errors import SemisegError
 from semiseg.eval.metrics import METRIC_COLUMNS
-from semiseg.eval.report import TEACH, read_log
+from semiseg.eval.report import TEACH, TEACH_CLASS, read_log
 from semiseg.experiment.spec import Entry
 
 PER_CASE, RUNS = "per_case.csv", "runs.json"
@@ -62,7 +62,8 @@ def log_rows(run_dir: Path) -> list[dict[str, str]]:
 
 
 def last_teaching(rows: list[dict[str, str]]) -> dict[str, float]:
-    """Mean of each ``teach/*`` column (diagnostics against held-out truth) and of val Dice over the last fifth of
+    """Mean of each ``teach/*`` and ``teach_class/*`` column (diagnostics against held-out truth; a per-class one
+    over the logged batches that held the class) and of val Dice over the last fifth of
     training (``rows``: a run's log.csv): one logged batch is too noisy a summary, the whole run mixes in the
     warm-up."""
     if not rows:
@@ -71,7 +72,7 @@ def last_teaching(rows: list[dict[str, str]]) -> dict[str, float]:
     values: dict[str, list[float]] = defaultdict(list)
     for row in (r for r in rows if float(r["step"]) >= start):
         for key, value in row.items():
-            if value not in (None, "") and (key.startswith(TEACH) or key == "val_dice"):
+            if value not in (None, "") and (key.startswith((TEACH, TEACH_CLASS)) or key == "val_dice"):
                 values[key].append(float(value))
     return {key: float(np.mean(v)) for key, v in values.items()}
 

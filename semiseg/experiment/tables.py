@@ -20,7 +20,7 @@ import numpy as np
 
 from semiseg.config import Config
 from semiseg.eval.metrics import METRIC_COLUMNS
-from semiseg.eval.report import TEACH
+from semiseg.eval.report import PREDICTION, TEACH, TEACH_CLASS
 from semiseg.eval.stats import paired_p, seed_mean_std
 from semiseg.experiment.scores import CHECKPOINTS
 from semiseg.experiment.spec import Entry
@@ -120,6 +120,25 @@ def format_teaching(table: dict[str, dict[str, float]]) -> str:
     for label, values in rows:
         cells = ", ".join(f"{k.removeprefix(TEACH)} {v:.3f}" for k, v in values.items() if k.startswith(TEACH))
         lines.append(f"| {label} | {values.get('val_dice', math.nan):.3f} | {cells} |")
+    return "\n".join(lines + [""]) + format_class_teaching(table)
+
+
+def format_class_teaching(table: dict[str, dict[str, float]]) -> str:
+    """Per foreground class, each target's Dice and the network's own (``teach_class/*``): where a class collapses."""
+    rows = [(label, {k.removeprefix(TEACH_CLASS): v for k, v in values.items() if k.startswith(TEACH_CLASS)})
+            for label, values in table.items()]
+    rows = [(label, values) for label, values in rows if values]
+    if not rows:
+        return ""
+    classes = sorted({key.rsplit("/", 1)[1] for _, values in rows for key in values})
+    lines = ["", "**Per class** (each foreground class's Dice of the targets and of the network's own prediction on "
+             "the unlabelled batches, over the logged batches that held the class; `teach_class/*`)", "",
+             "| method | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    for label, values in rows:
+        ordered = sorted(values.items(), key=lambda item: item[0].startswith(PREDICTION))  # the yardstick last
+        cells = [", ".join(f"{key.split('/')[0].removesuffix('_dice')} {v:.3f}" for key, v in ordered
+                           if key.endswith(f"/{cls}")) or "—" for cls in classes]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines + [""])
 
 

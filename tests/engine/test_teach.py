@@ -11,7 +11,7 @@ from semiseg import api
 from semiseg.config import load_config
 from semiseg.data.loaders import Augmentation, PatchSampler, StoredCase
 from semiseg.engine.networks import build_nets
-from semiseg.engine.teach import UnlabelledDice, score_prediction, score_step, scored_cases
+from semiseg.engine.teach import UnlabelledDice, class_dice, column_names, score_prediction, score_step, scored_cases
 from semiseg.errors import SemisegError
 from semiseg.eval.report import _teach_keys, teaching_figure, write_report
 from semiseg.losses import supervised_loss
@@ -43,6 +43,28 @@ def test_truth_as_target_scores_one_and_wrong_targets_less(label_mode):
     assert row["teach/exact_acc"] == row["teach/exact_dice"] == 1.0
     assert row["teach/probs_acc"] == row["teach/probs_dice"] == 1.0
     assert row["teach/empty_dice"] == 0.0 and row["teach/empty_acc"] < 1.0
+
+
+def test_each_class_is_scored_on_its_own_and_an_absent_one_is_left_out():
+    truth = torch.tensor([[[0, 1, 1, 1], [1, 2, 2, 0]]])  # 4 pixels of class 1, 2 of class 2
+    target = torch.tensor([[[0, 1, 1, 0], [1, 0, 0, 0]]])  # class 1: 3 of 4 found; class 2 all missed
+    row = class_dice({"pseudo": target}, truth, label_mode="multiclass", class_names=["bg", "Liver", "lesion"])
+    assert row == {"teach_class/pseudo_dice/liver": pytest.approx(2 * 3 / 7), "teach_class/pseudo_dice/lesion": 0.0}
+    # the mean over classes hides the lost class behind the found one
+    assert score_step({"pseudo": target}, {}, truth, label_mode="multiclass", num_classes=3)[
+        "teach/pseudo_dice"] == pytest.approx((6 / 7 + 0.0) / 2)
+    no_lesion = torch.tensor([[[0, 1, 1, 1], [1, 0, 0, 0]]])
+    assert list(class_dice({"p": no_lesion}, no_lesion, label_mode="multiclass", class_names=["bg", "a", "b"])) == [
+        "teach_class/p_dice/a"]
+    assert class_dice({"p": target}, truth, label_mode="multiclass", class_names=["bg", "one"]) == {}
+    multilabel = torch.tensor([[[[1.0, 0.0]], [[1.0, 1.0]]]])  # (B, K, H, W): region 0 one pixel, region 1 two
+    row = class_dice({"p": multilabel}, multilabel, label_mode="multilabel", class_names=["wt", "tc"])
+    assert row == {"teach_class/p_dice/wt": 1.0, "teach_class/p_dice/tc": 1.0}
+
+
+def test_class_columns_are_plain_and_distinct():
+    assert column_names(["Left ventricle", "RV", "rv"]) == ["left_ventricle", "rv_1", "rv_2"]
+    assert column_names(["+++"]) == ["class"]
 
 
 def test_masks_give_kept_share_and_accuracy_on_kept_pixels():
@@ -174,6 +196,10 @@ def test_pseudo_labels_that_are_the_truth_score_one(oracle, tmp_path):
     assert all(float(r["teach/oracle_dice"]) == 1.0 and float(r["teach/oracle_acc"]) == 1.0 for r in rows)
     assert all(float(r["teach/oracle_kept"]) == 1.0 for r in rows)
     assert all(float(r["teach/background_dice"]) == 0.0 for r in rows)
+    per_class = [k for k in rows[0] if k.startswith("teach_class/oracle_dice/")]
+    assert per_class == ["teach_class/oracle_dice/class_1", "teach_class/oracle_dice/class_2"]
+    assert all(float(r[k]) == 1.0 for r in rows for k in per_class if r[k])
+    assert any(k.startswith("teach_class/prediction_dice/") for k in rows[0])
     assert all(0.0 <= float(r["teach/prediction_acc"]) <= 1.0 for r in rows)
     val_rows = [r for r in rows if r["val_dice"]]
     assert val_rows and all(0.0 <= float(r["teach/unl_dice_model"]) <= 1.0 for r in val_rows)
