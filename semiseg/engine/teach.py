@@ -83,13 +83,37 @@ def _pixel_weights(mask: Tensor, truth: Tensor, label_mode: str) -> Tensor:
     return mask.expand_as(truth)
 
 
-def target_dice(pred: Tensor, truth: Tensor, label_mode: str, num_classes: int) -> float | None:
-    """Mean foreground Dice pooled over the batch; classes absent from both are left out (None: all absent)."""
+def pooled_overlaps(pred: Tensor, truth: Tensor, label_mode: str, num_classes: int) -> list[tuple[int, int]]:
+    """(|P & G|, |P| + |G|) of every foreground class, pooled over the batch."""
     if label_mode == "multilabel":  # (B, K, …) → (K, B, …): channels first, pooled over the batch
         pred, truth = pred.movedim(1, 0), truth.movedim(1, 0)
-    overlaps = foreground_overlaps(pred, truth, label_mode, num_classes)
+    return foreground_overlaps(pred, truth, label_mode, num_classes)
+
+
+def target_dice(overlaps: list[tuple[int, int]]) -> float | None:
+    """Mean foreground Dice of ``pooled_overlaps``; classes absent from both are left out (None: all absent)."""
     scores = [2.0 * inter / size for inter, size in overlaps if size]
     return float(np.mean(scores)) if scores else None
+
+
+def column_names(class_names: Sequence[str]) -> list[str]:
+    """Class names as log columns (lower case, ``_`` for anything else); a clash gets the class index appended."""
+    names = [re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_") or "class" for name in class_names]
+    return [f"{name}_{k}" if names.count(name) > 1 else name for k, name in enumerate(names)]
+
+
+def class_columns(name: str, overlaps: list[tuple[int, int]], label_mode: str,
+                  class_names: Sequence[str]) -> dict[str, float]:
+    """``teach_class/<name>_dice/<class>``: each foreground class's Dice of one target, from ``pooled_overlaps``.
+
+    Only for two or more foreground classes (with one it is ``teach/<name>_dice``); a class absent from both the
+    target and the truth is left out of the row, so a mean over logged steps reads the batches that held it.
+    """
+    foreground = column_names(class_names[1:] if label_mode == "multiclass" else class_names)
+    if len(foreground) < 2:
+        return {}
+    return {f"{TEACH_CLASS}{name}_dice/{cls}": 2.0 * inter / size
+            for cls, (inter, size) in zip(foreground, overlaps, strict=True) if size}
 
 
 def _check_shape(method: str, kind: str, name: str, value: Tensor, truth: Tensor, label_mode: str) -> None:
@@ -104,18 +128,21 @@ def _check_shape(method: str, kind: str, name: str, value: Tensor, truth: Tensor
 
 def score_step(
     targets: dict[str, Tensor], masks: dict[str, Tensor], truth: Tensor, *, label_mode: str, num_classes: int,
-    method: str = "",
+    method: str = "", class_names: Sequence[str] = (),
 ) -> dict[str, float]:
-    """``teach/*`` values of one step's targets and masks against the truth crop of its unlabelled batch."""
+    """``teach/*`` values of one step's targets and masks against the truth crop of its unlabelled batch, and
+    ``teach_class/*`` where ``class_names`` (the dataset's) hold two or more foreground classes."""
     row: dict[str, float] = {}
     for name, target in targets.items():
         _check_shape(method, "target", name, target, truth, label_mode)
         pred = hard_target(target, truth, label_mode)
         correct = (pred == truth).float()
         row[f"{PREFIX}{name}_acc"] = float(correct.mean())
-        dice = target_dice(pred, truth, label_mode, num_classes)
+        overlaps = pooled_overlaps(pred, truth, label_mode, num_classes)
+        dice = target_dice(overlaps)
         if dice is not None:
             row[f"{PREFIX}{name}_dice"] = dice
+        row.update(class_columns(name, overlaps, label_mode, class_names))
         if name in masks:
             weights = _pixel_weights(masks[name], truth, label_mode)
             if float(weights.sum()) > 0:
@@ -126,37 +153,12 @@ def score_step(
     return row
 
 
-def column_names(class_names: Sequence[str]) -> list[str]:
-    """Class names as log columns (lower case, ``_`` for anything else); a clash gets the class index appended."""
-    names = [re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_") or "class" for name in class_names]
-    return [f"{name}_{k}" if names.count(name) > 1 else name for k, name in enumerate(names)]
-
-
-def class_dice(targets: dict[str, Tensor], truth: Tensor, *, label_mode: str,
-               class_names: Sequence[str]) -> dict[str, float]:
-    """``teach_class/<name>_dice/<class>``: each foreground class's Dice of each target, pooled over the batch.
-
-    Only for two or more foreground classes (with one it is ``teach/<name>_dice``); a class absent from both the
-    target and the truth is left out of the row, so a mean over logged steps reads the batches that held it.
-    """
-    foreground = column_names(class_names[1:] if label_mode == "multiclass" else class_names)
-    if len(foreground) < 2:
-        return {}
-    row: dict[str, float] = {}
-    for name, target in targets.items():
-        pred = hard_target(target, truth, label_mode)
-        pooled = (pred.movedim(1, 0), truth.movedim(1, 0)) if label_mode == "multilabel" else (pred, truth)
-        overlaps = foreground_overlaps(*pooled, label_mode, len(class_names))
-        row.update({f"{TEACH_CLASS}{name}_dice/{cls}": 2.0 * inter / size
-                    for cls, (inter, size) in zip(foreground, overlaps, strict=True) if size})
-    return row
-
-
-def score_prediction(logits: Tensor, truth: Tensor, *, label_mode: str, num_classes: int) -> dict[str, float]:
+def score_prediction(logits: Tensor, truth: Tensor, *, label_mode: str, num_classes: int,
+                     class_names: Sequence[str] = ()) -> dict[str, float]:
     """``teach/prediction_acc`` and ``teach/prediction_dice``: the predicting network's hard prediction on the
     unlabelled batch against its truth, the yardstick a method's targets must beat to teach the model anything."""
     return score_step({PREDICTION: probabilities(logits.detach(), label_mode)}, {}, truth, label_mode=label_mode,
-                      num_classes=num_classes)
+                      num_classes=num_classes, class_names=class_names)
 
 
 def truth_tensor(raw: dict[str, Any], device: torch.device, label_mode: str) -> Tensor | None:
@@ -225,8 +227,7 @@ class TeachHandler(Handler):
         # the truth describes the batch as drawn, which only the first update of a chained step trains on
         if self.truth is not None and step.out is not None:
             step.row.update(score_step(step.out.targets, step.out.masks, self.truth, label_mode=loop.ctx.label_mode,
-                                       num_classes=loop.ctx.num_classes, method=loop.method.name))
-            step.row.update(class_dice(step.out.targets, self.truth, label_mode=loop.ctx.label_mode,
+                                       num_classes=loop.ctx.num_classes, method=loop.method.name,
                                        class_names=self.class_names))
 
     def on_step_end(self, loop: TrainingLoop, step: StepRecord) -> None:
@@ -243,10 +244,8 @@ class TeachHandler(Handler):
         """
         with evaluating(loop.nets.values()), autocast(loop.amp, loop.inferer.device, loop.amp_dtype):
             logits = loop.method.predict(loop.nets, unlabelled.image)
-        label_mode = loop.ctx.label_mode
-        own = class_dice({PREDICTION: probabilities(logits.detach(), label_mode)}, truth, label_mode=label_mode,
-                         class_names=self.class_names)
-        return {**score_prediction(logits, truth, label_mode=label_mode, num_classes=loop.ctx.num_classes), **own}
+        return score_prediction(logits, truth, label_mode=loop.ctx.label_mode, num_classes=loop.ctx.num_classes,
+                                class_names=self.class_names)
 
     @torch.no_grad()
     def _whole_cases(self, loop: TrainingLoop) -> dict[str, float]:

@@ -11,7 +11,7 @@ from semiseg import api
 from semiseg.config import load_config
 from semiseg.data.loaders import Augmentation, PatchSampler, StoredCase
 from semiseg.engine.networks import build_nets
-from semiseg.engine.teach import UnlabelledDice, class_dice, column_names, score_prediction, score_step, scored_cases
+from semiseg.engine.teach import UnlabelledDice, column_names, score_prediction, score_step, scored_cases
 from semiseg.errors import SemisegError
 from semiseg.eval.report import _teach_keys, teaching_figure, write_report
 from semiseg.losses import supervised_loss
@@ -43,6 +43,12 @@ def test_truth_as_target_scores_one_and_wrong_targets_less(label_mode):
     assert row["teach/exact_acc"] == row["teach/exact_dice"] == 1.0
     assert row["teach/probs_acc"] == row["teach/probs_dice"] == 1.0
     assert row["teach/empty_dice"] == 0.0 and row["teach/empty_acc"] < 1.0
+
+
+def class_dice(targets, truth, *, label_mode, class_names):
+    """The ``teach_class/*`` part of ``score_step``'s row."""
+    row = score_step(targets, {}, truth, label_mode=label_mode, num_classes=len(class_names), class_names=class_names)
+    return {k: v for k, v in row.items() if k.startswith("teach_class/")}
 
 
 def test_each_class_is_scored_on_its_own_and_an_absent_one_is_left_out():
