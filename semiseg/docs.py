@@ -312,9 +312,10 @@ def _below(margins: dict[str, float]) -> str:
     return ", ".join(missed) or "none"
 
 
-def _target_rows(compare: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[str], tuple[str, ...]]:
+def _target_rows(compare: dict[str, Any], margins: dict[str, float]) -> tuple[list[tuple[str, ...]], list[str],
+                                                                              tuple[str, ...]]:
     """One row per semi-supervised entry (validation decides, test read for the table), the summary lines, and
-    the table's row of the page's overview."""
+    the table's part of the page's overview (``margins``: the table's ``_main_margins``)."""
     last, best = _rows_by_label(compare, "last"), _rows_by_label(compare, "best")
     if not {"supervised", "full"} <= set(last):
         raise ValueError(f"{compare.get('name')}: a targets table needs entries labelled `supervised` and `full` "
@@ -324,7 +325,6 @@ def _target_rows(compare: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[s
     semi = {label: row["val_dice_mean"] for label, row in last.items() if label not in ("supervised", "full")}
     rows = [_target_row(label, main[label], last[label], best[label], full, supervised) for label in semi]
     top = max(semi, key=semi.__getitem__)
-    margins = _main_margins(compare)
     held = [f"`{label}`" for label, gap in margins.items() if gap >= -SUPERVISED_MARGIN]
     reached = "met" if semi[top] >= FULL_SHARE_TARGET * full else "not met"
     share, below = f"{semi[top] / full:.2f}", _below(margins)
@@ -334,7 +334,7 @@ def _target_rows(compare: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[s
                f"{on_test:.2f} of full supervision's)\n",
                f"- main methods at least supervised training ({supervised:.3f}) − {SUPERVISED_MARGIN}: "
                f"{', '.join(held) or 'none'}; below: {below}\n"]
-    return rows, summary, (f"`{top}`", share, reached, below)
+    return rows, summary, (f"`{top}`", share, reached)
 
 
 def _target_section(compare: dict[str, Any], rows: list[tuple[str, ...]], summary: list[str]) -> list[str]:
@@ -353,9 +353,10 @@ def _retest_section(repo: Path, name: str, margins: dict[str, float]) -> list[st
     if not path.is_file():
         return [*parts, f"Not published yet: `semiseg compare experiments/{name}.yaml --publish`.\n"]
     again = json.loads(path.read_text())
-    shared = {label: gap for label, gap in _main_margins(again).items() if label in margins}
+    own = _main_margins(again)
+    shared = {label: gap for label, gap in own.items() if label in margins}
     margins.update(shared)
-    parts += _target_section(again, *_target_rows(again)[:2])
+    parts += _target_section(again, *_target_rows(again, own)[:2])
     if shared:
         parts.append(f"\nIts verdict replaces the table's above for {', '.join(f'`{x}`' for x in shared)}.\n")
     return parts
@@ -384,12 +385,12 @@ def targets_page(repo: Path) -> str:
             overview.append((dataset, "not published yet", "", "", ""))
             continue
         compare = json.loads(path.read_text())
-        rows, summary, glance = _target_rows(compare)
-        sections += _target_section(compare, rows, summary)
         margins = _main_margins(compare)
+        rows, summary, glance = _target_rows(compare, margins)
+        sections += _target_section(compare, rows, summary)
         for retest in TARGET_RETESTS.get(dataset, ()):
             sections += _retest_section(repo, retest, margins)
-        overview.append((dataset, *glance[:3], _below(margins)))
+        overview.append((dataset, *glance, _below(margins)))
     parts += ["\n", table(("dataset", "best semi-supervised entry", "÷ full", f"≥ {FULL_SHARE_TARGET}",
                            f"main methods below supervised − {SUPERVISED_MARGIN}"), overview), *sections]
     return "".join(parts)
