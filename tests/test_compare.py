@@ -277,3 +277,30 @@ def test_per_class_diagnostics_get_a_table_of_their_own(tmp_path, capsys):
     assert "| supervised |" not in per_class  # nothing to score without targets
     teaching = json.loads((tmp_path / "grid" / "compare.json").read_text())["teaching"]["mt"]
     assert teaching["teach_class/pseudo_dice/lesion"] == pytest.approx(0.3)
+
+
+def test_validation_per_class_reads_the_best_and_last_checkpoints_rows(tmp_path, capsys):
+    fake_grid(tmp_path)
+    for seed, lesion in ((0, 0.1), (1, 0.3)):  # best at step 20 (val 0.7), last at step 30
+        (tmp_path / "grid" / f"supervised-s{seed}" / "log.csv").write_text(
+            "step,elapsed_s,val_dice,val_class/liver,val_class/lesion\n10,1.0,,,\n"
+            f"20,2.0,0.7,0.9,{lesion}\n25,2.5,0.7,0.8,0.6\n30,3.0,0.5,0.8,{lesion / 2}\n")
+    assert main([*GRID, "--set", f"output.root={tmp_path}"]) == 0
+    grid = tmp_path / "grid"
+    text = (grid / "compare.md").read_text()
+    per_class = text.split("**Validation per class**")[1].split("**What the methods teach**")[0]
+    assert "| method | lesion | liver |" in per_class
+    assert "| supervised | 0.100 (0.200) | 0.800 (0.900) |" in per_class  # the first of equal scores is the best
+    assert "| mt |" not in per_class  # its runs logged no class
+    classes = json.loads((grid / "compare.json").read_text())["validation_classes"]
+    assert classes["supervised"]["best"] == pytest.approx({"lesion": 0.2, "liver": 0.9})
+    (grid / "compare.md").write_text("stale")
+    assert main(["compare", "--from-results", str(grid)]) == 0
+    assert (grid / "compare.md").read_text() == text
+
+
+def test_a_table_without_per_class_validation_has_no_such_section(tmp_path, capsys):
+    fake_grid(tmp_path)
+    assert main([*GRID, "--set", f"output.root={tmp_path}"]) == 0
+    assert "Validation per class" not in (tmp_path / "grid" / "compare.md").read_text()
+    assert "validation_classes" not in json.loads((tmp_path / "grid" / "compare.json").read_text())

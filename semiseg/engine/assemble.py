@@ -128,12 +128,13 @@ def default_handlers(cfg: Config, run_dir: Path, describe: dict[str, Any], gate:
     all receive), observes the gate and follows the curriculum, so all take the same decisions.
     """
     writes_events = main and tensorboard_wanted(cfg.train.tensorboard)
-    validation = ValidationHandler(keep_overlays=OVERLAY_CASES if writes_events else 0)
+    class_names = describe["dataset"]["class_names"]
+    validation = ValidationHandler(keep_overlays=OVERLAY_CASES if writes_events else 0, class_names=class_names)
     handlers: list[Handler] = [DeferredInterrupt(), CurriculumHandler()]
     if gate is not None:
         handlers.append(GateHandler(gate, notes=main))
     # the row's columns: gate, val_dice, then teach/unl_dice_*
-    handlers += [validation, TeachHandler(describe["dataset"]["class_names"])]
+    handlers += [validation, TeachHandler(class_names)]
     if main:
         handlers.append(CsvLogHandler(run_dir / "log.csv"))
     if writes_events:

@@ -80,10 +80,15 @@ def foreground_overlaps(pred: Any, label: Any, label_mode: str, num_classes: int
     return counts
 
 
+def foreground_dice(pred: Any, label: Any, label_mode: str, num_classes: int) -> list[float]:
+    """Dice of each foreground class; a class absent from both counts as 1 (fast: validation, the gate)."""
+    return [1.0 if size == 0 else 2.0 * inter / size
+            for inter, size in foreground_overlaps(pred, label, label_mode, num_classes)]
+
+
 def mean_foreground_dice(pred: Any, label: Any, label_mode: str, num_classes: int) -> float:
-    """Mean Dice over foreground classes; a class absent from both counts as 1 (fast: validation, the gate)."""
-    overlaps = foreground_overlaps(pred, label, label_mode, num_classes)
-    return float(np.mean([1.0 if size == 0 else 2.0 * inter / size for inter, size in overlaps]))
+    """Mean of ``foreground_dice`` over the foreground classes."""
+    return float(np.mean(foreground_dice(pred, label, label_mode, num_classes)))
 
 
 def _dice_from(inter: int, n_pred: int, n_gt: int) -> float:

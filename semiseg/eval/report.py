@@ -17,6 +17,7 @@ from semiseg.eval.uncertainty import format_uncertainty_table
 
 TEACH = "teach/"  # log.csv prefix of the diagnostics against held-out truth (written by semiseg.engine.teach)
 TEACH_CLASS = "teach_class/"  # the same per foreground class, where a task has two or more: <target>_dice/<class>
+VAL_CLASS = "val_class/"  # validation Dice per foreground class, where a task has two or more: val_class/<class>
 PREDICTION = "prediction"  # their entry for the predicting network's own answer on the batch: a yardstick, not a target
 UNLABELLED_DICE = "unl_dice"  # their entries for each network on whole unlabelled cases
 _COLOURS = np.array(

@@ -22,7 +22,7 @@ from semiseg.experiment.plan import run_configs, split_statement
 from semiseg.experiment.provenance import stamp
 from semiseg.experiment.scores import PER_CASE, RUNS, collect, has_scores, read_scores
 from semiseg.experiment.spec import Entry, Experiment, check_evaluation
-from semiseg.experiment.tables import protocol_facts, write_tables
+from semiseg.experiment.tables import DERIVED_KEYS, protocol_facts, write_tables
 
 PUBLISHED_FILES = ("compare.json", "compare.md", PER_CASE, RUNS)
 
@@ -70,7 +70,7 @@ def rebuild(folder: Path) -> bool:
                            "per-case scores were kept, cannot be rebuilt; rerun its experiment and --publish it")
     before = {n: (folder / n).read_text() for n in ("compare.md", "compare.json")}
     try:
-        meta = {k: v for k, v in json.loads(before["compare.json"]).items() if k not in ("rows", "teaching", "origins")}
+        meta = {k: v for k, v in json.loads(before["compare.json"]).items() if k not in DERIVED_KEYS}
     except (ValueError, AttributeError) as exc:
         raise SemisegError(f"{folder / 'compare.json'}: not a comparison's JSON ({exc}); restore it from git") from None
     absent = [k for k in ("name", "seeds", "split", "evaluation", "protocol", "entries", "missing", "rerun")

@@ -22,7 +22,7 @@ import numpy as np
 from semiseg.engine.origin import fingerprint, read_origin
 from semiseg.errors import SemisegError
 from semiseg.eval.metrics import METRIC_COLUMNS
-from semiseg.eval.report import TEACH, TEACH_CLASS, read_log
+from semiseg.eval.report import TEACH, TEACH_CLASS, VAL_CLASS, read_log
 from semiseg.experiment.spec import Entry
 
 PER_CASE, RUNS = "per_case.csv", "runs.json"
@@ -77,12 +77,24 @@ def last_teaching(rows: list[dict[str, str]]) -> dict[str, float]:
     return {key: float(np.mean(v)) for key, v in values.items()}
 
 
-def validation_dice(rows: list[dict[str, str]]) -> dict[str, float]:
-    """Validation Dice of each checkpoint: the best one's (the highest, which chose it) and the last logged one.
+def validation_dice(rows: list[dict[str, str]]) -> dict[str, Any]:
+    """Validation Dice of each checkpoint: the best one's (the highest, which chose it) and the last logged one,
+    with ``classes`` (checkpoint → class → Dice, the ``val_class/*`` columns of the same rows) where logged.
 
     Tables show it beside test Dice so that a decision can be taken on validation without reading test."""
-    values = [float(r["val_dice"]) for r in rows if r.get("val_dice") not in (None, "")]
-    return {"best": max(values), "last": values[-1]} if values else {}
+    logged = [r for r in rows if r.get("val_dice") not in (None, "")]
+    if not logged:
+        return {}
+    values = [float(r["val_dice"]) for r in logged]
+    best = logged[int(np.argmax(values))]  # the first of equal scores, as the checkpoint handler keeps it
+    found: dict[str, Any] = {"best": max(values), "last": values[-1]}
+    classes = {checkpoint: _class_values(row) for checkpoint, row in (("best", best), ("last", logged[-1]))}
+    return found | ({"classes": classes} if classes["last"] else {})
+
+
+def _class_values(row: dict[str, str]) -> dict[str, float]:
+    return {key.removeprefix(VAL_CLASS): float(v) for key, v in row.items()
+            if key.startswith(VAL_CLASS) and v not in (None, "")}
 
 
 def run_origin(run_dir: Path) -> dict[str, list[str]]:

@@ -26,6 +26,7 @@ from semiseg.experiment.scores import CHECKPOINTS
 from semiseg.experiment.spec import Entry
 
 Results = dict[str, dict[int, dict[str, Any]]]
+DERIVED_KEYS = ("rows", "teaching", "origins", "validation_classes")  # compare.json's keys built from the scores
 
 
 def seed_spread(runs: dict[int, Any], checkpoint: str) -> dict[str, float]:
@@ -142,6 +143,37 @@ def format_class_teaching(table: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines + [""])
 
 
+def validation_class_rows(results: Results) -> dict[str, dict[str, dict[str, float]]]:
+    """Per entry and checkpoint, each class's validation Dice averaged over the seeds that logged it (``val_class``)."""
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for label, runs in results.items():
+        per_seed = [run.get("validation", {}).get("classes", {}) for run in runs.values()]
+        means = {ck: _class_means([seed.get(ck, {}) for seed in per_seed]) for ck in CHECKPOINTS}
+        if means["last"]:
+            table[label] = means
+    return table
+
+
+def _class_means(per_seed: list[dict[str, float]]) -> dict[str, float]:
+    classes = sorted({cls for values in per_seed for cls in values})
+    return {cls: float(np.mean([values[cls] for values in per_seed if cls in values])) for cls in classes}
+
+
+def format_validation_classes(table: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Each foreground class's validation Dice, last (best) checkpoint: which class a decision turns on."""
+    if not table:
+        return ""
+    classes = sorted({cls for means in table.values() for cls in means["last"]})
+    lines = ["", "**Validation per class** (each foreground class's validation Dice at the last checkpoint, the best "
+             "in brackets, mean over seeds; `val_class/*`)", "", "| method | " + " | ".join(classes) + " |",
+             "|---|" + "---|" * len(classes)]
+    for label, means in table.items():
+        cells = [f"{means['last'][cls]:.3f} ({means['best'][cls]:.3f})" if cls in means["last"] else "—"
+                 for cls in classes]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""])
+
+
 def format_missing(missing: Sequence[dict[str, Any]], entries: Sequence[Entry], n_seeds: int, rerun: str) -> str:
     """The runs the table lacks, why, and the command that finishes them; empty when all finished."""
     if not missing:
@@ -237,9 +269,10 @@ def write_tables(folder: Path, meta: dict[str, Any], results: Results, *, with_c
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["label", "method", "checkpoint"])
             writer.writeheader()
             writer.writerows(rows)
-    teaching, found = teaching_rows(results), origins(results)
-    extra = {"rows": rows, "teaching": teaching, **({"origins": found} if found["machines"] else {})}
+    teaching, found, per_class = teaching_rows(results), origins(results), validation_class_rows(results)
+    extra = {"rows": rows, "teaching": teaching, **({"origins": found} if found["machines"] else {}),
+             **({"validation_classes": per_class} if per_class else {})}
     (folder / "compare.json").write_text(json.dumps({**meta, **extra}, indent=2, default=str))
     (folder / "compare.md").write_text(header(meta) + format_origins(found) + format_markdown(rows, entries[0].label)
-                                       + format_teaching(teaching)
+                                       + format_validation_classes(per_class) + format_teaching(teaching)
                                        + format_missing(meta["missing"], entries, len(meta["seeds"]), meta["rerun"]))

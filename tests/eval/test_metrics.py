@@ -278,3 +278,14 @@ def test_ece_matches_a_loop_over_bins() -> None:
             expected += inside.mean() * abs(correct[inside].mean() - conf[inside].mean())
     assert m.expected_calibration_error(probs, onehot) == pytest.approx(expected)
     assert m.expected_calibration_error(onehot, onehot) == pytest.approx(0.0)
+
+
+def test_foreground_dice_scores_each_class_and_an_absent_one_as_one():
+    label = np.array([[1, 1, 0, 0], [0, 0, 0, 0]])
+    pred = np.array([[1, 0, 0, 0], [0, 0, 0, 0]])
+    assert m.foreground_dice(pred, label, "multiclass", 3) == pytest.approx([2 / 3, 1.0])  # class 2 absent from both
+    assert m.mean_foreground_dice(pred, label, "multiclass", 3) == pytest.approx(5 / 6)
+    wrong = np.array([[0, 0, 2, 2], [0, 0, 0, 0]])
+    assert m.foreground_dice(wrong, label, "multiclass", 3) == [0.0, 0.0]
+    channels = np.stack([label > 0, pred > 0])  # multilabel: channels first
+    assert m.foreground_dice(channels, np.stack([label > 0, label > 0]), "multilabel", 2) == pytest.approx([1.0, 2 / 3])
