@@ -86,8 +86,9 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: tuple[str, ...] = ("best",
                  robustness: bool = False, uncertainty: bool = False,
                  gammas: tuple[float, ...] = DEFAULT_GAMMAS, epsilons: tuple[float, ...] = DEFAULT_EPSILONS,
                  samples: int = 5, threads: int | None = None, tta: bool = False, adapt_bn: bool = False,
-                 overwrite: bool = False, data: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate the run's checkpoints on its test split; write metrics, summary, predictions and report.
+                 overwrite: bool = False, data: str | Path | None = None, split: str = "test") -> dict[str, Any]:
+    """Evaluate the run's checkpoints on its test split (``split="val"``: its validation cases); write metrics,
+    summary, predictions and report.
 
     They go beside the training-time evaluation, into ``<run>/evaluations/<name>/`` (``evaluation_folder``;
     the name spells the settings, e.g. ``tta``, ``best-tta``, ``robust``); the same settings twice need
@@ -103,7 +104,7 @@ def evaluate_run(run_dir: str | Path, *, checkpoints: tuple[str, ...] = ("best",
     """
     options = EvaluationOptions(checkpoints=checkpoints, robustness=robustness, uncertainty=uncertainty,
                                 gammas=gammas, epsilons=epsilons, samples=samples, tta=tta, case_norm=adapt_bn,
-                                beside=True, overwrite=overwrite)
+                                beside=True, overwrite=overwrite, split=split)
     return evaluate_run_with(run_dir, options, progress=progress, threads=threads, data=data)
 
 

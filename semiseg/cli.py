@@ -103,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", metavar="PATH", help=_MOVED_DATA)
     ev.add_argument("--checkpoint", default="both", choices=["best", "last", "both"],
                     help="with --run: which checkpoints (default both; best falls back to last without best.pt)")
+    ev.add_argument("--split", default="test", choices=["test", "val"],
+                    help="with --run: the cases scored (default test; val: per case and class on the validation "
+                         "cases, into evaluations/val…/, for decisions that leave test unread)")
     ev.add_argument("--threads", type=_positive_int,
                     help="with --run: torch CPU threads (default: the run's train.threads)")
     ev.add_argument("--pred", help="folder of predicted label files")
@@ -331,6 +334,7 @@ def _evaluate_run(args: argparse.Namespace) -> None:
     checkpoints = ("best", "last") if args.checkpoint == "both" else (args.checkpoint,)
     options = EvaluationOptions(checkpoints=checkpoints, robustness=args.robustness, uncertainty=args.uncertainty,
                                 samples=args.samples, tta=args.tta, case_norm=args.adapt_bn, beside=True,
+                                split=args.split,
                                 overwrite=args.overwrite, **_levels(args.gammas, "gammas"),
                                 **_levels(args.epsilons, "epsilons"))
     summary = api.evaluate_run_with(args.run, options, progress=not args.quiet, threads=args.threads,

@@ -120,6 +120,22 @@ def test_evaluate_with_robustness_and_uncertainty(tmp_path, capsys):
     assert "## Robustness" in report and "## Uncertainty" in report and "## Learnt threshold" in report
 
 
+def test_evaluate_on_the_validation_cases_goes_beside_and_names_them(tmp_path, capsys):
+    import csv
+
+    run = _tiny_segpl_vi_run(tmp_path)
+    assert main(["evaluate", "--run", str(run), "--split", "val", "--quiet"]) == 0
+    folder = run / "evaluations" / "val"
+    with (folder / "metrics" / "per_case.csv").open() as fh:
+        cases = {row["case_id"] for row in csv.DictReader(fh)}
+    split = json.loads((run / "split.json").read_text())
+    assert cases == set(split["val"]) and not cases & set(split["test"])
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["val_cases"] == 1 and summary["settings"]["split"] == "val"
+    assert "## Validation metrics" in (folder / "report.md").read_text()
+    assert not (run / "summary.json").exists()  # the run's own (test) evaluation is untouched: here, never made
+
+
 @pytest.mark.parametrize(("flag", "value", "match"), [("--gammas", "0,x", "--gammas must be comma-separated"),
                                                        ("--gammas", "0,1.5", "gammas: levels must lie in [0, 1.0]"),
                                                        ("--samples", "0", "samples")])

@@ -180,6 +180,16 @@ def test_compare_reads_the_training_time_evaluation_unless_told_and_says_which(t
     assert "evaluation: `tta` (each run folder's evaluations/tta/)" in (tmp_path / "grid" / "compare.md").read_text()
 
 
+def test_a_validation_evaluation_never_fills_a_tables_test_columns(tmp_path, capsys):
+    fake_grid(tmp_path)
+    for run in (tmp_path / "grid").iterdir():  # evaluate --split val
+        fake_run(run / "evaluations" / "val", 0.9)
+        (run / "evaluations" / "val" / "summary.json").write_text(json.dumps({"settings": {"split": "val"}}))
+    assert main([*GRID, "--set", f"output.root={tmp_path}", "--evaluation", "val"]) == 2
+    err = capsys.readouterr().err
+    assert "scores the validation cases" in err and "Traceback" not in err
+
+
 def test_a_run_without_last_checkpoint_scores_is_one_clear_error(tmp_path, capsys):
     fake_grid(tmp_path)
     run = tmp_path / "grid" / "mt-s1"

@@ -56,7 +56,7 @@ from semiseg.engine.progress import StepCallback
 from semiseg.engine.reliability import make_gate
 from semiseg.engine.run_folder import RunFolderUndo, checkpoint_to_use, new_run_folder, recorded_config, require_run
 from semiseg.errors import SemisegError
-from semiseg.eval.run_evaluation import EvaluationOptions, RunFacts, evaluate_checkpoints
+from semiseg.eval.run_evaluation import SPLIT_NAMES, EvaluationOptions, RunFacts, evaluate_checkpoints
 from semiseg.methods import Method
 from semiseg.methods.base import Nets
 from semiseg.paths import check_writable_dir
@@ -205,7 +205,8 @@ class Run:
                 "seconds": log.elapsed() if log is not None else done["seconds"]}
 
     def evaluate(self, options: EvaluationOptions | None = None) -> dict[str, Any]:
-        """Evaluate the checkpoints on the test split; write metrics, summary, predictions and report."""
+        """Evaluate the checkpoints on the test split (``options.split``: or the validation cases); write metrics,
+        summary, predictions and report."""
         options = options or EvaluationOptions()
         names = tuple(dict.fromkeys(checkpoint_to_use(self.run_dir, name) for name in options.checkpoints))
         options = replace(options, checkpoints=names)
@@ -214,21 +215,25 @@ class Run:
                   .with_case_norm(options.case_norm) for name, state in states.items()}
         best = self.best if self.trainer is not None else _best_of(self.run_dir, states)
         refs = refs_by_id(self.dataset)
-        test = [refs[case_id] for case_id in self.split["test"]]
+        cases = [refs[case_id] for case_id in self.split[options.split]]
+        if not cases:
+            raise SemisegError(f"{self.run_dir}: its split has no {options.split} cases to evaluate")
         with recorded(self.run_dir):
-            return evaluate_checkpoints(models, test, self._facts(best, options), self.run_dir, options,
+            return evaluate_checkpoints(models, cases, self._facts(best, options), self.run_dir, options,
                                         progress=self.progress)
 
     def _facts(self, best: dict[str, Any], options: EvaluationOptions) -> RunFacts:
         cfg, spec, split = self.cfg, self.dataset, self.split
-        header = {"method": cfg.train.method, "dataset": spec.name, "test_cases": len(split["test"]),
+        scored = len(split[options.split])
+        header = {"method": cfg.train.method, "dataset": spec.name, f"{options.split}_cases": scored,
                   "best_step": best["step"], "best_val_dice": best["score"]}
         if options.tta:
             header["tta"] = "flips"
         if options.case_norm:
             header["adapt_bn"] = "per case"
         info = {"method": cfg.train.method, "dataset": spec.name, "labelled cases": len(split["labelled"]),
-                "unlabelled cases": len(split["unlabelled"]), "test cases": len(split["test"]),
+                "unlabelled cases": len(split["unlabelled"]),
+                f"{SPLIT_NAMES[options.split]} cases": scored,
                 "model": f"{cfg.model.dim}D {cfg.model.arch} widths {cfg.model.widths}", "steps": cfg.train.steps,
                 "best checkpoint": f"step {best['step']} (val Dice {best['score']:.3f})", "seed": cfg.seed}
         if options.tta:

@@ -243,11 +243,12 @@ def _extra_sections(figures: Path, label_mode: str, robustness: dict[str, Any] |
 def write_report(
     run_dir: Path, *, summary: dict[str, Any], info: dict[str, Any], examples: list[dict[str, Any]], label_mode: str,
     robustness: dict[str, Any] | None = None, uncertainty: dict[str, Any] | None = None,
-    class_names: list[str] | None = None, log: Path | None = None,
+    class_names: list[str] | None = None, log: Path | None = None, scored: str = "test",
 ) -> Path:
     """Write ``report.md`` and its figures into ``run_dir``; returns the report path.
 
-    The training curves come from ``log`` (default ``run_dir/log.csv``; a re-evaluation folder names its run's).
+    The training curves come from ``log`` (default ``run_dir/log.csv``; a re-evaluation folder names its run's);
+    ``scored`` names the cases the metrics are of (``test``, or ``validation`` for ``evaluate --split val``).
 
     ``robustness`` (``summarize_robustness``) and ``uncertainty`` (scores, source, samples, examples) add
     their sections; a learnt-threshold plot appears whenever ``log.csv`` holds ``threshold_mu``.
@@ -259,7 +260,8 @@ def write_report(
     has_curves = curves_figure(log, figures / "training.png")
     lines = [f"# semiseg report: {info['method']} on {info['dataset']}", ""]
     lines += [f"- {key}: {value}" for key, value in info.items()]
-    lines += ["", "## Test metrics (per volume, mean ± std over cases)", "", format_table(summary), ""]
+    lines += ["", f"## {scored.capitalize()} metrics (per volume, mean ± std over cases)", "", format_table(summary),
+              ""]
     lines += [
         "Distances are in millimetres. Empty-mask rule: both empty → Dice 1, HD95/ASD 0; one empty → Dice 0, "
         "HD95/ASD = image diagonal. Per-case rows: `metrics/per_case.csv`.",

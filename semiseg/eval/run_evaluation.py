@@ -54,6 +54,10 @@ class CaseModel(Protocol):
     def sample_probabilities(self, image: np.ndarray, n: int) -> np.ndarray | None: ...
 
 
+SPLITS = ("test", "val")
+SPLIT_NAMES = {"test": "test", "val": "validation"}  # as a report names the cases it scored
+
+
 @dataclass(frozen=True)
 class EvaluationOptions:
     """What to evaluate beyond the metrics; a bad grid or sample count fails before any inference."""
@@ -68,19 +72,25 @@ class EvaluationOptions:
     case_norm: bool = False  # BatchNorm statistics re-estimated on each test case (AdaBN)
     beside: bool = False  # a re-evaluation: write into <run>/evaluations/<name>/, never over the run's own files
     overwrite: bool = False  # with beside: replace an earlier evaluation made with the same settings
+    split: str = "test"  # the cases scored: "test", or "val" (per case and class, for decisions that leave test unread)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gammas", check_grid(self.gammas, "gammas", upper=1.0))
         object.__setattr__(self, "epsilons", check_grid(self.epsilons, "epsilons"))
         if self.samples < 1:
             raise ConfigError(f"samples: Monte-Carlo samples must be at least 1, got {self.samples}")
+        if self.split not in SPLITS:
+            raise ConfigError(f"split: an evaluation scores the {' or '.join(SPLITS)} cases, got {self.split!r}")
+        if self.split != "test" and not self.beside:
+            raise ConfigError("a validation evaluation goes beside the run's own (test) evaluation, never over it")
         if self.case_norm and (self.robustness or self.uncertainty):
             raise ConfigError("--adapt-bn re-estimates BatchNorm statistics for plain predictions only; evaluate "
                               "--robustness or --uncertainty in a separate call without it")
 
     def settings(self) -> dict[str, Any]:
         """What changes the numbers, as ``summary.json`` records it (grids and samples only where used)."""
-        out: dict[str, Any] = {"name": self.name, "checkpoints": list(self.checkpoints), "tta": self.tta,
+        out: dict[str, Any] = {"name": self.name, "split": self.split, "checkpoints": list(self.checkpoints),
+                               "tta": self.tta,
                                "adapt_bn": self.case_norm, "robustness": self.robustness,
                                "uncertainty": self.uncertainty}
         if self.robustness:
@@ -91,8 +101,9 @@ class EvaluationOptions:
 
     @property
     def name(self) -> str:
-        """The evaluation folder's name: one word per setting, e.g. ``tta``, ``best-tta``, ``robust``."""
-        words = [] if set(self.checkpoints) == {"best", "last"} else list(self.checkpoints)
+        """The evaluation folder's name: one word per setting, e.g. ``tta``, ``best-tta``, ``robust``, ``val``."""
+        words = [] if self.split == "test" else [self.split]
+        words += [] if set(self.checkpoints) == {"best", "last"} else list(self.checkpoints)
         words += [word for flag, word in ((self.tta, "tta"), (self.case_norm, "adapt-bn"),
                                           (self.robustness, "robust"),
                                           (self.uncertainty, "uncertainty")) if flag]
@@ -204,7 +215,7 @@ def evaluate_checkpoints(models: Mapping[str, CaseModel], test_cases: Sequence[C
                                 if options.beside else {})
     write_report(out_dir, summary=summary, info=info, examples=examples, label_mode=facts.label_mode,
                  robustness=extras.get("robustness"), uncertainty=uncertainty_block, class_names=facts.class_names,
-                 log=run_dir / "log.csv")
+                 log=run_dir / "log.csv", scored=SPLIT_NAMES[options.split])
     return summary
 
 

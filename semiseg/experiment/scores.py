@@ -35,6 +35,14 @@ def evaluation_dir(run_dir: Path, evaluation: str | None) -> Path:
     return run_dir if evaluation is None else run_dir / "evaluations" / evaluation
 
 
+def _scored_split(folder: Path) -> str:
+    """The cases an evaluation scored (``settings.split`` of its summary.json; test before the setting existed)."""
+    try:
+        return json.loads((folder / "summary.json").read_text()).get("settings", {}).get("split", "test")
+    except (OSError, ValueError, AttributeError):
+        return "test"
+
+
 def _run_rows(run_dir: Path, evaluation: str | None) -> list[dict[str, str]]:
     """The per-case rows of one finished run's evaluation, with both checkpoints, or one error saying what to do."""
     folder = evaluation_dir(run_dir, evaluation)
@@ -46,6 +54,9 @@ def _run_rows(run_dir: Path, evaluation: str | None) -> list[dict[str, str]]:
     if not file.is_file():
         raise SemisegError(f"{run_dir}: summary.json is there but {file} is not; delete the run folder so that "
                            "compare trains it again")
+    if _scored_split(folder) != "test":
+        raise SemisegError(f"{folder}: evaluation {evaluation!r} scores the validation cases, and a comparison's "
+                           "test columns need test scores; name a test evaluation, or drop 'evaluation'")
     with file.open() as fh:
         rows = list(csv.DictReader(fh))
     absent = [ck for ck in CHECKPOINTS if not any(r.get("checkpoint") == ck for r in rows)]
