@@ -136,6 +136,19 @@ def test_evaluate_on_the_validation_cases_goes_beside_and_names_them(tmp_path, c
     assert not (run / "summary.json").exists()  # the run's own (test) evaluation is untouched: here, never made
 
 
+def test_evaluating_the_validation_cases_of_a_run_without_them_is_one_clear_error(tmp_path, capsys):
+    from semiseg import api
+    from semiseg.config import load_config
+
+    cfg = load_config(None, ["data.source=phantom", "data.options={n_cases: 5, dim: 2, seed: 0}", "split.labelled=2",
+                             "split.val=0", "split.test=1", "model.widths=[4, 8]", "train.steps=2",
+                             "train.warmup_steps=0", f"output.root={tmp_path}", "output.name=run"])
+    run = api.train(cfg, progress=False, evaluate=False).run_dir
+    assert main(["evaluate", "--run", str(run), "--split", "val", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "has no val cases" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize(("flag", "value", "match"), [("--gammas", "0,x", "--gammas must be comma-separated"),
                                                        ("--gammas", "0,1.5", "gammas: levels must lie in [0, 1.0]"),
                                                        ("--samples", "0", "samples")])
