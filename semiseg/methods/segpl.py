@@ -74,7 +74,7 @@ from semiseg.methods._options import (
 from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.registry import register
 from semiseg.nets.unet import frozen_norm_stats
-from semiseg.ssl.joint import joint_forward
+from semiseg.ssl.joint import Passes, joint_forward
 from semiseg.ssl.pseudo_labels import confidence_mask, hard_labels, probabilities
 from semiseg.ssl.reference import ReferenceSettings, reference_pseudo_labels
 from semiseg.ssl.strong_augment import INTENSITY_OPS
@@ -104,6 +104,11 @@ class PseudoLabelConfig(RampedWeight, PassesOption, StudentViewOption):
     # The view's ops without brightness and gamma, which move a tissue's grey level: where that level is what tells
     # an organ from its surroundings (liver_lesions) they erase it from the view. Chosen on validation (evidence).
     view_pool: list[str] = Field(default_factory=lambda: [op for op in INTENSITY_OPS if op not in LEVEL_MOVING_OPS])
+    # Which training passes set BatchNorm's running statistics, the ones evaluation normalises with: every pass
+    # (the labelled one and the student's unlabelled one), or the labelled pass alone, the student's pass then
+    # normalising with its own batch statistics and leaving them be (separate passes only: a joint pass is one
+    # batch of both). Why "labelled": the student's pass holds intensity views of random crops (docstring).
+    running_stats: Literal["every_pass", "labelled"] = "every_pass"
 
 
 class SegPLConfig(PseudoLabelConfig, ReferenceOptions):
@@ -159,7 +164,7 @@ class _PseudoLabelling(Method):
         settings, model = self.reference(), nets["model"]
         forward = model if settings is None else partial(model, return_features=True)
         student_u = self.cfg.student_image(unlabelled.image)
-        out_l, out_u = joint_forward(forward, labelled.image, student_u, self.unlabelled_pass(progress))
+        out_l, out_u = self._training_passes(model, forward, labelled.image, student_u, self.unlabelled_pass(progress))
         # the E-step reads the clean image: the training pass itself, or one more pass when the student saw a view
         clean_u = out_u if student_u is unlabelled.image else self._labelling_pass(model, forward, unlabelled.image)
         if settings is None:
@@ -177,6 +182,16 @@ class _PseudoLabelling(Method):
         masks = {} if weight is None else {"pseudo": weight.detach()}
         return StepOut(losses=losses, logs=dict(zip(logs, values, strict=True)), targets={"pseudo": target.detach()},
                        masks=masks, unlabelled=frozenset({"unsup", *extra}))  # the E-step's terms (KL) too
+
+    def _training_passes(self, model: nn.Module, forward: Callable[[Tensor], Any], labelled: Tensor, student: Tensor,
+                         passes: Passes) -> tuple[Any, Any]:
+        """The labelled and the student's unlabelled pass; with ``running_stats: labelled`` and separate passes the
+        student's pass leaves BatchNorm's running statistics to the labelled one (``frozen_norm_stats``)."""
+        if passes != "separate" or self.cfg.running_stats == "every_pass":
+            return joint_forward(forward, labelled, student, passes)
+        out_l = forward(labelled)
+        with frozen_norm_stats(model):
+            return out_l, forward(student)
 
     @staticmethod
     @torch.no_grad()

@@ -226,3 +226,37 @@ def test_the_student_view_draws_from_the_configured_pool(monkeypatch):
     assert seen == [(1, ("contrast", "noise"))]
     with pytest.raises(ConfigError, match="rot90"):
         get_method("segpl")(_ctx("multiclass", 2), {"view_pool": ["rot90"]})
+
+
+@pytest.mark.parametrize("method_name", ["segpl", "segpl_vi"])
+def test_running_statistics_from_the_labelled_pass_alone(monkeypatch, method_name):
+    """``running_stats: labelled``: the student's pass normalises with its own batch statistics and moves no
+    running statistic; the labelled pass sets them as a supervised step would. ``every_pass``: both move them."""
+    import semiseg.methods._options as options
+
+    monkeypatch.setattr(options, "intensity_view", lambda image, n_ops, ops: image * 2.0 + 1.0)
+    cfg = load_config(None, ["model.widths=[4, 8]", f"train.method={method_name}"])
+    ctx = MethodContext(label_mode="multiclass", num_classes=3, spatial_dims=2, in_channels=1,
+                        supervised_loss=supervised_loss("dice_ce", "multiclass", False), unlabelled_pass="separate")
+    lab, unl = _batches("multiclass")
+    running = {}
+    for setting in ("labelled", "every_pass"):
+        method = get_method(method_name)(ctx, {"running_stats": setting, "weight": 1.0})
+        torch.manual_seed(0)
+        nets = build_nets(method, cfg, ctx, torch.device("cpu"))
+        reference = build_nets(method, cfg, ctx, torch.device("cpu"))["model"]
+        reference.load_state_dict(nets["model"].state_dict())
+        out = method.training_step(nets, lab, unl, Progress(5, 10))
+        with torch.no_grad():
+            reference.train()
+            reference(lab.image)
+            with frozen_norm_stats(reference):
+                view_logits = reference(unl.image * 2.0 + 1.0)
+        if setting == "labelled" and method_name == "segpl":  # the view's loss: its own batch statistics
+            expected = method.ctx.loss("dice")(view_logits, out.targets["pseudo"])
+            assert out.losses["unsup"].item() == pytest.approx(expected.item(), rel=1e-5)
+        running[setting] = {k: v for k, v in nets["model"].state_dict().items() if "running_mean" in k}
+        labelled_only = {k: v for k, v in reference.state_dict().items() if "running_mean" in k}
+        same = all(torch.allclose(v, labelled_only[k]) for k, v in running[setting].items())
+        assert same == (setting == "labelled")
+    assert get_method("segpl")(_ctx("multiclass", 2), {}).cfg.running_stats == "every_pass"
