@@ -56,6 +56,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable
+from contextlib import nullcontext
 from functools import partial
 from typing import Any, Literal
 
@@ -104,11 +105,12 @@ class PseudoLabelConfig(RampedWeight, PassesOption, StudentViewOption):
     # The view's ops without brightness and gamma, which move a tissue's grey level: where that level is what tells
     # an organ from its surroundings (liver_lesions) they erase it from the view. Chosen on validation (evidence).
     view_pool: list[str] = Field(default_factory=lambda: [op for op in INTENSITY_OPS if op not in LEVEL_MOVING_OPS])
-    # Which training passes set BatchNorm's running statistics, the ones evaluation normalises with: every pass
-    # (the labelled one and the student's unlabelled one), or the labelled pass alone, the student's pass then
-    # normalising with its own batch statistics and leaving them be (separate passes only: a joint pass is one
-    # batch of both). Why "labelled": the student's pass holds intensity views of random crops (docstring).
-    running_stats: Literal["every_pass", "labelled"] = "every_pass"
+    # Which passes set BatchNorm's running statistics, the ones evaluation normalises with: every training pass
+    # (the labelled one and the student's pass over the view), or the clean images' passes (the labelled one and
+    # the E-step's pass over the clean unlabelled batch), the view's pass normalising with its own batch statistics
+    # and leaving them be. Only with separate passes and a view: a joint pass is one batch of both, and without a
+    # view the student's pass is the clean one. Why "clean": evaluation never sees a view (docstring).
+    running_stats: Literal["every_pass", "clean"] = "every_pass"
 
 
 class SegPLConfig(PseudoLabelConfig, ReferenceOptions):
@@ -163,10 +165,12 @@ class _PseudoLabelling(Method):
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         settings, model = self.reference(), nets["model"]
         forward = model if settings is None else partial(model, return_features=True)
-        student_u = self.cfg.student_image(unlabelled.image)
-        out_l, out_u = self._training_passes(model, forward, labelled.image, student_u, self.unlabelled_pass(progress))
+        student_u, passes = self.cfg.student_image(unlabelled.image), self.unlabelled_pass(progress)
+        clean_stats = self.cfg.running_stats == "clean" and passes == "separate" and student_u is not unlabelled.image
+        out_l, out_u = self._training_passes(model, forward, labelled.image, student_u, passes, clean_stats)
         # the E-step reads the clean image: the training pass itself, or one more pass when the student saw a view
-        clean_u = out_u if student_u is unlabelled.image else self._labelling_pass(model, forward, unlabelled.image)
+        clean_u = (out_u if student_u is unlabelled.image
+                   else self._labelling_pass(model, forward, unlabelled.image, updates_stats=clean_stats))
         if settings is None:
             logits_l, logits_u = out_l, out_u
             target, weight, extra, logs = self.e_step(nets, probabilities(clean_u.detach(), self.ctx.label_mode))
@@ -183,11 +187,12 @@ class _PseudoLabelling(Method):
         return StepOut(losses=losses, logs=dict(zip(logs, values, strict=True)), targets={"pseudo": target.detach()},
                        masks=masks, unlabelled=frozenset({"unsup", *extra}))  # the E-step's terms (KL) too
 
-    def _training_passes(self, model: nn.Module, forward: Callable[[Tensor], Any], labelled: Tensor, student: Tensor,
-                         passes: Passes) -> tuple[Any, Any]:
-        """The labelled and the student's unlabelled pass; with ``running_stats: labelled`` and separate passes the
-        student's pass leaves BatchNorm's running statistics to the labelled one (``frozen_norm_stats``)."""
-        if passes != "separate" or self.cfg.running_stats == "every_pass":
+    @staticmethod
+    def _training_passes(model: nn.Module, forward: Callable[[Tensor], Any], labelled: Tensor, student: Tensor,
+                         passes: Passes, clean_stats: bool) -> tuple[Any, Any]:
+        """The labelled and the student's unlabelled pass; with ``clean_stats`` (separate passes) the student's pass
+        over the view leaves BatchNorm's running statistics alone (``frozen_norm_stats``)."""
+        if not clean_stats:
             return joint_forward(forward, labelled, student, passes)
         out_l = forward(labelled)
         with frozen_norm_stats(model):
@@ -195,10 +200,12 @@ class _PseudoLabelling(Method):
 
     @staticmethod
     @torch.no_grad()
-    def _labelling_pass(model: nn.Module, forward: Callable[[Tensor], Any], image: Tensor) -> Any:
-        """The clean unlabelled images' pass that labels the student's view: batch statistics as the training
-        pass would use them, running statistics left to the training passes (``frozen_norm_stats``)."""
-        with frozen_norm_stats(model):
+    def _labelling_pass(model: nn.Module, forward: Callable[[Tensor], Any], image: Tensor, *,
+                        updates_stats: bool) -> Any:
+        """The clean unlabelled images' pass that labels the student's view, with batch statistics as the training
+        pass would use them; it moves the running statistics only where they come from clean images
+        (``running_stats: clean``), else leaves them to the training passes (``frozen_norm_stats``)."""
+        with nullcontext() if updates_stats else frozen_norm_stats(model):
             return forward(image)
 
 
