@@ -283,7 +283,8 @@ TARGET_TABLES = {"heart_sites": "headline_defaults_heart", "demo": "dev_defaults
                  "liver_lesions": "dev_defaults_liver"}
 # Tables that re-measure some of a dataset's entries (more seeds, every arm trained anew on one machine, with their
 # own supervised and full supervision): an entry they share with the dataset's table takes its verdict from them.
-TARGET_RETESTS = {"demo": ("dev_segpl_demo_seeds",), "liver_lesions": ("dev_segpl_liver_seeds",)}
+TARGET_RETESTS = {"demo": ("dev_segpl_demo_seeds", "dev_segpl_norm_stats_demo"),
+                  "liver_lesions": ("dev_segpl_liver_seeds", "dev_segpl_norm_stats_liver")}
 MAIN_METHODS = ("segpl", "ucmt", "dual_uncertainty", "rpg", "rpg_plus", "must")
 FULL_SHARE_TARGET, SUPERVISED_MARGIN = 0.95, 0.02
 

@@ -179,7 +179,8 @@ def test_without_unlabelled_batch_only_the_supervised_term():
 
 
 def test_intensity_student_view_labels_the_clean_image_and_trains_on_the_view(monkeypatch):
-    """E-step on the clean batch (its own pass, running statistics untouched), M-step on the view."""
+    """E-step on the clean batch (its own pass, which sets the running statistics), M-step on the view (whose
+    pass sets none: ``running_stats: clean``)."""
     import semiseg.methods._options as options
 
     monkeypatch.setattr(options, "intensity_view", lambda image, n_ops, ops: image * 2.0 + 1.0)  # a known view
@@ -196,9 +197,9 @@ def test_intensity_student_view_labels_the_clean_image_and_trains_on_the_view(mo
     with torch.no_grad():
         reference.train()
         reference(lab.image)
-        view_logits = reference(unl.image * 2.0 + 1.0)
-        with frozen_norm_stats(reference):  # the clean pass normalises with batch statistics, updates none
-            clean = reference(unl.image).argmax(1)
+        with frozen_norm_stats(reference):  # the view's pass normalises with batch statistics, updates none
+            view_logits = reference(unl.image * 2.0 + 1.0)
+        clean = reference(unl.image).argmax(1)
     assert torch.equal(out.targets["pseudo"], clean)
     expected = method.ctx.loss("dice")(view_logits, clean)
     assert out.losses["unsup"].item() == pytest.approx(expected.item(), rel=1e-5)
@@ -258,4 +259,5 @@ def test_running_statistics_from_the_clean_passes_alone(monkeypatch, method_name
             assert out.losses["unsup"].item() == pytest.approx(expected.item(), rel=1e-5)
         trained = {k: v for k, v in nets["model"].state_dict().items() if "running" in k}
         assert trained and all(torch.allclose(v, reference.state_dict()[k]) for k, v in trained.items()), setting
-    assert get_method("segpl")(_ctx("multiclass", 2), {}).cfg.running_stats == "every_pass"
+    assert get_method("segpl")(_ctx("multiclass", 2), {}).cfg.running_stats == "clean"
+    assert get_method("segpl_vi")(_ctx("multiclass", 2), {}).cfg.running_stats == "clean"
