@@ -376,7 +376,8 @@ def targets_page(repo: Path) -> str:
              "training) was read for the table only. The full tables are in [results.md](results.md); how they "
              "were run, in [protocol.md](protocol.md). A table that re-measures some entries (more seeds, every arm "
              "trained anew on one machine against its own supervised training) follows its dataset's, and decides "
-             "the verdict of the entries it shares with it.\n"]
+             "the verdict of the entries it shares with it; where two share an entry, the one listed later decides "
+             "(it measures the later default).\n"]
     sections, overview = [], []
     for dataset, name in TARGET_TABLES.items():
         path = repo / "results" / name / "compare.json"
