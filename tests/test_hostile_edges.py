@@ -188,7 +188,7 @@ def test_reevaluation_writes_beside_the_runs_own(world, capsys, flags, name, che
     for file in RUN_OWN:
         assert (folder / file).is_file(), file
     settings = json.loads((folder / "summary.json").read_text())["settings"]
-    assert settings == {"name": name, "checkpoints": checkpoints, "tta": "--tta" in flags,
+    assert settings == {"name": name, "split": "test", "checkpoints": checkpoints, "tta": "--tta" in flags,
                         "adapt_bn": "--adapt-bn" in flags, "robustness": False, "uncertainty": False}
     assert json.loads((run / "summary.json").read_text())["settings"]["name"] == "default"
 
