@@ -102,6 +102,13 @@ def column_names(class_names: Sequence[str]) -> list[str]:
     return [f"{name}_{k}" if names.count(name) > 1 else name for k, name in enumerate(names)]
 
 
+def foreground_columns(class_names: Sequence[str], label_mode: str) -> list[str]:
+    """The foreground classes' column names (multiclass: index 0 is background), or none for fewer than two: with
+    one, the mean over classes is that class already. The per-class diagnostics and validation columns use them."""
+    foreground = column_names(class_names[1:] if label_mode == "multiclass" else class_names)
+    return foreground if len(foreground) >= 2 else []
+
+
 def class_columns(name: str, overlaps: list[tuple[int, int]], label_mode: str,
                   class_names: Sequence[str]) -> dict[str, float]:
     """``teach_class/<name>_dice/<class>``: each foreground class's Dice of one target, from ``pooled_overlaps``.
@@ -109,8 +116,8 @@ def class_columns(name: str, overlaps: list[tuple[int, int]], label_mode: str,
     Only for two or more foreground classes (with one it is ``teach/<name>_dice``); a class absent from both the
     target and the truth is left out of the row, so a mean over logged steps reads the batches that held it.
     """
-    foreground = column_names(class_names[1:] if label_mode == "multiclass" else class_names)
-    if len(foreground) < 2:
+    foreground = foreground_columns(class_names, label_mode)
+    if not foreground:
         return {}
     return {f"{TEACH_CLASS}{name}_dice/{cls}": 2.0 * inter / size
             for cls, (inter, size) in zip(foreground, overlaps, strict=True) if size}

@@ -14,7 +14,7 @@ import torch
 
 from semiseg.data.loaders import StoredCase
 from semiseg.engine.handlers import Handler, StepRecord, TrainingLoop, validates
-from semiseg.engine.teach import column_names
+from semiseg.engine.teach import foreground_columns
 from semiseg.eval.labels import probs_to_label
 from semiseg.eval.metrics import foreground_dice
 from semiseg.eval.report import VAL_CLASS
@@ -56,10 +56,10 @@ class ValidationHandler(Handler):
         return scores | self._class_columns(loop.ctx.label_mode, per_case.mean(axis=0))
 
     def _class_columns(self, label_mode: str, class_means: np.ndarray) -> dict[str, float]:
-        foreground = self.class_names[1:] if label_mode == "multiclass" else self.class_names
-        if len(foreground) < 2 or len(foreground) != len(class_means):
+        foreground = foreground_columns(self.class_names, label_mode)
+        if len(foreground) != len(class_means):
             return {}
-        return {f"{VAL_CLASS}{name}": float(v) for name, v in zip(column_names(foreground), class_means, strict=True)}
+        return {f"{VAL_CLASS}{name}": float(v) for name, v in zip(foreground, class_means, strict=True)}
 
     def _case_dice(self, loop: TrainingLoop, case: StoredCase) -> list[float]:
         def predict(x: torch.Tensor) -> torch.Tensor:

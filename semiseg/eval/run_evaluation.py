@@ -54,8 +54,8 @@ class CaseModel(Protocol):
     def sample_probabilities(self, image: np.ndarray, n: int) -> np.ndarray | None: ...
 
 
-SPLITS = ("test", "val")
-SPLIT_NAMES = {"test": "test", "val": "validation"}  # as a report names the cases it scored
+SPLIT_NAMES = {"test": "test", "val": "validation"}  # the cases an evaluation may score, as a report names them
+SPLITS = tuple(SPLIT_NAMES)
 
 
 @dataclass(frozen=True)

@@ -103,9 +103,7 @@ def teaching_rows(results: Results) -> dict[str, dict[str, float]]:
     """Per entry, the mean over its finished seeds of each run's ``scores.last_teaching`` (keys any seed logged)."""
     table = {}
     for label, runs in results.items():
-        per_seed = [run["teaching"] for run in runs.values()]
-        keys = sorted({k for values in per_seed for k in values})
-        table[label] = {k: float(np.mean([v[k] for v in per_seed if k in v])) for k in keys}
+        table[label] = _seed_means([run["teaching"] for run in runs.values()])
     return table
 
 
@@ -148,15 +146,16 @@ def validation_class_rows(results: Results) -> dict[str, dict[str, dict[str, flo
     table: dict[str, dict[str, dict[str, float]]] = {}
     for label, runs in results.items():
         per_seed = [run.get("validation", {}).get("classes", {}) for run in runs.values()]
-        means = {ck: _class_means([seed.get(ck, {}) for seed in per_seed]) for ck in CHECKPOINTS}
+        means = {ck: _seed_means([seed.get(ck, {}) for seed in per_seed]) for ck in CHECKPOINTS}
         if means["last"]:
             table[label] = means
     return table
 
 
-def _class_means(per_seed: list[dict[str, float]]) -> dict[str, float]:
-    classes = sorted({cls for values in per_seed for cls in values})
-    return {cls: float(np.mean([values[cls] for values in per_seed if cls in values])) for cls in classes}
+def _seed_means(per_seed: list[dict[str, float]]) -> dict[str, float]:
+    """Each key's mean over the seeds that logged it, keys sorted."""
+    keys = sorted({key for values in per_seed for key in values})
+    return {key: float(np.mean([values[key] for values in per_seed if key in values])) for key in keys}
 
 
 def format_validation_classes(table: dict[str, dict[str, dict[str, float]]]) -> str:
