@@ -285,6 +285,9 @@ TARGET_TABLES = {"heart_sites": "headline_defaults_heart", "demo": "dev_defaults
 # own supervised and full supervision): an entry they share with the dataset's table takes its verdict from them.
 TARGET_RETESTS = {"demo": ("dev_segpl_demo_seeds", "dev_segpl_norm_stats_demo"),
                   "liver_lesions": ("dev_segpl_liver_seeds", "dev_segpl_norm_stats_liver")}
+# Tables that train the same entries at the default length and at longer ones, full supervision at each (an entry
+# at another length is labelled ``<entry>_<steps>``): whether the gap to full supervision closes with length.
+LENGTH_TABLES = {"heart_sites": "dev_length_heart", "demo": "dev_length_demo"}
 MAIN_METHODS = ("segpl", "ucmt", "dual_uncertainty", "rpg", "rpg_plus", "must")
 FULL_SHARE_TARGET, SUPERVISED_MARGIN = 0.95, 0.02
 
@@ -363,6 +366,75 @@ def _retest_section(repo: Path, name: str, margins: dict[str, float]) -> list[st
     return parts
 
 
+def _entry_steps(entry: dict[str, Any], default: int) -> int:
+    """The run length an entry of a table trains: its own ``train.steps`` override, else the protocol's."""
+    for override in entry.get("overrides", []):
+        key, _, value = override.partition("=")
+        if key == "train.steps":
+            return int(value)
+    return default
+
+
+def _entries_by_length(compare: dict[str, Any]) -> dict[int, dict[str, str]]:
+    """Run length → the entry's name without its ``_<steps>`` suffix → its label, for every length that has both
+    supervised training and full supervision (a ratio needs them at the same length)."""
+    lengths: dict[int, dict[str, str]] = {}
+    for entry in compare["entries"]:
+        steps = _entry_steps(entry, compare["protocol"]["steps"])
+        lengths.setdefault(steps, {})[entry["label"].removesuffix(f"_{steps}")] = entry["label"]
+    for steps, labels in lengths.items():
+        if not {"supervised", "full"} <= set(labels):
+            raise ValueError(f"{compare.get('name')}: a length table needs `supervised` and `full` entries at each "
+                             f"length; at {steps} steps it has {sorted(labels.values())}")
+    return dict(sorted(lengths.items()))
+
+
+def _length_summary(steps: int, labels: dict[str, str], last: dict[str, Any], methods: dict[str, str]) -> str:
+    val = {name: last[label]["val_dice_mean"] for name, label in labels.items()}
+    semi = {name: v for name, v in val.items() if name not in ("supervised", "full")}
+    top = max(semi, key=semi.__getitem__)
+    below = _below({name: v - val["supervised"] for name, v in semi.items() if methods[labels[name]] in MAIN_METHODS})
+    return (f"- {steps} steps: best semi-supervised entry `{top}`, {semi[top] / val['full']:.2f} of full supervision "
+            f"({semi[top]:.3f} against {val['full']:.3f}); main methods below supervised training "
+            f"({val['supervised']:.3f}) − {SUPERVISED_MARGIN}: {below}\n")
+
+
+def _length_section(repo: Path, dataset: str, name: str) -> list[str]:
+    """One dataset's length table: each entry's validation Dice and share of full supervision at each length."""
+    parts = [f"\n### {dataset} (`results/{name}`)\n\n"]
+    path = repo / "results" / name / "compare.json"
+    if not path.is_file():
+        return [*parts, f"Not published yet: `semiseg compare experiments/{name}.yaml --publish`.\n"]
+    compare = json.loads(path.read_text())
+    last, best = _rows_by_label(compare, "last"), _rows_by_label(compare, "best")
+    lengths = _entries_by_length(compare)
+    methods = {entry["label"]: entry["method"] for entry in compare["entries"]}
+    rows = []
+    for base in dict.fromkeys(base for labels in lengths.values() for base in labels):
+        cells = [f"`{base}`"]
+        for labels in lengths.values():
+            label, full = labels.get(base), last[labels["full"]]["val_dice_mean"]
+            val = last[label]["val_dice_mean"] if label in last else None
+            cells += (["–", "–"] if val is None else
+                      [f"{val:.3f} ({best[label]['val_dice_mean']:.3f})", f"{val / full:.2f}"])
+        rows.append(tuple(cells))
+    header = ("entry", *(cell for steps in lengths for cell in (f"{steps} steps: val Dice, last (best)", "÷ full")))
+    parts.append(f"Seeds {', '.join(map(str, compare['seeds']))}; {compare['protocol']['model']}.\n\n")
+    parts += [_length_summary(steps, labels, last, methods) for steps, labels in lengths.items()]
+    return [*parts, "\n", table(header, rows)]
+
+
+def _length_sections(repo: Path) -> list[str]:
+    parts = ["\n## Longer runs\n\n",
+             "Whether the gap to full supervision closes with length: the same entries trained at the default "
+             "length and at a longer one, full supervision and supervised training at each, so each share compares "
+             "one schedule (validation Dice, last checkpoint, mean over seeds; the longer length is not a default, "
+             "so these tables decide no verdict above).\n"]
+    for dataset, name in LENGTH_TABLES.items():
+        parts += _length_section(repo, dataset, name)
+    return parts
+
+
 def targets_page(repo: Path) -> str:
     """Where today's defaults stand on each development dataset, read from the published tables."""
     parts = [GENERATED, "# Where the defaults stand\n\n",
@@ -394,7 +466,8 @@ def targets_page(repo: Path) -> str:
             sections += _retest_section(repo, retest, margins)
         overview.append((dataset, *glance, _below(margins)))
     parts += ["\n", table(("dataset", "best semi-supervised entry", "÷ full", f"≥ {FULL_SHARE_TARGET}",
-                           f"main methods below supervised − {SUPERVISED_MARGIN}"), overview), *sections]
+                           f"main methods below supervised − {SUPERVISED_MARGIN}"), overview), *sections,
+              *_length_sections(repo)]
     return "".join(parts)
 
 

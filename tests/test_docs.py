@@ -170,3 +170,42 @@ def test_a_retest_decides_the_verdict_of_the_entries_it_shares_with_its_datasets
     assert "| liver_lesions | `ucmt` | 0.87 | not met | none |" in page
     assert "Seeds 0, 1, 2, 3, 4; 3D unet" in page and "Its verdict replaces the table's above for `segpl`." in page
     assert "below: `segpl_other` (-0.080)" in page  # stated in the retest's own section
+
+
+def _length_table(folder, values: dict[str, float], methods: dict[str, str]) -> None:
+    """A length table: entries ``<name>_4000`` train 4000 steps, the rest the protocol's 2000."""
+    folder.mkdir(parents=True)
+    rows = [_row(label, ckpt, val + (0.01 if ckpt == "best" else 0)) for label, val in values.items()
+            for ckpt in ("best", "last")]
+    entries = [{"label": label, "method": methods[label.removesuffix("_4000")],
+                "overrides": (["split.labelled=all"] if label.startswith("full") else [])
+                + (["train.steps=4000"] if label.endswith("_4000") else [])} for label in values]
+    (folder / "compare.json").write_text(json.dumps({
+        "name": folder.name, "seeds": [0, 1, 2], "protocol": {"model": "2D unet", "steps": 2000, "labelled": "1"},
+        "entries": entries, "rows": rows}))
+
+
+def test_targets_page_shows_each_entrys_share_of_full_supervision_at_each_length(tmp_path):
+    from semiseg.docs import LENGTH_TABLES, targets_page
+
+    methods = {"supervised": "supervised", "full": "supervised", "segpl": "segpl", "fixmatch": "fixmatch"}
+    values = {"supervised": 0.6, "segpl": 0.57, "fixmatch": 0.72, "full": 0.8,
+              "supervised_4000": 0.6, "segpl_4000": 0.66, "fixmatch_4000": 0.7, "full_4000": 0.84}
+    _length_table(tmp_path / "results" / LENGTH_TABLES["demo"], values, methods)
+    page = targets_page(tmp_path)
+    assert "| entry | 2000 steps: val Dice, last (best) | ÷ full | 4000 steps: val Dice, last (best) | ÷ full |" in page
+    # 0.72 / 0.8 = 0.90; 0.70 / 0.84 = 0.83; segpl 0.57 < 0.6 − 0.02 at 2000, above at 4000
+    assert "| `fixmatch` | 0.720 (0.730) | 0.90 | 0.700 (0.710) | 0.83 |" in page
+    assert "| `full` | 0.800 (0.810) | 1.00 | 0.840 (0.850) | 1.00 |" in page
+    assert ("- 2000 steps: best semi-supervised entry `fixmatch`, 0.90 of full supervision (0.720 against 0.800); "
+            "main methods below supervised training (0.600) − 0.02: `segpl` (-0.030)") in page
+    assert "- 4000 steps: best semi-supervised entry `fixmatch`, 0.83 of full supervision" in page
+    assert "(0.600) − 0.02: none" in page
+    assert f"### heart_sites (`results/{LENGTH_TABLES['heart_sites']}`)\n\nNot published yet" in page
+    # a length without its own full supervision cannot give a share
+    del values["full_4000"]
+    (tmp_path / "results" / LENGTH_TABLES["demo"] / "compare.json").unlink()
+    (tmp_path / "results" / LENGTH_TABLES["demo"]).rmdir()
+    _length_table(tmp_path / "results" / LENGTH_TABLES["demo"], values, methods)
+    with pytest.raises(ValueError, match="at 4000 steps it has"):
+        targets_page(tmp_path)
