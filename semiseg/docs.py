@@ -283,7 +283,9 @@ TARGET_TABLES = {"heart_sites": "headline_defaults_heart", "demo": "dev_defaults
                  "liver_lesions": "dev_defaults_liver"}
 # Tables that re-measure some of a dataset's entries (more seeds, every arm trained anew on one machine, with their
 # own supervised and full supervision): an entry they share with the dataset's table takes its verdict from them.
-TARGET_RETESTS = {"demo": ("dev_segpl_demo_seeds", "dev_segpl_norm_stats_demo"),
+# Entries a retest trains at another length than its protocol's (a length table's) are not defaults and are left out.
+TARGET_RETESTS = {"heart_sites": ("dev_length_heart",),
+                  "demo": ("dev_segpl_demo_seeds", "dev_segpl_norm_stats_demo", "dev_length_demo"),
                   "liver_lesions": ("dev_segpl_liver_seeds", "dev_segpl_norm_stats_liver")}
 # Tables that train the same entries at the default length and at longer ones, full supervision at each (an entry
 # at another length is labelled ``<entry>_<steps>``): whether the gap to full supervision closes with length.
@@ -349,23 +351,6 @@ def _target_section(compare: dict[str, Any], rows: list[tuple[str, ...]], summar
                    "p"), rows)]
 
 
-def _retest_section(repo: Path, name: str, margins: dict[str, float]) -> list[str]:
-    """A re-measuring table's section; the main-method margins it shares with its dataset's table replace theirs in
-    ``margins``."""
-    parts = [f"\n### Re-measured: `results/{name}`\n\n"]
-    path = repo / "results" / name / "compare.json"
-    if not path.is_file():
-        return [*parts, f"Not published yet: `semiseg compare experiments/{name}.yaml --publish`.\n"]
-    again = json.loads(path.read_text())
-    own = _main_margins(again)
-    shared = {label: gap for label, gap in own.items() if label in margins}
-    margins.update(shared)
-    parts += _target_section(again, *_target_rows(again, own)[:2])
-    if shared:
-        parts.append(f"\nIts verdict replaces the table's above for {', '.join(f'`{x}`' for x in shared)}.\n")
-    return parts
-
-
 def _entry_steps(entry: dict[str, Any], default: int) -> int:
     """The run length an entry of a table trains: its own ``train.steps`` override, else the protocol's."""
     for override in entry.get("overrides", []):
@@ -373,6 +358,31 @@ def _entry_steps(entry: dict[str, Any], default: int) -> int:
         if key == "train.steps":
             return int(value)
     return default
+
+
+def _at_protocol_length(compare: dict[str, Any]) -> dict[str, Any]:
+    """The table without the entries (and their rows) that train another length than its protocol's."""
+    default = compare["protocol"]["steps"]
+    entries = [entry for entry in compare["entries"] if _entry_steps(entry, default) == default]
+    labels = {entry["label"] for entry in entries}
+    return {**compare, "entries": entries, "rows": [row for row in compare["rows"] if row["label"] in labels]}
+
+
+def _retest_section(repo: Path, name: str, margins: dict[str, float]) -> list[str]:
+    """A re-measuring table's section; the main-method margins it shares with its dataset's table replace theirs in
+    ``margins``."""
+    parts = [f"\n### Re-measured: `results/{name}`\n\n"]
+    path = repo / "results" / name / "compare.json"
+    if not path.is_file():
+        return [*parts, f"Not published yet: `semiseg compare experiments/{name}.yaml --publish`.\n"]
+    again = _at_protocol_length(json.loads(path.read_text()))
+    own = _main_margins(again)
+    shared = {label: gap for label, gap in own.items() if label in margins}
+    margins.update(shared)
+    parts += _target_section(again, *_target_rows(again, own)[:2])
+    if shared:
+        parts.append(f"\nIts verdict replaces the table's above for {', '.join(f'`{x}`' for x in shared)}.\n")
+    return parts
 
 
 def _entries_by_length(compare: dict[str, Any]) -> dict[int, dict[str, str]]:
