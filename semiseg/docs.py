@@ -438,8 +438,8 @@ def _length_sections(repo: Path) -> list[str]:
     parts = ["\n## Longer runs\n\n",
              "Whether the gap to full supervision closes with length: the same entries trained at the default "
              "length and at a longer one, full supervision and supervised training at each, so each share compares "
-             "one schedule (validation Dice, last checkpoint, mean over seeds; the longer length is not a default, "
-             "so these tables decide no verdict above).\n"]
+             "one schedule (validation Dice, last checkpoint, mean over seeds). The longer entries are not "
+             "defaults and decide no verdict; the default-length entries are the retests above.\n"]
     for dataset, name in LENGTH_TABLES.items():
         parts += _length_section(repo, dataset, name)
     return parts
