@@ -351,6 +351,16 @@ def _target_section(compare: dict[str, Any], rows: list[tuple[str, ...]], summar
                    "p"), rows)]
 
 
+def _published_table(repo: Path, name: str) -> dict[str, Any] | None:
+    """A published table's ``compare.json``, or None where it is not published yet (``_not_published`` says so)."""
+    path = repo / "results" / name / "compare.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _not_published(name: str) -> str:
+    return f"Not published yet: `semiseg compare experiments/{name}.yaml --publish`.\n"
+
+
 def _entry_steps(entry: dict[str, Any], default: int) -> int:
     """The run length an entry of a table trains: its own ``train.steps`` override, else the protocol's."""
     for override in entry.get("overrides", []):
@@ -372,10 +382,10 @@ def _retest_section(repo: Path, name: str, margins: dict[str, float]) -> list[st
     """A re-measuring table's section; the main-method margins it shares with its dataset's table replace theirs in
     ``margins``."""
     parts = [f"\n### Re-measured: `results/{name}`\n\n"]
-    path = repo / "results" / name / "compare.json"
-    if not path.is_file():
-        return [*parts, f"Not published yet: `semiseg compare experiments/{name}.yaml --publish`.\n"]
-    again = _at_protocol_length(json.loads(path.read_text()))
+    published = _published_table(repo, name)
+    if published is None:
+        return [*parts, _not_published(name)]
+    again = _at_protocol_length(published)
     own = _main_margins(again)
     shared = {label: gap for label, gap in own.items() if label in margins}
     margins.update(shared)
@@ -412,18 +422,18 @@ def _length_summary(steps: int, labels: dict[str, str], last: dict[str, Any], me
 def _length_section(repo: Path, dataset: str, name: str) -> list[str]:
     """One dataset's length table: each entry's validation Dice and share of full supervision at each length."""
     parts = [f"\n### {dataset} (`results/{name}`)\n\n"]
-    path = repo / "results" / name / "compare.json"
-    if not path.is_file():
-        return [*parts, f"Not published yet: `semiseg compare experiments/{name}.yaml --publish`.\n"]
-    compare = json.loads(path.read_text())
+    compare = _published_table(repo, name)
+    if compare is None:
+        return [*parts, _not_published(name)]
     last, best = _rows_by_label(compare, "last"), _rows_by_label(compare, "best")
     lengths = _entries_by_length(compare)
     methods = {entry["label"]: entry["method"] for entry in compare["entries"]}
+    fulls = [(labels, last[labels["full"]]["val_dice_mean"]) for labels in lengths.values()]
     rows = []
     for base in dict.fromkeys(base for labels in lengths.values() for base in labels):
         cells = [f"`{base}`"]
-        for labels in lengths.values():
-            label, full = labels.get(base), last[labels["full"]]["val_dice_mean"]
+        for labels, full in fulls:
+            label = labels.get(base)
             val = last[label]["val_dice_mean"] if label in last else None
             cells += (["–", "–"] if val is None else
                       [f"{val:.3f} ({best[label]['val_dice_mean']:.3f})", f"{val / full:.2f}"])
@@ -462,13 +472,12 @@ def targets_page(repo: Path) -> str:
              "(it measures the later default).\n"]
     sections, overview = [], []
     for dataset, name in TARGET_TABLES.items():
-        path = repo / "results" / name / "compare.json"
+        compare = _published_table(repo, name)
         sections.append(f"\n## {dataset} (`results/{name}`)\n\n")
-        if not path.is_file():
-            sections.append(f"Not published yet: `semiseg compare experiments/{name}.yaml --publish`.\n")
+        if compare is None:
+            sections.append(_not_published(name))
             overview.append((dataset, "not published yet", "", "", ""))
             continue
-        compare = json.loads(path.read_text())
         margins = _main_margins(compare)
         rows, summary, glance = _target_rows(compare, margins)
         sections += _target_section(compare, rows, summary)
