@@ -49,17 +49,24 @@ def print_ema_warnings(method: Method, steps: int) -> None:
         if spec.ema_of and horizon > steps:
             print(f"warning: net {name!r} of {method.name!r} is an EMA with decay {decay:.4g}, which averages "
                   f"over ~{horizon:.0f} updates (half-life {ema_half_life(decay):.0f}), but train.steps is "
-                  f"{steps}: the teacher keeps much of its early, untrained students; {_shorter_ema(steps)}",
+                  f"{steps}: it keeps much of the early, untrained weights; "
+                  f"{_shorter_ema(steps, spec.decay_option)}",
                   file=sys.stderr)
 
 
-def _shorter_ema(steps: int) -> str:
-    """The way out: an average over a tenth of the run, or, when a tenth is under two updates, no average at all."""
+def _shorter_ema(steps: int, option: str = "ema_decay") -> str:
+    """The way out: an average over a tenth of the run, or, when a tenth is under two updates, no average at all.
+    ``option`` is the method option that sets the memory (a mean teacher's ``ema_decay``, which ``ema_half_life``
+    can override; a predicting weight average's half-life ``predict_average``)."""
     tenth = steps / 10
     if tenth < _SHORTEST_EMA_HORIZON:
-        return (f"train longer (an average over a tenth of the run needs {10 * _SHORTEST_EMA_HORIZON} steps or more) "
-                "or set method.ema_decay=0 (the teacher then copies its student at every update)")
-    return (f"train longer, set method.ema_half_life (e.g. 0.05, a twentieth of the run) or lower method.ema_decay "
+        none = ("set method.ema_decay=0 (the teacher then copies its student at every update)"
+                if option == "ema_decay" else f"leave method.{option} unset (the trained network then predicts)")
+        return (f"train longer (an average over a tenth of the run needs {10 * _SHORTEST_EMA_HORIZON} steps or "
+                f"more) or {none}")
+    if option != "ema_decay":
+        return f"train longer or give method.{option} as a share of the run (e.g. 0.05, a twentieth of it)"
+    return ("train longer, set method.ema_half_life (e.g. 0.05, a twentieth of the run) or lower method.ema_decay "
             f"(e.g. {decay_for_horizon(tenth):.3g}, an average over ~{tenth:.0f} updates, a tenth of the run)")
 
 

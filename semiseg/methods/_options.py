@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from torch import Tensor
 
-from semiseg.methods.base import MethodConfig, Progress
+from semiseg.methods.base import MethodConfig, NetSpec, Progress
 from semiseg.ssl.joint import PassSetting
 from semiseg.ssl.ramps import rampup
 from semiseg.ssl.reference import ReferenceSettings
@@ -73,6 +73,33 @@ class PassesOption(MethodConfig):
     # pass each, so each part is normalised with its own statistics; separate_until_gate: separate while the
     # reliability gate keeps the unlabelled terms off, joint once it has opened. None: train.unlabelled_pass.
     unlabelled_pass: PassSetting | None = None
+
+
+class WeightAverageOption(MethodConfig):
+    """An exponential moving average of the trained network's weights (and BatchNorm statistics) predicts.
+
+    FixMatch's code evaluates with such an average: it smooths the step-to-step noise of the last updates, which
+    a run whose unlabelled term keeps moving the weights shows at its last checkpoint. It never trains or labels
+    anything, so the method's steps are unchanged; it predicts, opens the reliability gate and picks the best
+    checkpoint. Offered to supervised training alike, so a gain can be told from the averaging. Its memory is a
+    half-life, as ``ema_half_life``'s: FixMatch's decay 0.999 spans a sliver of its ~10⁶-step runs but keeps a
+    third of the first half of a 2000-step one.
+    """
+
+    # half-life of the average: steps, or a share of the run when < 1 (0.1: the last tenth weighs half);
+    # None: the trained network predicts
+    predict_average: float | None = Field(None, gt=0)
+
+    def with_average(self, specs: dict[str, NetSpec], source: str) -> dict[str, NetSpec]:
+        """``specs`` plus the averaged copy of ``source`` (net ``average``) when ``predict_average`` is set."""
+        if self.predict_average is None:
+            return specs
+        return {**specs, "average": NetSpec(trainable=False, ema_of=(source,), ema_half_life=self.predict_average,
+                                            ema_buffers="average", decay_option="predict_average")}
+
+    def predictor(self, source: str) -> str:
+        """The net that predicts: the average when there is one, else ``source``."""
+        return source if self.predict_average is None else "average"
 
 
 class ReferenceOptions(MethodConfig):

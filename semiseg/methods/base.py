@@ -53,8 +53,11 @@ class NetSpec:
     head_seed_offset: int | None = None
     ema_half_life: float | None = None
     ema_updates_per_step: int = 1
-    # "copy": BN statistics follow the sources' mix; "own": the net's own train-mode passes (see ssl.ema_update)
+    # "copy": BN statistics follow the sources' mix; "own": the net's own train-mode passes; "average": an EMA
+    # of the sources' statistics, for a net that never runs in train mode (see ssl.ema_update)
     ema_buffers: str = "copy"
+    # the method option that sets ``ema_decay``, named by the warning of an average longer than the run
+    decay_option: str = "ema_decay"
     # steps after which the EMA applies (None: every step); a pure function of the 0-based step, so --resume
     # needs no state (AD-MT's teachers take turns)
     ema_on: Callable[[int], bool] | None = None

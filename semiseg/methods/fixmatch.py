@@ -14,6 +14,9 @@ converged protocol; ``separate``: one pass each).
 ``strong_augment: false`` is Lee's (2013) Pseudo-Label instead: the weak view's confident labels train that
 same view, from the same (single) pass, the "Pseudolabel τ" baseline of the RPG paper.
 
+``predict_average`` (a half-life, e.g. 0.1 of the run) lets an EMA of the weights predict, as FixMatch's code
+evaluates (``WeightAverageOption``); off by default.
+
 Defaults: τ 0.95, 2 RandAugment operations per image, CutOut on, weight 1. ``strong_augment=false`` with
 ``tau=0.8`` or ``0.95`` gives the RPG paper's Pseudo-Label baselines.
 
@@ -28,8 +31,8 @@ from pydantic import Field
 from torch import Tensor
 
 from semiseg.losses import ce_loss
-from semiseg.methods._options import PassesOption, RandAugmentOptions
-from semiseg.methods.base import Batch, Method, Nets, Progress, StepOut
+from semiseg.methods._options import PassesOption, RandAugmentOptions, WeightAverageOption
+from semiseg.methods.base import Batch, Method, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.registry import register
 from semiseg.ssl.joint import joint_forward
 from semiseg.ssl.pseudo_labels import confidence_mask, hard_labels, probabilities
@@ -55,7 +58,7 @@ class FixMatchOptions(RandAugmentOptions, PassesOption):
         return StrongAugment(n_ops=self.n_ops, ops=tuple(self.ops), cutout=self.cutout)
 
 
-class FixMatchConfig(FixMatchOptions):
+class FixMatchConfig(FixMatchOptions, WeightAverageOption):
     weight: float = Field(1.0, ge=0)  # λ_u (FixMatch: 1)
 
 
@@ -92,6 +95,12 @@ class FixMatch(Method):
     uses_unlabelled = True
     default_unlabelled_gate = "off"  # measured: the gate costs it on the converged protocol
     cfg: FixMatchConfig
+
+    def networks(self) -> dict[str, NetSpec]:
+        return self.cfg.with_average(super().networks(), "model")
+
+    def predict(self, nets: Nets, x: Tensor) -> Tensor:
+        return nets[self.cfg.predictor("model")](x)
 
     def term(self, logits: Tensor, target: Tensor, mask: Tensor) -> tuple[Tensor, float]:
         """The unlabelled loss on pseudo labels and the share of pixels it keeps (logged as ``confident``)."""

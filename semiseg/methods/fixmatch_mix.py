@@ -26,7 +26,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from semiseg.methods.base import Batch, Method, MethodContext, Nets, Progress, StepOut
+from semiseg.methods.base import Batch, Method, MethodContext, Nets, NetSpec, Progress, StepOut
 from semiseg.methods.fixmatch import FixMatch, FixMatchConfig
 from semiseg.methods.registry import register
 from semiseg.ssl.joint import joint_forward
@@ -58,6 +58,12 @@ class FixMatchMix(Method):
         super().__init__(ctx, options)
         values = self.cfg.model_dump()
         self.fixmatch = FixMatch(ctx, {key: values[key] for key in FixMatchConfig.model_fields})
+
+    def networks(self) -> dict[str, NetSpec]:
+        return self.fixmatch.networks()  # the model, and its weight average when predict_average is set
+
+    def predict(self, nets: Nets, x: Tensor) -> Tensor:
+        return self.fixmatch.predict(nets, x)
 
     def training_step(self, nets: Nets, labelled: Batch, unlabelled: Batch, progress: Progress) -> StepOut:
         model, x, mode = nets["model"], unlabelled.image, self.ctx.label_mode

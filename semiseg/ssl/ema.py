@@ -18,7 +18,9 @@ def ema_update(
     statistics) are copied from the weighted source mix too, so the teacher's normalisation follows the students.
     ``buffers="own"`` leaves them to the target's own train-mode passes, as most reference mean-teacher code
     does: a teacher whose weights blend several students (UCMT) has activations no student has, and the mix of
-    the students' statistics normalises them wrongly in eval mode.
+    the students' statistics normalises them wrongly in eval mode. ``buffers="average"`` averages the float
+    buffers with the same decay as the weights (a weight average that only predicts and never runs in train
+    mode, as FixMatch's code averages every variable), so its statistics match the weights they normalise.
 
     With one source and ``weights=None`` this is the classic mean teacher; several sources with equal
     weights give UCMT's teacher, the EMA of the students' average.
@@ -28,8 +30,8 @@ def ema_update(
     w = list(weights) if weights is not None else [1.0 / len(sources)] * len(sources)
     if len(w) != len(sources):
         raise ValueError(f"{len(w)} weights for {len(sources)} sources")
-    if buffers not in ("copy", "own"):  # checked before any weight moves
-        raise ValueError(f"buffers must be 'copy' or 'own', got {buffers!r}")
+    if buffers not in ("copy", "own", "average"):  # checked before any weight moves
+        raise ValueError(f"buffers must be 'copy', 'own' or 'average', got {buffers!r}")
     src_params = [dict(s.named_parameters()) for s in sources]
     for name, param in target.named_parameters():
         mixed = sum(wi * sp[name].detach() for wi, sp in zip(w, src_params, strict=True))
@@ -39,7 +41,11 @@ def ema_update(
     src_buffers = [dict(s.named_buffers()) for s in sources]
     for name, buf in target.named_buffers():
         if buf.dtype.is_floating_point:
-            buf.copy_(sum(wi * sb[name] for wi, sb in zip(w, src_buffers, strict=True)))
+            mixed = sum(wi * sb[name] for wi, sb in zip(w, src_buffers, strict=True))
+            if buffers == "average":
+                buf.mul_(decay).add_(mixed, alpha=1.0 - decay)
+            else:
+                buf.copy_(mixed)
         else:
             buf.copy_(src_buffers[0][name])
 

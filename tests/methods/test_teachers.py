@@ -353,4 +353,4 @@ def test_ema_update_rejects_an_unknown_buffer_rule():
 
     net = torch.nn.BatchNorm1d(2)
     with pytest.raises(ValueError, match="buffers"):
-        ema_update(net, [torch.nn.BatchNorm1d(2)], 0.5, buffers="average")
+        ema_update(net, [torch.nn.BatchNorm1d(2)], 0.5, buffers="median")
