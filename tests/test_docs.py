@@ -226,3 +226,12 @@ def test_a_length_table_retests_its_default_length_entries_only(tmp_path):
     # the 2000-step segpl (+0.05) replaces the table's (−0.04); the 4000-step entries are not defaults
     assert "| heart_sites | `segpl` | 0.51 | not met | none |" in page
     assert "`segpl`, 0.61 of full supervision (0.550 against 0.900)" in retest and "_4000" not in retest
+
+
+def test_a_length_tables_reused_runs_do_not_outvote_the_five_seed_table_they_came_from():
+    from semiseg.docs import TARGET_RETESTS
+
+    for dataset, length, five_seeds in (("demo", "dev_length_demo", "dev_segpl_norm_stats_demo"),
+                                        ("liver_lesions", "dev_length_liver", "dev_segpl_norm_stats_liver")):
+        order = TARGET_RETESTS[dataset]
+        assert order.index(length) < order.index(five_seeds), dataset
