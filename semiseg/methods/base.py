@@ -56,7 +56,8 @@ class NetSpec:
     # "copy": BN statistics follow the sources' mix; "own": the net's own train-mode passes; "average": an EMA
     # of the sources' statistics, for a net that never runs in train mode (see ssl.ema_update)
     ema_buffers: str = "copy"
-    # the method option that sets ``ema_decay``, named by the warning of an average longer than the run
+    # the method option that sets this EMA's memory (a decay, or a half-life such as ``predict_average``), named by
+    # the warning of an average longer than the run
     decay_option: str = "ema_decay"
     # steps after which the EMA applies (None: every step); a pure function of the 0-based step, so --resume
     # needs no state (AD-MT's teachers take turns)
