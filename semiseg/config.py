@@ -102,6 +102,10 @@ class AugmentConfig(Strict):
                     "method (rotation and zoom at p 0.2 where off below, mirroring, noise, blur, brightness, "
                     "contrast, low resolution, gamma; docs/data.md); nnunet_intensity: the same without the "
                     "rotation and zoom; the unlabelled batch keeps basic")
+    remap: float = Field(0.0, ge=0.0, le=1.0,
+        description="probability of a random intensity remap of a labelled sample (GIN-IPA: a random shallow "
+                    "network's contrast, blended by a smooth mask; another scanner's look, docs/data.md); the "
+                    "unlabelled batch is never remapped")
     flip: bool = Field(True, description="random flips along the spatial axes of a slice / patch")
     intensity: bool = Field(True, description="random intensity scale and shift (nnunet: its own chain instead)")
     rotate: float = Field(0.0, ge=0.0, le=1.0,

@@ -36,6 +36,7 @@ from semiseg.data.augment import (
 )
 from semiseg.data.cache import CaseCache, PreparedCase
 from semiseg.data.case import Case, CaseRef
+from semiseg.data.remap import random_remap
 
 _FG_POINTS = 4096  # foreground voxels remembered per case for foreground-centred sampling
 
@@ -53,6 +54,8 @@ class Augmentation(SpatialAugmentation):
     intensity: bool = True  # random intensity scale and shift
     # one of PRESETS, for the labelled batch (``resolved``)
     preset: str = "basic"
+    # probability of a random intensity remap (``semiseg.data.remap``: another scanner's contrast), labelled only
+    remap: float = 0.0
 
     def resolved(self) -> Augmentation:
         """What a sampler applies: under ``nnunet``, rotation and zoom that are off fire with nnU-Net's 0.2.
@@ -74,8 +77,8 @@ class Augmentation(SpatialAugmentation):
         return self.preset != "basic"
 
     def for_unlabelled(self) -> Augmentation:
-        """The unlabelled batch's: the preset is the labelled batch's; methods perturb their unlabelled views."""
-        return replace(self, preset="basic")
+        """The unlabelled batch's: preset and remap are the labelled batch's; methods perturb their unlabelled views."""
+        return replace(self, preset="basic", remap=0.0)
 
 
 def normalize_image(image: np.ndarray, mode: str) -> np.ndarray:
@@ -312,6 +315,8 @@ class PatchSampler:
         image, label, case_id = self._sample_one(rng)
         if self.augment.flip:
             image, label = self._flip(image, label, rng)
+        if self.augment.remap and rng.random() < self.augment.remap:  # no draw when off: batches as before
+            image = random_remap(image, rng)
         if self.augment.nnunet_intensity:
             image = intensity_chain(image, NNUNET_INTENSITY, rng)
         elif self.augment.intensity:
