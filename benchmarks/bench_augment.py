@@ -7,9 +7,10 @@ Two settings: the 2D demo (8 slices of 88×104 from an 81×99×85 volume, U-Net 
 batch with spatial augmentation off (the default: flips and intensity only), nnU-Net's setting (rotation and zoom,
 each p = 0.2), every spatial perturbation on every sample (p = 1, elastic included: the worst case) and the
 ``nnunet`` preset of the labelled batch (nnU-Net's spatial and intensity chain, ``train.augment.preset=nnunet``;
-its ratio to "off", the current default, is printed after the table), and the CPU seconds of a forward + backward
-pass of the network over that batch. CPU time, not wall time, so a loaded machine
-does not blur the ratios; augmentation must stay a small fraction of the step.
+its ratio to "off", the current default, is printed after the table), the random intensity remap on every
+sample (``train.augment.remap=1``, GIN-IPA: four small convolutions twice per sample), and the CPU seconds
+of a forward + backward pass of the network over that batch. CPU time, not wall time, so a loaded machine does
+not blur the ratios; augmentation must stay a small fraction of the step.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ AUGMENTATIONS = {
     "all, p = 1": Augmentation(**{**RANGES, "rotate": 1.0, "scale": 1.0, "elastic": 1.0}),
     "nnunet preset": Augmentation(preset="nnunet"),
     "nnunet_intensity preset": Augmentation(preset="nnunet_intensity"),
+    "remap, p = 1": Augmentation(remap=1.0),
 }
 
 
@@ -88,8 +90,9 @@ def main() -> None:
             cells.append(f"{seconds * 1000:.0f} ms ({seconds / step:.0%})")
             spent.append(seconds)
         print(f"| {name}, batch {batch} | {step * 1000:.0f} ms | " + " | ".join(cells) + " |")
-        ratios.append(f"{name}: nnunet preset / off = {spent[-2] / spent[0]:.1f}, "
-                      f"nnunet_intensity preset / off = {spent[-1] / spent[0]:.1f}")
+        by_name = dict(zip(AUGMENTATIONS, spent, strict=True))
+        ratios.append(f"{name}: " + ", ".join(f"{k} / off = {by_name[k] / by_name['off']:.1f}"
+                                              for k in ("nnunet preset", "nnunet_intensity preset", "remap, p = 1")))
     print("\n".join(ratios))
 
 

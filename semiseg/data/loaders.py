@@ -36,7 +36,7 @@ from semiseg.data.augment import (
 )
 from semiseg.data.cache import CaseCache, PreparedCase
 from semiseg.data.case import Case, CaseRef
-from semiseg.data.remap import random_remap
+from semiseg.data.remap import remap_sample
 
 _FG_POINTS = 4096  # foreground voxels remembered per case for foreground-centred sampling
 
@@ -316,7 +316,7 @@ class PatchSampler:
         if self.augment.flip:
             image, label = self._flip(image, label, rng)
         if self.augment.remap and rng.random() < self.augment.remap:  # no draw when off: batches as before
-            image = random_remap(image, rng)
+            image = remap_sample(image, rng)
         if self.augment.nnunet_intensity:
             image = intensity_chain(image, NNUNET_INTENSITY, rng)
         elif self.augment.intensity:

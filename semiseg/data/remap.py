@@ -5,7 +5,8 @@ is brighter than which, by how much) and fails where the contrast differs; gamma
 changes keep the order and the ratios of tissue levels, so they do not teach it otherwise (nnU-Net's intensity
 chain left heart_sites' supervised baseline level, docs/data.md). This is GIN-IPA (Ouyang et al., "Causality-
 inspired single-source domain generalization for medical image segmentation", IEEE TMI 2022), written here on
-the sample's own ``numpy`` generator so a batch stays a pure function of (seed, step, index):
+a ``torch.Generator`` so the loader (seeded from the sample's own generator: a batch stays a pure function of
+(seed, step, index)) and a method's strong view on the device share one implementation:
 
 - GIN: a shallow convolutional network with freshly drawn weights (4 layers, 2 hidden channels, kernels of size
   1 or 3, LeakyReLU between layers) maps the image; its output is mixed with the image by a random share
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 
 @dataclass(frozen=True)
@@ -41,48 +43,68 @@ class RemapSettings:
 REMAP = RemapSettings()
 
 
-def like(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
+def _draw(kind: str, shape: tuple[int, ...], generator: torch.Generator | None, template: Tensor) -> Tensor:
+    """``torch.rand`` / ``torch.randn`` on the generator's device, moved to ``template``'s device and dtype."""
+    device = template.device if generator is None else generator.device
+    draw = torch.rand if kind == "uniform" else torch.randn
+    return draw(shape, generator=generator, device=device).to(template.device, template.dtype)
+
+
+def like(image: Tensor, reference: Tensor) -> Tensor:
     """``image`` rescaled per channel to ``reference``'s mean and standard deviation (constant channels: copied)."""
     axes = tuple(range(1, image.ndim))
-    mean, std = image.mean(axis=axes, keepdims=True), image.std(axis=axes, keepdims=True)
-    ref_mean, ref_std = reference.mean(axis=axes, keepdims=True), reference.std(axis=axes, keepdims=True)
-    scaled = (image - mean) / np.maximum(std, 1e-8) * ref_std + ref_mean
-    return np.where(std > 1e-8, scaled, reference).astype(np.float32)
+    mean, std = image.mean(dim=axes, keepdim=True), image.std(dim=axes, correction=0, keepdim=True)
+    ref_mean = reference.mean(dim=axes, keepdim=True)
+    ref_std = reference.std(dim=axes, correction=0, keepdim=True)
+    scaled = (image - mean) / std.clamp_min(1e-8) * ref_std + ref_mean
+    return torch.where(std > 1e-8, scaled, reference)
 
 
-def random_network(image: np.ndarray, settings: RemapSettings, rng: np.random.Generator) -> np.ndarray:
+def random_network(image: Tensor, settings: RemapSettings, generator: torch.Generator | None = None) -> Tensor:
     """``image`` (C, *spatial) through a convolutional network whose weights and biases are drawn N(0, 1)."""
     conv = F.conv2d if image.ndim == 3 else F.conv3d
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    x = image[None]
     channels = [image.shape[0]] + [settings.hidden] * (settings.layers - 1) + [image.shape[0]]
     for layer, (inputs, outputs) in enumerate(zip(channels[:-1], channels[1:], strict=True)):
-        k = int(rng.choice(settings.kernels))
-        weight = torch.from_numpy(rng.standard_normal((outputs, inputs) + (k,) * (image.ndim - 1)).astype(np.float32))
-        bias = torch.from_numpy(rng.standard_normal(outputs).astype(np.float32))
-        x = conv(x, weight, bias, padding=k // 2)
+        pick = int(torch.randint(len(settings.kernels), (), generator=generator, device=_device(generator)))
+        k = settings.kernels[pick]
+        weight = _draw("normal", (outputs, inputs) + (k,) * (image.ndim - 1), generator, image)
+        x = conv(x, weight, _draw("normal", (outputs,), generator, image), padding=k // 2)
         if layer < settings.layers - 1:
             x = F.leaky_relu(x, settings.negative_slope)
-    return x[0].numpy()
+    return x[0]
 
 
-def gin(image: np.ndarray, settings: RemapSettings, rng: np.random.Generator) -> np.ndarray:
+def _device(generator: torch.Generator | None) -> torch.device:
+    return torch.device("cpu") if generator is None else generator.device
+
+
+def gin(image: Tensor, settings: RemapSettings, generator: torch.Generator | None = None) -> Tensor:
     """One global non-linear remap mixed with the image by ``alpha ~ U(0, 1)``, at the image's mean and spread."""
-    alpha = rng.uniform()
-    return like(alpha * like(random_network(image, settings, rng), image) + (1 - alpha) * image, image)
+    alpha = float(torch.rand((), generator=generator, device=_device(generator)))
+    return like(alpha * like(random_network(image, settings, generator), image) + (1 - alpha) * image, image)
 
 
-def blend_mask(spatial: tuple[int, ...], points: int, rng: np.random.Generator) -> np.ndarray:
+def blend_mask(spatial: tuple[int, ...], points: int, generator: torch.Generator | None,
+               template: Tensor) -> Tensor:
     """A smooth field in [0, 1]: ``points`` U(0, 1) values per axis, interpolated (linear) to ``spatial``."""
-    coarse = torch.from_numpy(rng.uniform(size=(1, 1) + (points,) * len(spatial)).astype(np.float32))
+    coarse = _draw("uniform", (1, 1) + (points,) * len(spatial), generator, template)
     mode = "bilinear" if len(spatial) == 2 else "trilinear"
-    return F.interpolate(coarse, size=spatial, mode=mode, align_corners=True)[0, 0].numpy()
+    return F.interpolate(coarse, size=spatial, mode=mode, align_corners=True)[0, 0]
 
 
-def random_remap(image: np.ndarray, rng: np.random.Generator, settings: RemapSettings = REMAP) -> np.ndarray:
-    """GIN-IPA of one ``(C, *spatial)`` sample (2D or 3D): two remaps blended by a smooth mask, float32."""
-    image = np.asarray(image, dtype=np.float32)
+def random_remap(image: Tensor, generator: torch.Generator | None = None, settings: RemapSettings = REMAP) -> Tensor:
+    """GIN-IPA of one ``(C, *spatial)`` sample (2D or 3D): two remaps blended by a smooth mask."""
     if image.ndim not in (3, 4):
-        raise ValueError(f"random_remap expects a (C, *spatial) 2D or 3D sample, got shape {image.shape}")
-    first, second = gin(image, settings, rng), gin(image, settings, rng)
-    mask = blend_mask(image.shape[1:], settings.mask_points, rng)
+        raise ValueError(f"random_remap expects a (C, *spatial) 2D or 3D sample, got shape {tuple(image.shape)}")
+    first, second = gin(image, settings, generator), gin(image, settings, generator)
+    mask = blend_mask(tuple(image.shape[1:]), settings.mask_points, generator, image)
     return like(mask * first + (1 - mask) * second, image)
+
+
+def remap_sample(image: np.ndarray, rng: np.random.Generator, settings: RemapSettings = REMAP) -> np.ndarray:
+    """``random_remap`` of a loader's ``numpy`` sample, its draws seeded from the sample's own generator."""
+    generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    with torch.no_grad():
+        return random_remap(tensor, generator, settings).numpy()

@@ -11,7 +11,7 @@ from semiseg.methods.base import MethodConfig, NetSpec, Progress
 from semiseg.ssl.joint import PassSetting
 from semiseg.ssl.ramps import rampup
 from semiseg.ssl.reference import ReferenceSettings
-from semiseg.ssl.strong_augment import GEOMETRIC_OPS, INTENSITY_OPS, checked_ops, intensity_view
+from semiseg.ssl.strong_augment import GEOMETRIC_OPS, INTENSITY_OPS, StrongAugment, checked_ops, intensity_view
 
 RampKind = Literal["linear", "sigmoid", "gaussian", "cosine", "none"]
 StudentView = Literal["clean", "intensity"]
@@ -33,11 +33,18 @@ class RandAugmentOptions(MethodConfig):
 
     n_ops: int = Field(2, ge=0)
     ops: list[str] = Field(default_factory=lambda: list(INTENSITY_OPS + GEOMETRIC_OPS))
+    # probability that a strong view starts with a random intensity remap (GIN-IPA: another scanner's contrast,
+    # ``semiseg.data.remap``); off by default
+    strong_remap: float = Field(0.0, ge=0, le=1)
 
     @field_validator("ops")
     @classmethod
     def _known_ops(cls, ops: list[str]) -> list[str]:
         return list(checked_ops(ops, INTENSITY_OPS + GEOMETRIC_OPS))
+
+    def strong_settings(self, cutout: bool) -> StrongAugment:
+        """The strong view these options describe, with or without CutOut."""
+        return StrongAugment(n_ops=self.n_ops, ops=tuple(self.ops), cutout=cutout, remap=self.strong_remap)
 
 
 class StudentViewOption(MethodConfig):

@@ -69,7 +69,7 @@ from semiseg.nets.unet import evaluating
 from semiseg.ssl.joint import forward_parts
 from semiseg.ssl.mixing import box_masks
 from semiseg.ssl.pseudo_labels import probabilities, sharpen
-from semiseg.ssl.strong_augment import StrongAugment, strong_view
+from semiseg.ssl.strong_augment import strong_view
 
 TEACHERS = ("teacher1", "teacher2")
 
@@ -157,7 +157,7 @@ class ADMT(Method):
     def __init__(self, ctx: MethodContext, options: dict[str, Any] | None = None) -> None:
         super().__init__(ctx, options)
         self.alternation = Alternation(self.cfg.period, self.cfg.schedule_seed)
-        self.augmentation = StrongAugment(n_ops=self.cfg.n_ops, ops=tuple(self.cfg.ops), cutout=False)
+        self.augmentation = self.cfg.strong_settings(cutout=False)
 
     def networks(self) -> dict[str, NetSpec]:
         teachers = {name: NetSpec(trainable=False, ema_of=("student",), ema_decay=self.cfg.ema_decay,

@@ -55,7 +55,7 @@ class FixMatchOptions(RandAugmentOptions, PassesOption):
     cutout: bool = True
 
     def augmentation(self) -> StrongAugment:
-        return StrongAugment(n_ops=self.n_ops, ops=tuple(self.ops), cutout=self.cutout)
+        return self.strong_settings(self.cutout)
 
 
 class FixMatchConfig(FixMatchOptions, WeightAverageOption):

@@ -61,7 +61,7 @@ from semiseg.ssl.joint import Passes
 from semiseg.ssl.mixing import box_masks
 from semiseg.ssl.perturbations import spatial_dropout
 from semiseg.ssl.pseudo_labels import confidence_mask, hard_labels, probabilities
-from semiseg.ssl.strong_augment import StrongAugment, strong_augment
+from semiseg.ssl.strong_augment import strong_augment
 
 
 class UniMatchConfig(RandAugmentOptions, PassesOption):
@@ -94,7 +94,7 @@ class UniMatch(Method):
 
     def __init__(self, ctx: MethodContext, options: dict[str, Any] | None = None) -> None:
         super().__init__(ctx, options)
-        self.augmentation = StrongAugment(n_ops=self.cfg.n_ops, ops=tuple(self.cfg.ops), cutout=False)
+        self.augmentation = self.cfg.strong_settings(cutout=False)
 
     def weak_labels(self, logits_weak: Tensor) -> tuple[Tensor, Tensor]:
         """ŷ and the float mask of confident pixels (every channel confident, multilabel)."""

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from semiseg.data.remap import random_remap
 from semiseg.ssl.mixing import box_masks
 
 INTENSITY_OPS = (
@@ -53,6 +54,9 @@ class StrongAugment:
     cutout: bool = True
     cutout_area: tuple[float, float] = (0.01, 0.25)  # FixMatch: a square of up to half the side
     image_interpolation: str = "bilinear"
+    # probability that a sample's view starts with a random intensity remap (GIN-IPA, ``semiseg.data.remap``):
+    # another scanner's contrast, which RandAugment's monotone intensity ops do not reach; 0 draws nothing
+    remap: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = set(self.ops) - set(INTENSITY_OPS + GEOMETRIC_OPS)
@@ -62,6 +66,8 @@ class StrongAugment:
             )
         if self.n_ops < 0:
             raise ValueError(f"n_ops must be >= 0, got {self.n_ops}")
+        if not 0 <= self.remap <= 1:
+            raise ValueError(f"remap is a probability in [0, 1], got {self.remap}")
 
 
 def _uniform(lo: float, hi: float, generator: torch.Generator | None) -> float:
@@ -256,6 +262,8 @@ def strong_view(
     images, flips, matrices = [], [], []
     for b in range(image.shape[0]):
         x, ops, matrix = image[b], [], identity
+        if settings.remap and float(torch.rand((), generator=generator)) < settings.remap:
+            x = random_remap(x, generator)
         for pick in torch.randint(len(settings.ops), (settings.n_ops,), generator=generator).tolist():
             name = settings.ops[pick]
             if name in _INTENSITY:

@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from semiseg.data.remap import random_remap
+from semiseg.methods.fixmatch import FixMatchConfig
 from semiseg.ssl.strong_augment import (
     AFFINE_OPS,
     INTENSITY_OPS,
@@ -164,3 +166,28 @@ def test_intensity_view_draws_from_the_pool_it_is_given_and_refuses_unknown_ops(
         intensity_view(image, ops=("contrast", "rot90"))
     with pytest.raises(ValueError, match="no intensity ops"):
         intensity_view(image, ops=())
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_a_remapped_view_is_the_remap_of_each_sample_drawn_first_from_the_same_generator(dims):
+    """remap=1 with no other op: sample b's view is ``random_remap`` of sample b after one U(0, 1) draw."""
+    image = torch.randn(2, 1, *((12,) * dims), generator=torch.Generator().manual_seed(1))
+    settings = StrongAugment(n_ops=0, cutout=False, remap=1.0)
+    view = strong_view(image, settings, torch.Generator().manual_seed(3)).image
+    again = torch.Generator().manual_seed(3)
+    expected = []
+    for b in range(2):
+        assert float(torch.rand((), generator=again)) < 1.0
+        expected.append(random_remap(image[b], again))
+    torch.testing.assert_close(view, torch.stack(expected))
+    assert not torch.allclose(view, image, atol=0.1)
+    off = strong_view(image, StrongAugment(n_ops=0, cutout=False), torch.Generator().manual_seed(3)).image
+    torch.testing.assert_close(off, image, atol=0, rtol=0)
+
+
+def test_remap_is_a_probability_and_a_randaugment_option_reaches_the_view():
+    with pytest.raises(ValueError, match="remap"):
+        StrongAugment(remap=1.5)
+    assert FixMatchConfig().augmentation().remap == 0.0
+    assert FixMatchConfig(strong_remap=0.5).augmentation().remap == 0.5
+    assert FixMatchConfig(strong_remap=0.5, cutout=False).augmentation().cutout is False
