@@ -172,6 +172,22 @@ def test_a_retest_decides_the_verdict_of_the_entries_it_shares_with_its_datasets
     assert "below: `segpl_other` (-0.080)" in page  # stated in the retest's own section
 
 
+def test_the_overview_takes_the_best_share_of_any_of_a_datasets_tables_and_names_a_retests(tmp_path):
+    from semiseg.docs import TARGET_RETESTS, TARGET_TABLES, targets_page
+
+    methods = {"full": "supervised"}
+    _targets_table(tmp_path / "results" / TARGET_TABLES["heart_sites"],
+                   {"supervised": 0.5, "segpl": 0.6, "full": 0.8}, methods)
+    retest = TARGET_RETESTS["heart_sites"][-1]
+    _targets_table(tmp_path / "results" / retest, {"supervised": 0.5, "fixmatch_view": 0.72, "full": 0.9}, methods)
+    page = targets_page(tmp_path)  # 0.72 / 0.9 = 0.80 beats 0.6 / 0.8 = 0.75
+    assert f"| heart_sites | `fixmatch_view` (`{retest}`) | 0.80 | not met | none |" in page
+    (tmp_path / "results" / retest / "compare.json").unlink()
+    shutil.rmtree(tmp_path / "results" / retest)
+    _targets_table(tmp_path / "results" / retest, {"supervised": 0.5, "fixmatch_view": 0.6, "full": 0.9}, methods)
+    assert "| heart_sites | `segpl` | 0.75 | not met | none |" in targets_page(tmp_path)
+
+
 def _length_table(folder, values: dict[str, float], methods: dict[str, str]) -> None:
     """A length table: entries ``<name>_4000`` train 4000 steps, the rest the protocol's 2000."""
     folder.mkdir(parents=True)
@@ -223,8 +239,9 @@ def test_a_length_table_retests_its_default_length_entries_only(tmp_path):
                    "full_4000": 0.9}, methods)
     page = targets_page(tmp_path)
     retest = page[page.index("### Re-measured: `results/dev_length_heart`"):page.index("## Longer runs")]
-    # the 2000-step segpl (+0.05) replaces the table's (−0.04); the 4000-step entries are not defaults
-    assert "| heart_sites | `segpl` | 0.51 | not met | none |" in page
+    # the 2000-step segpl (+0.05) replaces the table's (−0.04) and its share (0.61 > 0.51) is the overview's best;
+    # the 4000-step entries are not defaults
+    assert "| heart_sites | `segpl` (`dev_length_heart`) | 0.61 | not met | none |" in page
     assert "`segpl`, 0.61 of full supervision (0.550 against 0.900)" in retest and "_4000" not in retest
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import sampling_cases
 
 from semiseg.config import load_config
 from semiseg.data.augment import (
@@ -18,7 +19,7 @@ from semiseg.data.augment import (
     intensity_chain,
     low_resolution,
 )
-from semiseg.data.loaders import Augmentation, PatchSampler, StoredCase
+from semiseg.data.loaders import Augmentation
 from semiseg.errors import ConfigError
 
 OFF = IntensityChain(noise=0, blur=0, brightness=0, contrast=0, lowres=0, gamma_inverted=0, gamma=0)
@@ -124,20 +125,7 @@ def test_the_chains_numbers_are_nnunets():
 # the sampler switch
 
 
-def _store(dim: int) -> list[StoredCase]:
-    shape = (30, 34, 5) if dim == 2 else (24, 28, 20)
-    label = np.zeros(shape, dtype=np.int64)
-    label[tuple(slice(s // 5, 3 * s // 5) for s in shape)] = 1
-    label[tuple(slice(s // 4, s // 2) for s in shape)] = 2
-    image = np.random.default_rng(0).normal(size=(1, *shape)).astype(np.float32) + label
-    return [StoredCase("a", image, label, np.argwhere(label > 0))]
-
-
-def _batch(dim: int, augment: Augmentation, step: int = 3) -> dict:
-    patch = [24, 24] if dim == 2 else [16, 16, 12]
-    sampler = PatchSampler(_store(dim), dim=dim, patch_size=patch, batch_size=8, augment=augment,
-                           foreground_fraction=0.5, seed=11)
-    return sampler.batch_at(step)
+_batch = sampling_cases.batch
 
 
 @pytest.mark.parametrize("dim", [2, 3])

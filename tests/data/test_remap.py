@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import sampling_cases
 import torch
 
 from semiseg.config import load_config
-from semiseg.data.loaders import Augmentation, PatchSampler, StoredCase
+from semiseg.data.loaders import Augmentation
 from semiseg.data.remap import RemapSettings, blend_mask, gin, like, random_network, random_remap, remap_sample
 from semiseg.errors import ConfigError
 
@@ -91,19 +92,7 @@ def test_a_remap_rejects_a_sample_without_a_channel_axis():
 # the sampler switch
 
 
-def _store(dim: int) -> list[StoredCase]:
-    shape = (30, 34, 5) if dim == 2 else (24, 28, 20)
-    label = np.zeros(shape, dtype=np.int64)
-    label[tuple(slice(s // 5, 3 * s // 5) for s in shape)] = 1
-    image = np.random.default_rng(0).normal(size=(1, *shape)).astype(np.float32) + label
-    return [StoredCase("a", image, label, np.argwhere(label > 0))]
-
-
-def _batch(dim: int, augment: Augmentation, step: int = 3) -> dict:
-    patch = [24, 24] if dim == 2 else [16, 16, 12]
-    sampler = PatchSampler(_store(dim), dim=dim, patch_size=patch, batch_size=8, augment=augment,
-                           foreground_fraction=0.5, seed=11)
-    return sampler.batch_at(step)
+_batch = sampling_cases.batch
 
 
 @pytest.mark.parametrize("dim", [2, 3])

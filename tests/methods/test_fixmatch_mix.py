@@ -65,8 +65,9 @@ def test_mixed_strong_views_train_on_mixed_pseudo_labels(label_mode, monkeypatch
         return net(x)
 
     label = torch.zeros(1, 4, 4, dtype=torch.long) if label_mode == "multiclass" else torch.zeros(1, K, 4, 4)
-    # no RandAugment operation and no CutOut: the strong view is the weak one, so only the mix acts
-    method = get_method("fixmatch_mix")(_ctx(label_mode), {"n_ops": 0, "cutout": False, "tau": TAU})
+    # no RandAugment operation, no remap and no CutOut: the strong view is the weak one, so only the mix acts
+    method = get_method("fixmatch_mix")(_ctx(label_mode), {"n_ops": 0, "strong_remap": 0, "cutout": False,
+                                                            "tau": TAU})
     out = method.training_step({"model": model}, Batch(torch.zeros(1, 1, 4, 4), label), Batch(images), Progress(0, 9))
 
     expected_images = torch.where(box.unsqueeze(1), images.roll(1, dims=0), images)

@@ -4,7 +4,11 @@ import pytest
 import torch
 
 from semiseg.data.remap import random_remap
+from semiseg.losses import segmentation_loss
+from semiseg.methods.base import MethodContext
 from semiseg.methods.fixmatch import FixMatchConfig
+from semiseg.methods.rpg_plus import RPGPlus
+from semiseg.methods.unimatch import UniMatchConfig
 from semiseg.ssl.strong_augment import (
     AFFINE_OPS,
     INTENSITY_OPS,
@@ -188,6 +192,14 @@ def test_a_remapped_view_is_the_remap_of_each_sample_drawn_first_from_the_same_g
 def test_remap_is_a_probability_and_a_randaugment_option_reaches_the_view():
     with pytest.raises(ValueError, match="remap"):
         StrongAugment(remap=1.5)
-    assert FixMatchConfig().augmentation().remap == 0.0
-    assert FixMatchConfig(strong_remap=0.5).augmentation().remap == 0.5
+    assert FixMatchConfig().augmentation().remap == 0.5  # FixMatch's default (chosen on validation)
+    assert FixMatchConfig(strong_remap=0.0).augmentation().remap == 0.0
     assert FixMatchConfig(strong_remap=0.5, cutout=False).augmentation().cutout is False
+    assert UniMatchConfig().strong_settings(cutout=False).remap == 0.0  # the shared option is off elsewhere
+
+
+def test_rpg_plus_keeps_the_papers_strong_view_while_fixmatch_remaps_half():
+    """RPG+ builds its FixMatch from FixMatchOptions, whose strong_remap stays 0: FixMatch's default is its own."""
+    ctx = MethodContext(label_mode="multiclass", num_classes=3, spatial_dims=2, in_channels=1,
+                        supervised_loss=segmentation_loss("dice_ce"))
+    assert RPGPlus(ctx).fixmatch.cfg.augmentation().remap == 0.0
