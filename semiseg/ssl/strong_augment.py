@@ -55,7 +55,8 @@ class StrongAugment:
     cutout_area: tuple[float, float] = (0.01, 0.25)  # FixMatch: a square of up to half the side
     image_interpolation: str = "bilinear"
     # probability that a sample's view starts with a random intensity remap (GIN-IPA, ``semiseg.data.remap``):
-    # another scanner's contrast, which RandAugment's monotone intensity ops do not reach; 0 draws nothing
+    # another scanner's contrast, tissue by tissue and varying across the image, which RandAugment's whole-image
+    # intensity curves do not give; 0 draws nothing
     remap: float = 0.0
 
     def __post_init__(self) -> None:
