@@ -2,8 +2,9 @@
 
 Why: when the labelled subject(s) come from one scanner, a network learns that scanner's contrast (which tissue
 is brighter than which, by how much) and fails where the contrast differs; gamma, brightness and contrast
-changes keep the order and the ratios of tissue levels, so they do not teach it otherwise (nnU-Net's intensity
-chain left heart_sites' supervised baseline level, docs/data.md). This is GIN-IPA (Ouyang et al., "Causality-
+move every tissue level along one increasing curve for the whole image, so the order of tissues never changes
+and they do not teach it otherwise (nnU-Net's intensity chain left heart_sites' supervised baseline level,
+docs/data.md). This is GIN-IPA (Ouyang et al., "Causality-
 inspired single-source domain generalization for medical image segmentation", IEEE TMI 2022), written here on
 a ``torch.Generator`` so the loader (seeded from the sample's own generator: a batch stays a pure function of
 (seed, step, index)) and a method's strong view on the device share one implementation:
@@ -50,6 +51,11 @@ def _draw(kind: str, shape: tuple[int, ...], generator: torch.Generator | None, 
     return draw(shape, generator=generator, device=device).to(template.device, template.dtype)
 
 
+def _device(generator: torch.Generator | None) -> torch.device:
+    """Where a scalar draw is made: the generator's device, or the CPU's global generator."""
+    return torch.device("cpu") if generator is None else generator.device
+
+
 def like(image: Tensor, reference: Tensor) -> Tensor:
     """``image`` rescaled per channel to ``reference``'s mean and standard deviation (constant channels: copied)."""
     axes = tuple(range(1, image.ndim))
@@ -73,10 +79,6 @@ def random_network(image: Tensor, settings: RemapSettings, generator: torch.Gene
         if layer < settings.layers - 1:
             x = F.leaky_relu(x, settings.negative_slope)
     return x[0]
-
-
-def _device(generator: torch.Generator | None) -> torch.device:
-    return torch.device("cpu") if generator is None else generator.device
 
 
 def gin(image: Tensor, settings: RemapSettings, generator: torch.Generator | None = None) -> Tensor:
