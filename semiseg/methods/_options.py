@@ -60,17 +60,28 @@ class StudentViewOption(MethodConfig):
     view_ops: int = Field(2, ge=1)  # operations per image of the intensity view
     # the intensity ops the view draws from (default: all of INTENSITY_OPS)
     view_pool: list[str] = Field(default_factory=lambda: list(INTENSITY_OPS))
+    # probability that an image's intensity view starts with a random intensity remap (GIN-IPA: a contrast no
+    # scanner gave, ``semiseg.data.remap``), as FixMatch's strong view does; off by default
+    view_remap: float = Field(0.0, ge=0, le=1)
 
     @field_validator("view_pool")
     @classmethod
     def _known_view_ops(cls, ops: list[str]) -> list[str]:
         return list(checked_ops(ops, INTENSITY_OPS, "intensity "))
 
+    @model_validator(mode="after")
+    def _remap_needs_a_view(self) -> StudentViewOption:
+        """A remap is part of the intensity view: asked for on a clean student it would silently do nothing."""
+        if self.view_remap > 0 and self.student_view == "clean":
+            raise ValueError("view_remap > 0 remaps the student's intensity view: set student_view: intensity "
+                             "as well, or view_remap: 0")
+        return self
+
     def student_image(self, image: Tensor) -> Tensor:
         """The student's unlabelled input for this step (``image`` itself when the view is clean)."""
         if self.student_view == "clean":
             return image
-        return intensity_view(image, self.view_ops, ops=tuple(self.view_pool))
+        return intensity_view(image, self.view_ops, ops=tuple(self.view_pool), remap=self.view_remap)
 
 
 class PassesOption(MethodConfig):

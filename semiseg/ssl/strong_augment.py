@@ -322,14 +322,16 @@ def intensity_view(
     n_ops: int = 2,
     generator: torch.Generator | None = None,
     ops: tuple[str, ...] = INTENSITY_OPS,
+    remap: float = 0.0,
 ) -> Tensor:
     """``n_ops`` intensity operations per image drawn from ``ops``, no geometry, no CutOut: a view whose labels
-    are the image's own.
+    are the image's own. With probability ``remap`` an image's view starts with a random intensity remap
+    (``semiseg.data.remap``), which keeps the labels too.
 
     Why: a pseudo label made on the clean image is the view's label unchanged, so any method can train its
     student on the view without carrying targets along; what changes (contrast, gamma, noise, sharpness) is
     what differs between scanners, so the student learns to answer alike across them.
     """
-    settings = StrongAugment(n_ops=n_ops, ops=checked_ops(ops, INTENSITY_OPS, "intensity "), cutout=False)
+    settings = StrongAugment(n_ops=n_ops, ops=checked_ops(ops, INTENSITY_OPS, "intensity "), cutout=False, remap=remap)
     return strong_view(image, settings, generator).image
 

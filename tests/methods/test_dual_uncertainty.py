@@ -366,7 +366,7 @@ def test_loader_workers_never_draw_from_a_stale_pool(tmp_path, recorder):
 def test_intensity_student_view_trains_the_student_on_the_view_against_clean_labels(monkeypatch):
     import semiseg.methods._options as options
 
-    monkeypatch.setattr(options, "intensity_view", lambda image, n_ops, ops: image * 2.0 + 1.0)  # a known view
+    monkeypatch.setattr(options, "intensity_view", lambda image, n_ops, ops, remap: image * 2.0 + 1.0)  # a known view
     method, nets = _setup({"student_view": "intensity"})
     lab, unl = _batches()
     nudge(nets["teacher"])

@@ -259,7 +259,7 @@ def test_intensity_student_view_perturbs_the_views_features_against_the_clean_ta
     import semiseg.methods._options as options
     from semiseg.nets.unet import running_norm_stats
 
-    monkeypatch.setattr(options, "intensity_view", lambda image, n_ops, ops: image * 2.0 + 1.0)  # a known view
+    monkeypatch.setattr(options, "intensity_view", lambda image, n_ops, ops, remap: image * 2.0 + 1.0)  # a known view
     net, method = _net(), _method(options={"student_view": "intensity"})
     lab, unl = _batches()
     reference = _net()

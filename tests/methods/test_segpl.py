@@ -183,7 +183,7 @@ def test_intensity_student_view_labels_the_clean_image_and_trains_on_the_view(mo
     pass sets none: ``running_stats: clean``)."""
     import semiseg.methods._options as options
 
-    monkeypatch.setattr(options, "intensity_view", lambda image, n_ops, ops: image * 2.0 + 1.0)  # a known view
+    monkeypatch.setattr(options, "intensity_view", lambda image, n_ops, ops, remap: image * 2.0 + 1.0)  # a known view
     cfg = load_config(None, ["model.widths=[4, 8]", "train.method=segpl"])
     ctx = MethodContext(label_mode="multiclass", num_classes=3, spatial_dims=2, in_channels=1,
                         supervised_loss=supervised_loss("dice_ce", "multiclass", False), unlabelled_pass="separate")
@@ -217,16 +217,28 @@ def test_the_student_view_draws_from_the_configured_pool(monkeypatch):
     import semiseg.methods._options as options
 
     seen = []
-    monkeypatch.setattr(options, "intensity_view", lambda image, n_ops, ops: seen.append((n_ops, ops)) or image)
+    monkeypatch.setattr(options, "intensity_view",
+                        lambda image, n_ops, ops, remap: seen.append((n_ops, ops, remap)) or image)
     default = get_method("segpl")(_ctx("multiclass", 2), {}).cfg
     assert default.view_pool == [op for op in INTENSITY_OPS if op not in ("brightness", "gamma")]
     assert get_method("segpl_vi")(_ctx("multiclass", 2), {}).cfg.view_pool == default.view_pool
     assert get_method("dual_uncertainty")(_ctx("multiclass", 2), {}).cfg.view_pool == list(INTENSITY_OPS)
     narrowed = get_method("segpl")(_ctx("multiclass", 2), {"view_pool": ["contrast", "noise"], "view_ops": 1}).cfg
     narrowed.student_image(torch.zeros(1, 1, 4, 4))
-    assert seen == [(1, ("contrast", "noise"))]
+    assert seen == [(1, ("contrast", "noise"), 0.0)]  # no remap by default
+    remapped = get_method("segpl")(_ctx("multiclass", 2), {"view_remap": 0.5}).cfg
+    remapped.student_image(torch.zeros(1, 1, 4, 4))
+    assert seen[-1][2] == 0.5
     with pytest.raises(ConfigError, match="rot90"):
         get_method("segpl")(_ctx("multiclass", 2), {"view_pool": ["rot90"]})
+
+
+@pytest.mark.parametrize("method_name", ["segpl", "dual_uncertainty", "must"])
+def test_a_remap_of_a_clean_student_is_refused_not_ignored(method_name):
+    with pytest.raises(ConfigError, match="view_remap"):
+        get_method(method_name)(_ctx("multiclass", 2), {"student_view": "clean", "view_remap": 0.5})
+    with pytest.raises(ConfigError, match="view_remap"):
+        get_method(method_name)(_ctx("multiclass", 2), {"student_view": "intensity", "view_remap": 1.5})
 
 
 @pytest.mark.parametrize("method_name", ["segpl", "segpl_vi"])
@@ -236,7 +248,7 @@ def test_running_statistics_from_the_clean_passes_alone(monkeypatch, method_name
     view's (the E-step's pass moves none)."""
     import semiseg.methods._options as options
 
-    monkeypatch.setattr(options, "intensity_view", lambda image, n_ops, ops: image * 2.0 + 1.0)
+    monkeypatch.setattr(options, "intensity_view", lambda image, n_ops, ops, remap: image * 2.0 + 1.0)
     cfg = load_config(None, ["model.widths=[4, 8]", f"train.method={method_name}"])
     ctx = MethodContext(label_mode="multiclass", num_classes=3, spatial_dims=2, in_channels=1,
                         supervised_loss=supervised_loss("dice_ce", "multiclass", False), unlabelled_pass="separate")

@@ -172,6 +172,22 @@ def test_intensity_view_draws_from_the_pool_it_is_given_and_refuses_unknown_ops(
         intensity_view(image, ops=())
 
 
+def test_a_remapped_intensity_view_remaps_each_image_before_its_ops():
+    """remap=1: per image one U(0, 1) draw, the remap, then the view's ops, all from the one generator."""
+    image = torch.randn(2, 1, 12, 12, generator=_gen(1))
+    view = intensity_view(image, n_ops=1, generator=_gen(4), ops=("contrast",), remap=1.0)
+    g = _gen(4)
+    expected = []
+    for b in range(2):
+        assert float(torch.rand((), generator=g)) < 1.0
+        x = random_remap(image[b], g)
+        assert torch.randint(1, (1,), generator=g).tolist() == [0]
+        expected.append(intensity_op("contrast", x, g))
+    torch.testing.assert_close(view, torch.stack(expected))
+    plain = intensity_view(image, n_ops=1, generator=_gen(4), ops=("contrast",))
+    assert not torch.allclose(view, plain, atol=0.1)  # the remap changed the view
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_a_remapped_view_is_the_remap_of_each_sample_drawn_first_from_the_same_generator(dims):
     """remap=1 with no other op: sample b's view is ``random_remap`` of sample b after one U(0, 1) draw."""
