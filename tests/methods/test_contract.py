@@ -13,11 +13,11 @@ METHODS = sorted(available_methods())
 K = 3
 
 
-def _setup(name, dims, label_mode):
+def _setup(name, dims, label_mode, options=None):
     cfg = load_config(None, [f"model.dim={dims}", "model.widths=[4, 8]", f"train.method={name}"])
     ctx = MethodContext(label_mode=label_mode, num_classes=K, spatial_dims=dims, in_channels=2,
                         supervised_loss=supervised_loss("dice_ce", label_mode, False))
-    method = available_methods()[name](ctx, {})
+    method = available_methods()[name](ctx, options or {})
     return cfg, ctx, method, build_nets(method, cfg, ctx, torch.device("cpu"))
 
 
@@ -56,6 +56,16 @@ def test_losses_finite_and_reach_trainable_parameters(name, dims, label_mode):
             grads = torch.autograd.grad(value, trainable, retain_graph=True, allow_unused=True)
             assert any(g is not None and g.abs().sum() > 0 for g in grads), f"{term} reaches no trainable parameter"
         out = out.followup() if out.followup is not None else None
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("name", ["segpl", "dual_uncertainty", "must"])
+def test_a_remapped_student_view_trains_in_2d_and_3d(name, dims):
+    """``view_remap`` on every image (two channels, 2D and 3D): the step's losses stay finite."""
+    _, _, method, nets = _setup(name, dims, "multiclass", {"student_view": "intensity", "view_remap": 1.0})
+    lab, unl = _batches(dims, "multiclass")
+    out = method.training_step(nets, lab, unl, Progress(9, 10))
+    assert out.losses and all(torch.isfinite(value) for value in out.losses.values())
 
 
 def _train(method, nets, lab, unl) -> None:
