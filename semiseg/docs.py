@@ -287,11 +287,11 @@ TARGET_TABLES = {"heart_sites": "headline_defaults_heart", "demo": "dev_defaults
 # Where two share an entry the later decides: a later default, or the same runs with more seeds (a length table
 # reuses seeds 0-2 or 0-1 of a five-seed table, so it comes before that table). The dev_remap_view tables measure
 # FixMatch's default strong view (entry `fixmatch_view`) beside the view it had before (`fixmatch`).
-TARGET_RETESTS = {"heart_sites": ("dev_length_heart", "dev_remap_view_heart"),
+TARGET_RETESTS = {"heart_sites": ("dev_length_heart", "dev_remap_view_heart", "dev_view_remap_heart"),
                   "demo": ("dev_segpl_demo_seeds", "dev_length_demo", "dev_segpl_norm_stats_demo",
-                           "dev_remap_view_demo"),
+                           "dev_remap_view_demo", "dev_view_remap_demo"),
                   "liver_lesions": ("dev_segpl_liver_seeds", "dev_length_liver", "dev_segpl_norm_stats_liver",
-                                    "dev_remap_view_liver")}
+                                    "dev_remap_view_liver", "dev_view_remap_liver")}
 # Tables that train the same entries at the default length and at longer ones, full supervision at each (an entry
 # at another length is labelled ``<entry>_<steps>``): whether the gap to full supervision closes with length.
 LENGTH_TABLES = {"heart_sites": "dev_length_heart", "demo": "dev_length_demo", "liver_lesions": "dev_length_liver"}
@@ -480,7 +480,8 @@ def targets_page(repo: Path) -> str:
              "its own table's full supervision), named with its table where a re-measure holds it. FixMatch's "
              "strong view changed after most tables were run (`fixmatch.strong_remap`, protocol.md): their "
              "`fixmatch` entries are its former default, the `fixmatch_view` entries of the `dev_remap_view` tables "
-             "its present one.\n"]
+             "its present one; so did SegPL's student view (`segpl.view_remap`): the `segpl` entries are its former "
+             "default, the `segpl_remap` entries of the `dev_view_remap` tables its present one.\n"]
     sections, overview = [], []
     for dataset, name in TARGET_TABLES.items():
         compare = _published_table(repo, name)

@@ -71,8 +71,9 @@ class StudentViewOption(MethodConfig):
 
     @model_validator(mode="after")
     def _remap_needs_a_view(self) -> StudentViewOption:
-        """A remap is part of the intensity view: asked for on a clean student it would silently do nothing."""
-        if self.view_remap > 0 and self.student_view == "clean":
+        """A remap is part of the intensity view: asked for on a clean student it would silently do nothing (a
+        method's own default remap simply goes with its view when ``student_view: clean`` is chosen)."""
+        if self.view_remap > 0 and self.student_view == "clean" and "view_remap" in self.model_fields_set:
             raise ValueError("view_remap > 0 remaps the student's intensity view: set student_view: intensity "
                              "as well, or view_remap: 0")
         return self

@@ -211,6 +211,9 @@ def test_intensity_student_view_labels_the_clean_image_and_trains_on_the_view(mo
 def test_the_student_trains_on_an_intensity_view_by_default():
     assert get_method("segpl")(_ctx("multiclass", 2), {}).cfg.student_view == "intensity"
     assert get_method("segpl_vi")(_ctx("multiclass", 2), {}).cfg.student_view == "intensity"
+    assert get_method("segpl")(_ctx("multiclass", 2), {}).cfg.view_remap == 0.5  # chosen on validation
+    assert get_method("segpl_vi")(_ctx("multiclass", 2), {}).cfg.view_remap == 0.5  # by analogy
+    assert get_method("must")(_ctx("multiclass", 2), {}).cfg.view_remap == 0.0  # the paper's clean student
 
 
 def test_the_student_view_draws_from_the_configured_pool(monkeypatch):
@@ -225,10 +228,10 @@ def test_the_student_view_draws_from_the_configured_pool(monkeypatch):
     assert get_method("dual_uncertainty")(_ctx("multiclass", 2), {}).cfg.view_pool == list(INTENSITY_OPS)
     narrowed = get_method("segpl")(_ctx("multiclass", 2), {"view_pool": ["contrast", "noise"], "view_ops": 1}).cfg
     narrowed.student_image(torch.zeros(1, 1, 4, 4))
-    assert seen == [(1, ("contrast", "noise"), 0.0)]  # no remap by default
-    remapped = get_method("segpl")(_ctx("multiclass", 2), {"view_remap": 0.5}).cfg
-    remapped.student_image(torch.zeros(1, 1, 4, 4))
-    assert seen[-1][2] == 0.5
+    assert seen == [(1, ("contrast", "noise"), 0.5)]  # half the views remapped by default
+    unremapped = get_method("segpl")(_ctx("multiclass", 2), {"view_remap": 0.0}).cfg
+    unremapped.student_image(torch.zeros(1, 1, 4, 4))
+    assert seen[-1][2] == 0.0
     with pytest.raises(ConfigError, match="rot90"):
         get_method("segpl")(_ctx("multiclass", 2), {"view_pool": ["rot90"]})
 
@@ -239,6 +242,9 @@ def test_a_remap_of_a_clean_student_is_refused_not_ignored(method_name):
         get_method(method_name)(_ctx("multiclass", 2), {"student_view": "clean", "view_remap": 0.5})
     with pytest.raises(ConfigError, match="view_remap"):
         get_method(method_name)(_ctx("multiclass", 2), {"student_view": "intensity", "view_remap": 1.5})
+    clean = get_method(method_name)(_ctx("multiclass", 2), {"student_view": "clean"}).cfg  # a default remap goes along
+    image = torch.rand(1, 1, 4, 4)
+    assert clean.student_image(image) is image
 
 
 @pytest.mark.parametrize("method_name", ["segpl", "segpl_vi"])
