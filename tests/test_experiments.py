@@ -91,7 +91,7 @@ NEW_EXPERIMENTS = {"converged", "converged_one_seed", "few_slices", "short", "sh
                    "dev_remap_view_demo", "dev_remap_view_heart", "dev_remap_liver",
                    "dev_remap_methods_heart", "dev_remap_view_liver",
                    "dev_view_remap_heart", "dev_view_remap_demo", "dev_view_remap_liver",
-                   "dev_must_view_heart"}
+                   "dev_must_remap_view_heart"}
 
 
 def test_every_experiment_file_has_its_old_command():
