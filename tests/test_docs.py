@@ -81,6 +81,24 @@ def test_a_stamp_with_an_absolute_path_reads_the_repositorys_experiment_file(tmp
     assert "- experiment: `experiments/teachers.yaml`" in page and "changed since" not in page
 
 
+# Archived tables whose experiment files were edited after they were run (history, cited in decisions rows).
+EDITED_BEFORE_THE_RULE = {"converged", "converged_one_seed", "short"}
+
+
+def test_a_published_tables_experiment_file_is_never_edited_afterwards():
+    """Results nothing overwrites: a published table's experiment file is the one it was run with (its stamp's
+    sha256), so a new question gets a new file instead of reusing a published name."""
+    from semiseg.docs import _experiment_file
+
+    changed = []
+    for compare in sorted((REPO / "results").glob("*/compare.json")):
+        experiment = json.loads(compare.read_text())["stamp"]["experiment"]
+        current = _experiment_file(experiment["path"], REPO)
+        if not current.is_file() or file_sha256(current) != experiment["sha256"]:
+            changed.append(compare.parent.name)
+    assert set(changed) == EDITED_BEFORE_THE_RULE  # the three archived tables, and no other
+
+
 def _row(label: str, checkpoint: str, val: float, median: float = 0.6, p: float = 0.01) -> dict:
     return {"label": label, "checkpoint": checkpoint, "seeds": 2, "val_dice_mean": val, "dice_median": median,
             "dice_min": median - 0.1, "dice_max": median + 0.1, "p_dice_vs_ref": p}
