@@ -286,7 +286,8 @@ TARGET_TABLES = {"heart_sites": "headline_defaults_heart", "demo": "dev_defaults
 # Entries a retest trains at another length than its protocol's (a length table's) are not defaults and are left out.
 # Where two share an entry the later decides: a later default, or the same runs with more seeds (a length table
 # reuses seeds 0-2 or 0-1 of a five-seed table, so it comes before that table). The dev_remap_view tables measure
-# FixMatch's default strong view (entry `fixmatch_view`) beside the view it had before (`fixmatch`).
+# FixMatch's default strong view (entry `fixmatch_view`) beside the view it had before (`fixmatch`), the
+# dev_view_remap tables SegPL's default student view (`segpl_remap`) beside its former one (`segpl`).
 TARGET_RETESTS = {"heart_sites": ("dev_length_heart", "dev_remap_view_heart", "dev_view_remap_heart"),
                   "demo": ("dev_segpl_demo_seeds", "dev_length_demo", "dev_segpl_norm_stats_demo",
                            "dev_remap_view_demo", "dev_view_remap_demo"),
